@@ -1,0 +1,212 @@
+"""Batched, on-device data augmentation for ``(N, C, H, W)`` image tensors.
+
+Everything works on whole batches with tensor ops (no Python loop over
+images), on ``uint8`` or floating-point tensors, on any device.  Randomness
+comes from an optional :class:`torch.Generator` (which may live on another
+device than the images: the few random numbers are drawn on the generator's
+device and moved), so results are reproducible from a seed or a saved
+generator state.  Random numbers are drawn in a fixed order: crop offsets
+(``2 * N`` integers), then flip decisions (``N`` floats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "AUGMENTATIONS",
+    "BatchAugment",
+    "build_augment",
+    "normalize",
+    "random_crop",
+    "random_flip",
+    "to_float",
+]
+
+#: Names accepted by :func:`build_augment`.
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+
+def _check_batch(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+
+
+def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
+    return generator.device if generator is not None else x.device
+
+
+def random_crop(
+    x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pad every image by ``padding`` pixels and crop back to ``H x W`` at an
+    independent uniformly random offset per image (the CIFAR "pad-crop").
+
+    Equivalent to, for each image ``i`` with offsets ``dy_i, dx_i`` drawn from
+    ``[0, 2 * padding]``: ``F.pad(x[i], [padding] * 4)[:, dy_i:dy_i + H, dx_i:dx_i + W]``,
+    computed for the whole batch with one advanced-indexing gather.
+
+    Args:
+        x: ``(N, C, H, W)`` tensor of any dtype; the result has the same dtype,
+            shape and device.
+        padding: Pixels of zero padding on every side; ``0`` returns ``x``.
+        generator: Source of randomness (default: the global RNG).
+    """
+    _check_batch(x)
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if padding == 0 or x.shape[0] == 0:
+        return x
+    n, c, h, w = x.shape
+    offsets = torch.randint(
+        0, 2 * padding + 1, (2, n), generator=generator, device=_gen_device(generator, x)
+    ).to(x.device)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_flip(
+    x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Mirror each image horizontally, independently with probability ``p``.
+
+    Args:
+        x: ``(N, C, H, W)`` tensor of any dtype; the result has the same dtype,
+            shape and device.
+        p: Flip probability.
+        generator: Source of randomness (default: the global RNG).
+    """
+    _check_batch(x)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    if x.shape[0] == 0:
+        return x
+    flip = torch.rand(x.shape[0], generator=generator, device=_gen_device(generator, x)) < p
+    flip = flip.to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A new ``dtype`` tensor: ``uint8`` images are scaled to ``[0, 1]``,
+    floating images (assumed in ``[0, 1]``) are copied/cast."""
+    if x.dtype == torch.uint8:
+        return x.to(dtype).div_(255.0)
+    if not x.is_floating_point():
+        raise TypeError(f"expected uint8 or floating-point images, got {x.dtype}")
+    return x.to(dtype, copy=True)
+
+
+def _stats_tensor(
+    values: Sequence[float] | torch.Tensor, channels: int, ref: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=dtype, device=ref.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(channels)
+    if t.numel() != channels:
+        raise ValueError(f"need {channels} per-channel values, got {t.numel()}")
+    return t.view(1, channels, 1, 1)
+
+
+def normalize(
+    x: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``(x - mean) / std`` per channel, returning a new ``dtype`` tensor.
+
+    ``mean``/``std`` are in ``[0, 1]`` pixel units.  ``uint8`` input is first
+    scaled by ``1/255``; floating input is assumed to be in ``[0, 1]`` already.
+    """
+    _check_batch(x)
+    c = x.shape[1]
+    m = _stats_tensor(mean, c, x, dtype)
+    s = _stats_tensor(std, c, x, dtype)
+    return to_float(x, dtype).sub_(m).div_(s)
+
+
+class BatchAugment:
+    """Callable ``(images, generator=None) -> images`` built by :func:`build_augment`.
+
+    Applies the named augmentation and then, if ``mean``/``std`` were given,
+    :func:`normalize` (returning float); without them the input dtype is kept.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        padding: int = 4,
+        flip_p: float = 0.5,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}")
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std, or neither")
+        self.name = name
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.padding = int(padding)
+        self.flip_p = float(flip_p)
+        self.dtype = dtype
+        self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.name in ("crop", "crop_flip"):
+            x = random_crop(x, self.padding, generator)
+        if self.name == "crop_flip":
+            x = random_flip(x, self.flip_p, generator)
+        if self.mean is None:
+            return x
+        key = (x.device, self.dtype)
+        if key not in self._stats:  # cache the (1, C, 1, 1) tensors per device
+            c = x.shape[1]
+            self._stats[key] = (
+                _stats_tensor(self.mean, c, x, self.dtype),
+                _stats_tensor(self.std, c, x, self.dtype),
+            )
+        m, s = self._stats[key]
+        return to_float(x, self.dtype).sub_(m).div_(s)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchAugment({self.name!r}, mean={self.mean}, std={self.std}, "
+            f"padding={self.padding}, flip_p={self.flip_p})"
+        )
+
+
+def build_augment(
+    name: str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    *,
+    padding: int = 4,
+    flip_p: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+) -> BatchAugment:
+    """Build a batch augmentation by name.
+
+    Args:
+        name: ``"none"`` (identity), ``"crop"`` (pad-crop, e.g. SVHN) or
+            ``"crop_flip"`` (pad-crop + horizontal flip, e.g. CIFAR).
+        mean: Per-channel mean; with ``std`` the callable also normalizes and
+            returns ``dtype`` tensors.
+        std: Per-channel standard deviation.
+        padding: Zero padding of the random crop.
+        flip_p: Horizontal flip probability.
+        dtype: Floating dtype of normalized output.
+
+    Returns:
+        A callable ``f(images, generator=None)``.
+    """
+    return BatchAugment(name, mean, std, padding=padding, flip_p=flip_p, dtype=dtype)

@@ -1,0 +1,284 @@
+"""Dataset registry and the in-memory :class:`ImageDataset` container.
+
+Dataset factories are plain functions decorated with :func:`register_dataset`;
+by default the function name is the dataset name.  Every factory takes
+``root`` and ``download`` plus dataset-specific keyword arguments::
+
+    @register_dataset
+    def digits(root="data", download=False):
+        ...
+
+    ds = create_dataset("cifar100", root="data", download=True, label_type="coarse")
+
+Small datasets (digits, CIFAR, SVHN) are returned as an :class:`ImageDataset`:
+every image is held as one ``uint8`` tensor so that the whole dataset can be
+moved to the accelerator once (:meth:`ImageDataset.to`) and batched there by
+:class:`~torch_isda.data.loader.DeviceBatchIterator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import torch
+
+__all__ = [
+    "ImageDataset",
+    "channel_stats",
+    "create_dataset",
+    "dataset_entrypoint",
+    "is_dataset",
+    "list_datasets",
+    "register_dataset",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_dataset_entrypoints: dict[str, Callable[..., Any]] = {}
+
+#: Valid values of :attr:`ImageDataset.default_augment`.
+AUGMENT_NAMES = ("none", "crop", "crop_flip")
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class ImageDataset:
+    """A fully in-memory image classification dataset with a train/test split.
+
+    Attributes:
+        name: Registry name of the dataset (e.g. ``"cifar10"``).
+        train_images: ``uint8`` tensor of shape ``(N, C, H, W)``.
+        train_labels: ``int64`` tensor of shape ``(N,)`` with values in
+            ``[0, num_classes)``.
+        test_images: ``uint8`` tensor of shape ``(M, C, H, W)``.
+        test_labels: ``int64`` tensor of shape ``(M,)``.
+        num_classes: Number of classes.
+        mean: Per-channel mean of the training images, in ``[0, 1]`` pixel units.
+        std: Per-channel standard deviation of the training images, in
+            ``[0, 1]`` pixel units.
+        image_size: ``(C, H, W)``.
+        default_augment: Name of the standard training augmentation
+            (``"none"``, ``"crop"`` or ``"crop_flip"``), see
+            :func:`~torch_isda.data.augment.build_augment`.
+        classes: Optional human-readable class names, ``num_classes`` long.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: tuple[int, int, int]
+    default_augment: str = "none"
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        if self.classes is not None:
+            self.classes = tuple(str(c) for c in self.classes)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.default_augment not in AUGMENT_NAMES:
+            raise ValueError(
+                f"{self.name}: default_augment must be one of {AUGMENT_NAMES}, "
+                f"got {self.default_augment!r}"
+            )
+        channels = self.image_size[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"{self.name}: mean/std need {channels} entries, got {self.mean} / {self.std}"
+            )
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(
+                f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes"
+            )
+        for split in ("train", "test"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise ValueError(
+                    f"{self.name}: {split}_images must be a uint8 (N, C, H, W) tensor, "
+                    f"got {images.dtype} of shape {tuple(images.shape)}"
+                )
+            if tuple(images.shape[1:]) != self.image_size:
+                raise ValueError(
+                    f"{self.name}: {split}_images have shape {tuple(images.shape[1:])}, "
+                    f"expected image_size {self.image_size}"
+                )
+            if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+                raise ValueError(
+                    f"{self.name}: {split}_labels must be an int64 tensor of shape "
+                    f"({images.shape[0]},), got {labels.dtype} of shape {tuple(labels.shape)}"
+                )
+            if images.device != labels.device:
+                raise ValueError(
+                    f"{self.name}: {split}_images on {images.device} but labels on {labels.device}"
+                )
+
+    @property
+    def train_size(self) -> int:
+        """Number of training images."""
+        return int(self.train_images.shape[0])
+
+    @property
+    def test_size(self) -> int:
+        """Number of test images."""
+        return int(self.test_images.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Device holding the tensors."""
+        return self.train_images.device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageDataset:
+        """Return a copy whose four tensors live on ``device`` (self is unchanged)."""
+        device = torch.device(device)
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return dataclasses.replace(
+            self,
+            train_images=move(self.train_images),
+            train_labels=move(self.train_labels),
+            test_images=move(self.test_images),
+            test_labels=move(self.test_labels),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(name={self.name!r}, train={self.train_size}, test={self.test_size}, "
+            f"num_classes={self.num_classes}, image_size={self.image_size}, "
+            f"default_augment={self.default_augment!r}, device={self.device})"
+        )
+
+
+def channel_stats(
+    images: torch.Tensor, chunk_size: int = 8192, min_std: float = 1e-6
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of ``uint8`` images.
+
+    Args:
+        images: ``uint8`` tensor ``(N, C, H, W)``.
+        chunk_size: Images processed at once, bounding the float64 temporaries.
+        min_std: Lower bound applied to the std so that constant channels
+            cannot cause a division by zero when normalizing.
+
+    Returns:
+        ``(mean, std)`` as tuples of ``C`` floats in ``[0, 1]`` pixel units.
+    """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"need a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk_size):
+        chunk = images[start : start + chunk_size].to("cpu", torch.float64)
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    var = (total_sq / count - mean.square()).clamp_min(0.0)
+    std = var.sqrt().clamp_min(min_std * 255.0)
+    return tuple((mean / 255.0).tolist()), tuple((std / 255.0).tolist())
+
+
+@overload
+def register_dataset(fn: _F) -> _F: ...
+@overload
+def register_dataset(fn: str) -> Callable[[_F], _F]: ...
+
+
+def register_dataset(fn: _F | str) -> _F | Callable[[_F], _F]:
+    """Register a dataset factory.
+
+    Use as ``@register_dataset`` (the function name is the dataset name) or as
+    ``@register_dataset("name")``.  Names must be lower-case.  Registering a
+    different function under a taken name raises ``ValueError``; re-registering
+    the same function (e.g. after a module reload) replaces the old entry.
+    """
+    if isinstance(fn, str):
+        name = fn
+        return lambda f: _register(name, f)
+    return _register(fn.__name__, fn)
+
+
+def _register(name: str, fn: _F) -> _F:
+    if name != name.lower() or not name:
+        raise ValueError(f"dataset names must be non-empty and lower-case, got {name!r}")
+    existing = _dataset_entrypoints.get(name)
+    if existing is not None and (existing.__module__, existing.__qualname__) != (
+        fn.__module__,
+        fn.__qualname__,
+    ):
+        raise ValueError(
+            f"dataset {name!r} is already registered by "
+            f"{existing.__module__}.{existing.__qualname__}"
+        )
+    _dataset_entrypoints[name] = fn
+    return fn
+
+
+def list_datasets(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered datasets, optionally ``fnmatch``-filtered."""
+    names = sorted(_dataset_entrypoints)
+    if pattern is not None:
+        names = fnmatch.filter(names, pattern)
+    return names
+
+
+def is_dataset(name: str) -> bool:
+    """Whether a dataset called ``name`` is registered."""
+    return name in _dataset_entrypoints
+
+
+def dataset_entrypoint(name: str) -> Callable[..., Any]:
+    """Return the factory registered under ``name``.
+
+    Raises:
+        ValueError: if ``name`` is unknown; the message lists the available
+            datasets and suggests the closest match.
+    """
+    try:
+        return _dataset_entrypoints[name]
+    except KeyError:
+        pass
+    available = list_datasets()
+    message = f"Unknown dataset {name!r}."
+    close = difflib.get_close_matches(str(name).lower(), available, n=1)
+    if close:
+        message += f" Did you mean {close[0]!r}?"
+    message += f" Available datasets: {', '.join(available)}."
+    raise ValueError(message)
+
+
+def create_dataset(name: str, root: str = "data", download: bool = False, **kwargs: Any) -> Any:
+    """Build the registered dataset ``name``.
+
+    Args:
+        name: Registered dataset name, see :func:`list_datasets`.
+        root: Directory holding (or receiving) the dataset files.
+        download: Fetch missing files from the official mirror (MD5-verified).
+        **kwargs: Dataset-specific options (``label_type`` for CIFAR-100,
+            ``include_extra`` for SVHN, ``base_url``/``progress`` for
+            downloads, ...).
+
+    Returns:
+        An :class:`ImageDataset` for the in-memory datasets, an
+        :class:`~torch_isda.data.imagefolder.ImageFolderData` for
+        ``"imagefolder"``.
+
+    Raises:
+        ValueError: if ``name`` is not registered.
+        FileNotFoundError: if the files are missing and ``download`` is false.
+    """
+    return dataset_entrypoint(name)(root=root, download=download, **kwargs)

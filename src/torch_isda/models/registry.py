@@ -1,0 +1,99 @@
+"""A small timm-style model registry.
+
+Factories are plain functions decorated with :func:`register_model`; the
+function name is the model name.  Each factory takes ``num_classes`` plus
+keyword arguments (always ``in_channels``, and family-specific ones such as
+``dropout``) and returns an :class:`~torch_isda.models.base.ISDANet`::
+
+    @register_model
+    def resnet32(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0):
+        return CifarResNet(32, num_classes, in_channels=in_channels, dropout=dropout)
+
+    model = create_model("resnet32", num_classes=100)
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import nn
+
+__all__ = ["create_model", "is_model", "list_models", "model_entrypoint", "register_model"]
+
+_F = TypeVar("_F", bound=Callable[..., nn.Module])
+
+_model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: _F) -> _F:
+    """Register ``fn`` as the factory of the model named ``fn.__name__``.
+
+    Names must be lower-case.  Registering a different function under a name
+    that is already taken raises ``ValueError``; re-registering the same
+    function (e.g. after a module reload) replaces the old entry.
+    """
+    name = fn.__name__
+    if name != name.lower():
+        raise ValueError(f"model names must be lower-case, got {name!r}")
+    existing = _model_entrypoints.get(name)
+    if existing is not None and (existing.__module__, existing.__qualname__) != (
+        fn.__module__,
+        fn.__qualname__,
+    ):
+        raise ValueError(
+            f"model {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
+        )
+    _model_entrypoints[name] = fn
+    return fn
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Return the sorted names of registered models, optionally filtered by an
+    ``fnmatch`` wildcard ``pattern`` (e.g. ``"resnet*"``)."""
+    names = sorted(_model_entrypoints)
+    if pattern is not None:
+        names = fnmatch.filter(names, pattern)
+    return names
+
+
+def is_model(name: str) -> bool:
+    """Return whether a model called ``name`` is registered."""
+    return name in _model_entrypoints
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """Return the factory registered under ``name``.
+
+    Raises:
+        ValueError: if ``name`` is unknown; the message lists the available
+            models and suggests the closest match.
+    """
+    try:
+        return _model_entrypoints[name]
+    except KeyError:
+        pass
+    available = list_models()
+    message = f"Unknown model {name!r}."
+    close = difflib.get_close_matches(name.lower(), available, n=1)
+    if close:
+        message += f" Did you mean {close[0]!r}?"
+    message += f" Available models: {', '.join(available)}."
+    raise ValueError(message)
+
+
+def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
+    """Build the registered model ``name`` with a ``num_classes``-way classifier.
+
+    Args:
+        name: Registered (lower-case) model name, see :func:`list_models`.
+        num_classes: Output dimension of the final linear layer.
+        **kwargs: Forwarded to the factory (``in_channels``, ``dropout``, ...).
+
+    Raises:
+        ValueError: if ``name`` is not registered.
+        TypeError: if the factory does not accept one of ``kwargs``.
+    """
+    return model_entrypoint(name)(num_classes=num_classes, **kwargs)
