@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed as _dist
-from .functional import KINDS
+from .functional import _GATHER_MAX_ELEMENTS, KINDS
 
 __all__ = ["CovarianceEstimator"]
 
@@ -191,13 +191,16 @@ class CovarianceEstimator(nn.Module):
         scale = total.rsqrt()
         block[inv_sorted, pos] = xc.index_select(0, order) * scale.index_select(0, inv_sorted).unsqueeze(1)
         block[:, width - 1] = delta * (w * (1 - w)).sqrt().unsqueeze(1)
-        keep = (1 - w).view(U, 1, 1)
-        if U == self.num_classes:  # every class present: update in place, no gather
-            self.covariance.mul_(keep).baddbmm_(block.transpose(1, 2), block)
-        else:
+        keep = 1 - w
+        if U == self.num_classes:  # every class present: update the buffer in place
+            self.covariance.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
+        elif U * A * A <= _GATHER_MAX_ELEMENTS:
             cov = self.covariance.index_select(0, classes)
-            cov.mul_(keep).baddbmm_(block.transpose(1, 2), block)
+            cov.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
             self.covariance.index_copy_(0, classes, cov)
+        else:  # large: fused per-class ``Sigma_c = (1 - w) Sigma_c + B^T B`` on views, no copies
+            for u, (c, beta) in enumerate(zip(classes.tolist(), keep.tolist())):
+                self.covariance[c].addmm_(block[u].T, block[u], beta=beta)
 
     # ------------------------------------------------------------------ utilities
 

@@ -132,13 +132,8 @@ class _FullSigma2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor, covariance: Tensor, classes: Tensor) -> Tensor:
         W = weight.to(covariance.dtype)
-        C = W.shape[0]
-        if classes.numel() == C:  # every class present: no gather needed (classes is sorted)
-            cov_u = covariance
-        else:
-            cov_u = covariance.index_select(0, classes)
         V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)  # U x C x A
-        T = torch.bmm(V, cov_u)  # U x C x A
+        T = per_class_bmm(V, covariance, classes)  # U x C x A
         sigma2 = torch.linalg.vecdot(T, V)  # U x C
         ctx.save_for_backward(T, classes)
         ctx.weight_dtype = weight.dtype
@@ -150,10 +145,73 @@ class _FullSigma2(torch.autograd.Function):
         T, classes = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        gT = T * grad_sigma2.to(T.dtype).unsqueeze(-1)  # U x C x A
-        grad_weight = gT.sum(0).mul_(2.0)
-        grad_weight.index_add_(0, classes, gT.sum(1), alpha=-2.0)
+        g = grad_sigma2.to(T.dtype)
+        gT = T * g.unsqueeze(-1)  # U x C x A
+        grad_weight = gT.sum(0).mul_(2.0)  # d/dw_j
+        grad_weight.index_add_(0, classes, gT.sum(1), alpha=-2.0)  # d/dw_{c_u}
         return grad_weight.to(ctx.weight_dtype), None, None
+
+
+class _DiagonalSigma2(torch.autograd.Function):
+    """``sigma2[u, j] = sum_a d_u[a] (W[j, a] - W[c_u, a])^2`` with a hand-written backward.
+
+    Forward: one ``[U x 2A] @ [2A x C]`` product of ``[d_u, -2 d_u * w_c]`` with
+    ``[W * W, W]``, plus ``d_u . w_c^2``. Backward: ``g^T [D, D * W_c]`` (``C x 2A``) for the
+    rows ``w_j`` and ``g W`` (``U x A``) for the rows ``w_{c_u}``.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, variances: Tensor, classes: Tensor) -> Tensor:
+        W = weight.to(variances.dtype)
+        D = variances.index_select(0, classes)  # U x A
+        Wc = W.index_select(0, classes)
+        DWc = D * Wc
+        A = W.shape[1]
+        left = torch.cat([D, DWc], 1)  # U x 2A
+        right = torch.cat([W * W, W.mul(-2.0)], 1)  # C x 2A
+        sigma2 = torch.addmm(torch.linalg.vecdot(DWc, Wc).unsqueeze(1), left, right.T)
+        ctx.save_for_backward(W, left, classes)
+        ctx.A = A
+        ctx.weight_dtype = weight.dtype
+        return sigma2
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_sigma2: Tensor):
+        W, left, classes = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        A = ctx.A
+        g = grad_sigma2.to(W.dtype)
+        P = g.T @ left  # C x 2A: [g^T D, g^T (D * Wc)]
+        grad_weight = (W * P[:, :A]).sub_(P[:, A:]).mul_(2.0)  # d/dw_j
+        D, DWc = left[:, :A], left[:, A:]
+        rows = D * (g @ W) - DWc * g.sum(1, keepdim=True)  # U x A, d/dw_{c_u} / (-2)
+        grad_weight.index_add_(0, classes, rows, alpha=-2.0)
+        return grad_weight.to(ctx.weight_dtype), None, None
+
+
+# Above this many covariance elements (U x A x A) per-class products on views beat a
+# gathered copy: a fresh multi-MB allocation costs page faults on every call.
+_GATHER_MAX_ELEMENTS = 1 << 20
+
+
+def per_class_bmm(V: Tensor, covariance: Tensor, classes: Tensor) -> Tensor:
+    """``out[u] = V[u] @ covariance[classes[u]]`` without copying the covariances when large.
+
+    ``classes`` must be sorted and distinct; when every class is present the whole
+    covariance buffer is used as is.
+    """
+    U = classes.numel()
+    if U == covariance.shape[0]:
+        return torch.bmm(V, covariance)
+    A = covariance.shape[-1]
+    if U * A * A <= _GATHER_MAX_ELEMENTS:
+        return torch.bmm(V, covariance.index_select(0, classes))
+    out = V.new_empty(V.shape[0], V.shape[1], A)
+    for u, c in enumerate(classes.tolist()):
+        torch.mm(V[u], covariance[c], out=out[u])
+    return out
 
 
 def class_sigma2(
@@ -183,13 +241,12 @@ def class_sigma2(
             if cov.requires_grad:
                 return _full_sigma2_autograd(weight.to(dtype), cov, classes)
             return _FullSigma2.apply(weight, cov, classes)
-        W = weight.to(dtype)
         if kind == "diagonal":
-            D = covariance.to(dtype).index_select(0, classes)  # U x A
-            Wc = W.index_select(0, classes)  # U x A
-            DWc = D * Wc
-            # sum_a d[a] (W[j,a] - Wc[a])^2 = d.W_j^2 - 2 (d*Wc).W_j + d.Wc^2
-            return D @ (W * W).T - 2.0 * (DWc @ W.T) + (DWc * Wc).sum(-1, keepdim=True)
+            var = covariance.to(dtype)
+            if var.requires_grad:
+                return _diagonal_sigma2_autograd(weight.to(dtype), var, classes)
+            return _DiagonalSigma2.apply(weight, var, classes)
+        W = weight.to(dtype)
         # shared / identity: M = W Sigma (C x A); sigma2 = q_j - 2 w_c^T Sigma w_j + q_c
         M = W if kind == "identity" else W @ covariance.to(dtype)
         q = torch.linalg.vecdot(M, W)  # C
@@ -200,6 +257,11 @@ def class_sigma2(
 def _full_sigma2_autograd(W: Tensor, cov: Tensor, classes: Tensor) -> Tensor:
     V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)
     return torch.linalg.vecdot(torch.bmm(V, cov.index_select(0, classes)), V)
+
+
+def _diagonal_sigma2_autograd(W: Tensor, var: Tensor, classes: Tensor) -> Tensor:
+    V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)
+    return (V * V * var.index_select(0, classes).unsqueeze(1)).sum(-1)
 
 
 def pairwise_sigma2(

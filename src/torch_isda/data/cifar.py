@@ -92,7 +92,9 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
     return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
 
 
-def read_cifar_batch(path: str | Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(
+    path: str | Path, label_key: bytes = b"labels"
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one batch file into ``uint8`` images ``(N, 3, 32, 32)`` and ``int64`` labels.
 
     Raises:
@@ -121,7 +123,10 @@ def read_cifar_batch(path: str | Path, label_key: bytes = b"labels") -> tuple[np
     return data.reshape(-1, *IMAGE_SIZE), labels
 
 
-def _read_split(folder: Path, files: tuple[str, ...], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_split(
+    folder: Path, files: tuple[str, ...], label_key: bytes
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate the batch files of one split into image and label tensors."""
     parts = [read_cifar_batch(folder / name, label_key) for name in files]
     images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]

@@ -9,8 +9,6 @@ once, deterministically and stratified by class, with
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -33,14 +31,12 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_dataset
-def digits(root: str = "data", download: bool = False, **kwargs: Any) -> ImageDataset:
+def digits(root: str = "data", download: bool = False) -> ImageDataset:
     """The scikit-learn digits dataset as an :class:`ImageDataset`.
 
     ``root`` and ``download`` are accepted for interface uniformity and
     ignored: the data ships with scikit-learn.
     """
-    if kwargs:
-        raise TypeError(f"digits() got unexpected keyword arguments {sorted(kwargs)}")
     from sklearn.model_selection import train_test_split
 
     images, labels = load_digits_arrays()

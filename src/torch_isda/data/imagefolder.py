@@ -202,7 +202,9 @@ def find_samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[st
         for dirpath, dirnames, filenames in os.walk(directory / cls, followlinks=True):
             dirnames.sort()
             samples.extend(
-                (os.path.join(dirpath, f), class_to_idx[cls]) for f in sorted(filenames) if _is_image(f)
+                (os.path.join(dirpath, f), class_to_idx[cls])
+                for f in sorted(filenames)
+                if _is_image(f)
             )
     if not samples:
         raise FileNotFoundError(
@@ -214,7 +216,9 @@ def find_samples(directory: Path, class_to_idx: dict[str, int]) -> list[tuple[st
 class ImageFolderSplit(Dataset):
     """One split of an image folder: yields ``(transform(rgb_image), label)``."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], transform: Any) -> None:
+    def __init__(
+        self, samples: Sequence[tuple[str, int]], classes: Sequence[str], transform: Any
+    ) -> None:
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
         self.classes = list(classes)
@@ -288,7 +292,9 @@ class ImageFolderData:
         )
 
 
-def load_imagefolder(root: str | os.PathLike[str], image_size: int = 224, **kwargs: Any) -> ImageFolderData:
+def load_imagefolder(
+    root: str | os.PathLike[str], image_size: int = 224, **kwargs: Any
+) -> ImageFolderData:
     """Build an :class:`ImageFolderData` (see its constructor for ``kwargs``)."""
     return ImageFolderData(root, image_size, **kwargs)
 
