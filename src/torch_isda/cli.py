@@ -1,0 +1,100 @@
+"""The ``isda`` command line.
+
+Subcommands are listed in :data:`COMMANDS` as ``(name, module)``; each module exposes
+
+* ``add_parser(subparsers) -> argparse.ArgumentParser``: calls
+  ``subparsers.add_parser(name, ...)`` and adds its options;
+* ``run(args) -> int``: executes the command (the exit status; ``None`` means 0).
+
+To add a subcommand, write such a module and append one line to :data:`COMMANDS`. Keep
+the module's top-level imports light (import heavy dependencies inside ``run``): every
+module is imported to build ``isda --help``. A module that fails to import only disables
+its own subcommand (running it prints the import error).
+
+Errors a user can fix (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) are
+printed as ``isda <command>: error: ...`` with exit status 2; ``isda --debug ...`` shows
+the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: ``(subcommand, module)`` pairs, in the order shown by ``isda --help``.
+COMMANDS: list[tuple[str, str]] = [
+    ("train", "torch_isda.train.command_train"),
+    ("compare", "torch_isda.train.command_compare"),
+]
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def _version() -> str:
+    from . import __version__
+
+    try:
+        import torch
+
+        return f"isda (torch-isda) {__version__}, torch {torch.__version__}"
+    except ImportError:  # pragma: no cover
+        return f"isda (torch-isda) {__version__}"
+
+
+def _unavailable(name: str, error: BaseException) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        print(f"isda {name}: unavailable: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isda",
+        description="Implicit Semantic Data Augmentation (ISDA) for PyTorch: training and "
+                    "experiments.")
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of short error messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            sub = subparsers.add_parser(name, help=f"(unavailable: {err})")
+            sub.set_defaults(_run=_unavailable(name, err))
+            continue
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``isda`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        status = run(args)
+    except KeyboardInterrupt:
+        print(f"isda {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"isda {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0 if status is None else int(status)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Training harness of torch-isda: ``isda train`` / ``isda compare`` as a library.
+
+Not imported by ``import torch_isda`` (the core stays torch-only); needs the ``train``
+extra for the datasets (scikit-learn, ...), progress bars (tqdm) and plots (matplotlib).
+
+::
+
+    from torch_isda.train import TrainConfig, train, run_comparison
+
+    result = train(TrainConfig(dataset="digits", model="digits_cnn", loss="isda", seed=0,
+                               out="runs/digits-isda"))
+    print(result["final_error"])           # mean test error (%) of the last 10 epochs
+
+See docs/training.md.
+"""
+
+from .config import TrainConfig
+from .criteria import (
+    CompositeCriterion,
+    CriterionModifier,
+    TrainingCriterion,
+    create_criterion,
+    list_criteria,
+    register_criterion,
+)
+from .presets import (
+    DEFAULT_LAMBDA0,
+    LAMBDA0_GRID_CIFAR,
+    LAMBDA0_GRID_IMAGENET,
+    PRESETS,
+    get_preset,
+    resolve_config,
+)
+from .trainer import Trainer, train
+from .compare import run_comparison  # noqa: E402  (matplotlib is imported when plotting)
+
+
+__all__ = [
+    "DEFAULT_LAMBDA0",
+    "LAMBDA0_GRID_CIFAR",
+    "LAMBDA0_GRID_IMAGENET",
+    "PRESETS",
+    "CompositeCriterion",
+    "CriterionModifier",
+    "TrainConfig",
+    "Trainer",
+    "TrainingCriterion",
+    "create_criterion",
+    "get_preset",
+    "list_criteria",
+    "register_criterion",
+    "resolve_config",
+    "run_comparison",
+    "train",
+]

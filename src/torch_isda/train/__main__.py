@@ -1,0 +1,8 @@
+"""``python -m torch_isda.train ...`` is ``isda train ...``."""
+
+import sys
+
+from ..cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,83 @@
+"""``isda train``: train one model (also ``python -m torch_isda.train``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, add_config_arguments, config_overrides_from_args
+
+__all__ = ["add_parser", "build_config", "run"]
+
+EPILOG = """\
+Unset optimization options come from the preset of the model family (the paper's
+Table 9; see docs/training.md). Examples:
+
+  isda train                                   # digits, digits_cnn, ISDA, small_cnn preset
+  isda train --dataset cifar100 --download --model resnet110 --loss isda --lambda0 0.5 \\
+             --out runs/r110-isda --amp bf16 --channels-last
+  isda train --out runs/r110-isda --resume     # continue an interrupted run
+"""
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run control")
+    group.add_argument("--config", metavar="JSON", default=None,
+                       help="start from this JSON config (a run's config.json works); "
+                            "command-line options override it")
+    group.add_argument("--resume", action="store_true",
+                       help="continue from checkpoint.pt in --out (with the run's saved "
+                            "config; options given here override it, e.g. --epochs)")
+    group.add_argument("--force", action="store_true",
+                       help="retrain even if --out holds a finished or unfinished run")
+    group.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                       help="stop after this many epochs (resume later with --resume)")
+    group.add_argument("--quiet", action="store_true",
+                       help="no progress bar and no per-epoch lines")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="train one model (presets from the paper's Table 9)",
+        description="Train one model with a training criterion (ce, isda, ...).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    add_run_arguments(parser)
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: ``--config`` file, else (with ``--resume``) the run directory's
+    saved config, else the defaults; then the options given on the command line."""
+    overrides = config_overrides_from_args(args)
+    if args.config:
+        base = TrainConfig.load(args.config)
+    else:
+        base = TrainConfig()
+        if args.resume:
+            out = overrides.get("out")
+            if out is None:
+                from .presets import default_out_dir
+
+                out = default_out_dir(base.replace(**overrides))
+            saved = Path(out) / "config.json"
+            if saved.is_file():
+                base = TrainConfig.load(saved)
+    return base.replace(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    config = build_config(args)
+    result = train(config, resume=args.resume, force=args.force, quiet=args.quiet,
+                   stop_after=args.stop_after)
+    if result["status"] == "stopped":
+        print(f"stopped after {result['epochs_done']}/{result['epochs']} epochs; continue with: "
+              f"isda train --out {result['out']} --resume")
+        return 0
+    print(f"final test error (mean of the last {result['final_error_epochs']} epochs): "
+          f"{result['final_error']:.2f}%  best: {result['best_error']:.2f}% "
+          f"(epoch {result['best_epoch']})  -> {Path(result['out']) / 'result.json'}")
+    return 0

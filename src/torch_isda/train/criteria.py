@@ -1,0 +1,516 @@
+"""Training criteria: a timm-style registry and ``+`` composition.
+
+A training criterion is an :class:`~torch.nn.Module` with this interface (base class
+:class:`TrainingCriterion`)::
+
+    features = criterion.transform_features(model.forward_features(x))   # hook, identity
+    logits = model.get_classifier()(features)
+    loss = criterion(features, logits, criterion.transform_target(y), model)
+    criterion.set_progress(t / T)                # every iteration, t/T in [0, 1)
+    criterion.parameter_groups(config)           # extra optimizer param groups, default []
+    criterion.log_values()                       # scalars logged per epoch, e.g. {"lambda": .}
+    criterion.state_dict()                       # its state (e.g. the ISDA estimator)
+
+A *spec* names one **primary** loss (it produces the classification loss: ``ce``,
+``isda``, ...) and any number of **modifiers** (``dropout``, ``center``, ...), joined by
+``+``; each term may carry keyword arguments in parentheses::
+
+    create_criterion("isda", A, C, config)
+    create_criterion("isda(lambda0=0.75)+dropout(p=0.3)", A, C, config)
+
+Composition (:class:`CompositeCriterion`): the hooks of all terms chain in spec order
+(``transform_features``/``transform_target``), their parameter groups concatenate, their
+``set_progress``/``train``/``eval`` are all called, and the loss is the primary's loss plus
+the additive terms returned by the modifiers (a modifier returning ``None`` adds nothing).
+
+Extending (see also docs/training.md)::
+
+    from torch_isda.train.criteria import CriterionModifier, TrainingCriterion, register_criterion
+
+    @register_criterion("focal")                 # primary: TrainingCriterion.primary = True
+    class FocalLoss(TrainingCriterion):
+        def __init__(self, gamma: float = 1.0, alpha: float = 0.5): ...
+        def forward(self, features, logits, target, model): ...
+
+    @register_criterion("dropout")               # modifier: CriterionModifier.primary = False
+    class FeatureDropout(CriterionModifier):
+        def __init__(self, p: float = 0.3): ...
+        def transform_features(self, features): ...
+
+Classes are built by :meth:`TrainingCriterion.from_config`, which passes ``num_features``
+/ ``num_classes`` if ``__init__`` accepts them, plus the spec's keyword arguments;
+override it to read :class:`~torch_isda.train.config.TrainConfig` fields (as ``isda`` does
+with ``lambda0``, ``kind``, ``constant_lambda``). A plain function
+``factory(num_features, num_classes, config, **kwargs) -> TrainingCriterion`` can be
+registered too (``register_criterion("name", primary=False)`` for a modifier).
+
+Modules holding criteria are imported on first use of the registry: every module
+``torch_isda/train/criteria_*.py`` (e.g. ``criteria_baselines.py``) and those named in
+:data:`CRITERION_MODULES`, so a new file with ``@register_criterion`` needs no other edit.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib
+import inspect
+import pkgutil
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Union
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..loss import ISDALoss
+
+__all__ = [
+    "CRITERION_MODULES",
+    "CompositeCriterion",
+    "CriterionModifier",
+    "CrossEntropyCriterion",
+    "ISDACriterion",
+    "TrainingCriterion",
+    "create_criterion",
+    "criterion_info",
+    "is_criterion",
+    "list_criteria",
+    "parse_criterion_spec",
+    "register_criterion",
+    "spec_dirname",
+    "unregister_criterion",
+]
+
+#: Extra modules imported (once) before the registry is first used.
+CRITERION_MODULES: list[str] = []
+
+
+class TrainingCriterion(nn.Module):
+    """Base class of training criteria (see the module docstring for the interface).
+
+    Subclasses implement :meth:`forward` and override hooks as needed; every hook has an
+    identity/no-op default.
+    """
+
+    #: ``True`` for a loss that produces the classification loss (exactly one per spec),
+    #: ``False`` for a modifier (hooks and/or an additive term).
+    primary: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
+                    ) -> TrainingCriterion:
+        """Build the criterion for a run: passes ``num_features``/``num_classes`` when
+        ``__init__`` takes them, plus the spec's keyword arguments."""
+        params = inspect.signature(cls.__init__).parameters
+        base = {}
+        if "num_features" in params:
+            base["num_features"] = num_features
+        if "num_classes" in params:
+            base["num_classes"] = num_classes
+        return cls(**base, **kwargs)
+
+    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
+                ) -> Optional[Tensor]:
+        raise NotImplementedError
+
+    def set_progress(self, t_over_T: float) -> None:
+        """Training progress ``t / T`` in ``[0, 1)``, set before every iteration."""
+
+    def transform_features(self, features: Tensor) -> Tensor:
+        """Applied to the deep features before the classifier (training only)."""
+        return features
+
+    def transform_target(self, target: Tensor) -> Tensor:
+        """Applied to the training targets passed to :meth:`forward` (training only; the
+        training error is measured on the true labels)."""
+        return target
+
+    def parameter_groups(self, config: Any) -> list[dict[str, Any]]:
+        """Extra optimizer parameter groups, e.g. ``[{"params": [centers], "lr": 0.5}]``.
+
+        Trainable parameters of the criterion not listed here are optimized with the
+        model's settings.
+        """
+        return []
+
+    def log_values(self) -> dict[str, float]:
+        """Scalars recorded in the per-epoch metrics (e.g. ``{"lambda": 0.25}``)."""
+        return {}
+
+
+class CriterionModifier(TrainingCriterion):
+    """Base class of modifiers: hooks and/or an additive loss term (``None``: none)."""
+
+    primary: ClassVar[bool] = False
+
+    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
+                ) -> Optional[Tensor]:
+        return None
+
+
+class CompositeCriterion(TrainingCriterion):
+    """One primary criterion plus modifiers (built by :func:`create_criterion` from a spec
+    with ``+``). ``components`` lists them in spec order."""
+
+    def __init__(self, main: TrainingCriterion, modifiers: list[TrainingCriterion],
+                 order: Optional[list[int]] = None) -> None:
+        super().__init__()
+        self.main = main
+        self.modifiers = nn.ModuleList(modifiers)
+        parts = [main, *modifiers]
+        # spec order of the components (the primary need not come first in the spec)
+        self._order = list(range(len(parts))) if order is None else list(order)
+        self._parts = parts
+
+    @property
+    def components(self) -> list[TrainingCriterion]:
+        return [self._parts[i] for i in self._order]
+
+    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
+                ) -> Tensor:
+        loss = self.main(features, logits, target, model)
+        for modifier in self.modifiers:
+            term = modifier(features, logits, target, model)
+            if term is not None:
+                loss = loss + term
+        return loss
+
+    def set_progress(self, t_over_T: float) -> None:
+        for c in self.components:
+            c.set_progress(t_over_T)
+
+    def transform_features(self, features: Tensor) -> Tensor:
+        for c in self.components:
+            features = c.transform_features(features)
+        return features
+
+    def transform_target(self, target: Tensor) -> Tensor:
+        for c in self.components:
+            target = c.transform_target(target)
+        return target
+
+    def parameter_groups(self, config: Any) -> list[dict[str, Any]]:
+        groups: list[dict[str, Any]] = []
+        for c in self.components:
+            groups.extend(c.parameter_groups(config))
+        return groups
+
+    def log_values(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for c in self.components:
+            values.update(c.log_values())
+        return values
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class CriterionEntry:
+    name: str
+    factory: Callable[..., TrainingCriterion]
+    primary: bool
+    target: Any  # the registered class or function
+    doc: str
+
+
+_REGISTRY: dict[str, CriterionEntry] = {}
+_plugins_loaded = False
+
+
+def _qualname(obj: Any) -> tuple[str, str]:
+    return getattr(obj, "__module__", ""), getattr(obj, "__qualname__", repr(obj))
+
+
+def register_criterion(name: Union[str, Callable, None] = None, *, primary: Optional[bool] = None
+                       ) -> Any:
+    """Register a criterion class or factory under ``name``.
+
+    ``@register_criterion("focal")`` on a :class:`TrainingCriterion` subclass (its role
+    comes from the class attribute ``primary``) or on a function
+    ``factory(num_features, num_classes, config, **kwargs)`` (role from ``primary=``,
+    default primary). Bare ``@register_criterion`` uses the function/class name in lower
+    case. Names must be lower-case identifiers (``[a-z][a-z0-9_]*``). Registering another
+    object under a taken name raises ``ValueError``; re-registering the same one (module
+    reload) replaces it.
+    """
+    if callable(name) and not isinstance(name, str):
+        return register_criterion(None, primary=primary)(name)
+
+    def decorator(obj: Any) -> Any:
+        key = name if name is not None else obj.__name__.lower()
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+            raise ValueError(f"criterion names must match [a-z][a-z0-9_]*; got {key!r}")
+        if isinstance(obj, type):
+            if not issubclass(obj, TrainingCriterion):
+                raise TypeError(f"{obj.__qualname__} must subclass TrainingCriterion")
+            role = obj.primary if primary is None else bool(primary)
+            if role != obj.primary:
+                raise ValueError(f"{obj.__qualname__}.primary is {obj.primary} but primary={primary}")
+            factory = obj.from_config
+        elif callable(obj):
+            role = True if primary is None else bool(primary)
+            factory = obj
+        else:
+            raise TypeError(f"cannot register {obj!r} as a criterion")
+        existing = _REGISTRY.get(key)
+        if existing is not None and _qualname(existing.target) != _qualname(obj):
+            mod, qn = _qualname(existing.target)
+            raise ValueError(f"criterion {key!r} is already registered by {mod}.{qn}")
+        doc = (inspect.getdoc(obj) or "").strip().split("\n")[0]
+        _REGISTRY[key] = CriterionEntry(key, factory, role, obj, doc)
+        return obj
+
+    return decorator
+
+
+def unregister_criterion(name: str) -> None:
+    """Remove ``name`` from the registry (mainly for tests)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    names = list(CRITERION_MODULES)
+    package_dir = Path(__file__).resolve().parent
+    for info in pkgutil.iter_modules([str(package_dir)]):
+        if info.name.startswith("criteria_"):
+            names.append(f"{__package__}.{info.name}")
+    for module in names:
+        importlib.import_module(module)
+
+
+def list_criteria(kind: Optional[str] = None) -> list[str]:
+    """Sorted registered names; ``kind`` ``"primary"`` or ``"modifier"`` filters."""
+    _load_plugins()
+    names = sorted(_REGISTRY)
+    if kind == "primary":
+        return [n for n in names if _REGISTRY[n].primary]
+    if kind == "modifier":
+        return [n for n in names if not _REGISTRY[n].primary]
+    if kind is not None:
+        raise ValueError(f"kind must be 'primary', 'modifier' or None; got {kind!r}")
+    return names
+
+
+def is_criterion(name: str) -> bool:
+    _load_plugins()
+    return name in _REGISTRY
+
+
+def _available() -> str:
+    primary = ", ".join(list_criteria("primary")) or "-"
+    modifiers = ", ".join(list_criteria("modifier")) or "-"
+    return f"Available criteria: primary losses: {primary}; modifiers: {modifiers}."
+
+
+def criterion_info(name: str) -> CriterionEntry:
+    """The registry entry of ``name`` (``ValueError`` listing the criteria if unknown)."""
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        pass
+    message = f"Unknown criterion {name!r}."
+    close = difflib.get_close_matches(str(name).lower(), list(_REGISTRY), n=1)
+    if close:
+        message += f" Did you mean {close[0]!r}?"
+    raise ValueError(f"{message} {_available()}")
+
+
+# ---------------------------------------------------------------------------- specs
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced parentheses in criterion spec {text!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if depth != 0:
+        raise ValueError(f"unbalanced parentheses in criterion spec {text!r}")
+    parts.append("".join(current))
+    return parts
+
+
+def _parse_value(text: str) -> Any:
+    text = text.strip()
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def parse_criterion_spec(spec: str, *, check_registered: bool = False
+                         ) -> list[tuple[str, dict[str, Any]]]:
+    """``"isda(lambda0=0.75)+dropout"`` -> ``[("isda", {"lambda0": 0.75}), ("dropout", {})]``.
+
+    With ``check_registered``, also check that every name is registered and that there is
+    exactly one primary loss (``ValueError`` with the available criteria otherwise).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty criterion spec {spec!r}. {_available()}")
+    terms: list[tuple[str, dict[str, Any]]] = []
+    for raw in _split_top_level(spec, "+"):
+        match = _TERM.match(raw)
+        if not match:
+            raise ValueError(
+                f"cannot parse {raw.strip()!r} in criterion spec {spec!r}; expected "
+                f"'name' or 'name(key=value, ...)' terms joined by '+'")
+        name, arg_text = match.group(1).lower(), match.group(2)
+        kwargs: dict[str, Any] = {}
+        if arg_text and arg_text.strip():
+            for item in _split_top_level(arg_text, ","):
+                if not item.strip():
+                    continue
+                if "=" not in item:
+                    raise ValueError(
+                        f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
+                key, value = item.split("=", 1)
+                kwargs[key.strip()] = _parse_value(value)
+        terms.append((name, kwargs))
+    if check_registered:
+        entries = [criterion_info(name) for name, _ in terms]
+        names = [name for name, _ in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"criterion spec {spec!r} names a criterion twice")
+        primaries = [e.name for e in entries if e.primary]
+        if len(primaries) != 1:
+            what = "no primary loss" if not primaries else (
+                f"{len(primaries)} primary losses ({', '.join(primaries)})")
+            raise ValueError(
+                f"criterion spec {spec!r} has {what}; it needs exactly one primary loss "
+                f"plus optional '+'-joined modifiers. {_available()}")
+    return terms
+
+
+def spec_dirname(spec: str) -> str:
+    """A file-system friendly name for a spec (``"isda(lambda0=1)"`` -> ``"isda_lambda0=1"``)."""
+    text = re.sub(r"\s+", "", spec)
+    text = re.sub(r"[^A-Za-z0-9_.+=,-]+", "_", text).strip("_")
+    return text or "loss"
+
+
+def create_criterion(spec: str, num_features: int, num_classes: int, config: Any = None
+                     ) -> TrainingCriterion:
+    """Build the criterion named by ``spec`` for a model with ``num_features``-dimensional
+    features and ``num_classes`` classes.
+
+    ``config`` is the :class:`~torch_isda.train.config.TrainConfig` of the run (defaults
+    when ``None``). A single term returns that criterion; several return a
+    :class:`CompositeCriterion`.
+
+    Raises:
+        ValueError: unknown names (the message lists the available criteria), not exactly
+            one primary loss, or bad arguments.
+    """
+    if config is None:
+        from .config import TrainConfig
+
+        config = TrainConfig()
+    terms = parse_criterion_spec(spec, check_registered=True)
+    built: list[tuple[bool, TrainingCriterion]] = []
+    for name, kwargs in terms:
+        entry = criterion_info(name)
+        try:
+            criterion = entry.factory(num_features, num_classes, config, **kwargs)
+        except TypeError as err:
+            if kwargs and ("argument" in str(err)):
+                target = entry.target
+                init = target.__init__ if isinstance(target, type) else target
+                accepted = [p for p in inspect.signature(init).parameters
+                            if p not in ("self", "num_features", "num_classes", "config")]
+                raise ValueError(
+                    f"bad arguments {kwargs} for criterion {name!r}: {err}; it accepts: "
+                    f"{', '.join(accepted) or 'no arguments'}") from None
+            raise
+        if not isinstance(criterion, TrainingCriterion):
+            raise TypeError(f"criterion factory {name!r} returned {type(criterion).__name__}, "
+                            f"not a TrainingCriterion")
+        built.append((entry.primary, criterion))
+    if len(built) == 1:
+        return built[0][1]
+    main_index = next(i for i, (p, _) in enumerate(built) if p)
+    main = built[main_index][1]
+    modifiers = [c for i, (_, c) in enumerate(built) if i != main_index]
+    # spec positions: index 0 of the composite is the primary, then modifiers in order
+    positions = [main_index] + [i for i in range(len(built)) if i != main_index]
+    order = [positions.index(i) for i in range(len(built))]
+    return CompositeCriterion(main, modifiers, order)
+
+
+# ---------------------------------------------------------------------------- built-ins
+
+
+@register_criterion("ce")
+class CrossEntropyCriterion(TrainingCriterion):
+    """Standard cross-entropy (the paper's "Basic")."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
+                ) -> Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+
+@register_criterion("isda")
+class ISDACriterion(TrainingCriterion):
+    """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T.
+
+    Defaults come from the run config (``lambda0``, ``kind``, ``constant_lambda``); spec
+    arguments override them, e.g. ``isda(lambda0=0.75,kind=diagonal)``; ``rank`` is passed
+    to :class:`~torch_isda.ISDALoss` for ``kind=lowrank``.
+    """
+
+    def __init__(self, num_features: int, num_classes: int, lambda0: float = 0.5,
+                 kind: str = "full", constant_lambda: bool = False,
+                 label_smoothing: float = 0.0, rank: Optional[int] = None) -> None:
+        super().__init__()
+        extra = {} if rank is None else {"rank": int(rank)}  # kind="lowrank" only
+        self.isda = ISDALoss(num_features, num_classes, lambda0, kind,
+                             constant_lambda=constant_lambda, label_smoothing=label_smoothing,
+                             **extra)
+
+    @classmethod
+    def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
+                    ) -> ISDACriterion:
+        args = {"lambda0": config.lambda0, "kind": config.kind,
+                "constant_lambda": config.constant_lambda}
+        args.update(kwargs)
+        return cls(num_features, num_classes, **args)
+
+    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
+                ) -> Tensor:
+        weight = model.get_classifier().weight
+        return self.isda(features, logits, target, weight)
+
+    def set_progress(self, t_over_T: float) -> None:
+        self.isda.set_progress(t_over_T)
+
+    def log_values(self) -> dict[str, float]:
+        return {"lambda": self.isda.ratio}
+

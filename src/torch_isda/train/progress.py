@@ -1,0 +1,52 @@
+"""Progress bars (tqdm when available and wanted) and console messages."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional
+
+__all__ = ["ProgressBar", "progress_enabled"]
+
+
+def progress_enabled(quiet: bool, stream: Any = None) -> bool:
+    """A bar is shown unless ``quiet`` or the stream (stderr) is not a terminal."""
+    if quiet:
+        return False
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressBar:
+    """Iterate ``iterable`` with a tqdm bar (``enabled``) or silently."""
+
+    def __init__(self, iterable: Iterable[Any], total: Optional[int], desc: str,
+                 enabled: bool) -> None:
+        self._bar = None
+        self._iterable = iterable
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover - tqdm is in the train extra
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(iterable, total=total, desc=desc, leave=False,
+                                 dynamic_ncols=True, file=sys.stderr)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._bar if self._bar is not None else self._iterable)
+
+    def set_postfix(self, **values: Any) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,70 @@
+"""``isda compare``: runs per (loss, seed), reuse of finished runs, table and curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from torch_isda.cli import main
+from torch_isda.train import TrainConfig, train
+from torch_isda.train.compare import parse_losses, parse_seeds, run_comparison
+from torch_isda.train.trainer import Trainer
+
+
+def test_compare_writes_table_and_curves_and_reuses_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    base = TrainConfig(epochs=2, threads=1)
+    # an interrupted run already there: it is resumed, not restarted
+    train(base.replace(loss="ce", seed=0, out=str(out / "ce" / "seed0")), quiet=True, stop_after=1)
+    result = run_comparison(base, "ce,isda", 2, out, quiet=True)
+    assert (result.trained, result.reused) == (4, 0)
+    for loss in ("ce", "isda"):
+        for seed in (0, 1):
+            run = out / loss / f"seed{seed}"
+            assert (run / "result.json").is_file()
+            assert len(json.loads((run / "metrics.json").read_text())) == 2
+    md = (out / "table.md").read_text()
+    assert "| Network | Params | Basic | ISDA |" in md and "±" in md
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [r["method"] for r in rows] == ["ce", "isda"] and rows[0]["n_seeds"] == "2"
+    finals = [json.loads((out / "ce" / f"seed{s}" / "result.json").read_text())["final_error"]
+              for s in (0, 1)]
+    assert float(rows[0]["final_error_mean"]) == pytest.approx(sum(finals) / 2, abs=1e-4)
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    # second call: nothing is retrained
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+
+    def no_training(self, *args, **kwargs):
+        raise AssertionError("a finished run was retrained")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    assert main(["compare", "--losses", "ce,isda", "--seeds", "2", "--epochs", "2",
+                 "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Network | Params | Basic | ISDA |" in printed and "curves.png" in printed
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == mtimes
+    # a different configuration in the same directory is refused
+    assert main(["compare", "--seeds", "2", "--epochs", "3", "--threads", "1", "--out",
+                 str(out), "--quiet"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+def test_parse_helpers():
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7] and parse_seeds(2) == [0, 1]
+    assert parse_losses("ce, isda(lambda0=1,kind=diagonal)") == ["ce", "isda(lambda0=1,kind=diagonal)"]
+    with pytest.raises(ValueError, match="Unknown criterion"):
+        parse_losses("ce,focall")
+    with pytest.raises(ValueError):
+        parse_seeds("0,0")
+
+
+def test_interrupted_run_with_other_config_is_refused(tmp_path):
+    base = TrainConfig(epochs=2, threads=1)
+    train(base.replace(loss="ce", seed=0, out=str(tmp_path / "ce" / "seed0")), quiet=True,
+          stop_after=1)
+    with pytest.raises(FileExistsError, match="unfinished run with a different configuration"):
+        run_comparison(base.replace(epochs=3), "ce", 1, tmp_path, quiet=True)

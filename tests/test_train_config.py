@@ -1,0 +1,106 @@
+"""TrainConfig, presets (Table 9) and command-line override resolution."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from torch_isda.train.command_train import add_parser, build_config
+from torch_isda.train.config import PRESET_FIELDS, TrainConfig
+from torch_isda.train.presets import (
+    DEFAULT_LAMBDA0,
+    LAMBDA0_GRID_CIFAR,
+    LAMBDA0_GRID_IMAGENET,
+    model_family,
+    resolve_config,
+)
+
+# Table 9 of the TPAMI paper, written out independently of presets.py:
+# (epochs, batch, weight decay, lr, schedule, milestones, gamma)
+TABLE9 = {
+    "resnet32": (160, 128, 1e-4, 0.1, "step", [80, 120], 0.1),
+    "resnet110": (160, 128, 1e-4, 0.1, "step", [80, 120], 0.1),
+    "se_resnet110": (200, 128, 1e-4, 0.1, "step", [80, 120, 160], 0.1),
+    "wrn28_10": (240, 128, 5e-4, 0.1, "step", [60, 120, 160, 200], 0.2),
+    "wrn16_8": (240, 128, 5e-4, 0.1, "step", [60, 120, 160, 200], 0.2),
+    "densenet_bc_100_12": (300, 64, 1e-4, 0.1, "step", [150, 200, 250], 0.1),
+    "resnext29_8x64d": (350, 128, 5e-4, 0.05, "step", [150, 225, 300], 0.1),
+    "shake_shake_26_2x32d": (1800, 64, 1e-4, 0.1, "cosine", None, None),
+}
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *argv])
+
+
+@pytest.mark.parametrize("model", sorted(TABLE9))
+def test_each_family_gets_its_table9_preset(model):
+    cfg = resolve_config(TrainConfig(dataset="cifar10", model=model))
+    epochs, batch, wd, lr, schedule, milestones, gamma = TABLE9[model]
+    assert (cfg.epochs, cfg.batch_size, cfg.weight_decay, cfg.lr) == (epochs, batch, wd, lr)
+    assert (cfg.momentum, cfg.nesterov) == (0.9, True)
+    assert cfg.lr_schedule == schedule
+    if schedule == "step":
+        assert cfg.milestones == milestones and cfg.gamma == gamma
+    assert cfg.preset == model_family(model)
+    assert cfg.lambda0 == DEFAULT_LAMBDA0 == 0.5 and cfg.kind == "full"
+
+
+def test_small_cnn_preset_and_lambda_grids():
+    cfg = resolve_config(TrainConfig())
+    assert cfg.preset == "small_cnn" and cfg.lr_schedule == "cosine"
+    assert cfg.epochs <= 50 and cfg.nesterov
+    assert LAMBDA0_GRID_CIFAR == (0.1, 0.25, 0.5, 0.75, 1.0)
+    assert LAMBDA0_GRID_IMAGENET == (1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def test_command_line_overrides_win_over_the_preset():
+    args = _parse(["--model", "resnet110", "--dataset", "cifar100", "--epochs", "5", "--lr",
+                   "0.2", "--milestones", "2,4", "--no-nesterov", "--gamma", "0.5",
+                   "--model-kwargs", "dropout=0.3", "--lambda0", "0.75", "--constant-lambda"])
+    cfg = resolve_config(build_config(args))
+    assert (cfg.epochs, cfg.lr, cfg.milestones, cfg.nesterov, cfg.gamma) == (5, 0.2, [2, 4], False, 0.5)
+    assert cfg.batch_size == 128 and cfg.weight_decay == 1e-4  # still from the preset
+    assert cfg.model_kwargs == {"dropout": 0.3}
+    assert cfg.lambda0 == 0.75 and cfg.constant_lambda is True
+    # only the options typed appear: defaults are not "overrides"
+    assert "batch_size" not in vars(args) and "seed" not in vars(args)
+
+
+def test_explicit_preset_and_every_field_has_an_option():
+    cfg = resolve_config(TrainConfig(model="resnet32", preset="wide_resnet"))
+    assert cfg.weight_decay == 5e-4 and cfg.gamma == 0.2
+    parser = argparse.ArgumentParser()
+    sub = add_parser(parser.add_subparsers())
+    flags = {a for action in sub._actions for a in action.option_strings}
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in flags
+
+
+def test_json_round_trip_and_errors(tmp_path):
+    cfg = resolve_config(TrainConfig(model="wrn16_8", model_kwargs={"dropout": 0.3}, amp="bf16"))
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": cfg.to_dict(), "torch_isda_version": "x"}))
+    assert TrainConfig.load(path) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig field.*epocs"):
+        TrainConfig.from_dict({"epocs": 3})
+    with pytest.raises(ValueError, match="amp must be one of"):
+        resolve_config(TrainConfig(amp="fp8"))
+    assert all(getattr(TrainConfig(), f) is None for f in PRESET_FIELDS)
+
+
+def test_unknown_names_are_clear():
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar11'.*Available datasets"):
+        resolve_config(TrainConfig(dataset="cifar11"))
+    with pytest.raises(ValueError, match="Unknown model 'resnet33'.*Available models"):
+        resolve_config(TrainConfig(model="resnet33"))
+    with pytest.raises(ValueError, match="Unknown criterion 'isdaa'.*Did you mean 'isda'.*ce"):
+        resolve_config(TrainConfig(loss="isdaa"))
+    with pytest.raises(ValueError, match="Unknown preset"):
+        resolve_config(TrainConfig(preset="nope"))
