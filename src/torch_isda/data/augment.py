@@ -6,18 +6,29 @@ comes from an optional :class:`torch.Generator` (which may live on another
 device than the images: the few random numbers are drawn on the generator's
 device and moved), so results are reproducible from a seed or a saved
 generator state.  Random numbers are drawn in a fixed order: crop offsets
-(``2 * N`` integers), then flip decisions (``N`` floats).
+(``2 * N`` integers), then flip decisions (``N`` floats), then those of the optional
+AutoAugment / RandAugment stage, then those of Cutout.
+
+:func:`build_augment` also composes the non-semantic augmentations of the ISDA paper
+(Table 4) with a dataset's standard crop/flip, e.g. ``"crop_flip+cutout"``,
+``"crop_flip+autoaugment+cutout"`` or ``"crop_flip+randaugment"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from .autoaugment import AutoAugment
+from .cutout import Cutout
+from .randaugment import RandAugment
+
 __all__ = [
     "AUGMENTATIONS",
+    "EXTRA_AUGMENTATIONS",
     "BatchAugment",
     "build_augment",
     "normalize",
@@ -26,8 +37,29 @@ __all__ = [
     "to_float",
 ]
 
-#: Names accepted by :func:`build_augment`.
+#: Base names accepted by :func:`build_augment` (a dataset's standard augmentation).
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+#: Extras that :func:`build_augment` composes with a base name using ``"+"``.
+EXTRA_AUGMENTATIONS = ("autoaugment", "randaugment", "cutout")
+
+
+def _parse_name(name: str) -> tuple[str, tuple[str, ...]]:
+    """``"crop_flip+autoaugment+cutout"`` -> ``("crop_flip", ("autoaugment", "cutout"))``."""
+    if not isinstance(name, str):
+        raise ValueError(f"augmentation name must be a string; got {name!r}")
+    parts = [t.strip() for t in name.split("+")]
+    base = [t for t in parts if t in AUGMENTATIONS]
+    extras = [t for t in parts if t in EXTRA_AUGMENTATIONS]
+    unknown = [t for t in parts if t not in AUGMENTATIONS and t not in EXTRA_AUGMENTATIONS]
+    if unknown or len(base) > 1 or len(set(extras)) != len(extras) or (not base and not extras):
+        raise ValueError(
+            f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}, optionally followed by "
+            f"'+'-joined extras from {EXTRA_AUGMENTATIONS} (e.g. 'crop_flip+autoaugment+cutout')"
+        )
+    if "autoaugment" in extras and "randaugment" in extras:
+        raise ValueError(f"{name!r}: use at most one of 'autoaugment' and 'randaugment'")
+    return (base[0] if base else "none"), tuple(extras)
 
 
 def _check_batch(x: torch.Tensor) -> None:
@@ -135,8 +167,12 @@ def normalize(
 class BatchAugment:
     """Callable ``(images, generator=None) -> images`` built by :func:`build_augment`.
 
-    Applies the named augmentation and then, if ``mean``/``std`` were given,
-    :func:`normalize` (returning float); without them the input dtype is kept.
+    Applies, in this order: the base augmentation (crop / crop + flip), AutoAugment or
+    RandAugment, Cutout, and then, if ``mean``/``std`` were given, :func:`normalize`
+    (returning float); without them the input dtype is kept.  This is the order of the
+    official ISDA CIFAR code (``RandomCrop, RandomHorizontalFlip, CIFAR10Policy, ToTensor,
+    Cutout, Normalize``): AutoAugment/RandAugment and Cutout see ``uint8`` (or ``[0, 1]``
+    float) pixels, and Cutout's holes are black before normalization.
     """
 
     def __init__(
@@ -148,12 +184,24 @@ class BatchAugment:
         padding: int = 4,
         flip_p: float = 0.5,
         dtype: torch.dtype = torch.float32,
+        cutout_size: int = 16,
+        cutout_holes: int = 1,
+        randaugment_ops: int = 2,
+        randaugment_magnitude: int = 9,
+        fill: float = 128.0,
     ) -> None:
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}")
+        base, extras = _parse_name(name)
         if (mean is None) != (std is None):
             raise ValueError("pass both mean and std, or neither")
         self.name = name
+        self.base = base
+        self.extras = extras
+        self.policy: Optional[object] = None
+        if "autoaugment" in extras:
+            self.policy = AutoAugment(fill=fill)
+        elif "randaugment" in extras:
+            self.policy = RandAugment(randaugment_ops, randaugment_magnitude, fill=fill)
+        self.cutout = Cutout(cutout_size, cutout_holes, 0.0) if "cutout" in extras else None
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
         self.padding = int(padding)
@@ -162,10 +210,14 @@ class BatchAugment:
         self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.name in ("crop", "crop_flip"):
+        if self.base in ("crop", "crop_flip"):
             x = random_crop(x, self.padding, generator)
-        if self.name == "crop_flip":
+        if self.base == "crop_flip":
             x = random_flip(x, self.flip_p, generator)
+        if self.policy is not None:
+            x = self.policy(x, generator)
+        if self.cutout is not None:
+            x = self.cutout(x, generator)
         if self.mean is None:
             return x
         key = (x.device, self.dtype)
@@ -179,9 +231,10 @@ class BatchAugment:
         return to_float(x, self.dtype).sub_(m).div_(s)
 
     def __repr__(self) -> str:
+        extra = "".join(f", {obj!r}" for obj in (self.policy, self.cutout) if obj is not None)
         return (
             f"BatchAugment({self.name!r}, mean={self.mean}, std={self.std}, "
-            f"padding={self.padding}, flip_p={self.flip_p})"
+            f"padding={self.padding}, flip_p={self.flip_p}{extra})"
         )
 
 
@@ -193,20 +246,52 @@ def build_augment(
     padding: int = 4,
     flip_p: float = 0.5,
     dtype: torch.dtype = torch.float32,
+    cutout_size: int = 16,
+    cutout_holes: int = 1,
+    randaugment_ops: int = 2,
+    randaugment_magnitude: int = 9,
+    fill: float = 128.0,
 ) -> BatchAugment:
     """Build a batch augmentation by name.
 
     Args:
         name: ``"none"`` (identity), ``"crop"`` (pad-crop, e.g. SVHN) or
-            ``"crop_flip"`` (pad-crop + horizontal flip, e.g. CIFAR).
+            ``"crop_flip"`` (pad-crop + horizontal flip, e.g. CIFAR), optionally
+            followed by ``"+"``-joined extras: ``"cutout"``
+            (:class:`~torch_isda.data.cutout.Cutout`), ``"autoaugment"`` (CIFAR-10
+            policy, :class:`~torch_isda.data.autoaugment.AutoAugment`) or
+            ``"randaugment"`` (:class:`~torch_isda.data.randaugment.RandAugment`).
+            The ISDA paper's Table 4 columns are ``"crop_flip+cutout"``,
+            ``"crop_flip+randaugment"`` and ``"crop_flip+autoaugment+cutout"`` (the
+            official code always adds Cutout to AutoAugment).  The order of the parts
+            in the name does not matter: they always run as described in
+            :class:`BatchAugment`.
         mean: Per-channel mean; with ``std`` the callable also normalizes and
             returns ``dtype`` tensors.
         std: Per-channel standard deviation.
         padding: Zero padding of the random crop.
         flip_p: Horizontal flip probability.
         dtype: Floating dtype of normalized output.
+        cutout_size: Side of the Cutout square (default 16).
+        cutout_holes: Number of Cutout squares per image (default 1).
+        randaugment_ops: RandAugment ``N`` (default 2).
+        randaugment_magnitude: RandAugment ``M`` on the 0-30 scale (default 9).
+        fill: Pixel value (``[0, 255]`` units) for areas uncovered by AutoAugment /
+            RandAugment geometric operations (default 128).
 
     Returns:
         A callable ``f(images, generator=None)``.
     """
-    return BatchAugment(name, mean, std, padding=padding, flip_p=flip_p, dtype=dtype)
+    return BatchAugment(
+        name,
+        mean,
+        std,
+        padding=padding,
+        flip_p=flip_p,
+        dtype=dtype,
+        cutout_size=cutout_size,
+        cutout_holes=cutout_holes,
+        randaugment_ops=randaugment_ops,
+        randaugment_magnitude=randaugment_magnitude,
+        fill=fill,
+    )

@@ -1,0 +1,57 @@
+"""Baselines of the ISDA paper (Wang et al., TPAMI 2021, Section 6.1 and Table 5): robust
+losses and regularizers, as plain torch building blocks.
+
+=====================  ==============================================  =========================
+baseline               class / function                                hook for a training loop
+=====================  ==============================================  =========================
+Dropout (p = 0.3)      :class:`FeatureDropout`                         transform the features
+Large-margin softmax   :class:`LargeMarginSoftmaxLoss`                 loss(features, target,
+                                                                       fc.weight, fc.bias)
+Disturb label          :class:`DisturbLabel`                           transform the target
+Focal loss             :class:`FocalLoss`                              loss(logits, target)
+Center loss            :class:`CenterLoss`                             CE + loss(features, target);
+                                                                       ``parameter_groups()``
+L_q loss               :class:`LqLoss`                                 loss(logits, target)
+Label smoothing        :class:`LabelSmoothingLoss`                     loss(logits, target)
+=====================  ==============================================  =========================
+
+``features`` are the inputs of the model's final ``nn.Linear`` (see
+:func:`torch_isda.find_classifier`), ``logits`` its outputs.  Defaults follow Appendix C
+of the paper where it gives values (focal ``alpha = 0.5, gamma = 1``; ``q = 0.4``;
+disturb rate 0.05; dropout 0.3; center learning rate 0.5) and the original papers / code
+otherwise; each module's docstring cites its source.
+"""
+
+from .center import CenterLoss, center_loss
+from .disturb_label import DisturbLabel, disturb_labels
+from .feature_dropout import FeatureDropout, feature_dropout
+from .focal import FocalLoss, focal_loss
+from .label_smoothing import LabelSmoothingLoss, label_smoothing_cross_entropy
+from .large_margin import (
+    LargeMarginSoftmaxLoss,
+    large_margin_logits,
+    large_margin_softmax_loss,
+    lsoftmax_beta,
+    lsoftmax_psi,
+)
+from .lq import LqLoss, lq_loss
+
+__all__ = [
+    "CenterLoss",
+    "DisturbLabel",
+    "FeatureDropout",
+    "FocalLoss",
+    "LabelSmoothingLoss",
+    "LargeMarginSoftmaxLoss",
+    "LqLoss",
+    "center_loss",
+    "disturb_labels",
+    "feature_dropout",
+    "focal_loss",
+    "label_smoothing_cross_entropy",
+    "large_margin_logits",
+    "large_margin_softmax_loss",
+    "lq_loss",
+    "lsoftmax_beta",
+    "lsoftmax_psi",
+]
