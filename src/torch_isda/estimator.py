@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from . import distributed as _dist
 from .functional import _GATHER_MAX_ELEMENTS, KINDS
+from .lowrank import LowRankCovariance, streaming_lowrank_update
 
 __all__ = ["CovarianceEstimator"]
 
@@ -27,15 +28,25 @@ class CovarianceEstimator(nn.Module):
         num_classes: number of classes ``C``.
         kind: ``"full"`` (``C x A x A``), ``"diagonal"`` (``C x A`` variances), ``"shared"``
             (one ``A x A`` covariance pooled over classes: the count-weighted mean of the
-            per-class covariances) or ``"identity"`` (``Sigma = I``, never updated).
+            per-class covariances), ``"identity"`` (``Sigma = I``, never updated) or
+            ``"lowrank"`` (``U_c diag(s_c) U_c^T + diag(d_c)`` of rank ``rank``, see
+            :mod:`torch_isda.lowrank`).
         dtype: dtype of the statistics, float32 (default) or float64; features of any
             floating dtype (bf16/fp16 under autocast) are cast to it.
         sync: under ``torch.distributed`` with world size > 1, all-gather every batch so all
             ranks hold identical statistics, equal to one process seeing the global batch.
         device: where the buffers live (they follow ``.to()`` afterwards).
+        rank: number ``k`` of principal directions kept per class by the ``"lowrank"`` kind
+            (capped at ``A``; with ``k = A`` it equals ``"full"``); ignored by other kinds.
 
     Buffers (saved in ``state_dict``): ``mean`` (``C x A``), ``covariance`` (by ``kind``;
     ``A x A`` identity for ``"identity"``) and ``count`` (``C``, samples seen per class).
+    For ``"lowrank"``, ``covariance`` holds the exact per-dimension variances
+    ``diag(Sigma_c)`` (``C x A``, as the diagonal kind) and the factors are the buffers
+    ``components`` (``U^T``: ``C x k x A``, row ``r`` of class ``c`` its ``r``-th principal
+    direction), ``eigenvalues`` (``s``, ``C x k``, descending) and ``residual`` (``d``,
+    ``C x A``). Read ``Sigma`` with :meth:`dense_covariance` (any kind) and pass
+    :meth:`functional_covariance` to :mod:`torch_isda.functional` (any kind).
     """
 
     def __init__(
@@ -47,6 +58,7 @@ class CovarianceEstimator(nn.Module):
         dtype: torch.dtype = torch.float32,
         sync: bool = True,
         device: Optional[torch.device] = None,
+        rank: int = 32,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -59,16 +71,24 @@ class CovarianceEstimator(nn.Module):
         self.num_classes = C = int(num_classes)
         self.kind = kind
         self.sync = sync
-        shapes = {"full": (C, A, A), "diagonal": (C, A), "shared": (A, A), "identity": (A, A)}
+        if int(rank) < 1:
+            raise ValueError(f"rank must be a positive integer; got {rank}")
+        self.rank = min(int(rank), A)
+        shapes = {"full": (C, A, A), "diagonal": (C, A), "shared": (A, A), "identity": (A, A), "lowrank": (C, A)}
         factory = dict(dtype=dtype, device=device)
         self.register_buffer("mean", torch.zeros(C, A, **factory))
         cov = torch.eye(A, **factory) if kind == "identity" else torch.zeros(shapes[kind], **factory)
         self.register_buffer("covariance", cov)
         self.register_buffer("count", torch.zeros(C, dtype=torch.long, device=device))
+        if kind == "lowrank":
+            self.register_buffer("components", torch.zeros(C, self.rank, A, **factory))
+            self.register_buffer("eigenvalues", torch.zeros(C, self.rank, **factory))
+            self.register_buffer("residual", torch.zeros(C, A, **factory))
 
     def extra_repr(self) -> str:
+        rank = f", rank={self.rank}" if self.kind == "lowrank" else ""
         return (
-            f"num_features={self.num_features}, num_classes={self.num_classes}, kind={self.kind!r}, "
+            f"num_features={self.num_features}, num_classes={self.num_classes}, kind={self.kind!r}{rank}, "
             f"dtype={self.mean.dtype}, sync={self.sync}"
         )
 
@@ -156,12 +176,22 @@ class CovarianceEstimator(nn.Module):
 
         if self.kind == "full":
             self._fold_full(xc, inverse, m, classes, total, w, delta)
-        elif self.kind == "diagonal":
+        elif self.kind in ("diagonal", "lowrank"):
             scatter = torch.zeros_like(batch_mean).index_add_(0, inverse, xc * xc)
             var = self.covariance.index_select(0, classes)
             var.mul_((1 - w).unsqueeze(1)).add_(scatter / total.unsqueeze(1)).add_(
                 (w * (1 - w)).unsqueeze(1) * delta * delta
             )
+            if self.kind == "lowrank":  # computed before any buffer is written
+                k = self.rank
+                Zt = self._class_blocks(xc, inverse, m, classes, total, w, delta, lead=k)
+                Zt[:, :k] = self.components[classes]
+                rows, s, low_diag = streaming_lowrank_update(Zt, self.eigenvalues.index_select(0, classes), 1 - w)
+                del Zt
+                d = (var - low_diag).clamp_min_(0)
+                self.components.index_copy_(0, classes, rows)
+                self.eigenvalues.index_copy_(0, classes, s)
+                self.residual.index_copy_(0, classes, d)
             self.covariance.index_copy_(0, classes, var)
         elif self.kind == "shared":
             # pooled: sum_c n_c Sigma_c / sum_c n_c, each class adding its Chan update
@@ -173,24 +203,36 @@ class CovarianceEstimator(nn.Module):
         self.mean.index_copy_(0, classes, old_mean - w.unsqueeze(1) * delta)
         self.count.index_add_(0, classes, m)
 
-    def _fold_full(self, xc: Tensor, inverse: Tensor, m: Tensor, classes: Tensor,
-                   total: Tensor, w: Tensor, delta: Tensor) -> None:
-        """``Sigma <- (1 - w) Sigma + (Xc^T Xc) / (n + m) + w (1 - w) delta delta^T``, per class.
+    def _class_blocks(self, xc: Tensor, inverse: Tensor, m: Tensor, classes: Tensor,
+                      total: Tensor, w: Tensor, delta: Tensor, lead: int = 0) -> Tensor:
+        """The rows ``B`` of each class's update ``Sigma <- (1 - w) Sigma + B^T B``.
 
-        The within-batch scatter and the mean-shift term come out of one batched product:
-        each class's centred rows (scaled by ``1/sqrt(n+m)``) are stacked in a zero-padded
-        ``U x (max m + 1) x A`` block whose last row is ``sqrt(w (1 - w)) delta``.
+        Each class's centred rows (scaled by ``1/sqrt(n+m)``) are stacked in a zero-padded
+        ``U x (max m + 1) x A`` block whose last row is ``sqrt(w (1 - w)) delta``; ``lead``
+        zero rows are reserved in front (``U x (lead + max m + 1) x A``).
         """
         U, A = classes.numel(), xc.shape[1]
         order = torch.argsort(inverse, stable=True)
         starts = torch.cumsum(m, 0) - m
         inv_sorted = inverse.index_select(0, order)
         pos = torch.arange(order.numel(), device=xc.device) - starts.index_select(0, inv_sorted)
-        width = int(m.max()) + 1
+        width = int(m.max()) + 1 + lead
         block = xc.new_zeros(U, width, A)
+        pos = pos + lead
         scale = total.rsqrt()
         block[inv_sorted, pos] = xc.index_select(0, order) * scale.index_select(0, inv_sorted).unsqueeze(1)
         block[:, width - 1] = delta * (w * (1 - w)).sqrt().unsqueeze(1)
+        return block
+
+    def _fold_full(self, xc: Tensor, inverse: Tensor, m: Tensor, classes: Tensor,
+                   total: Tensor, w: Tensor, delta: Tensor) -> None:
+        """``Sigma <- (1 - w) Sigma + (Xc^T Xc) / (n + m) + w (1 - w) delta delta^T``, per class.
+
+        The within-batch scatter and the mean-shift term come out of one batched product
+        with the blocks of :meth:`_class_blocks`.
+        """
+        U, A = classes.numel(), xc.shape[1]
+        block = self._class_blocks(xc, inverse, m, classes, total, w, delta)
         keep = 1 - w
         if U == self.num_classes:  # every class present: update the buffer in place
             self.covariance.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
@@ -213,13 +255,55 @@ class CovarianceEstimator(nn.Module):
             self.covariance.copy_(torch.eye(self.num_features, dtype=self.covariance.dtype))
         else:
             self.covariance.zero_()
+        if self.kind == "lowrank":
+            self.components.zero_()
+            self.eigenvalues.zero_()
+            self.residual.zero_()
+
+    def functional_covariance(self):
+        """The ``covariance`` argument of :mod:`torch_isda.functional` for this estimator.
+
+        ``None`` for ``"identity"``, a :class:`~torch_isda.lowrank.LowRankCovariance`
+        ``(components, eigenvalues, residual)`` for ``"lowrank"``, the ``covariance`` buffer
+        otherwise (no copies).
+        """
+        if self.kind == "identity":
+            return None
+        if self.kind == "lowrank":
+            return LowRankCovariance(self.components.transpose(1, 2), self.eigenvalues, self.residual)
+        return self.covariance
+
+    @torch.no_grad()
+    def dense_covariance(self, classes: Optional[Tensor] = None) -> Tensor:
+        """The estimated ``Sigma_c`` as dense ``A x A`` matrices, whatever the kind.
+
+        Args:
+            classes: 1-D class indices (all ``C`` classes when ``None``).
+
+        Returns:
+            ``len(classes) x A x A`` (a copy; mind the size: ``C A^2`` elements for all classes).
+        """
+        A = self.num_features
+        if classes is None:
+            classes = torch.arange(self.num_classes, device=self.mean.device)
+        classes = torch.as_tensor(classes, dtype=torch.long, device=self.mean.device).reshape(-1)
+        if self.kind == "full":
+            return self.covariance.index_select(0, classes)
+        if self.kind == "diagonal":
+            return torch.diag_embed(self.covariance.index_select(0, classes))
+        if self.kind == "lowrank":
+            return self.functional_covariance().dense(classes)
+        return self.covariance.unsqueeze(0).expand(classes.numel(), A, A).clone()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "covariance"
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(self.covariance.shape):
-            raise ValueError(
-                f"checkpoint covariance has shape {tuple(state_dict[key].shape)}, but this estimator "
-                f"(kind={self.kind!r}, C={self.num_classes}, A={self.num_features}) expects "
-                f"{tuple(self.covariance.shape)}"
-            )
+        names = ("covariance", "components") if self.kind == "lowrank" else ("covariance",)
+        for name in names:
+            key, own = prefix + name, getattr(self, name)
+            if key in state_dict and tuple(state_dict[key].shape) != tuple(own.shape):
+                rank = f", rank={self.rank}" if self.kind == "lowrank" else ""
+                raise ValueError(
+                    f"checkpoint {name} has shape {tuple(state_dict[key].shape)}, but this estimator "
+                    f"(kind={self.kind!r}, C={self.num_classes}, A={self.num_features}{rank}) expects "
+                    f"{tuple(own.shape)}"
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -17,7 +17,10 @@ Covariance layouts (``kind``):
 * ``"full"``: ``C x A x A``, one covariance per class (the paper's CIFAR setting);
 * ``"diagonal"``: ``C x A``, per-class variances (the paper's ImageNet setting);
 * ``"shared"``: ``A x A``, one covariance for all classes (Table 8 ablation);
-* ``"identity"``: ``Sigma = I`` for all classes; ``covariance`` may be ``None``.
+* ``"identity"``: ``Sigma = I`` for all classes; ``covariance`` may be ``None``;
+* ``"lowrank"``: a :class:`~torch_isda.lowrank.LowRankCovariance` ``(U, s, d)`` with
+  ``Sigma_c = U_c diag(s_c) U_c^T + diag(d_c)`` (``C x A x k``, ``C x k``, ``C x A``); inferred
+  from the type, and ``sigma2`` costs ``O(U C A k)`` (see :mod:`torch_isda.lowrank`).
 
 The covariance is always treated as a constant (no gradient flows into it through the
 fast path), as in the paper's Appendix A; if it requires grad, a plain autograd path is
@@ -35,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .lowrank import LowRankCovariance, check_lowrank, lowrank_gram, lowrank_sigma2
+
 __all__ = [
     "KINDS",
     "resolve_kind",
@@ -48,7 +53,7 @@ __all__ = [
     "expected_cross_entropy_mc",
 ]
 
-KINDS = ("full", "diagonal", "shared", "identity")
+KINDS = ("full", "diagonal", "shared", "identity", "lowrank")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -60,12 +65,26 @@ def resolve_kind(
     """Infer (or check) the covariance layout from its shape.
 
     ``C x A x A`` is ``"full"``; ``C x A`` is ``"diagonal"``; ``A x A`` is ``"shared"``;
-    ``None`` is ``"identity"``. When ``C == A`` a 2-D covariance is ambiguous and ``kind``
-    must be given. Raises ``ValueError`` naming the expected shape otherwise.
+    ``None`` is ``"identity"``; a :class:`~torch_isda.lowrank.LowRankCovariance` (or a tuple
+    ``(U, s, d)`` with ``kind="lowrank"``) is ``"lowrank"``. When ``C == A`` a 2-D covariance
+    is ambiguous and ``kind`` must be given. Raises ``ValueError`` naming the expected shape
+    otherwise.
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown covariance kind {kind!r}; expected one of {KINDS}")
     C, A = num_classes, num_features
+    if isinstance(covariance, LowRankCovariance) or (kind == "lowrank" and isinstance(covariance, tuple)):
+        if kind not in (None, "lowrank"):
+            raise ValueError(f"a LowRankCovariance needs kind='lowrank' (or None); got kind={kind!r}")
+        if len(covariance) != 3:
+            raise ValueError("kind='lowrank' expects a LowRankCovariance(U, s, d)")
+        check_lowrank(LowRankCovariance(*covariance), C, A)
+        return "lowrank"
+    if kind == "lowrank":
+        raise ValueError(
+            "kind='lowrank' expects a torch_isda.lowrank.LowRankCovariance(U, s, d) "
+            f"(C x A x k, C x k, C x A); got {type(covariance).__name__}"
+        )
     if kind == "identity" or (kind is None and covariance is None):
         return "identity"
     if covariance is None:
@@ -95,6 +114,8 @@ def resolve_kind(
 
 
 def _compute_dtype(covariance: Optional[Tensor], weight: Tensor) -> torch.dtype:
+    if isinstance(covariance, tuple):  # low-rank factors (U, s, d)
+        covariance = covariance[0]
     if covariance is not None and covariance.dtype in (torch.float32, torch.float64):
         return covariance.dtype
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
@@ -224,7 +245,8 @@ def class_sigma2(
 
     Args:
         weight: ``C x A`` weight of the final linear layer.
-        covariance: per :data:`KINDS` layout, or ``None`` for the identity.
+        covariance: per :data:`KINDS` layout, or ``None`` for the identity (a
+            :class:`~torch_isda.lowrank.LowRankCovariance` for ``"lowrank"``).
         classes: 1-D long tensor of ``U`` *sorted, distinct* class indices.
         kind: layout; inferred from the shape when ``None``.
 
@@ -246,12 +268,23 @@ def class_sigma2(
             if var.requires_grad:
                 return _diagonal_sigma2_autograd(weight.to(dtype), var, classes)
             return _DiagonalSigma2.apply(weight, var, classes)
+        if kind == "lowrank":
+            return _lowrank_sigma2(weight, LowRankCovariance(*covariance).to(dtype), classes)
         W = weight.to(dtype)
         # shared / identity: M = W Sigma (C x A); sigma2 = q_j - 2 w_c^T Sigma w_j + q_c
         M = W if kind == "identity" else W @ covariance.to(dtype)
         q = torch.linalg.vecdot(M, W)  # C
         Mc = M.index_select(0, classes)  # U x A
         return q.unsqueeze(0) - 2.0 * (Mc @ W.T) + q.index_select(0, classes).unsqueeze(1)
+
+
+def _lowrank_sigma2(weight: Tensor, cov: LowRankCovariance, classes: Tensor) -> Tensor:
+    """Low-rank term through autograd (``O(U C A k)``) plus the diagonal term's fast path."""
+    W = weight.to(cov.dtype)
+    low = lowrank_sigma2(W, cov.U, cov.s, classes)
+    if cov.d.requires_grad:
+        return low + _diagonal_sigma2_autograd(W, cov.d, classes)
+    return low + _DiagonalSigma2.apply(weight, cov.d, classes)
 
 
 def _full_sigma2_autograd(W: Tensor, cov: Tensor, classes: Tensor) -> Tensor:
@@ -281,6 +314,11 @@ def pairwise_sigma2(
     dtype = _compute_dtype(covariance if kind != "identity" else None, weight)
     with _no_autocast(weight.device):
         W = weight.to(dtype)
+        if kind == "lowrank":
+            cov = LowRankCovariance(*covariance).to(dtype)
+            G = lowrank_gram(W, cov.U, cov.s, cov.d, classes)  # U x C x C
+            d = torch.diagonal(G, dim1=1, dim2=2)
+            return d.unsqueeze(1) + d.unsqueeze(2) - 2.0 * G
         if kind == "full":
             M = torch.matmul(W.unsqueeze(0), covariance.to(dtype).index_select(0, classes))  # U x C x A
         elif kind == "diagonal":
@@ -334,8 +372,8 @@ def augment_logits(
         logits: ``N x C`` output of the final linear layer (bias included).
         weight: ``C x A`` weight of that layer.
         target: ``N`` class indices in ``[0, C)``.
-        covariance: ``C x A x A`` (full), ``C x A`` (diagonal), ``A x A`` (shared) or ``None``
-            (identity).
+        covariance: ``C x A x A`` (full), ``C x A`` (diagonal), ``A x A`` (shared), ``None``
+            (identity) or a :class:`~torch_isda.lowrank.LowRankCovariance` (lowrank).
         ratio: the augmentation strength ``lambda >= 0``.
         kind: covariance layout, inferred from the shape when ``None``.
 
@@ -469,6 +507,8 @@ def covariance_factor(covariance: Optional[Tensor], classes: Tensor, num_feature
         return torch.diag_embed(covariance.index_select(0, classes).clamp_min(0).sqrt())
     if kind == "shared":
         cov = covariance.unsqueeze(0).expand(classes.numel(), -1, -1)
+    elif kind == "lowrank":
+        cov = LowRankCovariance(*covariance).dense(classes)
     else:
         cov = covariance.index_select(0, classes)
     evals, evecs = torch.linalg.eigh(cov)
@@ -483,6 +523,8 @@ def _layout_of(covariance: Optional[Tensor], num_features: int, kind: Optional[s
         return kind
     if covariance is None:
         return "identity"
+    if isinstance(covariance, LowRankCovariance):
+        return "lowrank"
     if covariance.dim() == 3:
         return "full"
     if covariance.dim() == 2 and covariance.shape[1] == num_features:
@@ -516,7 +558,12 @@ def sample_augmented_features(
     kind = _layout_of(covariance, A, kind)
     dtype = _compute_dtype(covariance if kind != "identity" else None, features)
     classes, inverse = torch.unique(target, sorted=True, return_inverse=True)
-    cov = None if kind == "identity" else covariance.to(dtype)
+    if kind == "identity":
+        cov = None
+    elif kind == "lowrank":
+        cov = LowRankCovariance(*covariance).to(dtype)
+    else:
+        cov = covariance.to(dtype)
     if kind in ("shared", "identity"):  # one factor serves every class
         classes, inverse = classes[:1], torch.zeros_like(inverse)
     L = covariance_factor(cov, classes, A, kind).to(dtype)

@@ -35,6 +35,8 @@ class ISDALoss(nn.Module):
         reduction, label_smoothing, ignore_index: as in :class:`torch.nn.CrossEntropyLoss`.
             Samples with ``target == ignore_index`` neither update the estimator nor count.
         dtype, sync: passed to the estimator.
+        rank: components kept per class by ``kind="lowrank"`` (default 32; see
+            :mod:`torch_isda.lowrank`); ignored by the other kinds.
 
     In evaluation mode (``criterion.eval()``) the estimator is not updated.
     """
@@ -52,6 +54,7 @@ class ISDALoss(nn.Module):
         ignore_index: int = -100,
         dtype: torch.dtype = torch.float32,
         sync: bool = True,
+        rank: int = 32,
     ) -> None:
         super().__init__()
         if not float(lambda0) >= 0.0:
@@ -60,7 +63,9 @@ class ISDALoss(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1]; got {label_smoothing}")
-        self.estimator = CovarianceEstimator(num_features, num_classes, kind, dtype=dtype, sync=sync)
+        self.estimator = CovarianceEstimator(
+            num_features, num_classes, kind, dtype=dtype, sync=sync, rank=rank
+        )
         self.lambda0 = float(lambda0)
         self.constant_lambda = bool(constant_lambda)
         self.reduction = reduction
@@ -135,7 +140,7 @@ class ISDALoss(nn.Module):
                 self.estimator.update(features[valid], target[valid])
         lam = self.ratio if ratio is None else float(ratio)
         kind = self.kind
-        cov = None if kind == "identity" else self.estimator.covariance
+        cov = self.estimator.functional_covariance()
         return isda_f.isda_cross_entropy(
             logits,
             weight,
