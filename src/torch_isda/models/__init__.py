@@ -15,11 +15,16 @@ Registered names: ``resnet20``, ``resnet32``, ``resnet44``, ``resnet56``,
 """
 
 from .base import ISDANet, init_weights
+from .cnn13 import CNN13
 from .densenet_cifar import DenseNetBC
+from .densenet_imagenet import ImageNetDenseNet
 from .flops import count_macs, count_parameters
 from .registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .resnet_cifar import CifarResNet
+from .resnet_imagenet import ImageNetResNet
 from .resnext_cifar import CifarResNeXt
+from . import segmentation  # noqa: F401  (registers deeplabv3_resnet, pspnet_resnet)
+from .resnext_imagenet import ImageNetResNeXt
 from .shake_shake import ShakeShake, ShakeShakeResNet
 from .small_cnn import DigitsCNN
 from .wide_resnet import WideResNet
