@@ -30,6 +30,7 @@ from .registry import (
 
 # Importing the dataset modules registers their factories.
 from . import cifar, digits, imagefolder, svhn  # noqa: E402  (registration order)
+from . import cityscapes, synthetic_segmentation  # noqa: E402  (segmentation datasets)
 from .augment import build_augment, normalize, random_crop, random_flip, to_float
 from .download import BASE_URLS, ENV_BASE_URL, ChecksumError, download_file, file_md5
 from .imagefolder import (
