@@ -402,6 +402,10 @@ def _covariance_source(
             f"covariance tensor; got {type(estimator).__name__}"
         )
     k = kind or getattr(est, "kind", None)
+    if k == "lowrank" and callable(getattr(est, "functional_covariance", None)):
+        # the lowrank kind's ``covariance`` buffer holds only the variances; the factors
+        # (U, s, d) come from functional_covariance()
+        cov = est.functional_covariance()
     return (None if k == "identity" else cov), k, getattr(est, "count", None)
 
 

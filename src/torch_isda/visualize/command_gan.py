@@ -1,0 +1,213 @@
+"""``isda gan train``: train the WGAN-GP generator that ``isda visualize`` inverts.
+
+Wraps :func:`torch_isda.visualize.gan.train_gan` on a dataset of the harness
+(:func:`torch_isda.data.create_dataset`). The output directory holds ``gan.pt`` (generator,
+critic, optimisers, RNG state, loss history), ``samples.png`` (8 x 8 samples from fixed
+noise) and ``gan_log.jsonl``; running the command again on the same directory resumes from
+``gan.pt`` up to ``--iterations`` (``--force`` starts over). See docs/visualization.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["add_parser", "run", "run_train"]
+
+EPILOG = """\
+Examples:
+
+  isda gan train                                  # digits, 3,000 iterations (~2 min on 2 CPU cores)
+  isda gan train --dataset digits --out runs/gan-digits --iterations 5000   # continue to 5,000
+  isda gan train --dataset cifar10 --download --out runs/gan-cifar10 --device cuda
+                                                  # 32x32 DCGAN WGAN-GP, 100,000 iterations
+
+Running the command again on an --out that holds gan.pt resumes it (up to --iterations);
+the architecture and optimiser settings are those saved in gan.pt. --force starts over.
+"""
+
+#: options whose value is saved in gan.pt: given explicitly on a resume they must agree.
+_SAVED = {"z_dim": "z_dim", "arch": "arch", "dim": "dim", "lr": "lr", "batch_size": "batch_size",
+          "n_critic": "n_critic", "gp_weight": "gp_weight", "seed": "seed"}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "gan", help="train the WGAN-GP generator used by `isda visualize`",
+        description="Generative models for the visualisation of ISDA's augmentations "
+                    "(Wang et al., TPAMI 2021, Appendix E).")
+    sub = parser.add_subparsers(dest="gan_command", metavar="ACTION")
+    sub.required = True
+    train = sub.add_parser(
+        "train", help="train (or resume) a class-agnostic WGAN-GP on a dataset's training images",
+        description="Train a WGAN-GP (Gulrajani et al., 2017) on the training images of a dataset: "
+                    "an MLP generator for images up to 16x16 (digits), the DCGAN-style CIFAR "
+                    "networks for larger ones. Writes gan.pt, samples.png and gan_log.jsonl.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", default="digits",
+                      help="dataset name (torch_isda.data.list_datasets(); default: digits)")
+    data.add_argument("--data-dir", default="data", help="directory of the dataset files")
+    data.add_argument("--download", action="store_true", help="download missing dataset files")
+    data.add_argument("--dataset-kwargs", default=None, metavar="KW",
+                      help="extra dataset options, JSON or key=value[,key=value]")
+    gan = train.add_argument_group("WGAN-GP (unset: the defaults of torch_isda.visualize.gan)")
+    gan.add_argument("--iterations", type=_positive_int, default=None,
+                     help="generator iterations in total (each after --n-critic critic steps); "
+                          "default 3000 for the mlp architecture (digits), 100000 for dcgan")
+    gan.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (64)")
+    gan.add_argument("--z-dim", type=int, default=None, help="latent dimension (128)")
+    gan.add_argument("--arch", choices=("mlp", "dcgan"), default=None,
+                     help="architecture (default: mlp up to 16x16 pixels, else dcgan)")
+    gan.add_argument("--dim", type=_positive_int, default=None,
+                     help="width: hidden units (mlp, 256) or DIM channels (dcgan, 128)")
+    gan.add_argument("--lr", type=float, default=None,
+                     help="Adam learning rate (mlp 1e-3, dcgan 1e-4)")
+    gan.add_argument("--n-critic", type=_positive_int, default=None,
+                     help="critic steps per generator step (5)")
+    gan.add_argument("--gp-weight", type=float, default=None, help="gradient-penalty weight (10)")
+    gan.add_argument("--lr-decay", action="store_true",
+                     help="decay the learning rates linearly to 0 (new runs only)")
+    ctl = train.add_argument_group("run control")
+    ctl.add_argument("--out", default=None,
+                     help="output directory (default: runs/gan-<dataset>)")
+    ctl.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    ctl.add_argument("--device", default="auto",
+                     help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', ...")
+    ctl.add_argument("--threads", type=_positive_int, default=None,
+                     help="CPU threads for torch ops (default: torch's choice)")
+    ctl.add_argument("--sample-every", type=_non_negative_int, default=500,
+                     help="rewrite samples.png and gan.pt every this many iterations (500; 0: at the end)")
+    ctl.add_argument("--force", action="store_true",
+                     help="start over even if --out holds gan.pt")
+    ctl.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.set_defaults(_gan_run=run_train)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    args.command = f"{args.command} {args.gan_command}"  # errors read "isda gan train: error: ..."
+    return args._gan_run(args)
+
+
+def _dataset_kwargs(text: Optional[str]) -> dict:
+    if not text:
+        return {}
+    from ..train.config import parse_kwargs
+
+    return parse_kwargs(text)
+
+
+def load_image_dataset(name: str, data_dir: str, download: bool, kwargs: dict) -> Any:
+    """``create_dataset(name, ...)``, checked to be an in-memory ImageDataset."""
+    from ..data import ImageDataset, create_dataset
+
+    data = create_dataset(name, root=data_dir, download=download, **kwargs)
+    if not isinstance(data, ImageDataset):
+        raise ValueError(f"dataset {name!r} is not an in-memory image dataset "
+                         f"({type(data).__name__}); the GAN and the visualisation need one "
+                         f"(digits, cifar10, cifar100, svhn, ...)")
+    return data
+
+
+def _check_resume(args: argparse.Namespace, ckpt: Path, dataset_name: str,
+                  image_shape: tuple) -> Optional[dict]:
+    """The saved checkpoint when resuming, after checking it fits the request."""
+    from .gan import GANConfig, load_gan_checkpoint
+
+    state = load_gan_checkpoint(ckpt)
+    config = GANConfig(**state["config"])
+    saved_name = str(state.get("dataset", ""))
+    if tuple(config.image_shape) != tuple(image_shape) or (saved_name and saved_name != dataset_name):
+        raise ValueError(
+            f"'{ckpt}' was trained on {saved_name or 'another dataset'} "
+            f"{'x'.join(map(str, config.image_shape))} images, not {dataset_name} "
+            f"{'x'.join(map(str, image_shape))}; use another --out or --force to start over")
+    saved = {"z_dim": config.z_dim, "arch": config.arch, "dim": config.dim, "lr": config.lr,
+             "batch_size": config.batch_size, "n_critic": config.n_critic,
+             "gp_weight": config.gp_weight, "seed": int(state.get("seed", 0))}
+    diffs = []
+    for option, key in _SAVED.items():
+        value = getattr(args, option)
+        if value is not None and value != saved[key]:
+            diffs.append(f"--{option.replace('_', '-')} {value} (saved: {saved[key]})")
+    if args.lr_decay and not config.lr_decay:
+        diffs.append("--lr-decay (saved: off)")
+    if diffs:
+        raise ValueError(
+            f"'{ckpt}' exists with other settings: {', '.join(diffs)}; resuming keeps the saved "
+            f"settings: drop these options, use another --out, or --force to start over")
+    return state
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..train.seeding import num_threads
+    from ..train.trainer import resolve_device
+    from .gan import CHECKPOINT_NAME, DCGAN_ITERATIONS, DIGITS_ITERATIONS, LOG_NAME, SAMPLES_NAME, train_gan
+
+    out = Path(args.out or f"runs/gan-{args.dataset}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out '{out}' exists and is not a directory")
+    device = resolve_device(args.device)
+    data = load_image_dataset(args.dataset, args.data_dir, args.download,
+                              _dataset_kwargs(args.dataset_kwargs))
+    image_shape = tuple(int(s) for s in data.train_images.shape[1:])
+    ckpt = out / CHECKPOINT_NAME
+    state = None
+    if ckpt.exists() and not args.force:
+        state = _check_resume(args, ckpt, data.name, image_shape)
+    if args.force:
+        for name in (CHECKPOINT_NAME, LOG_NAME, SAMPLES_NAME):
+            (out / name).unlink(missing_ok=True)
+
+    iterations = args.iterations
+    if iterations is None and state is not None:
+        arch = state["config"]["arch"]
+        iterations = DIGITS_ITERATIONS if arch == "mlp" else DCGAN_ITERATIONS
+    if state is not None and iterations is not None and iterations < int(state["iteration"]):
+        raise ValueError(f"'{ckpt}' already has {state['iteration']} iterations, more than "
+                         f"--iterations {iterations}; use --force to start over")
+    if state is not None and not args.quiet:
+        if int(state["iteration"]) >= iterations:
+            print(f"'{ckpt}' already has {state['iteration']} iterations (>= {iterations}): "
+                  f"nothing to do (pass a larger --iterations to continue)", file=sys.stderr)
+
+    kwargs: dict[str, Any] = {}
+    for option in ("arch", "dim", "lr", "n_critic", "gp_weight"):
+        value = getattr(args, option)
+        if value is not None:
+            kwargs[option] = value
+    with num_threads(args.threads):
+        train_gan(
+            data, out, iterations=iterations,
+            batch_size=args.batch_size if args.batch_size is not None else 64,
+            z_dim=args.z_dim if args.z_dim is not None else 128,
+            seed=args.seed if args.seed is not None else 0, device=device, progress=not args.quiet,
+            sample_every=args.sample_every, lr_decay=args.lr_decay, resume=not args.force,
+            **kwargs)
+    done = _saved_iteration(ckpt)
+    print(f"generator: {done} iterations on {data.name} {'x'.join(map(str, image_shape))} images "
+          f"-> {ckpt}, {out / SAMPLES_NAME}")
+    return 0
+
+
+def _saved_iteration(ckpt: Path) -> int:
+    from .gan import load_gan_checkpoint
+
+    return int(load_gan_checkpoint(ckpt)["iteration"])
