@@ -30,6 +30,10 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[tuple[str, str]] = [
     ("train", "torch_isda.train.command_train"),
     ("compare", "torch_isda.train.command_compare"),
+    ("gan", "torch_isda.visualize.command_gan"),
+    ("visualize", "torch_isda.visualize.command_visualize"),
+    ("analyze", "torch_isda.analysis.command_analyze"),
+    ("bench", "torch_isda.analysis.command_bench"),
 ]
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)

@@ -32,6 +32,9 @@ from .registry import (
 from . import cifar, digits, imagefolder, svhn  # noqa: E402  (registration order)
 from . import cityscapes, synthetic_segmentation  # noqa: E402  (segmentation datasets)
 from .augment import build_augment, normalize, random_crop, random_flip, to_float
+from .autoaugment import AutoAugment
+from .cutout import Cutout
+from .randaugment import RandAugment
 from .download import BASE_URLS, ENV_BASE_URL, ChecksumError, download_file, file_md5
 from .imagefolder import (
     IMAGENET_MEAN,
@@ -43,7 +46,9 @@ from .imagefolder import (
 from .loader import DeviceBatchIterator
 
 __all__ = [
+    "AutoAugment",
     "BASE_URLS",
+    "Cutout",
     "ENV_BASE_URL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -52,6 +57,7 @@ __all__ = [
     "ImageDataset",
     "ImageFolderData",
     "ImageFolderLoaders",
+    "RandAugment",
     "build_augment",
     "channel_stats",
     "cifar",

@@ -11,11 +11,14 @@ AutoAugment / RandAugment stage, then those of Cutout.
 
 :func:`build_augment` also composes the non-semantic augmentations of the ISDA paper
 (Table 4) with a dataset's standard crop/flip, e.g. ``"crop_flip+cutout"``,
-``"crop_flip+autoaugment+cutout"`` or ``"crop_flip+randaugment"``.
+``"crop_flip+autoaugment+cutout"`` or ``"crop_flip+randaugment"``; each term may carry
+options, e.g. ``"crop(padding=1)+cutout(size=4)"`` (see :data:`TERM_OPTIONS`).
 """
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Sequence
 from typing import Optional
 
@@ -29,6 +32,7 @@ from .randaugment import RandAugment
 __all__ = [
     "AUGMENTATIONS",
     "EXTRA_AUGMENTATIONS",
+    "TERM_OPTIONS",
     "BatchAugment",
     "build_augment",
     "normalize",
@@ -44,22 +48,71 @@ AUGMENTATIONS = ("none", "crop", "crop_flip")
 EXTRA_AUGMENTATIONS = ("autoaugment", "randaugment", "cutout")
 
 
-def _parse_name(name: str) -> tuple[str, tuple[str, ...]]:
-    """``"crop_flip+autoaugment+cutout"`` -> ``("crop_flip", ("autoaugment", "cutout"))``."""
+#: Options a term of an augmentation spec may carry, e.g. ``"crop(padding=1)+cutout(size=4)"``:
+#: ``{term: {option: build_augment keyword}}``.
+TERM_OPTIONS = {
+    "none": {},
+    "crop": {"padding": "padding"},
+    "crop_flip": {"padding": "padding", "flip_p": "flip_p"},
+    "cutout": {"size": "cutout_size", "holes": "cutout_holes"},
+    "autoaugment": {"fill": "fill"},
+    "randaugment": {"n": "randaugment_ops", "m": "randaugment_magnitude", "fill": "fill"},
+}
+
+_TERM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def _parse_term_options(term: str, arg_text: str, name: str) -> dict[str, object]:
+    """``"size=4, holes=2"`` of term ``cutout`` -> ``{"cutout_size": 4, "cutout_holes": 2}``."""
+    allowed = TERM_OPTIONS[term]
+    options: dict[str, object] = {}
+    for item in arg_text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"augmentation options must be key=value; got {item.strip()!r} in {name!r}")
+        key, value = (v.strip() for v in item.split("=", 1))
+        if key not in allowed:
+            accepted = ", ".join(allowed) or "no options"
+            raise ValueError(f"unknown option {key!r} for augmentation {term!r} in {name!r}; "
+                             f"it accepts: {accepted}")
+        try:
+            options[allowed[key]] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"invalid value {value!r} for {term}({key}=...) in {name!r}") from None
+    return options
+
+
+def _parse_spec(name: str) -> tuple[str, tuple[str, ...], dict[str, object]]:
+    """``"crop(padding=1)+cutout(size=4)"`` -> ``("crop", ("cutout",), {"padding": 1,
+    "cutout_size": 4})``: the base name, the extras and the :func:`build_augment` keyword
+    arguments given by the terms' options (see :data:`TERM_OPTIONS`)."""
     if not isinstance(name, str):
         raise ValueError(f"augmentation name must be a string; got {name!r}")
-    parts = [t.strip() for t in name.split("+")]
+    usage = (f"choose one of {AUGMENTATIONS}, optionally followed by '+'-joined extras from "
+             f"{EXTRA_AUGMENTATIONS} (e.g. 'crop_flip+autoaugment+cutout'); each term may carry "
+             f"options such as 'cutout(size=4)'")
+    parts, options = [], {}
+    for raw in name.split("+"):
+        match = _TERM_RE.match(raw)
+        term = match.group(1) if match else raw.strip()
+        if match and term in TERM_OPTIONS and match.group(2) is not None:
+            options.update(_parse_term_options(term, match.group(2), name))
+        parts.append(term)
     base = [t for t in parts if t in AUGMENTATIONS]
     extras = [t for t in parts if t in EXTRA_AUGMENTATIONS]
     unknown = [t for t in parts if t not in AUGMENTATIONS and t not in EXTRA_AUGMENTATIONS]
     if unknown or len(base) > 1 or len(set(extras)) != len(extras) or (not base and not extras):
-        raise ValueError(
-            f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}, optionally followed by "
-            f"'+'-joined extras from {EXTRA_AUGMENTATIONS} (e.g. 'crop_flip+autoaugment+cutout')"
-        )
+        raise ValueError(f"unknown augmentation {name!r}; {usage}")
     if "autoaugment" in extras and "randaugment" in extras:
         raise ValueError(f"{name!r}: use at most one of 'autoaugment' and 'randaugment'")
-    return (base[0] if base else "none"), tuple(extras)
+    return (base[0] if base else "none"), tuple(extras), options
+
+
+def _parse_name(name: str) -> tuple[str, tuple[str, ...]]:
+    """``"crop_flip+autoaugment+cutout"`` -> ``("crop_flip", ("autoaugment", "cutout"))``."""
+    base, extras, _ = _parse_spec(name)
+    return base, extras
 
 
 def _check_batch(x: torch.Tensor) -> None:
@@ -190,9 +243,21 @@ class BatchAugment:
         randaugment_magnitude: int = 9,
         fill: float = 128.0,
     ) -> None:
-        base, extras = _parse_name(name)
+        base, extras, options = _parse_spec(name)
         if (mean is None) != (std is None):
             raise ValueError("pass both mean and std, or neither")
+        # options written in the name (e.g. "cutout(size=4)") override the keywords
+        padding = options.get("padding", padding)
+        flip_p = options.get("flip_p", flip_p)
+        cutout_size = options.get("cutout_size", cutout_size)
+        cutout_holes = options.get("cutout_holes", cutout_holes)
+        randaugment_ops = options.get("randaugment_ops", randaugment_ops)
+        randaugment_magnitude = options.get("randaugment_magnitude", randaugment_magnitude)
+        fill = options.get("fill", fill)
+        if isinstance(padding, bool) or int(padding) != padding or int(padding) < 0:
+            raise ValueError(f"crop padding must be an integer >= 0; got {padding!r} in {name!r}")
+        if not isinstance(flip_p, (int, float)) or not 0.0 <= float(flip_p) <= 1.0:
+            raise ValueError(f"flip_p must lie in [0, 1]; got {flip_p!r} in {name!r}")
         self.name = name
         self.base = base
         self.extras = extras
@@ -265,7 +330,13 @@ def build_augment(
             ``"crop_flip+randaugment"`` and ``"crop_flip+autoaugment+cutout"`` (the
             official code always adds Cutout to AutoAugment).  The order of the parts
             in the name does not matter: they always run as described in
-            :class:`BatchAugment`.
+            :class:`BatchAugment`.  Each term may carry options in parentheses
+            (:data:`TERM_OPTIONS`), which override the keyword arguments below:
+            ``crop(padding=)``, ``crop_flip(padding=, flip_p=)``, ``cutout(size=,
+            holes=)``, ``autoaugment(fill=)``, ``randaugment(n=, m=, fill=)``; e.g.
+            ``"crop(padding=1)+cutout(size=4)"`` for 8x8 digits (the defaults, padding 4
+            and a 16x16 hole, are the 32x32 CIFAR settings: a 16x16 hole blanks an 8x8
+            image completely).
         mean: Per-channel mean; with ``std`` the callable also normalizes and
             returns ``dtype`` tensors.
         std: Per-channel standard deviation.

@@ -28,6 +28,7 @@ re-running the same command continues an interrupted comparison. Examples:
   isda compare --dataset cifar10 --download --model resnet32 --losses ce,isda --seeds 5 \\
                --out runs/compare-c10-r32 --amp bf16
   isda compare --losses "ce,isda(lambda0=0.25),isda(lambda0=1)" --seeds 0,1,2
+  isda compare --semi vat,mean-teacher --isda both --labels 100 --seeds 5   # Table 6 style
 """
 
 
@@ -47,6 +48,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             f"dataset/model, else runs/compare-<dataset>-<model>)")
     group.add_argument("--force", action="store_true", help="retrain finished runs")
     group.add_argument("--quiet", action="store_true", help="print only the table")
+    group.add_argument("--isda", default="both", choices=("off", "on", "both"),
+                       help="with --semi M1,M2: train each method without ISDA (--loss ce), "
+                            "with ISDA (Eq. 19, --loss isda) or both (Table 6; default: both)")
     add_config_arguments(parser, exclude=("loss", "seed", "out"),
                          title="training configuration (applies to every run)")
     return parser
@@ -60,9 +64,18 @@ def run(args: argparse.Namespace) -> int:
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
         base = base.replace(threads=DEFAULTS["threads"])
+    if base.semi != "none":  # Table 6: methods x {without, with ISDA} (compare_semi)
+        from .compare_semi import run_semi_command
+
+        return run_semi_command(args, base, DEFAULTS["losses"])
     out = args.out
     if out is None:
-        out = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{base.model}"
+        model = base.model
+        if not is_default:  # the resolved model (segmentation runs replace the default one)
+            from .presets import resolve_config
+
+            model = resolve_config(base).model
+        out = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
     t0 = time.perf_counter()
     result = run_comparison(base, args.losses, args.seeds, out, force=args.force, quiet=args.quiet)
     print()

@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
 
-__all__ = ["add_parser", "build_config", "run"]
+__all__ = ["add_parser", "build_config", "report", "run"]
 
 EPILOG = """\
 Unset optimization options come from the preset of the model family (the paper's
@@ -35,6 +35,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="stop after this many epochs (resume later with --resume)")
     group.add_argument("--quiet", action="store_true",
                        help="no progress bar and no per-epoch lines")
+    group.add_argument("--nproc", type=int, default=None, metavar="K",
+                       help="data-parallel training in K processes on this machine, launched "
+                            "with torchrun (same as 'torchrun --nproc-per-node K -m "
+                            "torch_isda.train ...'); --batch-size stays the global batch")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -68,14 +72,34 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
+        from .launch import launch_from_args
+
+        return launch_from_args(args)
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # a torchrun worker: data-parallel training
+        from .distributed import run_cli
+
+        return run_cli(args, report)
     from .trainer import train
 
     config = build_config(args)
     result = train(config, resume=args.resume, force=args.force, quiet=args.quiet,
                    stop_after=args.stop_after)
+    return report(result)
+
+
+def report(result: dict[str, Any]) -> int:
+    """Print the outcome of a run (``train``'s result); returns the exit status."""
     if result["status"] == "stopped":
         print(f"stopped after {result['epochs_done']}/{result['epochs']} epochs; continue with: "
               f"isda train --out {result['out']} --resume")
+        return 0
+    if result.get("task") == "segmentation":  # Table 7 columns
+        from .segmentation_trainer import format_segmentation_result
+
+        print(f"{format_segmentation_result(result)}  -> {Path(result['out']) / 'result.json'}")
         return 0
     print(f"final test error (mean of the last {result['final_error_epochs']} epochs): "
           f"{result['final_error']:.2f}%  best: {result['best_error']:.2f}% "

@@ -8,6 +8,9 @@ interrupted comparison continues where it stopped. Then:
   error (mean of the last 10 epochs, Section 6.1) per method, in the form of Table 2;
 * ``OUT/curves.png``: test error vs. epoch per method, mean line with a ±std band (as in
   Fig. 5).
+
+Segmentation configs get a Table-7-style mIoU table and mIoU curves instead
+(:mod:`torch_isda.train.segmentation_compare`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ __all__ = ["DISPLAY_NAMES", "MethodSummary", "parse_losses", "parse_seeds", "plo
 
 #: Column headers of the paper's Table 2 for the known specs.
 DISPLAY_NAMES = {"ce": "Basic", "isda": "ISDA"}
+
+#: Up to this many methods the summary is one row with a column per method (Table 2
+#: style); with more, one row per method named by its spec (Table 5 style).
+WIDE_TABLE_MAX_METHODS = 4
 
 
 def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
@@ -159,9 +166,17 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
         f"{seeds_text} seeds; each run's error is the mean test error of its last 10 epochs "
         f"(Section 6.1). {config.epochs} epochs, preset {config.preset}.",
         "",
-        "| Network | Params | " + " | ".join(m.display for m in methods) + " |",
-        "|---|---|" + "---|" * len(methods),
-        f"| {config.model} | {params} | " + " | ".join(cells) + " |",
+    ]
+    if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
+        lines += [
+            "| Network | Params | " + " | ".join(m.display for m in methods) + " |",
+            "|---|---|" + "---|" * len(methods),
+            f"| {config.model} | {params} | " + " | ".join(cells) + " |",
+        ]
+    else:  # Table 5 style: one row per method, named by its spec
+        lines += [f"| Method | {config.model} ({params}) on {config.dataset} |", "|---|---|"]
+        lines += [f"| {m.loss} | {cell} |" for m, cell in zip(methods, cells)]
+    lines += [
         "",
         "| Method | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
         "|---|---|---|---|---|",
@@ -227,7 +242,8 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
                  f"{'/'.join(map(str, n))} seeds")
     ax.grid(True, alpha=0.3)
-    ax.legend(title="final error (last 10 epochs)")
+    ax.legend(title="final error (last 10 epochs)",
+              fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
@@ -270,7 +286,7 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     seeds = parse_seeds(seeds)
     out = Path(out)
     resolved = resolve_config(base.replace(loss=losses[0], seed=seeds[0], out=str(out)))
-    say(f"comparing {', '.join(losses)} on {base.dataset} / {base.model} over seeds "
+    say(f"comparing {', '.join(losses)} on {base.dataset} / {resolved.model} over seeds "
         f"{', '.join(map(str, seeds))} ({resolved.epochs} epochs each) -> '{out}'")
     total = len(losses) * len(seeds)
     counts = {"trained": 0, "reused": 0}
@@ -290,9 +306,19 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
             status = result["status"]
             counts["reused" if status == "reused" else "trained"] += 1
             note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(status, status)
-            say(f"[{done}/{total}] {loss} seed {seed}: final error {result['final_error']:.2f}% "
-                f"(best {result['best_error']:.2f}%), {note} in {time.perf_counter() - t0:.1f}s")
+            score = (f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
+                     if result.get("task") != "segmentation" else
+                     f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
+                     f"{result['miou_multiscale_flip']:.2f}%)")
+            say(f"[{done}/{total}] {loss} seed {seed}: {score}, {note} in "
+                f"{time.perf_counter() - t0:.1f}s")
             runs.setdefault(loss, []).append((seed, run_dir))
+    if resolved.task == "segmentation":  # Table 7 columns: torch_isda.train.segmentation_compare
+        from .segmentation_compare import write_segmentation_comparison
+
+        methods, table, curves = write_segmentation_comparison(out, losses, runs, resolved)
+        return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
+                                curves, counts["trained"], counts["reused"])
     methods = [summarize_method(loss, runs[loss]) for loss in losses]
     table = write_tables(out, methods, resolved)
     curves = out / "curves.png"

@@ -3,7 +3,10 @@
 Fields left at ``None`` (``epochs``, ``batch_size``, ``lr``, ``momentum``, ``nesterov``,
 ``weight_decay``, ``lr_schedule``, ``milestones``, ``gamma``) are filled from the preset of
 the model's family (Table 9 of the paper, see :mod:`torch_isda.train.presets`) by
-:func:`~torch_isda.train.presets.resolve_config`; anything set explicitly wins.
+:func:`~torch_isda.train.presets.resolve_config`; anything set explicitly wins. The ISDA
+fields ``lambda0`` and ``kind`` (:data:`ISDA_PRESET_FIELDS`) are resolved the same way:
+``0.5`` / ``"full"`` (the CIFAR setting) unless the preset, the model family or the model
+has its own default (e.g. ``7.5`` / ``"diagonal"`` for ``resnet50`` on ImageNet).
 
 Every field is also a command-line option of ``isda train`` / ``isda compare``
 (``batch_size`` -> ``--batch-size``), generated from the dataclass by
@@ -24,15 +27,22 @@ from ..functional import KINDS  # the covariance kinds of the core
 
 __all__ = [
     "AMP_MODES",
+    "ISDA_PRESET_FIELDS",
     "LR_SCHEDULES",
     "PRESET_FIELDS",
+    "SEG_LOSS_AT",
+    "TASKS",
     "TrainConfig",
     "add_config_arguments",
     "config_overrides_from_args",
 ]
 
 AMP_MODES = ("none", "bf16", "fp16")
-LR_SCHEDULES = ("step", "cosine")
+LR_SCHEDULES = ("step", "cosine", "poly")
+#: ``None`` (auto: segmentation for segmentation datasets) or one of these.
+TASKS = ("classification", "segmentation")
+#: Where the per-pixel segmentation loss is computed (see docs/segmentation.md).
+SEG_LOSS_AT = ("label", "feature")
 
 
 def _field(default: Any = None, help: str = "", *, factory: Any = None, choices: Any = None,
@@ -60,7 +70,8 @@ class TrainConfig:
     augment: Optional[str] = _field(
         None, "training augmentation for in-memory datasets: none, crop or crop_flip, "
         "optionally with '+'-joined extras known to torch_isda.data.build_augment (e.g. "
-        "crop_flip+cutout, crop_flip+autoaugment+cutout) (default: the dataset's default)")
+        "crop_flip+cutout, crop_flip+autoaugment+cutout), each term optionally with options "
+        "(e.g. 'crop(padding=1)+cutout(size=4)' for 8x8 digits) (default: the dataset's default)")
     # model
     model: str = _field("digits_cnn", "model name (see torch_isda.models.list_models())")
     model_kwargs: dict = _field(
@@ -70,10 +81,41 @@ class TrainConfig:
     loss: str = _field(
         "isda", "training criterion spec: a primary loss plus '+'-joined modifiers, each "
         "optionally with arguments, e.g. 'isda', 'ce', 'isda+dropout(p=0.3)'")
-    lambda0: float = _field(0.5, "ISDA strength lambda_0 (paper grid: 0.1, 0.25, 0.5, 0.75, 1)")
-    kind: str = _field("full", "ISDA covariance kind", choices=KINDS)
+    lambda0: Optional[float] = _field(
+        None, "ISDA strength lambda_0 (paper grid: 0.1, 0.25, 0.5, 0.75, 1 on CIFAR) [preset; "
+        "0.5 unless the preset/model says otherwise, e.g. 7.5 for resnet50 on ImageNet]")
+    kind: Optional[str] = _field(
+        None, "ISDA covariance kind [preset; 'full' unless the preset says otherwise, "
+        "'diagonal' for the ImageNet models]", choices=KINDS)
     constant_lambda: bool = _field(False, "use lambda = lambda_0 from the first step "
                                           "(default: lambda = lambda_0 * t / T)")
+    # semi-supervised (Section 5, Eq. 19; see torch_isda.train.semi_config, docs/semi_supervised.md)
+    semi: str = _field(
+        "none", "semi-supervised base method: none (supervised), pi, temporal-ensembling, "
+        "mean-teacher or vat; with it --loss isda is Eq. (19) and --loss ce the method alone")
+    labels: Optional[int] = _field(
+        None, "[--semi] labeled training images, balanced over classes [dataset default: "
+        "100 digits, 4000 cifar10, 10000 cifar100, 1000 svhn]")
+    split_seed: Optional[int] = _field(
+        None, "[--semi] seed of the labeled split (default: --seed)")
+    val_fraction: float = _field(
+        0.0, "[--semi] fraction of the labels held out as a validation set (0.25 for the "
+        "paper's hyper-parameter search, 0 for final runs)")
+    eta1: float = _field(1.0, "[--semi] weight of the ISDA consistency bound, Eq. (15) "
+                              "(paper grid: 0.5, 1, 2)")
+    eta2: Optional[float] = _field(
+        None, "[--semi] peak weight of the base method's regularizer (default: the method's "
+        "own, ramped up)")
+    labeled_batch_size: Optional[int] = _field(
+        None, "[--semi] labeled samples per step (default: unlabeled batch size / 4)")
+    unlabeled_batch_size: Optional[int] = _field(
+        None, "[--semi] unlabeled samples per step (default: --batch-size; 128 on digits)")
+    zca: Optional[bool] = _field(None, "[--semi] ZCA whitening (default: on for CIFAR)")
+    semi_translate: Optional[int] = _field(
+        None, "[--semi] maximum random translation in pixels (default: 2; 1 below 16 px)")
+    semi_kwargs: dict = _field(
+        help="[--semi] base-method options, JSON or key=value (e.g. epsilon=6,rampup_epochs=40)",
+        factory=dict, metavar="KW")
     # optimization (None: from the preset of the model family)
     preset: Optional[str] = _field(
         None, "training preset (default: chosen from the model family, see presets)")
@@ -89,6 +131,21 @@ class TrainConfig:
         None, "epochs at which the step schedule multiplies the lr by gamma, e.g. 80,120 "
         "[preset]", metavar="E1,E2,...")
     gamma: Optional[float] = _field(None, "lr factor at each milestone [preset]")
+    poly_power: float = _field(0.9, "power of the poly schedule: lr * (1 - t / T) ** power")
+    # segmentation (None: from the segmentation preset; see docs/segmentation.md)
+    task: Optional[str] = _field(
+        None, "classification or segmentation (default: segmentation for segmentation "
+        "datasets such as synthetic_segmentation and cityscapes)", choices=TASKS)
+    crop_size: Optional[int] = _field(None, "segmentation training crop (cityscapes) [preset: 769]")
+    eval_scales: Optional[str] = _field(
+        None, "segmentation multi-scale evaluation scales [preset: 0.75,1,1.25,1.5 "
+        "(Table 7); 0.75,1,1.25 on synthetic_segmentation]", metavar="S1,S2,...")
+    seg_loss_at: Optional[str] = _field(
+        None, "segmentation loss resolution: label (official code: ISDA-augmented logits "
+        "upsampled to the labels) or feature (Eq. 7 per feature pixel, labels resized) "
+        "[preset: label]", choices=SEG_LOSS_AT)
+    aux_weight: Optional[float] = _field(
+        None, "weight of the auxiliary (deep supervision) head's loss [preset: 0.4]")
     # run
     seed: int = _field(0, "random seed (model init, data order, augmentation)")
     device: str = _field("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
@@ -104,6 +161,18 @@ class TrainConfig:
         None, "CPU threads for torch ops (torch.set_num_threads; default: torch's choice)")
     out: Optional[str] = _field(
         None, "run directory (default: runs/<dataset>-<model>-<loss>-seed<seed>)")
+    # multi-process (torchrun / isda train --nproc; see torch_isda.train.distributed)
+    isda_sync: str = _field(
+        "on", "[multi-process] on: all-gather every global batch so that all ranks share the "
+        "ISDA statistics; off: per-rank statistics (the official code's behaviour)",
+        choices=("on", "off"))
+    sync_bn: bool = _field(False, "[multi-process] BatchNorm with the global batch's statistics "
+                                  "(SyncBatchNorm)")
+    dist_backend: str = _field("auto", "[multi-process] auto (nccl on CUDA, gloo on CPU), nccl "
+                                       "or gloo", choices=("auto", "nccl", "gloo"))
+    dist_timeout: Optional[float] = _field(
+        None, "[multi-process] collective timeout in seconds (default: 300 with gloo, 1800 "
+        "with nccl)")
 
     # ------------------------------------------------------------------ serialization
 
@@ -157,11 +226,12 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "crop_size"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 problems.append(f"{name} must be a positive integer; got {value}")
-        for name in ("lr", "weight_decay", "momentum", "gamma", "lambda0"):
+        for name in ("lr", "weight_decay", "momentum", "gamma", "lambda0", "poly_power",
+                     "aux_weight"):
             value = getattr(self, name)
             if value is not None and not float(value) >= 0:
                 problems.append(f"{name} must be non-negative; got {value}")
@@ -173,6 +243,9 @@ class TrainConfig:
             problems.append(f"milestones must be non-negative epochs; got {self.milestones}")
         if not isinstance(self.loss, str) or not self.loss.strip():
             problems.append("loss must be a non-empty criterion spec such as 'isda' or 'ce'")
+        from .semi_config import semi_problems  # the semi-supervised fields
+
+        problems.extend(semi_problems(self))
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
@@ -180,6 +253,8 @@ class TrainConfig:
 #: Fields filled from the family preset when left at ``None``.
 PRESET_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                  "lr_schedule", "milestones", "gamma")
+#: ISDA fields filled (when ``None``) from the preset's per-family / per-model defaults.
+ISDA_PRESET_FIELDS = ("lambda0", "kind")
 
 
 # ---------------------------------------------------------------------------- command line

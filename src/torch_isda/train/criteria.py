@@ -430,6 +430,13 @@ def create_criterion(spec: str, num_features: int, num_classes: int, config: Any
         from .config import TrainConfig
 
         config = TrainConfig()
+    if getattr(config, "lambda0", 0) is None or getattr(config, "kind", "") is None:
+        # an unresolved config (resolve_config fills the per-model values): CIFAR defaults
+        from .presets import DEFAULT_KIND, DEFAULT_LAMBDA0
+
+        config = dataclasses.replace(
+            config, lambda0=DEFAULT_LAMBDA0 if config.lambda0 is None else config.lambda0,
+            kind=DEFAULT_KIND if config.kind is None else config.kind)
     terms = parse_criterion_spec(spec, check_registered=True)
     built: list[tuple[bool, TrainingCriterion]] = []
     for name, kwargs in terms:

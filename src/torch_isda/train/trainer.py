@@ -27,7 +27,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +40,7 @@ from .config import TrainConfig
 from .criteria import TrainingCriterion, create_criterion
 from .metrics import summarize, write_metrics
 from .presets import resolve_config
+from .schedules import PolyFactor
 from .progress import ProgressBar, progress_enabled
 from .seeding import (
     deterministic_mode,
@@ -49,8 +50,8 @@ from .seeding import (
     set_rng_state,
 )
 
-__all__ = ["COMPARED_IGNORED_FIELDS", "Trainer", "config_differences", "resolve_device",
-           "train"]
+__all__ = ["COMPARED_IGNORED_FIELDS", "Trainer", "config_differences", "prepare_run_dir",
+           "resolve_device", "train"]
 
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.json"
@@ -58,7 +59,8 @@ RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", "metrics.json", CONFIG
 
 #: Fields that do not change what a run computes (ignored when deciding whether a
 #: finished run in ``--out`` matches the requested configuration).
-COMPARED_IGNORED_FIELDS = ("out", "data_dir", "download", "workers", "device", "threads")
+COMPARED_IGNORED_FIELDS = ("out", "data_dir", "download", "workers", "device", "threads",
+                           "dist_backend", "dist_timeout")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -113,10 +115,28 @@ class Trainer:
         quiet: no progress bar and no per-epoch lines.
         log: where messages go (default: ``print`` to stdout).
         epoch_log: print one line per epoch (unless ``quiet``).
+        callbacks: objects with optional methods ``on_step(trainer, step, features, logits,
+            target)`` (called every training step once the loss is computed, before the
+            backward pass and the optimizer step, so parameters and criterion state are those
+            the loss used; ``step`` is the global 0-based step, ``features``/``logits`` carry
+            the graph: detach them) and ``on_epoch_end(trainer, epoch, row)`` (after the
+            epoch's checkpoint is written; ``epoch`` is 1-based, ``row`` its metrics).
+            Used by :mod:`torch_isda.analysis` (e.g. the bound-tightness trace).
     """
 
+    #: This process's rank and the number of processes (the multi-process trainer of
+    #: :mod:`torch_isda.train.distributed` sets them; only rank 0 writes files).
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes the run directory (rank 0)."""
+        return self.rank == 0
+
     def __init__(self, config: TrainConfig, *, quiet: bool = False,
-                 log: Optional[Callable[[str], None]] = None, epoch_log: bool = True) -> None:
+                 log: Optional[Callable[[str], None]] = None, epoch_log: bool = True,
+                 callbacks: Sequence[Any] = ()) -> None:
         if config.epochs is None or config.out is None:
             config = resolve_config(config)
         self.config = config
@@ -129,6 +149,7 @@ class Trainer:
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.data_generator: Optional[torch.Generator] = None
+        self.callbacks = list(callbacks)
 
     # ------------------------------------------------------------------ setup
 
@@ -170,6 +191,7 @@ class Trainer:
             groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay,
             nesterov=bool(cfg.nesterov) and momentum > 0)
         self.lr_factor = (_CosineFactor(cfg.epochs) if cfg.lr_schedule == "cosine"
+                          else PolyFactor(cfg.epochs, cfg.poly_power) if cfg.lr_schedule == "poly"
                           else _StepFactor(cfg.milestones or [], cfg.gamma))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [self.lr_factor] * len(self.optimizer.param_groups))
@@ -229,9 +251,17 @@ class Trainer:
             "rng": get_rng_state({"data": self.data_generator}, cuda=self.device.type == "cuda"),
             "config": self.config.to_dict(),
             "torch_isda_version": __version__,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"cannot resume: the checkpoint in '{self.out}' was written by a run with "
+                f"{saved_world} process(es) but this run has {self.world_size}; resume with the "
+                f"same number of processes (isda train --nproc {saved_world} ... --resume, or "
+                f"torchrun --nproc-per-node {saved_world})")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         sched = dict(state["scheduler"])
@@ -265,6 +295,17 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deep features (after the criterion's ``transform_features``) and logits of a
+        training batch (the multi-process trainer runs this through DDP)."""
+        features = self.criterion.transform_features(self.features_fn(x))
+        return features, self.classifier(features)
+
+    def loss_for_backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss whose gradient is taken (the multi-process trainer weights uneven
+        shards of a global batch); the logged loss is the unweighted one."""
+        return loss
+
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training data; returns (mean loss, error %)."""
         cfg = self.config
@@ -281,13 +322,14 @@ class Trainer:
                 x, y = self._to_device(x, y)
                 self.criterion.set_progress((epoch + i / steps) / cfg.epochs)
                 with self._autocast():
-                    features = self.features_fn(x)
-                    features = self.criterion.transform_features(features)
-                    logits = self.classifier(features)
+                    features, logits = self.forward_train(x)
                 target = self.criterion.transform_target(y)
                 loss = self.criterion(features.float(), logits.float(), target, self.model)
+                for callback in self.callbacks:
+                    if hasattr(callback, "on_step"):
+                        callback.on_step(self, epoch * steps + i, features, logits, target)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                self.scaler.scale(self.loss_for_backward(loss)).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 n = y.shape[0]
@@ -341,7 +383,11 @@ class Trainer:
             row.update({k: float(v) for k, v in values.items()})
             self.rows.append(row)
             self.save()
-            write_metrics(self.out, self.rows)
+            if self.is_main:
+                write_metrics(self.out, self.rows)
+            for callback in self.callbacks:
+                if hasattr(callback, "on_epoch_end"):
+                    callback.on_epoch_end(self, epoch + 1, row)
             if self.epoch_log:
                 lam = "" if row["lambda"] is None else f"  lambda {row['lambda']:.3f}"
                 self._log(
@@ -391,26 +437,16 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def train(config: TrainConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
-          stop_after: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
-          epoch_log: bool = True) -> dict[str, Any]:
-    """Train one run into ``config.out`` and return its result.
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool, force: bool,
+                    say: Callable[[str], None]) -> Optional[dict[str, Any]]:
+    """The run-directory rules of :func:`train` for the resolved ``cfg`` (before building).
 
-    * A finished run (``result.json`` present, same configuration) is not retrained: its
-      stored result is returned with ``"status": "reused"``. A finished run with a
-      different configuration is an error unless ``force`` (retrain from scratch) or
-      ``resume`` (continue from its checkpoint, e.g. with more epochs).
-    * ``resume`` continues from ``checkpoint.pt`` (``FileNotFoundError`` if there is none);
-      without it an unfinished run in ``out`` is an error unless ``force``.
-    * ``stop_after``: stop after that many epochs (resumable; ``"status": "stopped"``).
-
-    The returned dict is ``result.json`` plus ``"status"`` (``trained``/``reused``/
-    ``stopped``) and ``"out"``.
+    Returns the stored result (``"status": "reused"``) of a finished run with the same
+    configuration, else ``None`` (with ``force``, after removing the run's files). Raises
+    ``FileExistsError`` / ``FileNotFoundError`` as documented in :func:`train`.
     """
-    cfg = resolve_config(config)
     out = Path(cfg.out)
     result_path, ckpt_path, config_path = out / RESULT_NAME, out / CHECKPOINT_NAME, out / CONFIG_NAME
-    say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     if force:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -434,9 +470,42 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, qui
     if resume and not force and not ckpt_path.is_file():
         raise FileNotFoundError(
             f"cannot resume: no {CHECKPOINT_NAME} in '{out}' (start the run without --resume)")
+    return None
+
+
+def train(config: TrainConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
+          stop_after: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
+          epoch_log: bool = True, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train one run into ``config.out`` and return its result.
+
+    * A finished run (``result.json`` present, same configuration) is not retrained: its
+      stored result is returned with ``"status": "reused"``. A finished run with a
+      different configuration is an error unless ``force`` (retrain from scratch) or
+      ``resume`` (continue from its checkpoint, e.g. with more epochs).
+    * ``resume`` continues from ``checkpoint.pt`` (``FileNotFoundError`` if there is none);
+      without it an unfinished run in ``out`` is an error unless ``force``.
+    * ``stop_after``: stop after that many epochs (resumable; ``"status": "stopped"``).
+    * ``callbacks``: per-step / per-epoch hooks, see :class:`Trainer` (not called for a
+      reused run).
+
+    The returned dict is ``result.json`` plus ``"status"`` (``trained``/``reused``/
+    ``stopped``) and ``"out"``.
+    """
+    cfg = resolve_config(config)
+    out = Path(cfg.out)
+    result_path, ckpt_path = out / RESULT_NAME, out / CHECKPOINT_NAME
+    say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
+    reused = prepare_run_dir(cfg, resume=resume, force=force, say=say)
+    if reused is not None:
+        return reused
 
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, quiet=quiet, log=log, epoch_log=epoch_log)
+    trainer_cls = Trainer
+    if cfg.semi != "none":  # semi-supervised (Eq. 19): torch_isda.train.semi_trainer
+        from .semi_trainer import SemiTrainer as trainer_cls
+    if cfg.task == "segmentation":  # Table 7: torch_isda.train.segmentation_trainer
+        from .segmentation_trainer import SegmentationTrainer as trainer_cls
+    trainer = trainer_cls(cfg, quiet=quiet, log=log, epoch_log=epoch_log, callbacks=callbacks)
     with deterministic_mode(cfg.deterministic), num_threads(cfg.threads):
         trainer.build()
         if resume and not force:
