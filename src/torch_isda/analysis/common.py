@@ -1,0 +1,165 @@
+"""Shared helpers of the analyses: configs, seed sweeps, tables and figures.
+
+Every analysis trains its runs through :func:`sweep`, a thin wrapper of
+:func:`torch_isda.train.compare.run_comparison` (``isda compare``): runs go to
+``OUT/runs/<loss>/seed<k>/``, finished runs are reused, interrupted ones resumed, and a
+changed configuration for an existing directory is refused. Tables are written as
+markdown and CSV with :func:`write_table`, figures with :func:`save_figure` (atomically).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..train.checkpoint import atomic_write, atomic_write_text
+from ..train.config import TrainConfig
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "DEFAULT_MODEL",
+    "Logger",
+    "Table",
+    "base_config",
+    "default_out",
+    "default_seeds",
+    "fmt_pm",
+    "is_default_setting",
+    "mean_std",
+    "pyplot",
+    "save_figure",
+    "sweep",
+    "write_table",
+]
+
+DEFAULT_DATASET = "digits"
+DEFAULT_MODEL = "digits_cnn"
+
+Logger = Callable[[str], None]
+
+
+def is_default_setting(config: TrainConfig) -> bool:
+    """Whether the run uses the embedded default (digits + digits_cnn)."""
+    return (config.dataset, config.model) == (DEFAULT_DATASET, DEFAULT_MODEL)
+
+
+def base_config(overrides: dict[str, Any]) -> TrainConfig:
+    """The base :class:`TrainConfig` of an analysis: digits + digits_cnn unless overridden,
+    and ``threads=1`` for that tiny default (as ``isda compare``) unless given."""
+    config = TrainConfig(**{"dataset": DEFAULT_DATASET, "model": DEFAULT_MODEL, **overrides})
+    if is_default_setting(config) and "threads" not in overrides:
+        config = config.replace(threads=1)
+    return config
+
+
+def default_out(name: str, config: TrainConfig) -> str:
+    """``runs/analyze-<name>`` for the default setting, else with dataset and model."""
+    if is_default_setting(config):
+        return f"runs/analyze-{name}"
+    return f"runs/analyze-{name}-{config.dataset}-{config.model}"
+
+
+def default_seeds(config: TrainConfig, digits: int = 2, other: int = 5) -> int:
+    """Seeds of a sweep: ``digits`` for the default setting (minutes on a CPU), else
+    ``other`` (the paper's five)."""
+    return digits if is_default_setting(config) else other
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (``None`` for a single value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values to average")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_pm(mean: float, std: Optional[float], digits: int = 2, unit: str = "") -> str:
+    """``"1.23 ± 0.45"`` (or ``"1.23"`` without a std)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None:
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
+
+
+@dataclass
+class Table:
+    """A table written as ``<stem>.md`` (caption + markdown table + notes) and
+    ``<stem>.csv`` (machine-readable columns, which may differ from the markdown)."""
+
+    caption: str
+    headers: list[str]
+    rows: list[list[str]]
+    csv_headers: list[str]
+    csv_rows: list[list[Any]]
+    notes: str = ""
+
+    def markdown(self) -> str:
+        lines = [self.caption, "", "| " + " | ".join(self.headers) + " |",
+                 "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
+        if self.notes:
+            lines += ["", self.notes]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.csv_headers)
+        for row in self.csv_rows:
+            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+                             for v in row])
+        return buf.getvalue()
+
+
+def write_table(out: Union[str, Path], stem: str, table: Table) -> tuple[Path, Path, str]:
+    """Write ``out/<stem>.md`` and ``out/<stem>.csv``; returns both paths and the markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table.markdown()
+    md, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
+    atomic_write_text(md, text)
+    atomic_write_text(csv_path, table.csv())
+    return md, csv_path, text
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Union[str, Path]) -> Path:
+    """Save ``fig`` as a PNG atomically and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    pyplot().close(fig)
+    return path
+
+
+def sweep(base: TrainConfig, losses: Sequence[str], seeds: Union[int, str, Sequence[int]],
+          runs_dir: Union[str, Path], *, force: bool = False, quiet: bool = False,
+          log: Optional[Logger] = None) -> dict[str, Any]:
+    """Train every ``(loss, seed)`` with ``isda compare``'s machinery into ``runs_dir``.
+
+    Returns ``{loss: MethodSummary}`` (final/best errors per seed, curves). Finished runs
+    are reused and interrupted ones resumed; ``runs_dir`` also receives compare's own
+    ``table.md``/``table.csv``/``curves.png``.
+    """
+    from ..train.compare import run_comparison
+
+    result = run_comparison(base, list(losses), seeds, runs_dir, force=force, quiet=quiet,
+                            log=log)
+    return {m.loss: m for m in result.methods}
