@@ -1,0 +1,202 @@
+"""``isda compare`` for segmentation runs: a Table-7-style mIoU table and mIoU curves.
+
+:func:`~torch_isda.train.compare.run_comparison` trains the ``(loss, seed)`` grid as for
+classification and then, for a segmentation config, calls
+:func:`write_segmentation_comparison`, which writes
+
+* ``OUT/table.md``: mean ± sample std over seeds of the final model's mIoU in the three
+  columns of Table 7 (single scale, multi-scale, multi-scale + flip), the change relative to
+  the first method (the baseline, e.g. ``ce``) in brackets, and the per-seed values;
+* ``OUT/table.csv``: one row per method: ``method, name, dataset, model, epochs, n_seeds``,
+  then ``<column>_mean, <column>_std`` for ``miou_single``, ``miou_multiscale``,
+  ``miou_multiscale_flip``, then ``eval_scales, num_parameters, seeds`` and the per-seed values
+  (``;``-joined) of the three columns (all mIoU in %);
+* ``OUT/curves.png``: single-scale test mIoU vs. epoch per method (mean ± std band).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .checkpoint import atomic_write, atomic_write_text
+from .compare import MethodSummary, _params
+from .config import TrainConfig
+from .segmentation_trainer import TABLE7_COLUMNS
+from .trainer import RESULT_NAME
+
+__all__ = ["SegmentationMethodSummary", "plot_miou_curves", "render_segmentation_table",
+           "summarize_segmentation_method", "write_segmentation_comparison",
+           "write_segmentation_tables"]
+
+COLUMN_KEYS = tuple(key for key, *_ in TABLE7_COLUMNS)
+
+
+@dataclass
+class SegmentationMethodSummary(MethodSummary):
+    """A method's runs: ``miou[column]`` per seed (%), ``miou_curves`` per seed and epoch.
+    ``final_errors`` (``100 - single-scale mIoU``) keep the classification interface."""
+
+    miou: dict[str, list[float]] = field(default_factory=dict)
+    miou_curves: list[list[float]] = field(default_factory=list)
+    eval_scales: list[float] = field(default_factory=list)
+
+    def column(self, key: str) -> tuple[float, Optional[float]]:
+        return self._mean_std(self.miou[key])
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]]
+                                  ) -> SegmentationMethodSummary:
+    """Read ``result.json`` and ``metrics.json`` of a method's segmentation runs."""
+    miou: dict[str, list[float]] = {key: [] for key in COLUMN_KEYS}
+    finals, bests, curves, error_curves, seeds = [], [], [], [], []
+    params: Optional[int] = None
+    scales: list[float] = []
+    for seed, run_dir in run_dirs:
+        result = json.loads((run_dir / RESULT_NAME).read_text())
+        rows = json.loads((run_dir / "metrics.json").read_text())
+        if result.get("task") != "segmentation":
+            raise ValueError(f"'{run_dir}' does not hold a segmentation run")
+        for key in COLUMN_KEYS:
+            miou[key].append(_number(result.get(key)))
+        finals.append(_number(result.get("final_error")))
+        bests.append(_number(result.get("best_error")))
+        curves.append([_number(r.get("test_miou")) for r in rows])
+        error_curves.append([_number(r.get("test_error")) for r in rows])
+        params = result.get("num_parameters", params)
+        scales = list(result.get("eval_scales") or scales)
+        seeds.append(seed)
+    return SegmentationMethodSummary(loss, seeds, finals, bests, params, error_curves, miou=miou,
+                                     miou_curves=curves, eval_scales=scales)
+
+
+def _pm(mean: float, std: Optional[float]) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _model_text(config: TrainConfig) -> str:
+    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config.model_kwargs.items()))
+    return f"{config.model} ({kwargs})" if kwargs else config.model
+
+
+def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
+                              config: TrainConfig) -> str:
+    """The markdown of ``table.md`` (Table 7 layout)."""
+    n_seeds = "/".join(str(n) for n in sorted({len(m.seeds) for m in methods}))
+    scales = methods[0].eval_scales or []
+    scale_text = ", ".join(f"{s:g}" for s in scales)
+    best = {key: max(m.column(key)[0] for m in methods) for key in COLUMN_KEYS}
+    baseline = methods[0]
+    lines = [
+        f"mIoU (%) of {_model_text(config)} on {config.dataset}: mean ± std (sample std) over "
+        f"{n_seeds} seeds of the final model after {config.epochs} epochs (preset "
+        f"{config.preset}, loss at {config.seg_loss_at} resolution, aux weight "
+        f"{config.aux_weight:g}). Multi-scale: probabilities averaged over scales "
+        f"{{{scale_text}}}; + Flip: and their left-right flips (Table 7). In brackets: the "
+        f"change relative to {baseline.display}.",
+        "",
+        "| Method | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMN_KEYS),
+    ]
+    for m in methods:
+        cells = []
+        for key in COLUMN_KEYS:
+            mean, std = m.column(key)
+            text = _pm(mean, std)
+            if len(methods) > 1 and mean == best[key]:
+                text = f"**{text}**"
+            if m is not baseline:
+                delta = mean - baseline.column(key)[0]
+                text += f" ({'↑' if delta >= 0 else '↓'} {abs(delta):.2f})"
+            cells.append(text)
+        name = config.model if m.loss == "ce" else f"{config.model} + {m.display}"
+        lines.append(f"| {name} | {_params(m.num_parameters)} | " + " | ".join(cells) + " |")
+    lines += ["", "| Method | Seeds | " + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
+              + " |", "|---|---|" + "---|" * len(COLUMN_KEYS)]
+    for m in methods:
+        per_seed = [", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS]
+        seeds = ", ".join(map(str, m.seeds))
+        lines.append(f"| {m.loss} | {seeds} | " + " | ".join(per_seed) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSummary],
+                              config: TrainConfig) -> str:
+    """Write ``table.md`` and ``table.csv`` (schema in the module docstring)."""
+    text = render_segmentation_table(methods, config)
+    atomic_write_text(out / "table.md", text)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["method", "name", "dataset", "model", "epochs", "n_seeds"]
+    for key in COLUMN_KEYS:
+        header += [f"{key}_mean", f"{key}_std"]
+    header += ["eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
+    writer.writerow(header)
+    for m in methods:
+        row: list[Any] = [m.loss, m.display, config.dataset, config.model, config.epochs,
+                          len(m.seeds)]
+        for key in COLUMN_KEYS:
+            mean, std = m.column(key)
+            row += [f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
+        row += [";".join(f"{s:g}" for s in m.eval_scales),
+                "" if m.num_parameters is None else m.num_parameters,
+                ";".join(str(s) for s in m.seeds)]
+        row += [";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS]
+        writer.writerow(row)
+    atomic_write_text(out / "table.csv", buf.getvalue())
+    return text
+
+
+def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
+                     config: TrainConfig) -> None:
+    """Single-scale test mIoU vs. epoch per method: mean over seeds with a ±std band."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for m in methods:
+        length = min(len(c) for c in m.miou_curves)
+        curves = np.array([c[:length] for c in m.miou_curves], dtype=float)
+        epochs = np.arange(1, length + 1)
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
+        final = m.column("miou_single")
+        (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({_pm(*final)}%)")
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test mIoU (%), single scale")
+    n = sorted({len(m.seeds) for m in methods})
+    ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
+                 f"{'/'.join(map(str, n))} seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="final single-scale mIoU")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def write_segmentation_comparison(out: Path, losses: Sequence[str],
+                                  runs: dict[str, list[tuple[int, Path]]], config: TrainConfig
+                                  ) -> tuple[list[SegmentationMethodSummary], str, Path]:
+    """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a segmentation
+    comparison; returns ``(methods, markdown, curves path)``."""
+    methods = [summarize_segmentation_method(loss, runs[loss]) for loss in losses]
+    table = write_segmentation_tables(out, methods, config)
+    curves = out / "curves.png"
+    plot_miou_curves(curves, methods, config)
+    return methods, table, curves
+

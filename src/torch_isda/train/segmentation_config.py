@@ -1,0 +1,224 @@
+"""Configuration of the segmentation task (Section 6.4, Table 7): task detection, the
+segmentation presets' extra defaults and :func:`resolve_segmentation_config`.
+
+A run is a segmentation run when ``config.task == "segmentation"`` or, with ``task`` left
+at ``None``, when the dataset is a segmentation dataset (:data:`SEGMENTATION_DATASETS`).
+:func:`~torch_isda.train.presets.resolve_config` hands such configs to
+:func:`resolve_segmentation_config`, which fills every ``None`` field from the segmentation
+presets:
+
+======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
+preset                   epochs batch wd   lr   schedule     crop lambda_0 kind  eval scales
+======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
+segmentation             108    8     5e-4 0.01 poly (0.9)   769  7.5      diag  0.75-1.5
+segmentation_synthetic   see :data:`SYNTHETIC_PRESET` (CPU minutes, tiny DeepLab-v3)
+======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
+
+``segmentation`` is the Cityscapes setup of the official code (``train_isda.py`` of the
+ISDA repository, on ``speedinghzl/pytorch-segmentation-toolbox``): SGD lr 0.01, momentum 0.9
+(no Nesterov), weight decay 5e-4, batch 8, 769 x 769 crops, poly schedule with power 0.9
+per iteration for 40,000 iterations (= 108 epochs of the 2,975 training images at 371
+iterations per epoch), ``lambda_0 = 7.5`` and diagonal covariances; Table 7 evaluates at
+scales ``{0.75, 1, 1.25, 1.5}``. ``segmentation_synthetic`` is chosen for the
+``synthetic_segmentation`` dataset; it also supplies the tiny model
+(:data:`SYNTHETIC_MODEL_KWARGS`, merged under any ``--model-kwargs`` given).
+
+Values given explicitly always win. The resolved config has ``task="segmentation"``;
+classification configs keep ``task=None`` (so configs saved before the field existed
+still match).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from .config import SEG_LOSS_AT, TrainConfig
+
+__all__ = [
+    "DEFAULT_SEGMENTATION_MODEL",
+    "SEGMENTATION_DATASETS",
+    "SEGMENTATION_EXTRAS",
+    "SEGMENTATION_LOSSES",
+    "SYNTHETIC_MODEL_KWARGS",
+    "SegmentationExtras",
+    "infer_task",
+    "is_segmentation_dataset",
+    "parse_scales",
+    "parse_segmentation_loss",
+    "register_segmentation_dataset",
+    "resolve_segmentation_config",
+    "segmentation_preset_name",
+]
+
+#: Registered datasets that yield ``(image, B x H x W label map)`` pairs.
+SEGMENTATION_DATASETS: set[str] = {"synthetic_segmentation", "cityscapes"}
+#: The model used when a segmentation run names the (classification) default model.
+DEFAULT_SEGMENTATION_MODEL = "deeplabv3_resnet"
+#: The tiny DeepLab-v3 of the synthetic preset (~0.16M parameters, ~1 s per epoch on 1 CPU thread).
+SYNTHETIC_MODEL_KWARGS = {"depth": 10, "width": 8, "head_channels": 32, "aux_channels": 32}
+#: Primary losses of the segmentation trainer and the arguments their specs accept.
+SEGMENTATION_LOSSES = {
+    "ce": ("label_smoothing",),
+    "isda": ("lambda0", "kind", "constant_lambda", "label_smoothing"),
+}
+
+
+def register_segmentation_dataset(name: str) -> None:
+    """Mark a registered dataset as a segmentation dataset (``task`` auto-detection)."""
+    SEGMENTATION_DATASETS.add(str(name))
+
+
+def is_segmentation_dataset(name: str) -> bool:
+    return name in SEGMENTATION_DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationExtras:
+    """The segmentation-only defaults of a preset (``lambda0``/``kind`` live in the
+    :class:`~torch_isda.train.presets.Preset` itself)."""
+
+    crop_size: Optional[int]
+    eval_scales: str
+    model_kwargs: dict = dataclasses.field(default_factory=dict, hash=False)
+    aux_weight: float = 0.4
+    seg_loss_at: str = "label"
+
+
+#: Extra defaults per segmentation preset (other presets forced with ``--preset`` get
+#: those of ``segmentation``).
+SEGMENTATION_EXTRAS: dict[str, SegmentationExtras] = {
+    "segmentation": SegmentationExtras(crop_size=769, eval_scales="0.75,1,1.25,1.5"),
+    "segmentation_synthetic": SegmentationExtras(
+        crop_size=None, eval_scales="0.75,1,1.25", model_kwargs=dict(SYNTHETIC_MODEL_KWARGS)),
+}
+
+
+def infer_task(config: TrainConfig) -> str:
+    """``"segmentation"`` or ``"classification"``: ``config.task``, or (when ``None``)
+    from the dataset. A task that contradicts the dataset raises ``ValueError``."""
+    seg_data = is_segmentation_dataset(config.dataset)
+    task = config.task
+    if task is None:
+        return "segmentation" if seg_data else "classification"
+    if task == "segmentation" and not seg_data:
+        raise ValueError(
+            f"task 'segmentation' needs a segmentation dataset (one of "
+            f"{', '.join(sorted(SEGMENTATION_DATASETS))}); got dataset {config.dataset!r}")
+    if task == "classification" and seg_data:
+        raise ValueError(
+            f"dataset {config.dataset!r} is a segmentation dataset; use --task segmentation "
+            f"(or leave --task unset)")
+    return task
+
+
+def segmentation_preset_name(config: TrainConfig) -> str:
+    """``config.preset`` or the dataset's segmentation preset."""
+    if config.preset is not None:
+        return config.preset
+    if config.dataset == "synthetic_segmentation":
+        return "segmentation_synthetic"
+    return "segmentation"
+
+
+def parse_scales(text: Any) -> list[float]:
+    """``"0.75,1,1.25"`` (or a list) -> ``[0.75, 1.0, 1.25]``; positive, no repeats."""
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [v for v in str(text).replace(" ", "").strip("[]").split(",") if v]
+    try:
+        scales = [float(v) for v in items]
+    except ValueError:
+        raise ValueError(f"eval_scales must be comma-separated numbers such as 0.75,1,1.25; "
+                         f"got {text!r}") from None
+    if not scales or any(not s > 0 for s in scales) or len(set(scales)) != len(scales):
+        raise ValueError(f"eval_scales must be distinct positive numbers; got {text!r}")
+    return scales
+
+
+def parse_segmentation_loss(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"isda(lambda0=5)"`` -> ``("isda", {"lambda0": 5})``: the segmentation trainer
+    supports one primary loss, ``ce`` or ``isda``, without modifiers."""
+    from .criteria import parse_criterion_spec
+
+    terms = parse_criterion_spec(spec)
+    if len(terms) != 1 or terms[0][0] not in SEGMENTATION_LOSSES:
+        raise ValueError(
+            f"segmentation runs support the losses {' and '.join(SEGMENTATION_LOSSES)} "
+            f"(optionally with arguments, e.g. 'isda(lambda0=5)'), without '+' modifiers; "
+            f"got {spec!r}")
+    name, kwargs = terms[0]
+    unknown = sorted(set(kwargs) - set(SEGMENTATION_LOSSES[name]))
+    if unknown:
+        raise ValueError(f"segmentation loss {name!r} does not accept {', '.join(unknown)}; it "
+                         f"accepts: {', '.join(SEGMENTATION_LOSSES[name])}")
+    return name, kwargs
+
+
+def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
+    """Fill a segmentation config (see the module docstring); called by
+    :func:`~torch_isda.train.presets.resolve_config`."""
+    from ..data import dataset_entrypoint
+    from ..functional import KINDS
+    from .presets import default_out_dir, get_preset, model_family
+
+    config.validate()
+    infer_task(config)
+    if getattr(config, "semi", "none") not in (None, "none"):
+        raise ValueError(f"semi-supervised training (--semi {config.semi}) is not available "
+                         f"for segmentation")
+    dataset_entrypoint(config.dataset)  # ValueError listing the datasets
+    changes: dict[str, Any] = {"task": "segmentation"}
+    model = config.model
+    if model == TrainConfig.model:  # the classification default: use the segmentation one
+        model = DEFAULT_SEGMENTATION_MODEL
+    changes["model"] = model
+    preset_name = segmentation_preset_name(config)
+    preset = get_preset(preset_name)
+    extras = SEGMENTATION_EXTRAS.get(preset_name, SEGMENTATION_EXTRAS["segmentation"])
+    model_kwargs = dict(extras.model_kwargs)
+    model_kwargs.update(config.model_kwargs)
+    changes["model_kwargs"] = model_kwargs
+    try:
+        family = model_family(model, model_kwargs)  # also checks the model_kwargs
+    except ValueError:
+        if model_family(model, config.model_kwargs) == "segmentation":
+            raise
+        family = model_family(model, config.model_kwargs)
+    if family != "segmentation":
+        raise ValueError(
+            f"model {model!r} (family {family!r}) is not a segmentation model; use "
+            f"deeplabv3_resnet or pspnet_resnet (forward_all(), 1x1 classifier)")
+    changes["preset"] = preset_name
+    values = preset.values()
+    for name, value in values.items():
+        if getattr(config, name) is None:
+            changes[name] = value
+    isda = preset.isda_defaults(model, family)
+    if preset.lambda0 is None and preset.kind is None:  # a non-segmentation preset forced
+        isda = get_preset("segmentation").isda_defaults(model, family)
+    for name in ("lambda0", "kind"):
+        if getattr(config, name) is None:
+            changes[name] = isda[name]
+    for name in ("crop_size", "eval_scales", "aux_weight", "seg_loss_at"):
+        if getattr(config, name) is None:
+            changes[name] = getattr(extras, name)
+    resolved = dataclasses.replace(config, **changes)
+    resolved.eval_scales = ",".join(f"{s:g}" for s in parse_scales(resolved.eval_scales))
+    _, loss_kwargs = parse_segmentation_loss(resolved.loss)
+    if loss_kwargs.get("kind", resolved.kind) not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {loss_kwargs['kind']!r}")
+    if resolved.seg_loss_at not in SEG_LOSS_AT:
+        raise ValueError(f"seg_loss_at must be one of {', '.join(SEG_LOSS_AT)}")
+    if resolved.augment not in (None, "none", "flip"):
+        raise ValueError(f"segmentation runs accept --augment flip (the default: random "
+                         f"horizontal flips) or none; got {resolved.augment!r}")
+    if resolved.lr_schedule == "step" and resolved.milestones is None:
+        resolved.milestones = []
+    if resolved.milestones is not None:
+        resolved.milestones = sorted(int(m) for m in resolved.milestones)
+    if config.out is None:
+        resolved.out = default_out_dir(resolved)
+    resolved.validate()
+    return resolved
