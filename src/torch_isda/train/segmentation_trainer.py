@@ -44,7 +44,7 @@ from .. import __version__
 from ..segmentation import SegmentationISDALoss, resize_labels
 from ..segmentation_metrics import ConfusionMatrix, predict_probs
 from .config import TrainConfig
-from .metrics import summarize, write_metrics
+from .metrics import summarize
 from .progress import ProgressBar, progress_enabled
 from .schedules import PolyFactor
 from .segmentation_config import parse_scales, parse_segmentation_loss
@@ -204,16 +204,7 @@ class SegmentationTrainer(Trainer):
         cfg, device = self.config, self.device
         seed_everything(cfg.seed)
         self._build_data()
-        from ..models import create_model
-
-        model = create_model(cfg.model, num_classes=self.num_classes, **cfg.model_kwargs)
-        if not hasattr(model, "forward_all") or not hasattr(model, "get_classifier"):
-            raise ValueError(f"model {cfg.model!r} lacks forward_all()/get_classifier()")
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.classifier = model.get_classifier()
+        model = self._create_model(("forward_all", "get_classifier"), default_in_channels=False)
         self.forward_fn = torch.compile(model.forward_all) if cfg.compile else model.forward_all
         self.criterion = SegmentationCriterion.from_config(
             cfg, model, self.num_classes, self.ignore_index).to(device)
@@ -405,19 +396,9 @@ class SegmentationTrainer(Trainer):
             self.rows.append(row)
             if epoch + 1 == cfg.epochs:
                 self.final_eval = self.evaluate_table7()
-            self.save()
-            write_metrics(self.out, self.rows)
-            for callback in self.callbacks:
-                if hasattr(callback, "on_epoch_end"):
-                    callback.on_epoch_end(self, epoch + 1, row)
-            if self.epoch_log:
-                lam = "" if row["lambda"] is None else f"  lambda {row['lambda']:.3f}"
-                self._log(
-                    f"epoch {epoch + 1:>{len(str(cfg.epochs))}}/{cfg.epochs}  "
-                    f"train loss {train_loss:.4f} pixel err {train_error:6.2f}%  "
-                    f"test loss {test_loss:.4f} mIoU {row['test_miou']:6.2f}%  lr {lr:.4g}{lam}  "
-                    f"{row['seconds']:.1f}s")
-            if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg.epochs:
+            summary = (f"train loss {train_loss:.4f} pixel err {train_error:6.2f}%  "
+                       f"test loss {test_loss:.4f} mIoU {row['test_miou']:6.2f}%")
+            if not self._end_epoch(epoch, row, summary, stop_after):
                 return False
         return True
 

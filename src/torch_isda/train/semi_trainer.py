@@ -71,7 +71,7 @@ from ..semi import (
 )
 from .checkpoint import atomic_write_json
 from .config import TrainConfig
-from .metrics import FINAL_EPOCHS, final_error, write_metrics
+from .metrics import FINAL_EPOCHS, final_error
 from .progress import ProgressBar, progress_enabled
 from .semi_config import (
     dataset_semi_defaults,
@@ -104,18 +104,7 @@ class SemiTrainer(Trainer):
         cfg, device = self.config, self.device
         seed_everything(cfg.seed)
         self._build_semi_data()
-        from ..models import create_model
-
-        model_kwargs = dict(cfg.model_kwargs)
-        model_kwargs.setdefault("in_channels", self.image_size[0])
-        model = create_model(cfg.model, num_classes=self.num_classes, **model_kwargs)
-        if not hasattr(model, "forward_features") or not hasattr(model, "get_classifier"):
-            raise ValueError(f"model {cfg.model!r} lacks forward_features()/get_classifier()")
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.classifier = model.get_classifier()
+        model = self._create_model()
         self.features_fn = model.forward_features
 
         # Eq. (19): the run's ISDA settings, overridden by the spec (isda(lambda0=...))
@@ -362,22 +351,11 @@ class SemiTrainer(Trainer):
             row.update(self.epoch_values)
             row.update(self.eval_values)
             self.rows.append(row)
-            self.save()
-            if self.is_main:
-                write_metrics(self.out, self.rows)
-            for callback in self.callbacks:
-                if hasattr(callback, "on_epoch_end"):
-                    callback.on_epoch_end(self, epoch + 1, row)
-            if self.epoch_log:
-                extra = "".join(f"  {k} {row[k]:.2f}%" for k in ("val_error", "student_test_error")
-                                if k in row)
-                lam = "" if row["lambda"] is None else f"  lambda {row['lambda']:.3f}"
-                self._log(
-                    f"epoch {epoch + 1:>{len(str(cfg.epochs))}}/{cfg.epochs}  "
-                    f"train loss {train_loss:.4f} labeled err {train_error:6.2f}%  "
-                    f"test loss {test_loss:.4f} err {test_error:6.2f}%{extra}  lr {lr:.4g}"
-                    f"{lam}  eta2 {row['eta2']:.3g}  {row['seconds']:.1f}s")
-            if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg.epochs:
+            extra = "".join(f"  {k} {row[k]:.2f}%" for k in ("val_error", "student_test_error")
+                            if k in row)
+            summary = (f"train loss {train_loss:.4f} labeled err {train_error:6.2f}%  "
+                       f"test loss {test_loss:.4f} err {test_error:6.2f}%{extra}")
+            if not self._end_epoch(epoch, row, summary, stop_after, tail=f"  eta2 {row['eta2']:.3g}"):
                 return False
         return True
 

@@ -162,18 +162,7 @@ class Trainer:
         cfg, device = self.config, self.device
         seed_everything(cfg.seed)
         self._build_data()
-        from ..models import create_model
-
-        model_kwargs = dict(cfg.model_kwargs)
-        model_kwargs.setdefault("in_channels", self.image_size[0])
-        model = create_model(cfg.model, num_classes=self.num_classes, **model_kwargs)
-        if not hasattr(model, "forward_features") or not hasattr(model, "get_classifier"):
-            raise ValueError(f"model {cfg.model!r} lacks forward_features()/get_classifier()")
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.classifier = model.get_classifier()
+        model = self._create_model()
         self.features_fn = torch.compile(model.forward_features) if cfg.compile else model.forward_features
         self.criterion: TrainingCriterion = create_criterion(
             cfg.loss, int(model.num_features), self.num_classes, cfg).to(device)
@@ -382,22 +371,49 @@ class Trainer:
             }
             row.update({k: float(v) for k, v in values.items()})
             self.rows.append(row)
-            self.save()
-            if self.is_main:
-                write_metrics(self.out, self.rows)
-            for callback in self.callbacks:
-                if hasattr(callback, "on_epoch_end"):
-                    callback.on_epoch_end(self, epoch + 1, row)
-            if self.epoch_log:
-                lam = "" if row["lambda"] is None else f"  lambda {row['lambda']:.3f}"
-                self._log(
-                    f"epoch {epoch + 1:>{len(str(cfg.epochs))}}/{cfg.epochs}  "
-                    f"train loss {train_loss:.4f} err {train_error:6.2f}%  "
-                    f"test loss {test_loss:.4f} err {test_error:6.2f}%  lr {lr:.4g}{lam}  "
-                    f"{row['seconds']:.1f}s")
-            if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg.epochs:
+            summary = (f"train loss {train_loss:.4f} err {train_error:6.2f}%  "
+                       f"test loss {test_loss:.4f} err {test_error:6.2f}%")
+            if not self._end_epoch(epoch, row, summary, stop_after):
                 return False
         return True
+
+    def _create_model(self, required: tuple[str, ...] = ("forward_features", "get_classifier"),
+                      default_in_channels: bool = True) -> torch.nn.Module:
+        """Build the configured model on the device (``channels_last`` if asked) and set
+        ``self.model`` and ``self.classifier``."""
+        cfg = self.config
+        from ..models import create_model
+
+        model_kwargs = dict(cfg.model_kwargs)
+        if default_in_channels:
+            model_kwargs.setdefault("in_channels", self.image_size[0])
+        model = create_model(cfg.model, num_classes=self.num_classes, **model_kwargs)
+        missing = [name for name in required if not hasattr(model, name)]
+        if missing:
+            raise ValueError(f"model {cfg.model!r} lacks {'/'.join(n + '()' for n in missing)}")
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.classifier = model.get_classifier()
+        return model
+
+    def _end_epoch(self, epoch: int, row: dict[str, Any], summary: str,
+                   stop_after: Optional[int], tail: str = "") -> bool:
+        """Checkpoint, write the metrics (rank 0), run the callbacks and log the epoch whose
+        ``row`` was just appended; ``False`` when training stops after it (``stop_after``)."""
+        cfg = self.config
+        self.save()
+        if self.is_main:
+            write_metrics(self.out, self.rows)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_epoch_end"):
+                callback.on_epoch_end(self, epoch + 1, row)
+        if self.epoch_log:
+            lam = "" if row["lambda"] is None else f"  lambda {row['lambda']:.3f}"
+            self._log(f"epoch {epoch + 1:>{len(str(cfg.epochs))}}/{cfg.epochs}  {summary}  "
+                      f"lr {row['lr']:.4g}{lam}{tail}  {row['seconds']:.1f}s")
+        return stop_after is None or epoch + 1 < stop_after or epoch + 1 >= cfg.epochs
 
     def result(self) -> dict[str, Any]:
         cfg = self.config
