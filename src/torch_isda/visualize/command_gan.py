@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cli_types import non_negative_int, positive_int
+
 __all__ = ["add_parser", "run", "run_train"]
 
 EPILOG = """\
@@ -31,20 +33,6 @@ the architecture and optimiser settings are those saved in gan.pt. --force start
 #: options whose value is saved in gan.pt: given explicitly on a resume they must agree.
 _SAVED = {"z_dim": "z_dim", "arch": "arch", "dim": "dim", "lr": "lr", "batch_size": "batch_size",
           "n_critic": "n_critic", "gp_weight": "gp_weight", "seed": "seed"}
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -68,18 +56,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     data.add_argument("--dataset-kwargs", default=None, metavar="KW",
                       help="extra dataset options, JSON or key=value[,key=value]")
     gan = train.add_argument_group("WGAN-GP (unset: the defaults of torch_isda.visualize.gan)")
-    gan.add_argument("--iterations", type=_positive_int, default=None,
+    gan.add_argument("--iterations", type=positive_int, default=None,
                      help="generator iterations in total (each after --n-critic critic steps); "
                           "default 3000 for the mlp architecture (digits), 100000 for dcgan")
-    gan.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (64)")
+    gan.add_argument("--batch-size", type=positive_int, default=None, help="batch size (64)")
     gan.add_argument("--z-dim", type=int, default=None, help="latent dimension (128)")
     gan.add_argument("--arch", choices=("mlp", "dcgan"), default=None,
                      help="architecture (default: mlp up to 16x16 pixels, else dcgan)")
-    gan.add_argument("--dim", type=_positive_int, default=None,
+    gan.add_argument("--dim", type=positive_int, default=None,
                      help="width: hidden units (mlp, 256) or DIM channels (dcgan, 128)")
     gan.add_argument("--lr", type=float, default=None,
                      help="Adam learning rate (mlp 1e-3, dcgan 1e-4)")
-    gan.add_argument("--n-critic", type=_positive_int, default=None,
+    gan.add_argument("--n-critic", type=positive_int, default=None,
                      help="critic steps per generator step (5)")
     gan.add_argument("--gp-weight", type=float, default=None, help="gradient-penalty weight (10)")
     gan.add_argument("--lr-decay", action="store_true",
@@ -90,9 +78,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ctl.add_argument("--seed", type=int, default=None, help="random seed (0)")
     ctl.add_argument("--device", default="auto",
                      help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', ...")
-    ctl.add_argument("--threads", type=_positive_int, default=None,
+    ctl.add_argument("--threads", type=positive_int, default=None,
                      help="CPU threads for torch ops (default: torch's choice)")
-    ctl.add_argument("--sample-every", type=_non_negative_int, default=500,
+    ctl.add_argument("--sample-every", type=non_negative_int, default=500,
                      help="rewrite samples.png and gan.pt every this many iterations (500; 0: at the end)")
     ctl.add_argument("--force", action="store_true",
                      help="start over even if --out holds gan.pt")

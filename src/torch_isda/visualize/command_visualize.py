@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cli_types import non_negative_float, non_negative_int, positive_int
+
 __all__ = ["add_parser", "run", "load_classifier", "find_estimator", "estimate_covariance"]
 
 EPILOG = """\
@@ -32,27 +34,6 @@ covariances are then computed from the trained model's features of the training 
 The paper's optimiser settings are --step1-iterations 10000 --step1-lr 10
 --step2-iterations 10000 --step2-lr 1 --restarts 1 (the defaults are tuned for digits).
 """
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -82,15 +63,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="dataset directory (default: the run's --data-dir)")
     io.add_argument("--download", action="store_true", help="download missing dataset files")
     aug = parser.add_argument_group("augmentation")
-    aug.add_argument("--lam", type=_non_negative_float, default=0.5,
+    aug.add_argument("--lam", type=non_negative_float, default=0.5,
                      help="lambda of a~ ~ N(a, lambda Sigma_y) (0.5)")
-    aug.add_argument("--num-samples", type=_positive_int, default=10,
+    aug.add_argument("--num-samples", type=positive_int, default=10,
                      help="images to show, cycling through the classes (10)")
-    aug.add_argument("--num-augmented", type=_positive_int, default=4,
+    aug.add_argument("--num-augmented", type=positive_int, default=4,
                      help="augmented images per sample (4)")
     aug.add_argument("--split", choices=("test", "train"), default="test",
                      help="where the shown images come from (test)")
-    aug.add_argument("--num-neighbours", type=_non_negative_int, default=5,
+    aug.add_argument("--num-neighbours", type=non_negative_int, default=5,
                      help="nearest training images shown per augmented image (5; 0: none)")
     aug.add_argument("--estimate-covariance", action="store_true",
                      help="compute the class covariances from the trained model's training-set "
@@ -100,18 +81,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="covariance kind for --estimate-covariance: full, diagonal, shared, "
                           "identity, lowrank (default: the run's --kind, else full)")
     opt = parser.add_argument_group("inversion (defaults tuned for digits; see the epilog)")
-    opt.add_argument("--step1-iterations", type=_non_negative_int, default=STEP1_ITERATIONS,
+    opt.add_argument("--step1-iterations", type=non_negative_int, default=STEP1_ITERATIONS,
                      help=f"Step I (Eq. 20) SGD iterations ({STEP1_ITERATIONS}; paper 10000)")
-    opt.add_argument("--step2-iterations", type=_non_negative_int, default=STEP2_ITERATIONS,
+    opt.add_argument("--step2-iterations", type=non_negative_int, default=STEP2_ITERATIONS,
                      help=f"Step II (Eq. 21) SGD iterations ({STEP2_ITERATIONS}; paper 10000)")
     opt.add_argument("--step1-lr", type=float, default=STEP1_LR,
                      help=f"Step I learning rate ({STEP1_LR:g}; paper 10)")
     opt.add_argument("--step2-lr", type=float, default=STEP2_LR,
                      help=f"Step II learning rate ({STEP2_LR:g}; paper 1)")
-    opt.add_argument("--restarts", type=_positive_int, default=VISUALIZE_RESTARTS,
+    opt.add_argument("--restarts", type=positive_int, default=VISUALIZE_RESTARTS,
                      help=f"random starts of Step I per image, the best kept "
                           f"({VISUALIZE_RESTARTS}; paper 1)")
-    opt.add_argument("--eta", type=_non_negative_float, default=1.0,
+    opt.add_argument("--eta", type=non_negative_float, default=1.0,
                      help="weight of the pixel term of Eq. 20 (1.0; not given in the paper)")
     opt.add_argument("--reduction", choices=("mean", "sum"), default="mean",
                      help="'mean': mean squared errors (default); 'sum': squared L2 norms")
@@ -120,7 +101,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="seeds the image choice, the latents and the feature sampling (0)")
     ctl.add_argument("--device", default="auto",
                      help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', ...")
-    ctl.add_argument("--threads", type=_positive_int, default=None,
+    ctl.add_argument("--threads", type=positive_int, default=None,
                      help="CPU threads for torch ops (default: torch's choice)")
     ctl.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
