@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_text
 from .config import TrainConfig
@@ -275,6 +275,22 @@ class ComparisonResult:
     reused: int
 
 
+def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
+                   quiet: bool = False) -> tuple[dict[str, Any], str]:
+    """Train the run in ``cfg.out`` for a comparison: resume it if interrupted (after
+    checking it has the same configuration), reuse it if finished, retrain with ``force``.
+    Returns its ``result.json`` and what happened ("trained", "resumed" or "reused")."""
+    run_dir = Path(cfg.out)
+    unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not (run_dir / RESULT_NAME).is_file()
+    if unfinished and not force:
+        _check_same_config(run_dir, cfg)
+    result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
+                   log=lambda msg: None, epoch_log=False)
+    status = result["status"]
+    note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(status, status)
+    return result, note
+
+
 def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
                    force: bool = False, quiet: bool = False,
@@ -296,16 +312,10 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
         for seed in seeds:
             run_dir = out / spec_dirname(loss) / f"seed{seed}"
             cfg = base.replace(loss=loss, seed=seed, out=str(run_dir))
-            unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not (run_dir / RESULT_NAME).is_file()
-            if unfinished and not force:
-                _check_same_config(run_dir, cfg)
             t0 = time.perf_counter()
-            result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
-                           log=lambda msg: None, epoch_log=False)
+            result, note = train_or_reuse(cfg, force=force, quiet=quiet)
             done += 1
-            status = result["status"]
-            counts["reused" if status == "reused" else "trained"] += 1
-            note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(status, status)
+            counts["reused" if result["status"] == "reused" else "trained"] += 1
             score = (f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
                      if result.get("task") != "segmentation" else
                      f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "

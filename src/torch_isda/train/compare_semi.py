@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from .checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_text
-from .compare import MethodSummary, _check_same_config, _pm, parse_seeds, summarize_method
+from .checkpoint import atomic_write, atomic_write_text
+from .compare import MethodSummary, _pm, parse_seeds, summarize_method, train_or_reuse
 from .config import TrainConfig
 from .presets import resolve_config
 from .semi_config import canonical_semi
-from .trainer import RESULT_NAME, train
 
 __all__ = ["ISDA_MODES", "METHOD_NAMES", "SemiComparisonResult", "parse_isda_mode",
            "parse_semi_methods", "plot_semi_curves", "render_semi_table", "run_semi_command",
@@ -256,18 +255,10 @@ def run_semi_comparison(base: TrainConfig, methods: Union[str, Sequence[str]],
             for seed in seeds:
                 run_dir = out / method / loss / f"seed{seed}"
                 cfg = base.replace(semi=method, loss=loss, seed=seed, out=str(run_dir))
-                unfinished = ((run_dir / CHECKPOINT_NAME).is_file()
-                              and not (run_dir / RESULT_NAME).is_file())
-                if unfinished and not force:
-                    _check_same_config(run_dir, cfg)
                 t0 = time.perf_counter()
-                result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
-                               log=lambda msg: None, epoch_log=False)
+                result, note = train_or_reuse(cfg, force=force, quiet=quiet)
                 done += 1
-                status = result["status"]
-                counts["reused" if status == "reused" else "trained"] += 1
-                note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(
-                    status, status)
+                counts["reused" if result["status"] == "reused" else "trained"] += 1
                 say(f"[{done}/{total}] {method} {loss} seed {seed}: final error "
                     f"{result['final_error']:.2f}% (best {result['best_error']:.2f}%), {note} in "
                     f"{time.perf_counter() - t0:.1f}s")
