@@ -16,7 +16,7 @@ from torch_isda.cli import main
 from torch_isda.functional import expected_cross_entropy_mc, isda_cross_entropy
 from torch_isda.train import TrainConfig, train
 from torch_isda.train.criteria import create_criterion
-from torch_isda.train.trainer import Trainer
+from torch_isda.train import Trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "1", "--threads", "1", "--batch-size", "256"]  # 5 steps per epoch

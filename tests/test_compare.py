@@ -10,7 +10,7 @@ import pytest
 from torch_isda.cli import main
 from torch_isda.train import TrainConfig, train
 from torch_isda.train.compare import parse_losses, parse_seeds, run_comparison
-from torch_isda.train.trainer import Trainer
+from torch_isda.train import Trainer
 
 
 def test_compare_writes_table_and_curves_and_reuses_runs(tmp_path, monkeypatch, capsys):

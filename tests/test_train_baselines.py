@@ -24,8 +24,7 @@ from torch_isda.train.criteria import (
     register_criterion,
     unregister_criterion,
 )
-from torch_isda.train.presets import resolve_config
-from torch_isda.train.trainer import Trainer
+from torch_isda.train import Trainer, resolve_config
 
 FAST = ["--epochs", "1", "--threads", "1", "--quiet"]
 PRIMARIES = ("label_smoothing", "focal", "lq", "lsoftmax")

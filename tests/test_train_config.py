@@ -14,8 +14,8 @@ from torch_isda.train.presets import (
     LAMBDA0_GRID_CIFAR,
     LAMBDA0_GRID_IMAGENET,
     model_family,
-    resolve_config,
 )
+from torch_isda.train.resolve import resolve_config
 
 # Table 9 of the TPAMI paper, written out independently of presets.py:
 # (epochs, batch, weight decay, lr, schedule, milestones, gamma)

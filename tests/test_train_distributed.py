@@ -1,10 +1,12 @@
 """Multi-process training (torch_isda.train.distributed) on the CPU with gloo.
 
 One spawned 2-rank session runs every multi-process scenario (process start-up
-dominates the cost): a 2-epoch run with --sync-bn interrupted after epoch 1 and resumed,
-a run with --isda-sync off, an imagefolder run and a batch size the world size does not
-divide. The parent compares with a 1-process run of the same global batches. A torchrun
-launch checks that a failing rank ends the run.
+dominates the cost): a 2-epoch classification run with --sync-bn interrupted after epoch
+1 and resumed, a run with --isda-sync off, an imagefolder run, a batch size the world size
+does not divide, a semi-supervised run (temporal ensembling + ISDA) and a segmentation
+run. The parent compares with 1-process runs of the same global batches. A torchrun
+launch whose rank 1 fails (a raising callback, tests/ddp_fail_worker.py) checks that a
+failing rank ends the run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import shutil
 import signal
 import socket
 import subprocess
-from types import SimpleNamespace
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +26,7 @@ import torch.multiprocessing as mp
 
 from torch_isda import CovarianceEstimator
 from torch_isda.cli import main
-from torch_isda.train import TrainConfig, train
+from torch_isda.train import TrainConfig, train, train_distributed
 from torch_isda.train.checkpoint import load_checkpoint
 from torch_isda.train.distributed import (
     GlobalBatchShards,
@@ -43,6 +46,23 @@ BASE = dict(dataset="digits", model="digits_cnn", loss="isda", epochs=2, seed=1,
             threads=1, sync_bn=True, dist_timeout=120.0)
 
 
+def SEMI_CFG(tmp, name: str) -> TrainConfig:
+    """Temporal ensembling + ISDA, 1 epoch of 5 steps of 32 labeled + 256 unlabeled digits."""
+    return TrainConfig(semi="temporal-ensembling", labels=100, labeled_batch_size=32,
+                       unlabeled_batch_size=256, epochs=1, seed=1, threads=1, sync_bn=True,
+                       dist_timeout=120.0, out=os.path.join(tmp, name), data_dir=str(tmp))
+
+
+def SEG_CFG(tmp, name: str) -> TrainConfig:
+    """Tiny synthetic segmentation: 2 steps of 8 images of 32 x 32 (both heads' ISDA); no
+    dropout (each rank draws its own masks) and SyncBatchNorm: one process up to rounding."""
+    return TrainConfig(dataset="synthetic_segmentation", batch_size=8, eval_batch_size=8,
+                       model_kwargs={"dropout": 0.0},
+                       epochs=1, seed=1, threads=1, sync_bn=True, dist_timeout=120.0,
+                       dataset_kwargs=dict(num_train=16, num_test=8, image_size=32),
+                       out=os.path.join(tmp, name), data_dir=str(tmp))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,15 +74,14 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    from torch_isda.train.distributed import train_distributed
-
-    inputs, estimators = [], []
+    inputs, estimators, owners = [], [], []
     original = CovarianceEstimator.update
 
     def recording(self, features, labels, sync=None):  # what the harness feeds the estimator
         inputs.append((features.detach().clone(), labels.clone()))
-        if not estimators or estimators[-1] is not self:
+        if not any(e is self for e in estimators):
             estimators.append(self)
+        owners.append(next(i for i, e in enumerate(estimators) if e is self))
         return original(self, features, labels, sync)
 
     CovarianceEstimator.update = recording
@@ -88,6 +107,17 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["bad_batch"] = ""
     except ValueError as err:
         out["bad_batch"] = str(err)
+    inputs.clear()
+    estimators.clear()
+    out["semi"] = train_distributed(SEMI_CFG(tmp, "semi-ddp"), quiet=True)
+    out.update(semi_inputs=inputs[:], semi_estimator=estimators[-1].state_dict(),
+               semi_state=load_checkpoint(os.path.join(tmp, "semi-ddp", "checkpoint.pt")))
+    inputs.clear()
+    estimators.clear()
+    owners.clear()
+    out["seg"] = train_distributed(SEG_CFG(tmp, "seg-ddp"), quiet=True)
+    out.update(seg_inputs=inputs[:], seg_owners=owners[:],
+               seg_estimators=[e.state_dict() for e in estimators])
     torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
     dist.destroy_process_group()
     os._exit(0)  # skip the interpreter teardown (seconds with torch loaded); results are saved
@@ -104,6 +134,8 @@ def session(tmp_path_factory):
                        start_method="spawn")
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     single = train(TrainConfig(**BASE, out=str(tmp / "single"), data_dir=str(tmp)), quiet=True)
+    train(SEMI_CFG(tmp, "semi-single"), quiet=True)
+    train(SEG_CFG(tmp, "seg-single"), quiet=True)
     return tmp, ranks, single
 
 
@@ -217,34 +249,90 @@ def test_sharding_helpers_and_backend_errors():
     assert choose_backend("auto", torch.device("cpu")) == "gloo"
 
 
-def test_failing_rank_ends_the_launch(tmp_path, monkeypatch, capsys):
-    """``isda train --nproc 2`` with rank 1 failing at its first step exits non-zero
-    promptly: torchrun stops rank 0, which is blocked in a collective. (The torchrun
-    subprocess is bounded here so that a hang fails the test instead of blocking it.)"""
-    from torch_isda.train import launch
+def _global_references(ranks, key, states, owners=None):
+    """Both ranks hold identical statistics; returns one estimator per criterion estimator
+    fed the ranks' batches concatenated (rank 0's part first), as one process would."""
+    r0, r1 = ranks
+    for a, b in zip(r0[states], r1[states]):
+        for name, value in a.items():
+            assert torch.equal(value, b[name]), name
+    assert len(r0[key]) == len(r1[key]) > 0
+    tags = r0[owners] if owners else [0] * len(r0[key])
+    references = [CovarianceEstimator(s["mean"].shape[1], s["mean"].shape[0],
+                                      kind="full" if s["covariance"].dim() == 3 else "diagonal")
+                  for s in r0[states]]
+    for tag, (x0, y0), (x1, y1) in zip(tags, r0[key], r1[key]):
+        references[tag].update(torch.cat([x0, x1]), torch.cat([y0, y1]))
+    return references
 
-    launched = {}
 
-    def bounded_run(cmd, env=None):
-        launched["cmd"] = cmd
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-        try:
-            launched["output"], _ = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:  # a hang: end the launch's process group, then fail
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            pytest.fail("the launch did not end after a rank failed")
-        return subprocess.CompletedProcess(cmd, proc.returncode)
+def test_semi_supervised_statistics_are_global_and_equal_one_process(session):
+    tmp, ranks, _ = session
+    r0 = ranks[0]
+    assert r0["semi"]["status"] == "trained" and r0["semi"]["world_size"] == WORLD
+    # each rank folded its half of every labeled batch (16 of 32), all-gathered
+    assert all(x.shape[0] == 16 for x, _ in r0["semi_inputs"])
+    (reference,) = _global_references(
+        [{**r, "states": [r["semi_estimator"]]} for r in ranks], "semi_inputs", "states")
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(r0["semi_estimator"][name], value, rtol=1e-6, atol=1e-6)
+    # ... and equal those of the 1-process run of the same global batches
+    single = load_checkpoint(tmp / "semi-single" / "checkpoint.pt")
+    ddp = r0["semi_state"]
+    assert torch.equal(ddp["criterion"]["isda.estimator.count"],
+                       single["criterion"]["isda.estimator.count"])
+    assert ddp["semi"]["labeled_seen"] == single["semi"]["labeled_seen"] == 5 * 32
+    torch.testing.assert_close(ddp["criterion"]["isda.estimator.mean"],
+                               single["criterion"]["isda.estimator.mean"], rtol=1e-4, atol=1e-5)
+    # the temporal ensemble recorded the whole global batch on every rank
+    method, one = ddp["semi"]["method"], single["semi"]["method"]
+    assert torch.equal(method["count"], one["count"]) and int(method["count"].sum()) == 1257
+    torch.testing.assert_close(method["ensemble"], one["ensemble"], rtol=1e-4, atol=1e-5)
 
-    monkeypatch.setattr(launch, "subprocess", SimpleNamespace(run=bounded_run))
-    monkeypatch.setenv("TORCH_ISDA_TEST_FAIL_RANK", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+def test_segmentation_statistics_are_global_and_equal_one_process(session):
+    tmp, ranks, _ = session
+    r0, r1 = ranks
+    assert r0["seg"]["status"] == "trained" and r0["seg"]["world_size"] == WORLD
+    assert r1["seg"]["miou_single"] == r0["seg"]["miou_single"]
+    references = _global_references(ranks, "seg_inputs", "seg_estimators", "seg_owners")
+    assert len(references) == 2  # the main and the auxiliary head
+    for state, reference in zip(r0["seg_estimators"], references):
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=1e-6, atol=1e-6)
+    single = load_checkpoint(tmp / "seg-single" / "checkpoint.pt")["criterion"]
+    ddp = load_checkpoint(tmp / "seg-ddp" / "checkpoint.pt")["criterion"]
+    assert ddp.keys() == single.keys()
+    for key, value in single.items():
+        if key.endswith("count"):
+            assert torch.equal(ddp[key], value), key
+        elif key.endswith("mean"):
+            torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_failing_rank_ends_the_launch(tmp_path):
+    """A torchrun launch whose rank 1 fails at its first step (a callback that raises)
+    exits non-zero promptly: torchrun stops rank 0, which is blocked in a collective. (The
+    torchrun subprocess is bounded so that a hang fails the test instead of blocking it.)"""
+    from torch_isda.train.launch import torchrun_command
+
+    cmd = torchrun_command(2, ["--help"])
+    assert cmd[1:9] == ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                        "--nproc-per-node", "2", "-m"]
     out = tmp_path / "run"
-    status = main(["train", "--nproc", "2", "--epochs", "1", "--threads", "1", "--quiet",
-                   "--dist-timeout", "60", "--data-dir", str(tmp_path), "--out", str(out)])
-    assert status != 0, launched["output"]
-    assert launched["cmd"][1:9] == ["-m", "torch.distributed.run", "--standalone", "--nnodes",
-                                    "1", "--nproc-per-node", "2", "-m"]
-    assert "deliberate failure of rank 1 at step 0" in launched["output"]
+    cfg = tmp_path / "config.json"
+    cfg.write_text(TrainConfig(epochs=1, threads=1, dist_timeout=60.0, data_dir=str(tmp_path),
+                               out=str(out)).to_json())
+    worker = Path(__file__).with_name("ddp_fail_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*cmd[:8], str(worker), str(cfg)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # a hang: end the launch's process group, then fail
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the launch did not end after a rank failed")
+    assert proc.returncode != 0, output
+    assert "deliberate failure of rank 1 at step 0" in output
     assert not (out / "result.json").exists() and not (out / "checkpoint.pt").exists()

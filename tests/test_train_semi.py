@@ -13,9 +13,8 @@ from torch_isda.cli import main
 from torch_isda.semi import SemiBatchSampler, labeled_split
 from torch_isda.train import TrainConfig
 from torch_isda.train.checkpoint import load_checkpoint
-from torch_isda.train.presets import resolve_config
+from torch_isda.train import Trainer, resolve_config
 from torch_isda.train.semi_config import method_kwargs
-from torch_isda.train.semi_trainer import SemiTrainer
 
 # 5 steps of 32 labeled + 256 unlabeled samples per epoch on the 1,257 digits
 FAST = ["--threads", "1", "--quiet", "--labels", "100", "--unlabeled-batch-size", "256",
@@ -133,7 +132,7 @@ def test_compare_semi_writes_table6_and_reuses_runs(tmp_path, monkeypatch, capsy
     def no_training(self, *args, **kwargs):
         raise AssertionError("a finished run was retrained")
 
-    monkeypatch.setattr(SemiTrainer, "fit", no_training)
+    monkeypatch.setattr(Trainer, "fit", no_training)
     capsys.readouterr()
     assert main(argv) == 0
     assert "| VAT |" in capsys.readouterr().out

@@ -36,7 +36,7 @@ def run_ablation(base: TrainConfig, out: Union[str, Path], *,
     out = Path(out)
     losses = [spec for _, spec in ABLATION_SETTINGS]
     methods = sweep(base, losses, seeds, out / "runs", force=force, quiet=quiet, log=log)
-    from ..train.presets import resolve_config
+    from ..train.resolve import resolve_config
 
     config = resolve_config(base.replace(loss="isda", out=str(out / "runs")))
     rows = []

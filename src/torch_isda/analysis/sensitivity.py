@@ -57,7 +57,7 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
     out = Path(out)
     losses = [_spec(v) for v in lambdas]
     methods = sweep(base, losses, seeds, out / "runs", force=force, quiet=quiet, log=log)
-    from ..train.presets import resolve_config
+    from ..train.resolve import resolve_config
 
     config = resolve_config(base.replace(loss=losses[0], out=str(out / "runs")))
     rows = []

@@ -191,7 +191,7 @@ class TightnessResult(dict):
 
 
 def _meta(config: TrainConfig, recorder: BoundRecorder) -> dict[str, Any]:
-    from ..train.trainer import COMPARED_IGNORED_FIELDS
+    from ..train.rundir import COMPARED_IGNORED_FIELDS
 
     cfg = {k: v for k, v in config.to_dict().items() if k not in COMPARED_IGNORED_FIELDS}
     return {"config": cfg, "every": recorder.requested_every, "samples": recorder.samples,
@@ -208,10 +208,11 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
     interrupted one is resumed (trace included); a finished run without a matching trace
     is an error unless ``force`` (retrain).
     """
-    from ..train.compare import _check_same_config
+    from ..train.compare import check_same_config
     from ..train.criteria import create_criterion
-    from ..train.presets import resolve_config
-    from ..train.trainer import RESULT_NAME, train
+    from ..train.resolve import resolve_config
+    from ..train.engine import train
+    from ..train.rundir import RESULT_NAME
 
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     out = Path(out)
@@ -239,7 +240,7 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
                 f"with other settings (every/samples/config); use --force to retrain or "
                 f"another --out")
     elif unfinished:
-        _check_same_config(run_dir, config)
+        check_same_config(run_dir, config)
         if saved_meta is not None and saved_meta != meta:
             raise FileExistsError(
                 f"'{out}' holds an interrupted trace recorded with other settings; use --force "

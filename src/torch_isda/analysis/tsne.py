@@ -31,11 +31,11 @@ def extract_test_features(run_dir: Union[str, Path]) -> tuple[np.ndarray, np.nda
     ``checkpoint.pt``, model rebuilt from ``config.json``), plus the class names."""
     from ..train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from ..train.seeding import num_threads
-    from ..train.trainer import Trainer
+    from ..train.engine import Engine
 
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
-    trainer = Trainer(config, quiet=True)
+    trainer = Engine(config, quiet=True)
     with num_threads(config.threads):
         trainer.build()
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
@@ -44,7 +44,7 @@ def extract_test_features(run_dir: Union[str, Path]) -> tuple[np.ndarray, np.nda
         feats, labels = [], []
         with torch.no_grad():
             for x, y in trainer.test_batches:
-                x, y = trainer._to_device(x, y)
+                x, y = trainer.task.to_device(x, y)
                 feats.append(trainer.features_fn(x).float().cpu())
                 labels.append(y.cpu())
     names = [str(c) for c in range(trainer.num_classes)]
@@ -124,7 +124,7 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
             "ratio_embedding": cluster_ratio(emb, labels),
             "points": len(labels),
         })
-    from ..train.presets import resolve_config
+    from ..train.resolve import resolve_config
 
     config = resolve_config(base.replace(loss=losses[0], seed=seed, out=str(out / "runs")))
     from ..train.compare import DISPLAY_NAMES

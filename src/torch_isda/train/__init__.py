@@ -11,10 +11,10 @@ extra for the datasets (scikit-learn, ...), progress bars (tqdm) and plots (matp
                                out="runs/digits-isda"))
     print(result["final_error"])           # mean test error (%) of the last 10 epochs
 
-See docs/training.md.
+See docs/training.md and, for the layout of this package, docs/architecture.md.
 """
 
-from .config import TrainConfig
+from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
 from .criteria import (
     CompositeCriterion,
     CriterionModifier,
@@ -23,25 +23,23 @@ from .criteria import (
     list_criteria,
     register_criterion,
 )
-from .presets import (
-    DEFAULT_LAMBDA0,
-    LAMBDA0_GRID_CIFAR,
-    LAMBDA0_GRID_IMAGENET,
-    PRESETS,
-    get_preset,
-    resolve_config,
-)
-from .trainer import Trainer, train
+from .presets import LAMBDA0_GRID_CIFAR, LAMBDA0_GRID_IMAGENET, PRESETS, get_preset
+from .resolve import resolve_config
+from .engine import Callback, DivergenceError, Engine, Trainer, train, train_distributed
 from .compare import run_comparison  # noqa: E402  (matplotlib is imported when plotting)
 
 
 __all__ = [
+    "DEFAULT_KIND",
     "DEFAULT_LAMBDA0",
     "LAMBDA0_GRID_CIFAR",
     "LAMBDA0_GRID_IMAGENET",
     "PRESETS",
+    "Callback",
     "CompositeCriterion",
     "CriterionModifier",
+    "DivergenceError",
+    "Engine",
     "TrainConfig",
     "Trainer",
     "TrainingCriterion",
@@ -52,4 +50,5 @@ __all__ = [
     "resolve_config",
     "run_comparison",
     "train",
+    "train_distributed",
 ]

@@ -1,4 +1,5 @@
-"""``isda compare``: train several criteria over several seeds and tabulate (Table 2 style).
+"""``isda compare``: train several criteria (or semi-supervised methods) over several seeds
+and tabulate (Table 2 / 6 / 7 style; the sweep is :mod:`torch_isda.train.compare`).
 
 With no arguments it runs the embedded default: digits + digits_cnn, losses ce,isda,
 5 seeds, into ``runs/compare-digits`` (a few minutes on a 2-core CPU).
@@ -39,8 +40,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "and OUT/curves.png.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("comparison")
-    group.add_argument("--losses", default=DEFAULTS["losses"], metavar="SPEC,SPEC",
-                       help=f"comma-separated criterion specs (default: {DEFAULTS['losses']})")
+    from .command_train import criteria_help
+
+    group.add_argument("--losses", default=None, metavar="SPEC,SPEC",
+                       help=f"comma-separated criterion specs (default: {DEFAULTS['losses']})"
+                            f"{criteria_help()}")
     group.add_argument("--seeds", default=DEFAULTS["seeds"], metavar="N|S1,S2",
                        help="number of seeds (0..N-1) or a comma-separated list (default: 5)")
     group.add_argument("--out", default=None,
@@ -56,6 +60,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _default_out(base: TrainConfig, is_default: bool) -> str:
+    if base.semi != "none":
+        from .semi_config import dataset_semi_defaults
+
+        labels = base.labels
+        if labels is None:
+            labels = dataset_semi_defaults(base.dataset).get("labels")
+        suffix = "" if labels is None else f"-{int(labels)}labels"
+        return f"runs/compare-semi-{base.dataset}-{base.model}{suffix}"
+    if is_default:
+        return DEFAULTS["out"]
+    from .resolve import resolve_config  # segmentation runs replace the default model
+
+    return f"runs/compare-{base.dataset}-{resolve_config(base).model}"
+
+
 def run(args: argparse.Namespace) -> int:
     from .compare import run_comparison
 
@@ -64,25 +84,21 @@ def run(args: argparse.Namespace) -> int:
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
         base = base.replace(threads=DEFAULTS["threads"])
-    if base.semi != "none":  # Table 6: methods x {without, with ISDA} (compare_semi)
-        from .compare_semi import run_semi_command
-
-        return run_semi_command(args, base, DEFAULTS["losses"])
-    out = args.out
-    if out is None:
-        model = base.model
-        if not is_default:  # the resolved model (segmentation runs replace the default one)
-            from .presets import resolve_config
-
-            model = resolve_config(base).model
-        out = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
+    if base.semi != "none" and args.losses is not None:
+        raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
+                         "base method alone, isda = Eq. 19), not --losses; set ISDA options "
+                         "with --lambda0, --kind, --eta1")
+    out = args.out or _default_out(base, is_default)
     t0 = time.perf_counter()
-    result = run_comparison(base, args.losses, args.seeds, out, force=args.force, quiet=args.quiet)
+    result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,
+                            isda=args.isda, force=args.force, quiet=args.quiet)
     print()
     print(result.table)
     print(f"table: {result.table_md} (csv: {result.table_csv})")
     print(f"curves: {result.curves_png}")
+    for run_name, error in result.failed.items():
+        print(f"failed: {run_name}: {error}")
     if not args.quiet:
-        print(f"{result.trained} runs trained, {result.reused} reused, "
-              f"{time.perf_counter() - t0:.1f}s")
+        print(f"{result.trained} runs trained, {result.reused} reused, {len(result.failed)} "
+              f"failed, {time.perf_counter() - t0:.1f}s")
     return 0

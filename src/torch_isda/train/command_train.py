@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
 
-__all__ = ["add_parser", "build_config", "report", "run"]
+__all__ = ["add_parser", "build_config", "criteria_help", "report", "run", "run_args"]
 
 EPILOG = """\
 Unset optimization options come from the preset of the model family (the paper's
@@ -18,7 +19,23 @@ Table 9; see docs/training.md). Examples:
   isda train --dataset cifar100 --download --model resnet110 --loss isda --lambda0 0.5 \\
              --out runs/r110-isda --amp bf16 --channels-last
   isda train --out runs/r110-isda --resume     # continue an interrupted run
+  isda train --out runs/r110-isda --resume auto  # resume if there is a checkpoint, else start
+  isda list criteria                           # the losses --loss accepts
 """
+
+
+def _resume_value(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto'; got {text!r}")
+    return text
+
+
+def criteria_help() -> str:
+    """The registered criteria, for the help of ``--loss`` / ``--losses``."""
+    from .criteria import list_criteria
+
+    return (f" (primary losses: {', '.join(list_criteria('primary'))}; modifiers: "
+            f"{', '.join(list_criteria('modifier'))}; see 'isda list criteria')")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +43,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", metavar="JSON", default=None,
                        help="start from this JSON config (a run's config.json works); "
                             "command-line options override it")
-    group.add_argument("--resume", action="store_true",
+    group.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_value,
+                       metavar="auto",
                        help="continue from checkpoint.pt in --out (with the run's saved "
-                            "config; options given here override it, e.g. --epochs)")
+                            "config; options given here override it, e.g. --epochs); "
+                            "'--resume auto': resume when a checkpoint exists, else start "
+                            "fresh (for preemptible jobs re-running the same command)")
     group.add_argument("--force", action="store_true",
                        help="retrain even if --out holds a finished or unfinished run")
     group.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
@@ -46,7 +66,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "train", help="train one model (presets from the paper's Table 9)",
         description="Train one model with a training criterion (ce, isda, ...).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
+    add_config_arguments(parser, extra_help={"loss": criteria_help()})
     add_run_arguments(parser)
     return parser
 
@@ -66,28 +86,48 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
                 out = default_out_dir(base.replace(**overrides))
             saved = Path(out) / "config.json"
-            if saved.is_file():
+            if saved.is_file() and (args.resume is True or (Path(out) / "checkpoint.pt").is_file()):
                 base = TrainConfig.load(saved)
     return base.replace(**overrides)
 
 
+def run_args(args: argparse.Namespace) -> list[str]:
+    """The run-control options of ``args`` as command-line words (for torchrun workers)."""
+    words: list[str] = []
+    if args.resume:
+        words += ["--resume"] + (["auto"] if args.resume == "auto" else [])
+    if args.force:
+        words.append("--force")
+    if args.stop_after is not None:
+        words += ["--stop-after", str(int(args.stop_after))]
+    if args.quiet:
+        words.append("--quiet")
+    return words
+
+
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
-        from .launch import launch_from_args
-
-        return launch_from_args(args)
-    from .distributed import launched_by_torchrun
-
-    if launched_by_torchrun():  # a torchrun worker: data-parallel training
-        from .distributed import run_cli
-
-        return run_cli(args, report)
-    from .trainer import train
+    from .distributed import USER_ERRORS, launched_by_torchrun
 
     config = build_config(args)
-    result = train(config, resume=args.resume, force=args.force, quiet=args.quiet,
-                   stop_after=args.stop_after)
-    return report(result)
+    if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
+        from .launch import launch_config
+
+        return launch_config(int(args.nproc), config, run_args(args))
+    from .engine import train
+
+    kwargs = dict(resume=args.resume, force=args.force, quiet=args.quiet,
+                  stop_after=args.stop_after)
+    if not launched_by_torchrun():
+        return report(train(config, **kwargs))
+    # a torchrun worker: errors every rank raises identically are reported by rank 0 only
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        result = train(config, distributed=True, **kwargs)
+    except tuple(USER_ERRORS.values()) as err:
+        if rank != 0 and getattr(err, "torch_isda_mirrored", False):
+            return 2
+        raise
+    return report(result) if rank == 0 else 0
 
 
 def report(result: dict[str, Any]) -> int:
@@ -97,7 +137,7 @@ def report(result: dict[str, Any]) -> int:
               f"isda train --out {result['out']} --resume")
         return 0
     if result.get("task") == "segmentation":  # Table 7 columns
-        from .segmentation_trainer import format_segmentation_result
+        from .tables_segmentation import format_segmentation_result
 
         print(f"{format_segmentation_result(result)}  -> {Path(result['out']) / 'result.json'}")
         return 0

@@ -1,46 +1,45 @@
-"""Compare training criteria over several seeds (``isda compare``).
+"""One comparison sweep for every task (``isda compare``).
 
-Every ``(loss, seed)`` pair is trained into ``OUT/<loss>/seed<k>/`` (sequentially, in this
-process). Finished runs are reused and interrupted ones resumed, so re-running an
-interrupted comparison continues where it stopped. Then:
+The sweep trains a grid of *variants* x seeds, sequentially, in this process:
 
-* ``OUT/table.md`` / ``OUT/table.csv``: mean ± sample std over seeds of the final test
-  error (mean of the last 10 epochs, Section 6.1) per method, in the form of Table 2;
-* ``OUT/curves.png``: test error vs. epoch per method, mean line with a ±std band (as in
-  Fig. 5).
+* criteria (classification, segmentation): one variant per ``--losses`` spec, runs in
+  ``OUT/<loss>/seed<k>/``;
+* semi-supervised methods (``--semi M1,M2``): one variant per method and ``--isda``
+  column (``ce`` = the base method alone, ``isda`` = Eq. 19), runs in
+  ``OUT/<method>/<loss>/seed<k>/``.
 
-Segmentation configs get a Table-7-style mIoU table and mIoU curves instead
-(:mod:`torch_isda.train.segmentation_compare`).
+Finished runs are reused and interrupted ones resumed, so re-running an interrupted
+comparison continues where it stopped. A run that diverges (NaN/Inf loss) is marked
+failed and the sweep goes on with the others. Then the task writes its table and plot
+(``Task.write_comparison``): Table 2/5 for criteria (:mod:`torch_isda.train.tables`),
+Table 6 for semi-supervised methods (:mod:`torch_isda.train.tables_semi`), Table 7 for
+segmentation (:mod:`torch_isda.train.tables_segmentation`) — ``OUT/table.md``,
+``OUT/table.csv`` and ``OUT/curves.png``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
-from .checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_text
+from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
-from .presets import resolve_config
-from .trainer import RESULT_NAME, config_differences, train
+from .engine import DivergenceError, train
+from .resolve import resolve_config
+from .rundir import RESULT_NAME, config_differences
+from .semi_config import canonical_semi
+from .tasks import task_class
 
-__all__ = ["DISPLAY_NAMES", "MethodSummary", "parse_losses", "parse_seeds", "plot_curves",
-           "run_comparison", "summarize_method", "write_tables"]
+__all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "parse_isda_mode", "parse_losses",
+           "parse_seeds", "parse_semi_methods", "run_comparison", "train_or_reuse",
+           "variants_for"]
 
-#: Column headers of the paper's Table 2 for the known specs.
-DISPLAY_NAMES = {"ce": "Basic", "isda": "ISDA"}
-
-#: Up to this many methods the summary is one row with a column per method (Table 2
-#: style); with more, one row per method named by its spec (Table 5 style).
-WIDE_TABLE_MAX_METHODS = 4
+#: ``--isda`` values and the losses (columns) they train with ``--semi``.
+ISDA_MODES = {"off": ("ce",), "on": ("isda",), "both": ("ce", "isda")}
 
 
 def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
@@ -49,17 +48,15 @@ def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
         if value < 1:
             raise ValueError(f"the number of seeds must be positive; got {value}")
         return list(range(value))
+    bad = f"--seeds expects a count (5) or a list (0,3,7); got {value!r}"
     if isinstance(value, str):
         text = value.strip()
-        if "," not in text:
-            try:
-                return parse_seeds(int(text))
-            except ValueError:
-                raise ValueError(f"--seeds expects a count (5) or a list (0,3,7); got {value!r}") from None
         try:
+            if "," not in text:
+                return parse_seeds(int(text))
             seeds = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"--seeds expects a count (5) or a list (0,3,7); got {value!r}") from None
+        except ValueError as err:
+            raise ValueError(bad if "invalid literal" in str(err) else str(err)) from None
     else:
         seeds = [int(v) for v in value]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -73,8 +70,7 @@ def parse_losses(value: Union[str, Sequence[str]]) -> list[str]:
     if isinstance(value, str):
         parts, depth, current = [], 0, []
         for ch in value:
-            depth += ch == "("
-            depth -= ch == ")"
+            depth += (ch == "(") - (ch == ")")
             if ch == "," and depth == 0:
                 parts.append("".join(current))
                 current = []
@@ -94,163 +90,61 @@ def parse_losses(value: Union[str, Sequence[str]]) -> list[str]:
     return losses
 
 
-@dataclass
-class MethodSummary:
+def parse_semi_methods(value: Union[str, Sequence[str]]) -> list[str]:
+    """``"vat,mean-teacher"`` -> ``["vat", "mean-teacher"]`` (canonical names, aliases such
+    as ``mt`` accepted; ``none`` and repeats are errors)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    methods = [canonical_semi(str(v).strip()) for v in items if str(v).strip()]
+    if not methods:
+        raise ValueError("--semi needs at least one method: pi, temporal-ensembling, "
+                         "mean-teacher, vat")
+    if "none" in methods:
+        raise ValueError("--semi none cannot be compared here; use isda compare without --semi")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--semi lists a method twice: {value!r}")
+    return methods
+
+
+def parse_isda_mode(value: Optional[str]) -> tuple[str, ...]:
+    """The losses of an ``--isda`` value (``off``: ce, ``on``: isda, ``both``: ce and isda)."""
+    mode = "both" if value is None else str(value).strip().lower()
+    if mode not in ISDA_MODES:
+        raise ValueError(f"--isda must be one of {', '.join(ISDA_MODES)}; got {value!r}")
+    return ISDA_MODES[mode]
+
+
+class Variant(NamedTuple):
+    """One column/row of a comparison: ``key`` names it (and its directory under OUT)."""
+
+    key: str
     loss: str
-    seeds: list[int]
-    final_errors: list[float]
-    best_errors: list[float]
-    num_parameters: Optional[int]
-    curves: list[list[float]] = field(default_factory=list)  # test error per epoch, per seed
-
-    @property
-    def display(self) -> str:
-        return DISPLAY_NAMES.get(self.loss, self.loss)
-
-    @staticmethod
-    def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
-        mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else None  # sample std (n - 1)
-        return mean, std
-
-    @property
-    def final(self) -> tuple[float, Optional[float]]:
-        return self._mean_std(self.final_errors)
-
-    @property
-    def best(self) -> tuple[float, Optional[float]]:
-        return self._mean_std(self.best_errors)
+    semi: str = "none"
 
 
-def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]]) -> MethodSummary:
-    """Read ``result.json`` and ``metrics.json`` of a method's runs."""
-    finals, bests, curves, params, seeds = [], [], [], None, []
-    for seed, run_dir in run_dirs:
-        result = json.loads((run_dir / RESULT_NAME).read_text())
-        rows = json.loads((run_dir / "metrics.json").read_text())
-        finals.append(float(result["final_error"]) if result["final_error"] is not None else math.nan)
-        bests.append(float(result["best_error"]) if result["best_error"] is not None else math.nan)
-        curves.append([math.nan if r["test_error"] is None else float(r["test_error"]) for r in rows])
-        params = result.get("num_parameters", params)
-        seeds.append(seed)
-    return MethodSummary(loss, seeds, finals, bests, params, curves)
+def variants_for(base: TrainConfig, losses: Union[str, Sequence[str]],
+                 isda: Optional[str] = None) -> list[Variant]:
+    """The variants of a sweep: one per loss, or (``base.semi`` naming methods) one per
+    method and ``--isda`` column."""
+    if base.semi in (None, "none"):
+        return [Variant(spec_dirname(loss), loss) for loss in parse_losses(losses)]
+    return [Variant(f"{method}/{loss}", loss, method) for method in parse_semi_methods(base.semi)
+            for loss in parse_isda_mode(isda)]
 
 
-def _pm(mean: float, std: Optional[float], unit: str = "%") -> str:
-    return f"{mean:.2f}{unit}" if std is None else f"{mean:.2f} ± {std:.2f}{unit}"
+@dataclass
+class ComparisonResult:
+    out: Path
+    methods: list[Any]
+    table: str
+    table_md: Path
+    table_csv: Path
+    curves_png: Path
+    trained: int
+    reused: int
+    failed: dict[str, str] = field(default_factory=dict)  # "key seed k" -> error message
 
 
-def _params(n: Optional[int]) -> str:
-    if n is None:
-        return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(n)
-
-
-def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
-    """The markdown of ``table.md``."""
-    n_seeds = sorted({len(m.seeds) for m in methods})
-    seeds_text = "/".join(str(n) for n in n_seeds)
-    best_mean = min(m.final[0] for m in methods)
-    bold = len(methods) > 1
-    cells = []
-    for m in methods:
-        text = _pm(*m.final)
-        cells.append(f"**{text}**" if bold and m.final[0] == best_mean else text)
-    params = _params(methods[0].num_parameters)
-    lines = [
-        f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
-        f"{seeds_text} seeds; each run's error is the mean test error of its last 10 epochs "
-        f"(Section 6.1). {config.epochs} epochs, preset {config.preset}.",
-        "",
-    ]
-    if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
-        lines += [
-            "| Network | Params | " + " | ".join(m.display for m in methods) + " |",
-            "|---|---|" + "---|" * len(methods),
-            f"| {config.model} | {params} | " + " | ".join(cells) + " |",
-        ]
-    else:  # Table 5 style: one row per method, named by its spec
-        lines += [f"| Method | {config.model} ({params}) on {config.dataset} |", "|---|---|"]
-        lines += [f"| {m.loss} | {cell} |" for m, cell in zip(methods, cells)]
-    lines += [
-        "",
-        "| Method | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
-        "|---|---|---|---|---|",
-    ]
-    for m in methods:
-        per_seed = ", ".join(f"{e:.2f}" for e in m.final_errors)
-        lines.append(f"| {m.loss} | {_pm(*m.final, unit='')} | {_pm(*m.best, unit='')} | "
-                     f"{len(m.seeds)} | {per_seed} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> str:
-    """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    text = render_table(methods, config)
-    atomic_write_text(out / "table.md", text)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "name", "dataset", "model", "epochs", "n_seeds",
-                     "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
-                     "num_parameters", "seeds", "final_errors"])
-    for m in methods:
-        (fm, fs), (bm, bs) = m.final, m.best
-        writer.writerow([m.loss, m.display, config.dataset, config.model, config.epochs,
-                         len(m.seeds), f"{fm:.4f}", "" if fs is None else f"{fs:.4f}",
-                         f"{bm:.4f}", "" if bs is None else f"{bs:.4f}",
-                         "" if m.num_parameters is None else m.num_parameters,
-                         ";".join(str(s) for s in m.seeds),
-                         ";".join(f"{e:.4f}" for e in m.final_errors)])
-    atomic_write_text(out / "table.csv", buf.getvalue())
-    return text
-
-
-def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> None:
-    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    tops = []
-    for m in methods:
-        length = min(len(c) for c in m.curves)
-        curves = np.array([c[:length] for c in m.curves], dtype=float)
-        epochs = np.arange(1, length + 1)
-        mean = np.nanmean(curves, axis=0)
-        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
-        (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({_pm(*m.final)})")
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-        skip = max(1, int(math.ceil(0.1 * length)))  # zoom past the first 10% of training
-        if length > skip:
-            tops.append(float(np.nanmax((mean + std)[skip:])))
-    longest = max(len(c) for m in methods for c in m.curves)
-    if longest > 1:  # the epochs averaged into the final error
-        ax.axvspan(max(0.5, longest - 9.5), longest + 0.5, color="0.95", zorder=0, lw=0)
-    finite_tops = [t for t in tops if math.isfinite(t)]
-    if finite_tops:
-        ax.set_ylim(bottom=0.0, top=max(finite_tops) * 1.1 + 1e-6)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
-    n = sorted({len(m.seeds) for m in methods})
-    ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds")
-    ax.grid(True, alpha=0.3)
-    ax.legend(title="final error (last 10 epochs)",
-              fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-
-
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+def check_same_config(run_dir: Path, config: TrainConfig) -> None:
     """An interrupted run is only resumed with the configuration it was started with."""
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
@@ -263,18 +157,6 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
             f"use --force to retrain it or another --out")
 
 
-@dataclass
-class ComparisonResult:
-    out: Path
-    methods: list[MethodSummary]
-    table: str
-    table_md: Path
-    table_csv: Path
-    curves_png: Path
-    trained: int
-    reused: int
-
-
 def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
                    quiet: bool = False) -> tuple[dict[str, Any], str]:
     """Train the run in ``cfg.out`` for a comparison: resume it if interrupted (after
@@ -283,7 +165,7 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     run_dir = Path(cfg.out)
     unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not (run_dir / RESULT_NAME).is_file()
     if unfinished and not force:
-        _check_same_config(run_dir, cfg)
+        check_same_config(run_dir, cfg)
     result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
                    log=lambda msg: None, epoch_log=False)
     status = result["status"]
@@ -291,47 +173,49 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     return result, note
 
 
+def _score(result: dict[str, Any]) -> str:
+    if result.get("task") == "segmentation":
+        return (f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
+                f"{result['miou_multiscale_flip']:.2f}%)")
+    return f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
+
+
 def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
-                   force: bool = False, quiet: bool = False,
+                   isda: Optional[str] = None, force: bool = False, quiet: bool = False,
                    log: Optional[Callable[[str], None]] = None) -> ComparisonResult:
-    """Train every ``(loss, seed)`` into ``out/<loss>/seed<k>/`` and write the table and
-    the curves (see the module docstring). ``base`` supplies everything else."""
+    """Train every variant (:func:`variants_for`) and seed into ``out`` and write the
+    task's table and curves (see the module docstring). ``base`` supplies everything
+    else; with ``base.semi`` naming methods, ``isda`` picks the columns and ``losses`` is
+    ignored."""
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
-    losses = parse_losses(losses)
+    variants = variants_for(base, losses, isda)
     seeds = parse_seeds(seeds)
     out = Path(out)
-    resolved = resolve_config(base.replace(loss=losses[0], seed=seeds[0], out=str(out)))
-    say(f"comparing {', '.join(losses)} on {base.dataset} / {resolved.model} over seeds "
-        f"{', '.join(map(str, seeds))} ({resolved.epochs} epochs each) -> '{out}'")
-    total = len(losses) * len(seeds)
+    first = variants[-1]
+    resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
+                                           out=str(out)))
+    say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
+        f"{resolved.model} over seeds {', '.join(map(str, seeds))} ({resolved.epochs} epochs "
+        f"each) -> '{out}'")
     counts = {"trained": 0, "reused": 0}
-    done = 0
+    failed: dict[str, str] = {}
     runs: dict[str, list[tuple[int, Path]]] = {}
-    for loss in losses:
-        for seed in seeds:
-            run_dir = out / spec_dirname(loss) / f"seed{seed}"
-            cfg = base.replace(loss=loss, seed=seed, out=str(run_dir))
-            t0 = time.perf_counter()
+    total = len(variants) * len(seeds)
+    for done, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
+        run_dir = out / variant.key / f"seed{seed}"
+        cfg = base.replace(loss=variant.loss, semi=variant.semi, seed=seed, out=str(run_dir))
+        t0 = time.perf_counter()
+        runs.setdefault(variant.key, []).append((seed, run_dir))
+        try:
             result, note = train_or_reuse(cfg, force=force, quiet=quiet)
-            done += 1
-            counts["reused" if result["status"] == "reused" else "trained"] += 1
-            score = (f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
-                     if result.get("task") != "segmentation" else
-                     f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
-                     f"{result['miou_multiscale_flip']:.2f}%)")
-            say(f"[{done}/{total}] {loss} seed {seed}: {score}, {note} in "
-                f"{time.perf_counter() - t0:.1f}s")
-            runs.setdefault(loss, []).append((seed, run_dir))
-    if resolved.task == "segmentation":  # Table 7 columns: torch_isda.train.segmentation_compare
-        from .segmentation_compare import write_segmentation_comparison
-
-        methods, table, curves = write_segmentation_comparison(out, losses, runs, resolved)
-        return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
-                                curves, counts["trained"], counts["reused"])
-    methods = [summarize_method(loss, runs[loss]) for loss in losses]
-    table = write_tables(out, methods, resolved)
-    curves = out / "curves.png"
-    plot_curves(curves, methods, resolved)
-    return ComparisonResult(out, methods, table, out / "table.md", out / "table.csv", curves,
-                            counts["trained"], counts["reused"])
+        except DivergenceError as err:
+            failed[f"{variant.key} seed {seed}"] = str(err)
+            say(f"[{done}/{total}] {variant.key} seed {seed}: FAILED ({err})")
+            continue
+        counts["reused" if result["status"] == "reused" else "trained"] += 1
+        say(f"[{done}/{total}] {variant.key} seed {seed}: {_score(result)}, {note} in "
+            f"{time.perf_counter() - t0:.1f}s")
+    methods, table, curves = task_class(resolved).write_comparison(out, variants, runs, resolved)
+    return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
+                            curves, counts["trained"], counts["reused"], failed)

@@ -3,7 +3,7 @@
 Fields left at ``None`` (``epochs``, ``batch_size``, ``lr``, ``momentum``, ``nesterov``,
 ``weight_decay``, ``lr_schedule``, ``milestones``, ``gamma``) are filled from the preset of
 the model's family (Table 9 of the paper, see :mod:`torch_isda.train.presets`) by
-:func:`~torch_isda.train.presets.resolve_config`; anything set explicitly wins. The ISDA
+:func:`~torch_isda.train.resolve.resolve_config`; anything set explicitly wins. The ISDA
 fields ``lambda0`` and ``kind`` (:data:`ISDA_PRESET_FIELDS`) are resolved the same way:
 ``0.5`` / ``"full"`` (the CIFAR setting) unless the preset, the model family or the model
 has its own default (e.g. ``7.5`` / ``"diagonal"`` for ``resnet50`` on ImageNet).
@@ -27,6 +27,8 @@ from ..functional import KINDS  # the covariance kinds of the core
 
 __all__ = [
     "AMP_MODES",
+    "DEFAULT_KIND",
+    "DEFAULT_LAMBDA0",
     "ISDA_PRESET_FIELDS",
     "LR_SCHEDULES",
     "PRESET_FIELDS",
@@ -38,6 +40,10 @@ __all__ = [
 ]
 
 AMP_MODES = ("none", "bf16", "fp16")
+#: The CIFAR ISDA defaults (lambda_0 and the full class-conditional covariance), used when
+#: neither the preset nor the model family has its own.
+DEFAULT_LAMBDA0 = 0.5
+DEFAULT_KIND = "full"
 LR_SCHEDULES = ("step", "cosine", "poly")
 #: ``None`` (auto: segmentation for segmentation datasets) or one of these.
 TASKS = ("classification", "segmentation")
@@ -243,9 +249,6 @@ class TrainConfig:
             problems.append(f"milestones must be non-negative epochs; got {self.milestones}")
         if not isinstance(self.loss, str) or not self.loss.strip():
             problems.append("loss must be a non-empty criterion spec such as 'isda' or 'ce'")
-        from .semi_config import semi_problems  # the semi-supervised fields
-
-        problems.extend(semi_problems(self))
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
@@ -311,14 +314,17 @@ def _base_type(hint: Any) -> Any:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
-                         title: str = "training configuration") -> None:
+                         title: str = "training configuration",
+                         extra_help: Optional[dict[str, str]] = None) -> None:
     """Add one ``--option`` per :class:`TrainConfig` field to ``parser``.
 
     Defaults are ``argparse.SUPPRESS``: only options given on the command line appear in
     the namespace, so :func:`config_overrides_from_args` can tell "given" from "default"
     (presets and resumed configs are only overridden by what the user typed). Booleans
     get ``--flag`` / ``--no-flag``; lists are comma-separated; dicts are JSON or
-    ``key=value,...``.
+    ``key=value,...``. ``extra_help`` appends text to the help of some fields (e.g. the
+    registered criteria to ``--loss``; this module imports nothing from the rest of
+    :mod:`torch_isda.train`).
     """
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(TrainConfig)
@@ -328,7 +334,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str,
         flag = "--" + f.name.replace("_", "-")
         base = _base_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "") + (extra_help or {}).get(f.name, "")
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(default, bool):
             help_text += f" (default: {'on' if default else 'off'})"

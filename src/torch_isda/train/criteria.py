@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..loss import ISDALoss
+from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
 
 __all__ = [
     "CRITERION_MODULES",
@@ -427,13 +428,9 @@ def create_criterion(spec: str, num_features: int, num_classes: int, config: Any
             one primary loss, or bad arguments.
     """
     if config is None:
-        from .config import TrainConfig
-
         config = TrainConfig()
     if getattr(config, "lambda0", 0) is None or getattr(config, "kind", "") is None:
         # an unresolved config (resolve_config fills the per-model values): CIFAR defaults
-        from .presets import DEFAULT_KIND, DEFAULT_LAMBDA0
-
         config = dataclasses.replace(
             config, lambda0=DEFAULT_LAMBDA0 if config.lambda0 is None else config.lambda0,
             kind=DEFAULT_KIND if config.kind is None else config.kind)

@@ -16,7 +16,6 @@ The exit status of ``isda train --nproc K`` is torchrun's.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -24,7 +23,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["launch", "launch_from_args", "torchrun_command"]
+from .config import TrainConfig
+from .distributed import check_distributed_config
+from .resolve import resolve_config
+
+__all__ = ["launch", "launch_config", "torchrun_command"]
 
 
 def torchrun_command(nproc: int, train_args: Sequence[str], *,
@@ -43,26 +46,13 @@ def launch(nproc: int, train_args: Sequence[str], *, env: dict | None = None) ->
     return 128 - code if code < 0 else code
 
 
-def launch_from_args(args: argparse.Namespace) -> int:
-    """``isda train --nproc K ...``: validate, then :func:`launch` the workers."""
-    from .command_train import build_config
-    from .distributed import check_distributed_config
-    from .presets import resolve_config
-
-    nproc = int(args.nproc)
+def launch_config(nproc: int, config: TrainConfig, run_args: Sequence[str] = ()) -> int:
+    """``isda train --nproc K ...``: check ``config`` for ``K`` processes, write it to a
+    temporary file, then :func:`launch` the workers with the run-control ``run_args``."""
+    nproc = int(nproc)
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes; got {nproc}")
-    config = build_config(args)
     check_distributed_config(resolve_config(config), nproc)
-    run_args: list[str] = []
-    if args.resume:
-        run_args.append("--resume")
-    if args.force:
-        run_args.append("--force")
-    if args.stop_after is not None:
-        run_args += ["--stop-after", str(int(args.stop_after))]
-    if args.quiet:
-        run_args.append("--quiet")
     with tempfile.TemporaryDirectory(prefix="isda-launch-") as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(config.to_json())

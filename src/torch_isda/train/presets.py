@@ -56,7 +56,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Optional
 
-from .config import ISDA_PRESET_FIELDS, PRESET_FIELDS, TrainConfig
+from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, ISDA_PRESET_FIELDS, PRESET_FIELDS, TrainConfig
+from .criteria import parse_criterion_spec, spec_dirname
+from .semi_config import semi_run_name
 
 __all__ = [
     "DEFAULT_KIND",
@@ -66,23 +68,19 @@ __all__ = [
     "PRESETS",
     "Preset",
     "FAMILY_PRESETS",
+    "apply_preset",
     "default_out_dir",
     "get_preset",
     "isda_defaults",
     "list_presets",
     "model_family",
     "preset_name_for_family",
-    "resolve_config",
 ]
 
 #: Section 6.1: lambda_0 is selected from this set on CIFAR (full covariance) ...
 LAMBDA0_GRID_CIFAR = (0.1, 0.25, 0.5, 0.75, 1.0)
 #: ... and from this set on ImageNet (diagonal covariance).
 LAMBDA0_GRID_IMAGENET = (1.0, 2.5, 5.0, 7.5, 10.0)
-#: The CIFAR default.
-DEFAULT_LAMBDA0 = 0.5
-#: The CIFAR covariance kind (the full class-conditional covariance).
-DEFAULT_KIND = "full"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +240,8 @@ def model_family(model: str, model_kwargs: Optional[dict] = None) -> str:
 
 
 def default_out_dir(config: TrainConfig) -> str:
-    from .criteria import spec_dirname
-
     loss = spec_dirname(config.loss)
     if config.semi != "none":  # e.g. runs/digits-digits_cnn-vat-isda-100labels-seed0
-        from .semi_config import semi_run_name
-
         loss = semi_run_name(config)
     return f"runs/{config.dataset}-{config.model}-{loss}-seed{config.seed}"
 
@@ -263,31 +257,24 @@ def isda_defaults(model: str, preset: Optional[str] = None,
     return get_preset(name).isda_defaults(model, family)
 
 
-def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fill the ``None`` preset fields from the preset (``config.preset`` or the model
-    family's), default ``out``, and check dataset, model and loss names early.
+def apply_preset(config: TrainConfig) -> TrainConfig:
+    """Fill the ``None`` preset fields of a classification config from the preset
+    (``config.preset`` or the model family's), default ``out``, and check dataset, model
+    and loss names early (the classification part of
+    :func:`~torch_isda.train.resolve.resolve_config`).
 
     ``lambda0`` and ``kind`` left at ``None`` come from the same preset's ISDA defaults,
     refined per family and per model (:meth:`Preset.isda_defaults`); ``0.5`` / ``"full"``
-    when there is no preset.
-
-    Explicitly set fields are kept. The returned config has ``preset`` set to the preset
-    used (or ``None`` when every preset field was given explicitly).
+    when there is no preset. Explicitly set fields are kept. The returned config has
+    ``preset`` set to the preset used (or ``None`` when every preset field was given).
     """
-    from ..data import dataset_entrypoint
-    from .criteria import parse_criterion_spec
+    from ..data import build_augment, dataset_entrypoint
 
-    from .segmentation_config import infer_task, resolve_segmentation_config
-
-    if infer_task(config) == "segmentation":  # Table 7: see segmentation_config
-        return resolve_segmentation_config(config)
     if config.task is not None:  # classification is stored as None (older configs match)
         config = dataclasses.replace(config, task=None)
     config.validate()
     dataset_entrypoint(config.dataset)  # ValueError listing the datasets
     if config.augment is not None:
-        from ..data import build_augment
-
         build_augment(config.augment)  # ValueError listing the augmentations
     parse_criterion_spec(config.loss, check_registered=True)  # ValueError listing criteria
     family = model_family(config.model, config.model_kwargs)
@@ -308,19 +295,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     missing_isda = [f for f in ISDA_PRESET_FIELDS if getattr(config, f) is None]
     if missing_isda:
         isda_preset = preset_name if preset_name is not None else preset_name_for_family(family)
-        if isda_preset is None:
-            defaults = {"lambda0": DEFAULT_LAMBDA0, "kind": DEFAULT_KIND}
-        else:
-            defaults = get_preset(isda_preset).isda_defaults(config.model, family)
+        defaults = ({"lambda0": DEFAULT_LAMBDA0, "kind": DEFAULT_KIND} if isda_preset is None
+                    else get_preset(isda_preset).isda_defaults(config.model, family))
         changes.update({f: defaults[f] for f in missing_isda})
     if config.out is None:
         changes["out"] = default_out_dir(config)
     resolved = dataclasses.replace(config, **changes)
     if resolved.milestones is not None:
         resolved.milestones = sorted(int(m) for m in resolved.milestones)
-    if resolved.semi != "none":  # labels, batch sizes, ZCA (torch_isda.train.semi_config)
-        from .semi_config import resolve_semi_config
-
-        resolved = resolve_semi_config(resolved)
-    resolved.validate()
     return resolved

@@ -3,7 +3,7 @@ segmentation presets' extra defaults and :func:`resolve_segmentation_config`.
 
 A run is a segmentation run when ``config.task == "segmentation"`` or, with ``task`` left
 at ``None``, when the dataset is a segmentation dataset (:data:`SEGMENTATION_DATASETS`).
-:func:`~torch_isda.train.presets.resolve_config` hands such configs to
+:func:`~torch_isda.train.resolve.resolve_config` hands such configs to
 :func:`resolve_segmentation_config`, which fills every ``None`` field from the segmentation
 presets:
 
@@ -36,6 +36,8 @@ from typing import Any, Optional
 from .config import SEG_LOSS_AT, TrainConfig
 
 __all__ = [
+    "ALIGN_CORNERS",
+    "TABLE7_COLUMNS",
     "DEFAULT_SEGMENTATION_MODEL",
     "SEGMENTATION_DATASETS",
     "SEGMENTATION_EXTRAS",
@@ -50,6 +52,17 @@ __all__ = [
     "resolve_segmentation_config",
     "segmentation_preset_name",
 ]
+
+#: Bilinear upsampling of logits/probabilities as in the official code (``CriterionDSN``
+#: and ``evaluate.py`` of the segmentation toolbox use ``align_corners=True``).
+ALIGN_CORNERS = True
+
+#: The Table 7 columns: (result key, header, scales?, flip).
+TABLE7_COLUMNS = (
+    ("miou_single", "Single scale", False, False),
+    ("miou_multiscale", "Multi-scale", True, False),
+    ("miou_multiscale_flip", "Multi-scale + Flip", True, True),
+)
 
 #: Registered datasets that yield ``(image, B x H x W label map)`` pairs.
 SEGMENTATION_DATASETS: set[str] = {"synthetic_segmentation", "cityscapes"}
@@ -157,8 +170,8 @@ def parse_segmentation_loss(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
-    """Fill a segmentation config (see the module docstring); called by
-    :func:`~torch_isda.train.presets.resolve_config`."""
+    """Fill a segmentation config (see the module docstring); the ``resolve`` of the
+    segmentation task (:func:`~torch_isda.train.resolve.resolve_config`)."""
     from ..data import dataset_entrypoint
     from ..functional import KINDS
     from .presets import default_out_dir, get_preset, model_family

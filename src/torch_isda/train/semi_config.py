@@ -1,8 +1,8 @@
 """Semi-supervised settings of ``isda train --semi METHOD`` (Section 5, Table 6).
 
-This module is light (no data or model imports): :class:`~torch_isda.train.config.TrainConfig`
-calls :func:`semi_problems` from ``validate`` and
-:func:`~torch_isda.train.presets.resolve_config` calls :func:`resolve_semi_config`, which
+This module is light (no data or model imports):
+:func:`~torch_isda.train.resolve.resolve_config` calls :func:`semi_problems` for every
+config, and the semi-supervised task's ``resolve`` calls :func:`resolve_semi_config`, which
 fills the semi-supervised fields left at ``None`` from :data:`DATASET_DEFAULTS`.
 :func:`method_kwargs` gives the keyword arguments of the base method (the defaults of its
 paper, see :mod:`torch_isda.semi.methods`, adapted to the run length and the dataset,

@@ -146,7 +146,7 @@ def _check_resume(args: argparse.Namespace, ckpt: Path, dataset_name: str,
 
 def run_train(args: argparse.Namespace) -> int:
     from ..train.seeding import num_threads
-    from ..train.trainer import resolve_device
+    from ..train.distributed import resolve_device
     from .gan import CHECKPOINT_NAME, DCGAN_ITERATIONS, DIGITS_ITERATIONS, LOG_NAME, SAMPLES_NAME, train_gan
 
     out = Path(args.out or f"runs/gan-{args.dataset}")

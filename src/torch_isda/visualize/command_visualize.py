@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.checkpoint import atomic_write_text
     from ..train.seeding import num_threads
-    from ..train.trainer import resolve_device
+    from ..train.distributed import resolve_device
     from .gan import load_gan_checkpoint, load_generator
     from .inversion import run_visualization
 

@@ -1,4 +1,4 @@
-"""The segmentation training loop of ``isda train --task segmentation`` (Section 6.4, Table 7).
+"""Semantic segmentation of ``isda train --task segmentation`` (Section 6.4, Table 7).
 
 One step (the official ``train_isda.py`` recipe, ``--seg-loss-at label``, the default)::
 
@@ -26,44 +26,38 @@ Data: ``synthetic_segmentation`` lives on the device (random flips drawn from on
 generator); ``cityscapes`` uses :func:`~torch_isda.data.cityscapes.create_cityscapes_loaders`
 (``--workers``, random scale 0.5-2 / ``--crop-size`` crop / flip). Resuming reproduces the
 uninterrupted run exactly on the CPU for in-memory data (and for DataLoaders with
-``--workers 0``). Callbacks (``train(..., callbacks=...)``) get the main head's
+``--workers 0``). Callbacks get the main head's
 feature-resolution ``features``/``logits`` and the full-resolution labels in ``on_step``.
-Single-process only (the multi-process trainer does not run segmentation).
+Under torchrun every rank keeps its slice of each global batch, the per-pixel covariance
+statistics of both heads are all-gathered (every rank holds those of the global batch),
+the gradients are averaged and the test set is sharded (confusion matrices all-reduced).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import __version__
-from ..segmentation import SegmentationISDALoss, resize_labels
-from ..segmentation_metrics import ConfusionMatrix, predict_probs
-from .config import TrainConfig
-from .metrics import summarize
-from .progress import ProgressBar, progress_enabled
-from .schedules import PolyFactor
-from .segmentation_config import parse_scales, parse_segmentation_loss
-from .seeding import seed_everything
-from .trainer import Trainer, _CosineFactor, _StepFactor
-
-__all__ = ["ALIGN_CORNERS", "SegmentationCriterion", "SegmentationTrainer",
-           "format_segmentation_result"]
-
-#: Bilinear upsampling of logits/probabilities as in the official code (``CriterionDSN``
-#: and ``evaluate.py`` of the segmentation toolbox use ``align_corners=True``).
-ALIGN_CORNERS = True
-
-#: The Table 7 columns: (result key, header, scales?, flip).
-TABLE7_COLUMNS = (
-    ("miou_single", "Single scale", False, False),
-    ("miou_multiscale", "Multi-scale", True, False),
-    ("miou_multiscale_flip", "Multi-scale + Flip", True, True),
+from ...segmentation import SegmentationISDALoss, resize_labels
+from ...segmentation_metrics import ConfusionMatrix, predict_probs
+from ..config import TrainConfig
+from ..distributed import GlobalBatchShards, shard_bounds
+from ..segmentation_config import (
+    ALIGN_CORNERS,
+    TABLE7_COLUMNS,
+    parse_scales,
+    parse_segmentation_loss,
+    resolve_segmentation_config,
 )
+from .base import StepOut, Task
+
+__all__ = ["DeviceSegmentationBatches", "SegmentationCriterion", "SegmentationTask"]
 
 
 class SegmentationCriterion(nn.Module):
@@ -167,7 +161,7 @@ class SegmentationCriterion(nn.Module):
         return loss
 
 
-class _DeviceSegmentationBatches:
+class DeviceSegmentationBatches:
     """Re-iterable ``SegmentationData.batches`` with a length (training drops the last
     incomplete batch: batch norm of the ASPP image pooling needs more than one image)."""
 
@@ -188,69 +182,43 @@ class _DeviceSegmentationBatches:
                                  generator=self.generator)
 
 
-class SegmentationTrainer(Trainer):
-    """The :class:`~torch_isda.train.trainer.Trainer` of segmentation runs (see the module
-    docstring). Checkpoints, metrics files, ``config.json`` and the run control of
-    :func:`~torch_isda.train.trainer.train` are shared with classification."""
+class SegmentationTask(Task):
+    """Segmentation runs (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.scales = parse_scales(self.config.eval_scales)
+    name = "segmentation"
+    schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
+    final_epochs = 1  # final_error = 100 - mIoU of the final model
+
+    def __init__(self, config: Any, engine: Any) -> None:
+        super().__init__(config, engine)
+        self.scales = parse_scales(config.eval_scales)
         self.final_eval: Optional[dict[str, Any]] = None
+
+    @staticmethod
+    def resolve(config: Any) -> Any:
+        return resolve_segmentation_config(config)
 
     # ------------------------------------------------------------------ setup
 
     def build(self) -> None:
-        cfg, device = self.config, self.device
-        seed_everything(cfg.seed)
-        self._build_data()
-        model = self._create_model(("forward_all", "get_classifier"), default_in_channels=False)
+        cfg = self.config
+        self.build_data()
+        model = self.create_model(("forward_all", "get_classifier"))
         self.forward_fn = torch.compile(model.forward_all) if cfg.compile else model.forward_all
         self.criterion = SegmentationCriterion.from_config(
-            cfg, model, self.num_classes, self.ignore_index).to(device)
-        self.want_aux = self.criterion.use_aux
-        momentum = float(cfg.momentum)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=momentum,
-                                         weight_decay=cfg.weight_decay,
-                                         nesterov=bool(cfg.nesterov) and momentum > 0)
+            cfg, model, self.num_classes, self.ignore_index).to(self.device)
         self.steps_per_epoch = len(self.train_batches)
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training set ({self.train_size} images) is smaller than one "
                              f"batch ({cfg.batch_size}); lower --batch-size")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        # the schedule runs per iteration (milestones stay in epochs)
-        if cfg.lr_schedule == "poly":
-            self.lr_factor: Any = PolyFactor(self.total_steps, cfg.poly_power)
-        elif cfg.lr_schedule == "cosine":
-            self.lr_factor = _CosineFactor(self.total_steps)
-        else:
-            milestones = [int(m) * self.steps_per_epoch for m in cfg.milestones or []]
-            self.lr_factor = _StepFactor(milestones, cfg.gamma)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
-    def _build_data(self) -> None:
-        cfg, device = self.config, self.device
+    def build_data(self) -> None:
+        cfg, ctx = self.config, self.context
+        self.test_sharded = False
         if cfg.dataset == "cityscapes":
-            from ..data.cityscapes import create_cityscapes_loaders
-
-            try:
-                loaders = create_cityscapes_loaders(
-                    cfg.data_dir, cfg.batch_size, cfg.workers, cfg.crop_size or 769,
-                    val_batch_size=1, distributed=False, seed=cfg.seed, **cfg.dataset_kwargs)
-            except TypeError as err:
-                raise ValueError(f"bad --dataset-kwargs {cfg.dataset_kwargs} for cityscapes: "
-                                 f"{err}") from None
-            self.train_batches, self.test_batches = loaders.train, loaders.val
-            self.data_generator = loaders.train.generator
-            self.num_classes, self.ignore_index = loaders.num_classes, loaders.ignore_index
-            crop = cfg.crop_size or 769
-            self.image_size = (3, crop, crop)
-            self.augment = "random_scale_crop_flip"
-            self.train_size, self.test_size = len(loaders.train.dataset), len(loaders.val.dataset)
+            self._cityscapes()
             return
-        from ..data import create_dataset
+        from ...data import create_dataset
 
         data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
                               **cfg.dataset_kwargs)
@@ -260,108 +228,115 @@ class SegmentationTrainer(Trainer):
         if cfg.crop_size is not None:
             self.log(f"note: --crop-size applies to cityscapes only; {cfg.dataset} trains on "
                      f"whole images")
-        data = data.to(device)
+        data = data.to(self.device)
         flip = (cfg.augment or "flip") == "flip"
         self.augment = "flip" if flip else "none"
-        self.data_generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.train_batches = _DeviceSegmentationBatches(
+        self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.train_batches = DeviceSegmentationBatches(
             data, "train", cfg.batch_size, train=True, flip=flip, generator=self.data_generator)
-        self.test_batches = _DeviceSegmentationBatches(data, "test", cfg.eval_batch_size,
-                                                       train=False, flip=False)
+        if ctx is not None:  # global batches, sliced per rank
+            self.train_batches = GlobalBatchShards(self.train_batches, ctx.rank, ctx.world_size)
+        self.test_batches = DeviceSegmentationBatches(data, "test", cfg.eval_batch_size,
+                                                      train=False, flip=False)
         self.num_classes, self.ignore_index = data.num_classes, data.ignore_index
         self.image_size = tuple(data.image_size)
         self.train_size, self.test_size = data.train_size, data.test_size
 
-    # ------------------------------------------------------------------ state
+    def _cityscapes(self) -> None:
+        cfg, ctx = self.config, self.context
+        from ...data.cityscapes import create_cityscapes_loaders
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["final_eval"] = self.final_eval
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        # the shared restore; the scheduler's step count is in iterations here, which
-        # self.lr_factor (per iteration) expects
-        super().load_state_dict(state)
-        finished = self.start_epoch >= self.config.epochs
-        self.final_eval = state.get("final_eval") if finished else None
-
-    # ------------------------------------------------------------------ loops
-
-    def train_epoch(self, epoch: int) -> tuple[float, float]:
-        """One pass; returns (mean loss, pixel error % of the main head at feature
-        resolution, labels resized by nearest neighbour)."""
-        cfg = self.config
-        self.model.train()
-        self.criterion.train()
-        steps = self.steps_per_epoch
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.long, device=self.device)
-        valid = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
-        bar = ProgressBar(self.train_batches, steps, f"epoch {epoch + 1}/{cfg.epochs}",
-                          progress_enabled(self.quiet))
+        world = ctx.world_size if ctx else 1
+        shard = {"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {}
         try:
-            for i, (x, y) in enumerate(bar):
-                x, y = self._to_device(x, y)
-                self.criterion.set_progress((epoch * steps + i) / self.total_steps)
-                with self._autocast():
-                    out = self.forward_fn(x, aux=self.want_aux)
-                loss = self.criterion(out, y, self.model)
-                for callback in self.callbacks:  # main head, feature resolution
-                    if hasattr(callback, "on_step"):
-                        callback.on_step(self, epoch * steps + i, out.features, out.logits, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                n = y.shape[0]
-                seen += n
-                loss_sum += loss.detach().double() * n
-                with torch.no_grad():
-                    small = resize_labels(y, out.logits.shape[-2:])
-                    keep = small != self.ignore_index
-                    wrong += ((out.logits.detach().argmax(1) != small) & keep).sum()
-                    valid += keep.sum()
-                if bar.active and (i % 10 == 0 or i == steps - 1):
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
-        finally:
-            bar.close()
-        if seen == 0:
-            raise ValueError("the training set is empty")
-        return float(loss_sum) / seen, 100.0 * int(wrong) / max(int(valid), 1)
+            loaders = create_cityscapes_loaders(
+                cfg.data_dir, cfg.batch_size // world, cfg.workers, cfg.crop_size or 769,
+                val_batch_size=1, distributed=ctx is not None, seed=cfg.seed, **shard,
+                **cfg.dataset_kwargs)
+        except TypeError as err:
+            raise ValueError(f"bad --dataset-kwargs {cfg.dataset_kwargs} for cityscapes: "
+                             f"{err}") from None
+        self.train_batches, self.test_batches = loaders.train, loaders.val
+        self.test_sharded = ctx is not None
+        self.data_generator = loaders.train.generator
+        self.num_classes, self.ignore_index = loaders.num_classes, loaders.ignore_index
+        crop = cfg.crop_size or 769
+        self.image_size = (3, crop, crop)
+        self.augment = "random_scale_crop_flip"
+        self.train_size, self.test_size = len(loaders.train.dataset), len(loaders.val.dataset)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self, batch: Any, progress: float) -> StepOut:
+        x, y = self.to_device(*batch)
+        self.criterion.set_progress(progress)
+        with self.engine.autocast():
+            out = self.forward_fn(x, aux=self.criterion.use_aux)
+        loss = self.criterion(out, y, self.model)
+        with torch.no_grad():
+            small = resize_labels(y, out.logits.shape[-2:])
+            keep = small != self.ignore_index
+            wrong = ((out.logits.detach().argmax(1) != small) & keep).sum()
+        return StepOut(loss, int(y.shape[0]), {"wrong": wrong, "valid": keep.sum()},
+                       backward=self._weighted(loss, y, small), features=out.features,
+                       logits=out.logits, target=y)
+
+    def _weighted(self, loss: Tensor, y: Tensor, small: Tensor) -> Optional[Tensor]:
+        """Under torchrun, weight ``K v_r / v`` (``v``: valid pixels where the loss is
+        taken), so that the averaged gradient is that of the global per-pixel mean."""
+        if self.context is None:
+            return None
+        labels = small if self.criterion.loss_at == "feature" else y
+        counts = (labels != self.ignore_index).sum().double().view(1)
+        total = counts.clone()
+        dist.all_reduce(total)
+        return loss * (self.context.world_size * counts / total.clamp_min(1.0)).squeeze(0)
+
+    def epoch_values(self, totals: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
+        """(mean loss, pixel error % of the main head at feature resolution, labels resized
+        by nearest neighbour)."""
+        return (totals["loss"] / max(totals["n"], 1.0),
+                100.0 * round(totals["wrong"]) / max(round(totals["valid"]), 1), {})
+
+    def _test_batches(self) -> Any:
+        """This rank's share of the test batches."""
+        ctx = self.context
+        for x, y in self.test_batches:
+            if ctx is not None and not self.test_sharded:
+                lo, hi = shard_bounds(int(y.shape[0]), ctx.rank, ctx.world_size)
+                if lo == hi:
+                    continue
+                x, y = x[lo:hi], y[lo:hi]
+            yield self.to_device(x, y)
 
     @torch.no_grad()
-    def evaluate_miou(self, scales: tuple[float, ...] | list[float] = (1.0,),
-                      flip: bool = False) -> dict[str, Any]:
+    def evaluate_miou(self, scales: Sequence[float] = (1.0,), flip: bool = False
+                      ) -> dict[str, Any]:
         """mIoU etc. of the test split (:meth:`ConfusionMatrix.compute`) plus ``loss``: the
         mean cross-entropy of the (scale/flip-averaged) probabilities at the label size."""
         self.model.eval()
         cm = ConfusionMatrix(self.num_classes, self.ignore_index, device=self.device)
-        nll = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        for x, y in self.test_batches:
-            x, y = self._to_device(x, y)
-            with self._autocast():
+        nll = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, pixels
+        for x, y in self._test_batches():
+            with self.engine.autocast():
                 probs = predict_probs(self.model, x, scales=scales, flip=flip,
                                       output_size=y.shape[-2:], align_corners=ALIGN_CORNERS)
             probs = probs.float()
             cm.update(probs.argmax(1), y)
             keep = y != self.ignore_index
-            if bool(keep.any()):
-                nll += F.nll_loss(probs.clamp_min(1e-12).log(), y, ignore_index=self.ignore_index,
-                                  reduction="sum").double()
-                count += int(keep.sum())
+            nll[0] += F.nll_loss(probs.clamp_min(1e-12).log(), y, ignore_index=self.ignore_index,
+                                 reduction="sum").double()
+            nll[1] += keep.sum()
+        if self.context is not None:
+            dist.all_reduce(cm.matrix)
+            dist.all_reduce(nll)
         metrics = cm.compute()
-        metrics["loss"] = float(nll) / count if count else float("nan")
+        total, count = nll.tolist()
+        metrics["loss"] = total / count if count else float("nan")
         return metrics
-
-    def evaluate(self) -> tuple[float, float]:
-        """Single-scale test loss and error (``100 - mIoU``, %)."""
-        metrics = self.evaluate_miou()
-        self._last_eval = metrics
-        return metrics["loss"], 100.0 - 100.0 * metrics["miou"]
 
     def evaluate_table7(self) -> dict[str, Any]:
         """The three columns of Table 7 for the current model (mIoU in %)."""
@@ -376,79 +351,55 @@ class SegmentationTrainer(Trainer):
         result["eval_seconds"] = time.perf_counter() - t0
         return result
 
-    def fit(self, stop_after: Optional[int] = None) -> bool:
-        cfg = self.config
-        for epoch in range(self.start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            lr = float(self.optimizer.param_groups[0]["lr"])
-            train_loss, train_error = self.train_epoch(epoch)
-            test_loss, test_error = self.evaluate()
-            values = self.criterion.log_values()
-            metrics = self._last_eval
-            row: dict[str, Any] = {
-                "epoch": epoch + 1, "train_loss": train_loss, "train_error": train_error,
-                "test_loss": test_loss, "test_error": test_error, "lr": lr,
-                "lambda": values.pop("lambda", None), "seconds": time.perf_counter() - t0,
+    def evaluate(self, final: bool) -> dict[str, Any]:
+        """Single-scale test loss, error (``100 - mIoU``, %), mIoU and pixel accuracy; after
+        the last epoch also the Table 7 columns (kept for ``result.json``)."""
+        metrics = self.evaluate_miou()
+        if final:
+            self.final_eval = self.evaluate_table7()
+        return {"test_loss": metrics["loss"], "test_error": 100.0 - 100.0 * metrics["miou"],
                 "test_miou": 100.0 * metrics["miou"],
-                "test_pixel_acc": 100.0 * metrics["pixel_acc"],
-            }
-            row.update({k: float(v) for k, v in values.items()})
-            self.rows.append(row)
-            if epoch + 1 == cfg.epochs:
-                self.final_eval = self.evaluate_table7()
-            summary = (f"train loss {train_loss:.4f} pixel err {train_error:6.2f}%  "
-                       f"test loss {test_loss:.4f} mIoU {row['test_miou']:6.2f}%")
-            if not self._end_epoch(epoch, row, summary, stop_after):
-                return False
-        return True
+                "test_pixel_acc": 100.0 * metrics["pixel_acc"]}
 
-    def result(self) -> dict[str, Any]:
-        """``result.json``: the shared summary (``final_error = 100 - miou_single`` of the
-        final model) plus the Table 7 columns once all epochs are done."""
+    def summary(self, row: dict[str, Any]) -> str:
+        return (f"train loss {row['train_loss']:.4f} pixel err {row['train_error']:6.2f}%  "
+                f"test loss {row['test_loss']:.4f} mIoU {row['test_miou']:6.2f}%")
+
+    # ------------------------------------------------------------------ state and outputs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"final_eval": self.final_eval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        finished = int(state["epoch"]) >= self.config.epochs
+        self.final_eval = state.get("final_eval") if finished else None
+
+    def result_fields(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """``final_error = 100 - miou_single`` of the final model plus the Table 7 columns
+        once all epochs are done."""
         cfg = self.config
-        from ..models.flops import count_parameters
-
-        finished = len(self.rows) >= cfg.epochs
-        if finished and self.final_eval is None:  # e.g. resumed after the last checkpoint
+        if len(rows) >= cfg.epochs and self.final_eval is None:  # resumed after the last epoch
             self.final_eval = self.evaluate_table7()
         table7 = self.final_eval or {key: None for key, *_ in TABLE7_COLUMNS}
         return {
-            **summarize(self.rows, last=1),
             "task": "segmentation", "metric": "mIoU (%)",
-            "final_miou": self.rows[-1]["test_miou"] if self.rows else None,
-            **table7,
+            "final_miou": rows[-1]["test_miou"] if rows else None, **table7,
             "seg_loss_at": cfg.seg_loss_at, "aux_weight": cfg.aux_weight,
-            "dataset": cfg.dataset, "model": cfg.model, "loss": cfg.loss, "seed": cfg.seed,
-            "epochs": cfg.epochs, "iterations": len(self.rows) * self.steps_per_epoch,
-            "num_parameters": int(count_parameters(self.model)),
-            "device": str(self.device), "torch_isda_version": __version__,
-            "torch_version": torch.__version__,
+            "iterations": len(rows) * self.steps_per_epoch,
         }
 
-    def write_config(self) -> None:
-        super().write_config()
-        import json
-
-        from .checkpoint import atomic_write_json
-        from .trainer import CONFIG_NAME
-
-        path = self.out / CONFIG_NAME
-        data = json.loads(path.read_text())
-        data["resolved"].update({
+    def resolved_fields(self) -> dict[str, Any]:
+        return {
             "task": "segmentation", "ignore_index": self.ignore_index,
-            "steps_per_epoch": self.steps_per_epoch, "total_iterations": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_iterations": self.config.epochs * self.steps_per_epoch,
             "eval_scales": list(self.scales),
             "criterion": {"loss": self.criterion.loss, "loss_at": self.criterion.loss_at,
                           "aux": self.criterion.use_aux},
-        })
-        atomic_write_json(path, data)
+        }
 
+    @classmethod
+    def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:
+        from ..tables_segmentation import write_segmentation_comparison
 
-def format_segmentation_result(result: dict[str, Any]) -> str:
-    """The one-run summary line of ``isda train`` for segmentation (Table 7 columns)."""
-    cells = []
-    for key, header, *_ in TABLE7_COLUMNS:
-        value = result.get(key)
-        cells.append(f"{header.lower()} {'-' if value is None else f'{value:.2f}%'}")
-    scales = ",".join(f"{s:g}" for s in result.get("eval_scales") or [])
-    return f"test mIoU: {'  '.join(cells)}" + (f"  (scales {scales})" if scales else "")
+        return write_segmentation_comparison(out, variants, runs, config)

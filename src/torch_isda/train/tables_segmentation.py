@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import atomic_write, atomic_write_text
-from .compare import MethodSummary, _params
 from .config import TrainConfig
-from .segmentation_trainer import TABLE7_COLUMNS
-from .trainer import RESULT_NAME
+from .rundir import RESULT_NAME
+from .segmentation_config import TABLE7_COLUMNS
+from .tables import MethodSummary, format_params
 
-__all__ = ["SegmentationMethodSummary", "plot_miou_curves", "render_segmentation_table",
+__all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves", "render_segmentation_table",
            "summarize_segmentation_method", "write_segmentation_comparison",
            "write_segmentation_tables"]
 
@@ -48,7 +48,7 @@ class SegmentationMethodSummary(MethodSummary):
     eval_scales: list[float] = field(default_factory=list)
 
     def column(self, key: str) -> tuple[float, Optional[float]]:
-        return self._mean_std(self.miou[key])
+        return self.mean_std(self.miou[key])
 
 
 def _number(value: Any) -> float:
@@ -63,6 +63,8 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
     params: Optional[int] = None
     scales: list[float] = []
     for seed, run_dir in run_dirs:
+        if not (run_dir / RESULT_NAME).is_file():  # diverged
+            continue
         result = json.loads((run_dir / RESULT_NAME).read_text())
         rows = json.loads((run_dir / "metrics.json").read_text())
         if result.get("task") != "segmentation":
@@ -120,7 +122,7 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
                 text += f" ({'↑' if delta >= 0 else '↓'} {abs(delta):.2f})"
             cells.append(text)
         name = config.model if m.loss == "ce" else f"{config.model} + {m.display}"
-        lines.append(f"| {name} | {_params(m.num_parameters)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {format_params(m.num_parameters)} | " + " | ".join(cells) + " |")
     lines += ["", "| Method | Seeds | " + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
               + " |", "|---|---|" + "---|" * len(COLUMN_KEYS)]
     for m in methods:
@@ -189,14 +191,23 @@ def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
     plt.close(fig)
 
 
-def write_segmentation_comparison(out: Path, losses: Sequence[str],
+def write_segmentation_comparison(out: Path, variants: Sequence[Any],
                                   runs: dict[str, list[tuple[int, Path]]], config: TrainConfig
                                   ) -> tuple[list[SegmentationMethodSummary], str, Path]:
     """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a segmentation
     comparison; returns ``(methods, markdown, curves path)``."""
-    methods = [summarize_segmentation_method(loss, runs[loss]) for loss in losses]
+    methods = [summarize_segmentation_method(v.loss, runs[v.key]) for v in variants]
     table = write_segmentation_tables(out, methods, config)
     curves = out / "curves.png"
     plot_miou_curves(curves, methods, config)
     return methods, table, curves
 
+
+def format_segmentation_result(result: dict[str, Any]) -> str:
+    """The one-run summary line of ``isda train`` for segmentation (Table 7 columns)."""
+    cells = []
+    for key, header, *_ in TABLE7_COLUMNS:
+        value = result.get(key)
+        cells.append(f"{header.lower()} {'-' if value is None else f'{value:.2f}%'}")
+    scales = ",".join(f"{s:g}" for s in result.get("eval_scales") or [])
+    return f"test mIoU: {'  '.join(cells)}" + (f"  (scales {scales})" if scales else "")

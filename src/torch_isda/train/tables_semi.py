@@ -1,9 +1,8 @@
 """Semi-supervised comparisons in the form of Table 6 (``isda compare --semi ...``).
 
-Every ``(method, loss, seed)`` is trained into ``OUT/<method>/<loss>/seed<k>/`` with
-``--loss ce`` (the base method alone, "without ISDA") and/or ``--loss isda`` (Eq. 19,
-"with ISDA"), sequentially in this process. Finished runs are reused and interrupted
-ones resumed, exactly as ``isda compare`` does. Then:
+The sweep (:mod:`torch_isda.train.compare`) trains every ``(method, loss, seed)`` into
+``OUT/<method>/<loss>/seed<k>/`` with ``--loss ce`` (the base method alone, "without
+ISDA") and/or ``--loss isda`` (Eq. 19, "with ISDA"). Then this module writes:
 
 * ``OUT/table.md`` / ``OUT/table.csv``: one row per base method, columns "without ISDA"
   and "with ISDA" holding the mean ± sample std over seeds of the final test error (mean
@@ -16,71 +15,26 @@ ones resumed, exactly as ``isda compare`` does. Then:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
 import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional
 
 from .checkpoint import atomic_write, atomic_write_text
-from .compare import MethodSummary, _pm, parse_seeds, summarize_method, train_or_reuse
 from .config import TrainConfig
-from .presets import resolve_config
-from .semi_config import canonical_semi
+from .tables import MethodSummary, pm, summarize_method
 
-__all__ = ["ISDA_MODES", "METHOD_NAMES", "SemiComparisonResult", "parse_isda_mode",
-           "parse_semi_methods", "plot_semi_curves", "render_semi_table", "run_semi_command",
-           "run_semi_comparison", "write_semi_tables"]
-
-#: ``--isda`` values and the losses (columns) they train.
-ISDA_MODES = {"off": ("ce",), "on": ("isda",), "both": ("ce", "isda")}
+__all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison",
+           "write_semi_tables"]
 
 #: Row names of Table 6.
 METHOD_NAMES = {"pi": "Π-model", "temporal-ensembling": "Temp-ensemble",
                 "mean-teacher": "Mean Teacher", "vat": "VAT"}
 
 _COLUMNS = {"ce": "without ISDA", "isda": "with ISDA"}
-
-
-def parse_semi_methods(value: Union[str, Sequence[str]]) -> list[str]:
-    """``"vat,mean-teacher"`` -> ``["vat", "mean-teacher"]`` (canonical names, aliases such
-    as ``mt`` accepted; ``none`` and repeats are errors)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    methods = [canonical_semi(str(v).strip()) for v in items if str(v).strip()]
-    if not methods:
-        raise ValueError("--semi needs at least one method: pi, temporal-ensembling, "
-                         "mean-teacher, vat")
-    if "none" in methods:
-        raise ValueError("--semi none cannot be compared here; use isda compare without --semi")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"--semi lists a method twice: {value!r}")
-    return methods
-
-
-def parse_isda_mode(value: Optional[str]) -> tuple[str, ...]:
-    """The losses of an ``--isda`` value (``off``: ce, ``on``: isda, ``both``: ce and isda)."""
-    mode = "both" if value is None else str(value).strip().lower()
-    if mode not in ISDA_MODES:
-        raise ValueError(f"--isda must be one of {', '.join(ISDA_MODES)}; got {value!r}")
-    return ISDA_MODES[mode]
-
-
-@dataclass
-class SemiComparisonResult:
-    out: Path
-    methods: list[str]
-    summaries: dict[tuple[str, str], MethodSummary]
-    table: str
-    table_md: Path
-    table_csv: Path
-    curves_png: Path
-    trained: int
-    reused: int
 
 
 def _paper(method: str, config: TrainConfig) -> Optional[str]:
@@ -91,6 +45,10 @@ def _paper(method: str, config: TrainConfig) -> Optional[str]:
         return None
     (bm, bs), (im, is_) = entry
     return f"{bm:.2f} ± {bs:.2f} / {im:.2f} ± {is_:.2f}"
+
+
+def _failed(summary: MethodSummary) -> str:
+    return f" ({len(summary.failed)} failed)" if summary.failed else ""
 
 
 def _paired_difference(base: MethodSummary, isda: MethodSummary) -> str:
@@ -129,7 +87,8 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         "|" + "---|" * len(header),
     ]
     for m in methods:
-        cells = [_pm(*summaries[(m, loss)].final) for loss in losses]
+        cells = [pm(*summaries[(m, loss)].final) + _failed(summaries[(m, loss)])
+                 for loss in losses]
         if both:
             base, isda = summaries[(m, "ce")], summaries[(m, "isda")]
             means = [base.final[0], isda.final[0]]
@@ -145,8 +104,8 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         for loss in losses:
             s = summaries[(m, loss)]
             per_seed = ", ".join(f"{e:.2f}" for e in s.final_errors)
-            lines.append(f"| {METHOD_NAMES.get(m, m)} | {loss} | {_pm(*s.final, unit='')} | "
-                         f"{_pm(*s.best, unit='')} | {len(s.seeds)} | {per_seed} |")
+            lines.append(f"| {METHOD_NAMES.get(m, m)} | {loss} | {pm(*s.final, unit='')} | "
+                         f"{pm(*s.best, unit='')} | {len(s.seeds)} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,12 +150,14 @@ def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
         tops = []
         for loss in losses:
             s = summaries[(m, loss)]
+            if not s.curves:  # every seed failed
+                continue
             length = min(len(c) for c in s.curves)
             curves = np.array([c[:length] for c in s.curves], dtype=float)
             epochs = np.arange(1, length + 1)
             mean = np.nanmean(curves, axis=0)
             std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
-            (line,) = ax.plot(epochs, mean, lw=1.5, label=f"{_COLUMNS[loss]} ({_pm(*s.final)})")
+            (line,) = ax.plot(epochs, mean, lw=1.5, label=f"{_COLUMNS[loss]} ({pm(*s.final)})")
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
             skip = max(1, int(math.ceil(0.1 * length)))
             if length > skip:
@@ -220,82 +181,15 @@ def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
     plt.close(fig)
 
 
-def run_semi_comparison(base: TrainConfig, methods: Union[str, Sequence[str]],
-                        seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
-                        isda: Optional[str] = "both", force: bool = False, quiet: bool = False,
-                        log: Optional[Callable[[str], None]] = None) -> SemiComparisonResult:
-    """Train every ``(method, loss, seed)`` into ``out/<method>/<loss>/seed<k>/`` and write
-    the Table-6-style table and the curves (see the module docstring).
-
-    Args:
-        base: Everything else (dataset, model, labels, epochs, eta1, ...); its ``semi``,
-            ``loss``, ``seed`` and ``out`` are replaced per run.
-        methods: Base methods, a list or a comma-separated string.
-        seeds: A count (``5`` = seeds 0-4) or a list.
-        isda: ``"off"`` (ce), ``"on"`` (isda) or ``"both"``.
-    """
-    say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
-    methods = parse_semi_methods(methods)
-    losses = parse_isda_mode(isda)
-    seeds = parse_seeds(seeds)
-    out = Path(out)
-    resolved = resolve_config(base.replace(semi=methods[0], loss=losses[-1], seed=seeds[0],
-                                           out=str(out)))
-    what = {("ce",): "without", ("isda",): "with"}.get(losses, "with and without")
-    say(f"comparing {', '.join(methods)} {what} ISDA on {resolved.dataset} / {resolved.model} "
-        f"with {resolved.labels} labels over seeds {', '.join(map(str, seeds))} "
-        f"({resolved.epochs} epochs each) -> '{out}'")
-    total = len(methods) * len(losses) * len(seeds)
-    counts = {"trained": 0, "reused": 0}
-    done = 0
-    summaries: dict[tuple[str, str], MethodSummary] = {}
-    for method in methods:
-        for loss in losses:
-            runs = []
-            for seed in seeds:
-                run_dir = out / method / loss / f"seed{seed}"
-                cfg = base.replace(semi=method, loss=loss, seed=seed, out=str(run_dir))
-                t0 = time.perf_counter()
-                result, note = train_or_reuse(cfg, force=force, quiet=quiet)
-                done += 1
-                counts["reused" if result["status"] == "reused" else "trained"] += 1
-                say(f"[{done}/{total}] {method} {loss} seed {seed}: final error "
-                    f"{result['final_error']:.2f}% (best {result['best_error']:.2f}%), {note} in "
-                    f"{time.perf_counter() - t0:.1f}s")
-                runs.append((seed, run_dir))
-            summaries[(method, loss)] = summarize_method(loss, runs)
-    table = write_semi_tables(out, methods, losses, summaries, resolved)
+def write_semi_comparison(out: Path, variants: Sequence[Any],
+                          runs: dict[str, list[tuple[int, Path]]], config: TrainConfig
+                          ) -> tuple[list[MethodSummary], str, Path]:
+    """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a sweep over
+    semi-supervised methods; returns ``(summaries, markdown, curves path)``."""
+    methods = list(dict.fromkeys(v.semi for v in variants))
+    losses = list(dict.fromkeys(v.loss for v in variants))
+    summaries = {(v.semi, v.loss): summarize_method(v.loss, runs[v.key]) for v in variants}
+    table = write_semi_tables(out, methods, losses, summaries, config)
     curves = out / "curves.png"
-    plot_semi_curves(curves, methods, losses, summaries, resolved)
-    return SemiComparisonResult(out, methods, summaries, table, out / "table.md",
-                                out / "table.csv", curves, counts["trained"], counts["reused"])
-
-
-def run_semi_command(args: argparse.Namespace, base: TrainConfig, default_losses: str) -> int:
-    """``isda compare --semi M1,M2 [--isda off|on|both]``: called by
-    :mod:`~torch_isda.train.command_compare` when ``--semi`` is given."""
-    if args.losses != default_losses:
-        raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
-                         "base method alone, isda = Eq. 19), not --losses; set ISDA options "
-                         "with --lambda0, --kind, --eta1")
-    methods = parse_semi_methods(base.semi)
-    out = args.out
-    if out is None:
-        labels = base.labels
-        if labels is None:
-            from .semi_config import dataset_semi_defaults
-
-            labels = dataset_semi_defaults(base.dataset).get("labels")
-        suffix = "" if labels is None else f"-{int(labels)}labels"
-        out = f"runs/compare-semi-{base.dataset}-{base.model}{suffix}"
-    t0 = time.perf_counter()
-    result = run_semi_comparison(base, methods, args.seeds, out, isda=args.isda, force=args.force,
-                                 quiet=args.quiet)
-    print()
-    print(result.table)
-    print(f"table: {result.table_md} (csv: {result.table_csv})")
-    print(f"curves: {result.curves_png}")
-    if not args.quiet:
-        print(f"{result.trained} runs trained, {result.reused} reused, "
-              f"{time.perf_counter() - t0:.1f}s")
-    return 0
+    plot_semi_curves(curves, methods, losses, summaries, config)
+    return list(summaries.values()), table, curves

@@ -1,0 +1,189 @@
+"""The :class:`Task` protocol: what the :class:`~torch_isda.train.engine.Engine` asks of a task.
+
+A task is built with ``Task(config, engine)`` (``config`` resolved; ``engine`` gives
+``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``)
+and then answers:
+
+=============================== =============================================================
+``resolve(config)``             (static) fill the task's defaults: one pass, one place
+``build()``                     data, model, criterion (seeded by the engine); sets
+                                ``model``, ``criterion``, ``train_batches``, ``num_classes``,
+                                ``image_size``, ``train_size``, ``test_size``, ``augment``
+``param_groups()``              the optimizer's parameter groups
+``prepare_distributed(ctx)``    after SyncBatchNorm: DDP wrapping etc.; ``True`` when DDP
+                                averages the model's gradients
+``train_mode(epoch)``           before an epoch (``model.train()``, sampler epoch)
+``train_step(batch, progress)`` one step under the engine's AMP: a :class:`StepOut`
+``after_step(step)``            after the optimizer step (mean teacher's EMA)
+``end_epoch()``                 after the last step of an epoch
+``epoch_values(totals)``        ``(train_loss, train_error, extras)`` from the summed logs
+``evaluate(final)``             ``{"test_loss", "test_error", ...}`` (``final``: last epoch)
+``log_values()``                criterion values of the metrics row (``"lambda"``, ...)
+``summary(row)``                the epoch line's metrics
+``state_dict()``                task-owned checkpoint entries (ZCA, split, ensemble, ...)
+``load_state_dict(state)``      restore them (before the engine restores the rest)
+``result_fields(rows)``         the task's columns of ``result.json``
+``resolved_fields()``           the task's entries of ``config.json``'s ``"resolved"``
+``generators()``                the task's RNGs to checkpoint
+=============================== =============================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..metrics import FINAL_EPOCHS
+
+__all__ = ["StepOut", "Task"]
+
+
+@dataclasses.dataclass
+class StepOut:
+    """One training step's outcome.
+
+    ``loss``: the logged loss (a device scalar); ``n``: the samples it averages on this
+    rank; ``logs``: device scalars the engine sums over the epoch (e.g. ``wrong``);
+    ``backward``: the loss whose gradient is taken when it differs (uneven shards);
+    ``features``/``logits``/``target``: for ``on_step`` callbacks.
+    """
+
+    loss: Tensor
+    n: int
+    logs: dict[str, Tensor]
+    backward: Optional[Tensor] = None
+    features: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    target: Optional[Tensor] = None
+
+
+class Task:
+    """Base class with the defaults of the protocol (see the module docstring)."""
+
+    #: The registry name (``--task`` / ``--semi``).
+    name: ClassVar[str] = ""
+    #: The lr schedule counts iterations (segmentation) instead of epochs.
+    schedule_per_step: ClassVar[bool] = False
+    #: Epochs averaged into ``final_error`` (Section 6.1: the last 10).
+    final_epochs: ClassVar[int] = FINAL_EPOCHS
+
+    model: nn.Module
+    criterion: nn.Module
+    train_batches: Any
+    data_generator: Optional[torch.Generator] = None
+
+    def __init__(self, config: Any, engine: Any) -> None:
+        self.config = config
+        self.engine = engine
+        self.device: torch.device = engine.device
+        self.context = engine.context
+
+    @staticmethod
+    def resolve(config: Any) -> Any:
+        raise NotImplementedError
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def log(self, message: str) -> None:
+        self.engine.log(message)
+
+    def create_model(self, required: tuple[str, ...] = ("forward_features", "get_classifier"),
+                     in_channels: Optional[int] = None) -> nn.Module:
+        """The configured model on the device (``channels_last`` if asked); sets
+        ``self.model`` and ``self.classifier``."""
+        from ...models import create_model
+
+        cfg = self.config
+        kwargs = dict(cfg.model_kwargs)
+        if in_channels is not None:
+            kwargs.setdefault("in_channels", in_channels)
+        model = create_model(cfg.model, num_classes=self.num_classes, **kwargs)
+        missing = [name for name in required if not hasattr(model, name)]
+        if missing:
+            raise ValueError(f"model {cfg.model!r} lacks {'/'.join(n + '()' for n in missing)}")
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.classifier = model.get_classifier()
+        return model
+
+    def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """A batch on the device (``channels_last`` images if asked)."""
+        non_blocking = self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=non_blocking)
+        y = y.to(self.device, non_blocking=non_blocking)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The model's trainable parameters (plus the criterion's, in its own groups when
+        it defines ``parameter_groups(config)``)."""
+        extra = []
+        groups_fn = getattr(self.criterion, "parameter_groups", None)
+        for group in (groups_fn(self.config) if groups_fn else []):
+            extra.append({**group, "params": list(group["params"])})
+        listed = {id(p) for g in extra for p in g["params"]}
+        rest = [p for p in self.criterion.parameters() if p.requires_grad and id(p) not in listed]
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad] + rest},
+                *extra]
+
+    def prepare_distributed(self, context: Any) -> bool:
+        return False
+
+    def train_mode(self, epoch: int) -> None:
+        self.model.train()
+        self.criterion.train()
+
+    def train_step(self, batch: Any, progress: float) -> StepOut:
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """After the optimizer step ``step`` (0-based, global)."""
+
+    def end_epoch(self) -> None:
+        """After the last step of an epoch."""
+
+    def epoch_values(self, totals: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
+        n = max(totals["n"], 1.0)
+        return totals["loss"] / n, 100.0 * round(totals["wrong"]) / n, {}
+
+    def evaluate(self, final: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def log_values(self) -> dict[str, Any]:
+        values = dict(self.criterion.log_values())
+        return {"lambda": values.pop("lambda", None), **{k: float(v) for k, v in values.items()}}
+
+    def summary(self, row: dict[str, Any]) -> str:
+        return (f"train loss {row['train_loss']:.4f} err {row['train_error']:6.2f}%  "
+                f"test loss {row['test_loss']:.4f} err {row['test_error']:6.2f}%")
+
+    def summary_tail(self, row: dict[str, Any]) -> str:
+        return ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore (and check) the entries of :meth:`state_dict`."""
+
+    def result_fields(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {}
+
+    def resolved_fields(self) -> dict[str, Any]:
+        return {}
+
+    def generators(self) -> dict[str, Optional[torch.Generator]]:
+        return {"data": self.data_generator}
+
+    @classmethod
+    def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:
+        """Tables and plots of an ``isda compare`` sweep of this task (see
+        :mod:`torch_isda.train.compare`)."""
+        raise NotImplementedError

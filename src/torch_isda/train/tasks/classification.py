@@ -1,0 +1,197 @@
+"""Supervised image classification (``isda train``, Algorithm 1 of the paper).
+
+One step, with the criterion hooks (:mod:`torch_isda.train.criteria`)::
+
+    criterion.set_progress(t / T)
+    features = criterion.transform_features(model.forward_features(x))
+    logits = model.get_classifier()(features)
+    loss = criterion(features, logits, criterion.transform_target(y), model)
+
+Small datasets (digits, CIFAR, SVHN) are moved to the device once and iterated with
+:class:`~torch_isda.data.DeviceBatchIterator` (augmentation on the device, driven by one
+seeded generator); ``imagefolder`` uses DataLoaders with workers. The test set is
+evaluated with the plain logits (cross-entropy loss). Under torchrun every rank keeps its
+slice of each global batch (:class:`~torch_isda.train.distributed.GlobalBatchShards`),
+``x -> (features, logits)`` runs through DistributedDataParallel and the evaluation is
+sharded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..criteria import create_criterion
+from ..distributed import (
+    CountingLoader,
+    GlobalBatchShards,
+    TrainForward,
+    all_sum,
+    rank_seed,
+    shard_bounds,
+)
+from ..presets import apply_preset
+from .base import StepOut, Task
+
+__all__ = ["ClassificationTask"]
+
+
+class ClassificationTask(Task):
+    """Supervised classification with a training criterion (``--loss``)."""
+
+    name = "classification"
+
+    @staticmethod
+    def resolve(config: Any) -> Any:
+        return apply_preset(config)
+
+    # ------------------------------------------------------------------ setup
+
+    def build(self) -> None:
+        cfg = self.config
+        self.build_data()
+        model = self.create_model(in_channels=self.image_size[0])
+        self.features_fn = (torch.compile(model.forward_features) if cfg.compile
+                            else model.forward_features)
+        self.criterion = create_criterion(cfg.loss, int(model.num_features), self.num_classes,
+                                          cfg).to(self.device)
+        self.forward = TrainForward(model, self.features_fn, self.criterion.transform_features)
+
+    def build_data(self) -> None:
+        """Training and test batches (this rank's share under torchrun)."""
+        cfg = self.config
+        from ...data import DeviceBatchIterator, ImageDataset, build_augment, create_dataset
+
+        if cfg.dataset == "imagefolder":
+            self._imagefolder()
+            return
+        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
+                              **cfg.dataset_kwargs)
+        if not isinstance(data, ImageDataset):
+            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; the "
+                             f"trainer supports in-memory ImageDataset datasets and imagefolder")
+        data = data.to(self.device)
+        self.augment = cfg.augment or data.default_augment
+        self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.train_batches = DeviceBatchIterator(
+            data.train_images, data.train_labels, cfg.batch_size, shuffle=True,
+            generator=self.data_generator,
+            transform=build_augment(self.augment, data.mean, data.std))
+        self.num_classes = data.num_classes
+        self.image_size = tuple(data.image_size)
+        self.train_size, self.test_size = data.train_size, data.test_size
+        lo, hi, per_rank = 0, data.test_size, cfg.eval_batch_size
+        if self.context is not None:  # global batches sliced per rank, sharded test set
+            self.train_batches = self._shards(self.train_batches)
+            lo, hi = shard_bounds(data.test_size, self.context.rank, self.context.world_size)
+            per_rank = max(1, -(-cfg.eval_batch_size // self.context.world_size))
+        self.test_batches = DeviceBatchIterator(
+            data.test_images[lo:hi], data.test_labels[lo:hi], per_rank, shuffle=False,
+            transform=build_augment("none", data.mean, data.std))
+        self.test_count = hi - lo
+
+    def _shards(self, train: Any) -> GlobalBatchShards:
+        ctx = self.context
+        skipped = train.num_samples % train.batch_size
+        if 0 < skipped < ctx.world_size and not train.drop_last:
+            self.log(f"note: the last batch of each epoch ({skipped} samples) is smaller than "
+                     f"the world size {ctx.world_size} and is skipped")
+        return GlobalBatchShards(train, ctx.rank, ctx.world_size)
+
+    def _imagefolder(self) -> None:
+        cfg, ctx = self.config, self.context
+        from ...data import create_imagefolder_loaders
+
+        world = ctx.world_size if ctx else 1
+        shard = ({"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {})
+        loaders = create_imagefolder_loaders(
+            cfg.data_dir, cfg.batch_size // world, cfg.workers, seed=cfg.seed,
+            distributed=ctx is not None, val_batch_size=-(-cfg.eval_batch_size // world),
+            **shard, **cfg.dataset_kwargs)
+        if cfg.augment not in (None, "none"):
+            self.log(f"note: --augment {cfg.augment} is ignored for imagefolder "
+                     f"(RandomResizedCrop + flip are used)")
+        self.data_generator = loaders.train.generator
+        self.train_batches, self.test_batches = loaders.train, loaders.val
+        self.test_count = len(loaders.data.val)
+        if ctx is not None:
+            if self.data_generator is not None:  # per-rank augmentation streams
+                self.data_generator.manual_seed(rank_seed(cfg.seed, ctx.rank))
+            self.train_batches = CountingLoader(loaders.train, ctx.world_size)
+            self.test_count = len(loaders.val.sampler)
+        self.num_classes = loaders.data.num_classes
+        self.image_size = tuple(loaders.data.image_size)
+        self.augment = "random_resized_crop_flip"
+        self.train_size, self.test_size = len(loaders.data.train), len(loaders.data.val)
+
+    def prepare_distributed(self, context: Any) -> bool:
+        """``x -> (features, logits)`` as one DDP module (one forward for the reducer);
+        without ``--sync-bn`` DDP broadcasts rank 0's BatchNorm statistics every forward."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        params = inspect.signature(DistributedDataParallel).parameters
+        sync_buffers = ("forward_sync_buffers" if "forward_sync_buffers" in params
+                        else "broadcast_buffers")  # the name before torch 2.13
+        self.forward = DistributedDataParallel(
+            self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            **{sync_buffers: not self.config.sync_bn})
+        return True
+
+    # ------------------------------------------------------------------ steps
+
+    def train_mode(self, epoch: int) -> None:
+        super().train_mode(epoch)
+        sampler = getattr(getattr(self.train_batches, "loader", None), "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def train_step(self, batch: Any, progress: float) -> StepOut:
+        x, y = self.to_device(*batch)
+        self.criterion.set_progress(progress)
+        with self.engine.autocast():
+            features, logits = self.forward(x)
+        target = self.criterion.transform_target(y)
+        loss = self.criterion(features.float(), logits.float(), target, self.model)
+        wrong = (logits.detach().argmax(1) != y).sum()
+        return StepOut(loss, int(y.shape[0]), {"wrong": wrong}, backward=self._weighted(loss),
+                       features=features, logits=logits, target=target)
+
+    def _weighted(self, loss: Tensor) -> Tensor:
+        """Weight ``K n_r / n`` for uneven shards, so DDP's average is the global mean."""
+        batches = self.train_batches
+        if self.context is None or batches.local_size * batches.world_size == batches.global_size:
+            return loss
+        return loss * (batches.world_size * batches.local_size / batches.global_size)
+
+    @torch.no_grad()
+    def evaluate(self, final: bool) -> dict[str, Any]:
+        """Test loss (cross-entropy of the plain logits) and error (%), global over ranks."""
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        wrong = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        for x, y in self.test_batches:
+            x, y = self.to_device(x, y)
+            with self.engine.autocast():
+                logits = self.classifier(self.features_fn(x))
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            wrong += (logits.argmax(1) != y).sum()
+            seen += y.shape[0]
+        totals = [float(loss_sum), float(wrong), float(seen)]
+        if self.context is not None:
+            totals = all_sum(totals, self.device)
+        if totals[2] == 0:
+            raise ValueError("the test set is empty")
+        return {"test_loss": totals[0] / totals[2],
+                "test_error": 100.0 * round(totals[1]) / totals[2]}
+
+    @classmethod
+    def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:
+        from ..tables import write_classification_comparison
+
+        return write_classification_comparison(out, variants, runs, config)
