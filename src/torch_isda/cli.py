@@ -30,6 +30,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[tuple[str, str]] = [
     ("train", "torch_isda.train.command_train"),
     ("compare", "torch_isda.train.command_compare"),
+    ("list", "torch_isda.command_list"),
     ("gan", "torch_isda.visualize.command_gan"),
     ("visualize", "torch_isda.visualize.command_visualize"),
     ("analyze", "torch_isda.analysis.command_analyze"),

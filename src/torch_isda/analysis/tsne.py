@@ -127,7 +127,7 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
     from ..train.resolve import resolve_config
 
     config = resolve_config(base.replace(loss=losses[0], seed=seed, out=str(out / "runs")))
-    from ..train.compare import DISPLAY_NAMES
+    from ..train.tables import DISPLAY_NAMES
 
     table = Table(
         caption=(f"t-SNE of the test-set deep features (Fig. 8): {config.model} on "
@@ -153,7 +153,7 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
 
 
 def _plot(path: Path, panels: list[dict[str, Any]], config: TrainConfig) -> Path:
-    from ..train.compare import DISPLAY_NAMES
+    from ..train.tables import DISPLAY_NAMES
 
     plt = pyplot()
     n = len(panels)
