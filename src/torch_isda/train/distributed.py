@@ -1,33 +1,15 @@
 """Data parallelism for the engine: ``torchrun --nproc-per-node K -m torch_isda.train ...``.
 
-Every task (classification, semi-supervised, segmentation) runs under torchrun; the
-:class:`~torch_isda.train.engine.Engine` uses this module for what is not task-specific:
-
-* **Process group** from the torchrun environment (``RANK``, ``WORLD_SIZE``,
-  ``MASTER_ADDR``/``MASTER_PORT``, ``LOCAL_RANK``): NCCL on CUDA, gloo on the CPU
-  (``--dist-backend``), with a timeout (``--dist-timeout``, default 300 s with gloo, 1800 s
-  with NCCL) so that a stuck collective ends the run instead of hanging it. With
-  ``--device auto``/``cuda`` rank ``r`` uses ``cuda:LOCAL_RANK``.
-* **Global batches.** ``--batch-size`` is the *global* batch (the paper's batch sizes are
-  global). Every rank draws the same permutation and augmentation from the same seeded
-  generator and keeps its contiguous slice of each global batch
-  (:class:`GlobalBatchShards`, :func:`shard_bounds`), so a ``K``-rank run sees exactly the
-  global batches of a 1-process run. A last partial batch is split as evenly as possible
-  and the loss of each rank is weighted by ``K n_r / n`` so that the averaged gradient is
-  the gradient of the global mean loss; a last batch with fewer than ``K`` samples is
-  skipped. ``imagefolder`` uses a :class:`~torch.utils.data.distributed.DistributedSampler`.
-* **Gradients.** Classification wraps ``x -> (features, logits)`` (:class:`TrainForward`)
-  in DistributedDataParallel; the semi-supervised step (several forwards, VAT's inner
-  gradient) and segmentation average the gradients after the backward pass
-  (:func:`average_gradients`). Trainable criterion parameters are averaged too.
-* **Statistics.** :class:`~torch_isda.CovarianceEstimator` all-gathers every batch
-  (``--isda-sync on``, default), so every rank holds the statistics of the global batch;
-  segmentation's per-pixel estimators likewise. ``--sync-bn`` normalizes with the global
-  batch (:class:`SyncBatchNorm` on any backend); without it each rank normalizes its shard
-  and rank 0's BatchNorm statistics are broadcast before every step and evaluation.
-* **Rank 0** alone writes files, logs and progress bars; metrics are all-reduced.
-  Checkpoints hold rank 0's state plus every rank's RNG states (and criterion state with
-  ``--isda-sync off``); ``--resume`` requires the same world size.
+The process group comes from the torchrun environment (NCCL on CUDA, gloo on the CPU,
+``--dist-timeout``; rank ``r`` uses ``cuda:LOCAL_RANK``). ``--batch-size`` is the global
+batch: every rank draws the same batches from the same seeded generator and keeps its
+contiguous slice (:class:`GlobalBatchShards`); uneven last batches are weighted so that the
+averaged gradient is that of the global mean, and one smaller than ``K`` is skipped.
+Gradients are averaged by DDP (classification) or :func:`average_gradients`; the ISDA
+statistics are all-gathered (``--isda-sync on``) and ``--sync-bn`` normalizes with the
+global batch (:class:`~torch_isda.sync_batchnorm.SyncBatchNorm`), else rank 0's BatchNorm
+statistics are broadcast. Rank 0 alone writes files; checkpoints hold every rank's RNG
+state and need the same world size on resume. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -50,7 +32,6 @@ __all__ = [
     "CountingLoader",
     "DistributedContext",
     "GlobalBatchShards",
-    "SyncBatchNorm",
     "TrainForward",
     "all_gather_cat",
     "all_sum",
@@ -58,7 +39,6 @@ __all__ = [
     "broadcast_buffers",
     "check_distributed_config",
     "choose_backend",
-    "convert_sync_batchnorm",
     "decide_on_rank0",
     "init_distributed",
     "launched_by_torchrun",
@@ -224,104 +204,6 @@ def init_distributed(config: TrainConfig) -> DistributedContext:
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=seconds), **kwargs)
     return DistributedContext(rank, world, local_rank, device, backend, True)
-
-
-# ---------------------------------------------------------------------------- SyncBatchNorm
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward sums the gradients over ranks (the gradient of the
-    sum of every rank's loss with respect to this rank's input)."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
-        ctx.group = group
-        out = tensor.clone()
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm over the global batch of all ranks, on any device and backend (gloo/CPU
-    included; :class:`torch.nn.SyncBatchNorm` only runs on accelerators).
-
-    In training mode under ``torch.distributed`` with more than one rank, the mean and the
-    (biased) variance are computed over the samples of every rank (two all-reduces of
-    ``C + 1`` and ``C`` numbers, differentiable: the backward all-reduces their gradients)
-    and the running statistics are updated with them exactly as one process seeing the
-    global batch would; otherwise it is plain BatchNorm. Same parameters and buffers as
-    ``nn.BatchNorm*d`` (checkpoints are interchangeable). Build with
-    :func:`convert_sync_batchnorm`.
-    """
-
-    def __init__(self, *args: Any, process_group: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.process_group = process_group
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
-        group = self.process_group or (dist.group.WORLD if dist.is_initialized() else None)
-        if not (self.training and group is not None and dist.get_world_size(group) > 1):
-            return super().forward(input)
-        C = input.shape[1]
-        dims = [0, *range(2, input.dim())]
-        shape = [1, C] + [1] * (input.dim() - 2)
-        x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
-        count = torch.full((1,), input.numel() // max(C, 1), dtype=x.dtype, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), group)
-        n = stats[C]
-        mean = stats[:C] / n
-        xc = x - mean.view(shape)
-        var = _AllReduceSum.apply((xc * xc).sum(dims), group) / n
-        out = xc * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                          else self.momentum)
-                total = float(n)
-                unbiased = var.detach() * (total / max(total - 1.0, 1.0))
-                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype),
-                                                        alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype),
-                                                       alpha=factor)
-        return out.to(input.dtype)
-
-
-def convert_sync_batchnorm(module: nn.Module, device: Optional[torch.device] = None) -> nn.Module:
-    """Replace every BatchNorm layer of ``module`` by a synchronized one, sharing its
-    parameters and buffers (optimizers built before keep working).
-
-    :class:`torch.nn.SyncBatchNorm` on CUDA, :class:`SyncBatchNorm` otherwise. Returns the
-    module (a new one only if ``module`` itself is a BatchNorm layer).
-    """
-    if device is not None and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    out = module
-    bn = nn.modules.batchnorm._BatchNorm
-    if isinstance(module, bn) and not isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
-        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
-        if module.affine:
-            out.weight, out.bias = module.weight, module.bias
-        out.running_mean, out.running_var = module.running_mean, module.running_var
-        out.num_batches_tracked = module.num_batches_tracked
-        out.train(module.training)
-    for name, child in module.named_children():
-        out.add_module(name, convert_sync_batchnorm(child, device))
-    return out
 
 
 # ---------------------------------------------------------------------------- data sharding

@@ -1,30 +1,13 @@
-"""The training engine: one loop for every task (``isda train``, ``torchrun -m torch_isda.train``).
+"""The training engine: one loop for every task (see docs/architecture.md).
 
-:class:`Engine` owns what a run has regardless of its task: seeding, the optimizer (SGD
-over the model's parameters and the criterion's parameter groups), the learning-rate
-schedule (step / cosine / poly, per epoch or per iteration), AMP and the gradient scaler,
-the epoch/step loop with device-side metric sums (one host synchronization per epoch),
-atomic checkpoints and exact resume, callbacks with named events, the progress display,
-divergence detection and data parallelism (:mod:`torch_isda.train.distributed`). What is
-task-specific (data, model, criterion, one step, evaluation, result columns, extra state)
-is a :class:`~torch_isda.train.tasks.base.Task`, chosen by the registry
-(:func:`~torch_isda.train.tasks.task_class`); the engine never imports a task class.
-
-One step::
-
-    callbacks.on_step_start(engine, step)
-    out = task.train_step(batch, progress)     # StepOut(loss, n, logs, ...), under AMP
-    callbacks.on_step(engine, step, out.features, out.logits, out.target)
-    scaler.scale(out.backward).backward()      # + gradient averaging over ranks
-    callbacks.on_after_backward(engine, step)
-    scaler.step(optimizer); [scheduler.step()]; task.after_step(step)
-    sums += [out.loss * n, not finite(out.loss), *out.logs]          # stays on the device
-
-After every epoch: ``task.end_epoch()``, ``task.evaluate()``, the metrics row, the
-checkpoint (``checkpoint.pt``, atomic), ``metrics.csv``/``metrics.json`` and
-``on_epoch_end(engine, epoch, row)``. A non-finite training or test loss stops the run
-with :class:`DivergenceError` before anything of that epoch is written, so the last good
-checkpoint stays. On the CPU a resumed run reproduces the uninterrupted run exactly.
+:class:`Engine` owns what a run has regardless of its task: seeding, SGD over the task's
+parameter groups, the lr schedule (per epoch or per iteration), AMP and the scaler, the
+epoch/step loop with device-side metric sums (one host sync per epoch), atomic checkpoints
+and exact resume, callbacks with named events (:data:`EVENTS`), progress, divergence
+detection and data parallelism. The task (:class:`~torch_isda.train.tasks.base.Task`)
+comes from the registry; the engine never imports a task class. A non-finite training or
+test loss raises :class:`DivergenceError` before anything of that epoch is written, so the
+last good checkpoint stays. On the CPU a resumed run reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -43,6 +26,7 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..estimator import CovarianceEstimator
+from ..sync_batchnorm import convert_sync_batchnorm
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import (
@@ -51,7 +35,6 @@ from .distributed import (
     average_gradients,
     broadcast_buffers,
     check_distributed_config,
-    convert_sync_batchnorm,
     decide_on_rank0,
     init_distributed,
     mirrored,

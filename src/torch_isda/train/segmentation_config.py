@@ -36,7 +36,6 @@ from typing import Any, Optional
 from .config import SEG_LOSS_AT, TrainConfig
 
 __all__ = [
-    "ALIGN_CORNERS",
     "TABLE7_COLUMNS",
     "DEFAULT_SEGMENTATION_MODEL",
     "SEGMENTATION_DATASETS",
@@ -52,10 +51,6 @@ __all__ = [
     "resolve_segmentation_config",
     "segmentation_preset_name",
 ]
-
-#: Bilinear upsampling of logits/probabilities as in the official code (``CriterionDSN``
-#: and ``evaluate.py`` of the segmentation toolbox use ``align_corners=True``).
-ALIGN_CORNERS = True
 
 #: The Table 7 columns: (result key, header, scales?, flip).
 TABLE7_COLUMNS = (
@@ -169,30 +164,17 @@ def parse_segmentation_loss(spec: str) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
-def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
-    """Fill a segmentation config (see the module docstring); the ``resolve`` of the
-    segmentation task (:func:`~torch_isda.train.resolve.resolve_config`)."""
-    from ..data import dataset_entrypoint
-    from ..functional import KINDS
-    from .presets import default_out_dir, get_preset, model_family
+def _segmentation_model(config: TrainConfig) -> tuple[str, dict, str]:
+    """``(model, model_kwargs, family)``: the default model replaced by the segmentation one,
+    the preset's model options under the given ones; ``ValueError`` for other families."""
+    from .presets import model_family
 
-    config.validate()
-    infer_task(config)
-    if getattr(config, "semi", "none") not in (None, "none"):
-        raise ValueError(f"semi-supervised training (--semi {config.semi}) is not available "
-                         f"for segmentation")
-    dataset_entrypoint(config.dataset)  # ValueError listing the datasets
-    changes: dict[str, Any] = {"task": "segmentation"}
     model = config.model
     if model == TrainConfig.model:  # the classification default: use the segmentation one
         model = DEFAULT_SEGMENTATION_MODEL
-    changes["model"] = model
-    preset_name = segmentation_preset_name(config)
-    preset = get_preset(preset_name)
-    extras = SEGMENTATION_EXTRAS.get(preset_name, SEGMENTATION_EXTRAS["segmentation"])
-    model_kwargs = dict(extras.model_kwargs)
-    model_kwargs.update(config.model_kwargs)
-    changes["model_kwargs"] = model_kwargs
+    extras = SEGMENTATION_EXTRAS.get(segmentation_preset_name(config),
+                                     SEGMENTATION_EXTRAS["segmentation"])
+    model_kwargs = {**extras.model_kwargs, **config.model_kwargs}
     try:
         family = model_family(model, model_kwargs)  # also checks the model_kwargs
     except ValueError:
@@ -203,22 +185,12 @@ def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(
             f"model {model!r} (family {family!r}) is not a segmentation model; use "
             f"deeplabv3_resnet or pspnet_resnet (forward_all(), 1x1 classifier)")
-    changes["preset"] = preset_name
-    values = preset.values()
-    for name, value in values.items():
-        if getattr(config, name) is None:
-            changes[name] = value
-    isda = preset.isda_defaults(model, family)
-    if preset.lambda0 is None and preset.kind is None:  # a non-segmentation preset forced
-        isda = get_preset("segmentation").isda_defaults(model, family)
-    for name in ("lambda0", "kind"):
-        if getattr(config, name) is None:
-            changes[name] = isda[name]
-    for name in ("crop_size", "eval_scales", "aux_weight", "seg_loss_at"):
-        if getattr(config, name) is None:
-            changes[name] = getattr(extras, name)
-    resolved = dataclasses.replace(config, **changes)
-    resolved.eval_scales = ",".join(f"{s:g}" for s in parse_scales(resolved.eval_scales))
+    return model, model_kwargs, family
+
+
+def _check_resolved(resolved: TrainConfig) -> None:
+    from ..functional import KINDS
+
     _, loss_kwargs = parse_segmentation_loss(resolved.loss)
     if loss_kwargs.get("kind", resolved.kind) not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {loss_kwargs['kind']!r}")
@@ -227,6 +199,36 @@ def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
     if resolved.augment not in (None, "none", "flip"):
         raise ValueError(f"segmentation runs accept --augment flip (the default: random "
                          f"horizontal flips) or none; got {resolved.augment!r}")
+
+
+def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
+    """Fill a segmentation config (see the module docstring); the ``resolve`` of the
+    segmentation task (:func:`~torch_isda.train.resolve.resolve_config`)."""
+    from ..data import dataset_entrypoint
+    from .presets import default_out_dir, get_preset
+
+    config.validate()
+    infer_task(config)
+    if getattr(config, "semi", "none") not in (None, "none"):
+        raise ValueError(f"semi-supervised training (--semi {config.semi}) is not available "
+                         f"for segmentation")
+    dataset_entrypoint(config.dataset)  # ValueError listing the datasets
+    model, model_kwargs, family = _segmentation_model(config)
+    preset_name = segmentation_preset_name(config)
+    preset = get_preset(preset_name)
+    extras = SEGMENTATION_EXTRAS.get(preset_name, SEGMENTATION_EXTRAS["segmentation"])
+    changes: dict[str, Any] = {"task": "segmentation", "model": model,
+                               "model_kwargs": model_kwargs, "preset": preset_name}
+    changes.update({k: v for k, v in preset.values().items() if getattr(config, k) is None})
+    isda = preset.isda_defaults(model, family)
+    if preset.lambda0 is None and preset.kind is None:  # a non-segmentation preset forced
+        isda = get_preset("segmentation").isda_defaults(model, family)
+    changes.update({k: isda[k] for k in ("lambda0", "kind") if getattr(config, k) is None})
+    changes.update({k: getattr(extras, k) for k in ("crop_size", "eval_scales", "aux_weight",
+                                                   "seg_loss_at") if getattr(config, k) is None})
+    resolved = dataclasses.replace(config, **changes)
+    resolved.eval_scales = ",".join(f"{s:g}" for s in parse_scales(resolved.eval_scales))
+    _check_resolved(resolved)
     if resolved.lr_schedule == "step" and resolved.milestones is None:
         resolved.milestones = []
     if resolved.milestones is not None:

@@ -27,8 +27,9 @@ from .config import TrainConfig
 from .rundir import RESULT_NAME
 
 __all__ = ["DISPLAY_NAMES", "WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params",
-           "plot_curves", "pm", "render_table", "summarize_method",
-           "write_classification_comparison", "write_tables"]
+           "plot_band", "plot_curves", "pm", "pyplot", "render_table", "save_figure",
+           "seeds_text", "summarize_method", "write_classification_comparison", "write_tables",
+           "zoom_top"]
 
 #: Column headers of the paper's Table 2 for the known specs.
 DISPLAY_NAMES = {"ce": "Basic", "isda": "ISDA"}
@@ -163,45 +164,67 @@ def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfi
     return text
 
 
-def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> None:
-    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style)."""
+def pyplot() -> Any:
+    """matplotlib's pyplot with the non-interactive backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_band(ax: Any, curves: Sequence[Sequence[float]], label: str, lw: float = 1.6) -> Any:
+    """Mean over seeds of ``curves`` (per-epoch values, cut to the shortest) with a ±std
+    band; returns ``mean + std`` (for the y-limits)."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    tops = []
-    for m in [m for m in methods if m.curves]:
-        length = min(len(c) for c in m.curves)
-        curves = np.array([c[:length] for c in m.curves], dtype=float)
-        epochs = np.arange(1, length + 1)
-        mean = np.nanmean(curves, axis=0)
-        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
-        (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({pm(*m.final)})")
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-        skip = max(1, int(math.ceil(0.1 * length)))  # zoom past the first 10% of training
-        if length > skip:
-            tops.append(float(np.nanmax((mean + std)[skip:])))
+    length = min(len(c) for c in curves)
+    values = np.array([c[:length] for c in curves], dtype=float)
+    epochs = np.arange(1, length + 1)
+    mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
+    (line,) = ax.plot(epochs, mean, lw=lw, label=label)
+    ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    return mean + std
+
+
+def zoom_top(ax: Any, tops: Sequence[Any]) -> None:
+    """y from 0 to 1.1 x the highest ``mean + std`` past the first 10% of training."""
+    import numpy as np
+
+    finite = [float(np.nanmax(t[max(1, int(math.ceil(0.1 * len(t)))):])) for t in tops
+              if len(t) > max(1, int(math.ceil(0.1 * len(t))))]
+    finite = [t for t in finite if math.isfinite(t)]
+    if finite:
+        ax.set_ylim(bottom=0.0, top=max(finite) * 1.1 + 1e-6)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    pyplot().close(fig)
+
+
+def seeds_text(summaries: Sequence[MethodSummary]) -> str:
+    return "/".join(str(n) for n in sorted({len(m.seeds) for m in summaries}))
+
+
+def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> None:
+    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style)."""
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
+    tops = [plot_band(ax, m.curves, f"{m.display} ({pm(*m.final)})") for m in methods if m.curves]
+    zoom_top(ax, tops)
     longest = max((len(c) for m in methods for c in m.curves), default=0)
     if longest > 1:  # the epochs averaged into the final error
         ax.axvspan(max(0.5, longest - 9.5), longest + 0.5, color="0.95", zorder=0, lw=0)
-    finite_tops = [t for t in tops if math.isfinite(t)]
-    if finite_tops:
-        ax.set_ylim(bottom=0.0, top=max(finite_tops) * 1.1 + 1e-6)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
-    n = sorted({len(m.seeds) for m in methods})
-    ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds")
+    ax.set(xlabel="epoch", ylabel="test error (%)",
+           title=f"{config.model} on {config.dataset}: mean ± std over {seeds_text(methods)} seeds")
     ax.grid(True, alpha=0.3)
     ax.legend(title="final error (last 10 epochs)",
               fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_classification_comparison(out: Path, variants: Sequence[Any],

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_write, atomic_write_text
+from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .rundir import RESULT_NAME
 from .segmentation_config import TABLE7_COLUMNS
-from .tables import MethodSummary, format_params
+from .tables import MethodSummary, format_params, plot_band, pm, pyplot, save_figure, seeds_text
 
 __all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves", "render_segmentation_table",
            "summarize_segmentation_method", "write_segmentation_comparison",
@@ -82,10 +82,6 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
                                      miou_curves=curves, eval_scales=scales)
 
 
-def _pm(mean: float, std: Optional[float]) -> str:
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-
 def _model_text(config: TrainConfig) -> str:
     kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config.model_kwargs.items()))
     return f"{config.model} ({kwargs})" if kwargs else config.model
@@ -114,7 +110,7 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
         cells = []
         for key in COLUMN_KEYS:
             mean, std = m.column(key)
-            text = _pm(mean, std)
+            text = pm(mean, std, unit="")
             if len(methods) > 1 and mean == best[key]:
                 text = f"**{text}**"
             if m is not baseline:
@@ -162,33 +158,16 @@ def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSum
 def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
                      config: TrainConfig) -> None:
     """Single-scale test mIoU vs. epoch per method: mean over seeds with a ±std band."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
     for m in methods:
-        length = min(len(c) for c in m.miou_curves)
-        curves = np.array([c[:length] for c in m.miou_curves], dtype=float)
-        epochs = np.arange(1, length + 1)
-        mean = np.nanmean(curves, axis=0)
-        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
-        final = m.column("miou_single")
-        (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({_pm(*final)}%)")
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test mIoU (%), single scale")
-    n = sorted({len(m.seeds) for m in methods})
-    ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds")
+        if m.miou_curves:
+            plot_band(ax, m.miou_curves, f"{m.display} ({pm(*m.column('miou_single'), unit='')}%)")
+    ax.set(xlabel="epoch", ylabel="test mIoU (%), single scale",
+           title=f"{config.model} on {config.dataset}: mean ± std over {seeds_text(methods)} seeds")
     ax.grid(True, alpha=0.3)
     ax.legend(title="final single-scale mIoU")
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_segmentation_comparison(out: Path, variants: Sequence[Any],

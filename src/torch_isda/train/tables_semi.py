@@ -23,9 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_write, atomic_write_text
+from .checkpoint import atomic_write_text
 from .config import TrainConfig
-from .tables import MethodSummary, pm, summarize_method
+from .tables import (
+    MethodSummary,
+    plot_band,
+    pm,
+    pyplot,
+    save_figure,
+    seeds_text,
+    summarize_method,
+    zoom_top,
+)
 
 __all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison",
            "write_semi_tables"]
@@ -136,49 +145,23 @@ def write_semi_tables(out: Path, methods: Sequence[str], losses: Sequence[str],
 def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
                      summaries: dict[tuple[str, str], MethodSummary], config: TrainConfig) -> None:
     """Test error vs. epoch, one panel per method, mean ± std band per column."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     cols = min(len(methods), 2)
     rows = int(math.ceil(len(methods) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), dpi=110,
-                             squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), dpi=110,
+                                  squeeze=False)
     for ax, m in zip(axes.flat, methods):
-        tops = []
-        for loss in losses:
-            s = summaries[(m, loss)]
-            if not s.curves:  # every seed failed
-                continue
-            length = min(len(c) for c in s.curves)
-            curves = np.array([c[:length] for c in s.curves], dtype=float)
-            epochs = np.arange(1, length + 1)
-            mean = np.nanmean(curves, axis=0)
-            std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
-            (line,) = ax.plot(epochs, mean, lw=1.5, label=f"{_COLUMNS[loss]} ({pm(*s.final)})")
-            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-            skip = max(1, int(math.ceil(0.1 * length)))
-            if length > skip:
-                tops.append(float(np.nanmax((mean + std)[skip:])))
-        finite = [t for t in tops if math.isfinite(t)]
-        if finite:
-            ax.set_ylim(bottom=0.0, top=max(finite) * 1.1 + 1e-6)
-        ax.set_title(METHOD_NAMES.get(m, m))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test error (%)")
+        runs = [(loss, summaries[(m, loss)]) for loss in losses if summaries[(m, loss)].curves]
+        zoom_top(ax, [plot_band(ax, s.curves, f"{_COLUMNS[loss]} ({pm(*s.final)})", lw=1.5)
+                      for loss, s in runs])
+        ax.set(title=METHOD_NAMES.get(m, m), xlabel="epoch", ylabel="test error (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(methods):]:
         ax.set_visible(False)
-    n = sorted({len(s.seeds) for s in summaries.values()})
     fig.suptitle(f"{config.model} on {config.dataset}, {config.labels} labels: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds", fontsize=10)
+                 f"{seeds_text(list(summaries.values()))} seeds", fontsize=10)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_semi_comparison(out: Path, variants: Sequence[Any],

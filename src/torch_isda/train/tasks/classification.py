@@ -1,19 +1,11 @@
 """Supervised image classification (``isda train``, Algorithm 1 of the paper).
 
-One step, with the criterion hooks (:mod:`torch_isda.train.criteria`)::
-
-    criterion.set_progress(t / T)
-    features = criterion.transform_features(model.forward_features(x))
-    logits = model.get_classifier()(features)
-    loss = criterion(features, logits, criterion.transform_target(y), model)
-
-Small datasets (digits, CIFAR, SVHN) are moved to the device once and iterated with
-:class:`~torch_isda.data.DeviceBatchIterator` (augmentation on the device, driven by one
-seeded generator); ``imagefolder`` uses DataLoaders with workers. The test set is
-evaluated with the plain logits (cross-entropy loss). Under torchrun every rank keeps its
-slice of each global batch (:class:`~torch_isda.train.distributed.GlobalBatchShards`),
-``x -> (features, logits)`` runs through DistributedDataParallel and the evaluation is
-sharded.
+One step: ``features = criterion.transform_features(model.forward_features(x))``,
+``logits = classifier(features)``, ``loss = criterion(features, logits,
+criterion.transform_target(y), model)``. In-memory datasets live on the device
+(:class:`~torch_isda.data.DeviceBatchIterator`, augmentation from one seeded generator);
+``imagefolder`` uses DataLoaders. Under torchrun each rank keeps its slice of every global
+batch, ``x -> (features, logits)`` runs through DDP and the evaluation is sharded.
 """
 
 from __future__ import annotations
