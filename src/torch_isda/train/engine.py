@@ -448,8 +448,11 @@ class Engine:
         cfg, ctx = self.config, self.context
         where = str(self.device)
         if ctx is not None:
+            batch = (f"{cfg.batch_size} = {ctx.world_size} x {cfg.batch_size // ctx.world_size}"
+                     if cfg.semi == "none" else f"{cfg.labeled_batch_size} labeled + "
+                     f"{cfg.unlabeled_batch_size} unlabeled, sliced per rank")
             where = (f"{ctx.world_size} processes ({ctx.backend}, {ctx.device}; global batch "
-                     f"{cfg.batch_size} = {ctx.world_size} x {cfg.batch_size // ctx.world_size}; "
+                     f"{batch}; "
                      f"isda-sync {cfg.isda_sync}, sync-bn {'on' if cfg.sync_bn else 'off'})")
         return (f"training {cfg.model} on {cfg.dataset} with {cfg.loss} (seed {cfg.seed}, "
                 f"{cfg.epochs} epochs, preset {cfg.preset}) on {where} -> '{self.out}'")
