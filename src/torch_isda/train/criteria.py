@@ -80,6 +80,7 @@ __all__ = [
     "is_criterion",
     "list_criteria",
     "parse_criterion_spec",
+    "parse_single_loss",
     "register_criterion",
     "spec_dirname",
     "unregister_criterion",
@@ -405,6 +406,28 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
                 f"criterion spec {spec!r} has {what}; it needs exactly one primary loss "
                 f"plus optional '+'-joined modifiers. {_available()}")
     return terms
+
+
+#: The losses of runs that take a single ``ce`` or ``isda`` term (semi-supervised and
+#: segmentation runs) and the arguments each accepts there.
+SINGLE_LOSSES = {"ce": ("label_smoothing",),
+                 "isda": ("lambda0", "kind", "constant_lambda", "label_smoothing")}
+
+
+def parse_single_loss(spec: str, where: str, note: str = "") -> tuple[str, dict[str, Any]]:
+    """``(name, kwargs)`` of a spec that must be one :data:`SINGLE_LOSSES` term, e.g.
+    ``isda(lambda0=0.25)``; ``where`` names the runs in the error messages."""
+    terms = parse_criterion_spec(spec)
+    if len(terms) != 1 or terms[0][0] not in SINGLE_LOSSES:
+        raise ValueError(f"--loss {spec!r} is not supported with {where}: use 'isda' or 'ce', "
+                         f"optionally with arguments such as isda(lambda0=0.25), without '+' "
+                         f"modifiers{note}")
+    name, kwargs = terms[0]
+    unknown = sorted(set(kwargs) - set(SINGLE_LOSSES[name]))
+    if unknown:
+        raise ValueError(f"--loss {spec!r}: {name} does not accept {', '.join(unknown)} with "
+                         f"{where}; it accepts: {', '.join(SINGLE_LOSSES[name])}")
+    return name, kwargs
 
 
 def spec_dirname(spec: str) -> str:

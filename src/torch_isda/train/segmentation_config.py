@@ -40,7 +40,6 @@ __all__ = [
     "DEFAULT_SEGMENTATION_MODEL",
     "SEGMENTATION_DATASETS",
     "SEGMENTATION_EXTRAS",
-    "SEGMENTATION_LOSSES",
     "SYNTHETIC_MODEL_KWARGS",
     "SegmentationExtras",
     "infer_task",
@@ -65,11 +64,6 @@ SEGMENTATION_DATASETS: set[str] = {"synthetic_segmentation", "cityscapes"}
 DEFAULT_SEGMENTATION_MODEL = "deeplabv3_resnet"
 #: The tiny DeepLab-v3 of the synthetic preset (~0.16M parameters, ~1 s per epoch on 1 CPU thread).
 SYNTHETIC_MODEL_KWARGS = {"depth": 10, "width": 8, "head_channels": 32, "aux_channels": 32}
-#: Primary losses of the segmentation trainer and the arguments their specs accept.
-SEGMENTATION_LOSSES = {
-    "ce": ("label_smoothing",),
-    "isda": ("lambda0", "kind", "constant_lambda", "label_smoothing"),
-}
 
 
 def register_segmentation_dataset(name: str) -> None:
@@ -146,22 +140,11 @@ def parse_scales(text: Any) -> list[float]:
 
 
 def parse_segmentation_loss(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"isda(lambda0=5)"`` -> ``("isda", {"lambda0": 5})``: the segmentation trainer
-    supports one primary loss, ``ce`` or ``isda``, without modifiers."""
-    from .criteria import parse_criterion_spec
+    """``"isda(lambda0=5)"`` -> ``("isda", {"lambda0": 5})``: one primary loss, ``ce`` or
+    ``isda``, without modifiers."""
+    from .criteria import parse_single_loss
 
-    terms = parse_criterion_spec(spec)
-    if len(terms) != 1 or terms[0][0] not in SEGMENTATION_LOSSES:
-        raise ValueError(
-            f"segmentation runs support the losses {' and '.join(SEGMENTATION_LOSSES)} "
-            f"(optionally with arguments, e.g. 'isda(lambda0=5)'), without '+' modifiers; "
-            f"got {spec!r}")
-    name, kwargs = terms[0]
-    unknown = sorted(set(kwargs) - set(SEGMENTATION_LOSSES[name]))
-    if unknown:
-        raise ValueError(f"segmentation loss {name!r} does not accept {', '.join(unknown)}; it "
-                         f"accepts: {', '.join(SEGMENTATION_LOSSES[name])}")
-    return name, kwargs
+    return parse_single_loss(spec, "segmentation runs")
 
 
 def _segmentation_model(config: TrainConfig) -> tuple[str, dict, str]:

@@ -34,7 +34,6 @@ from typing import Any, Optional
 __all__ = [
     "DATASET_DEFAULTS",
     "REFERENCE_EPOCHS",
-    "SEMI_LOSSES",
     "SEMI_METHODS",
     "SEMI_ONLY_FIELDS",
     "canonical_semi",
@@ -50,10 +49,6 @@ __all__ = [
 
 #: Values of ``--semi``: ``none`` (supervised training) or a base method of Table 6.
 SEMI_METHODS = ("none", "pi", "temporal-ensembling", "mean-teacher", "vat")
-
-#: Primary losses allowed with ``--semi``: ``isda`` = Eq. (19) with ISDA, ``ce`` = the
-#: base method alone.
-SEMI_LOSSES = ("ce", "isda")
 
 #: Length (epochs) of the Appendix-B schedule the methods' ramp-ups are quoted for.
 REFERENCE_EPOCHS = 400
@@ -142,30 +137,14 @@ def semi_problems(config: Any) -> list[str]:
     return problems
 
 
-def parse_semi_loss(spec: str) -> tuple[bool, dict[str, Any]]:
-    """``(use_isda, kwargs)`` of a ``--loss`` spec in semi-supervised mode.
+def parse_semi_loss(spec: str) -> tuple[str, dict[str, Any]]:
+    """``(name, kwargs)`` of ``--loss`` with ``--semi``: ``isda`` (Eq. 19) or ``ce`` (the
+    base method alone), with arguments, without modifiers."""
+    from .criteria import parse_single_loss
 
-    Only ``ce`` (the base method alone) and ``isda`` (Eq. 19), with their keyword
-    arguments (``isda(lambda0=0.25,kind=diagonal)``, ``ce(label_smoothing=0.1)``), are
-    allowed; modifiers cannot be combined with ``--semi``.
-    """
-    from .criteria import parse_criterion_spec
-
-    terms = parse_criterion_spec(spec)
-    if len(terms) != 1 or terms[0][0] not in SEMI_LOSSES:
-        raise ValueError(
-            f"--loss {spec!r} is not supported with --semi: use 'isda' (Eq. 19: ISDA on the "
-            f"labeled batch + eta1 x the consistency bound of Eq. 15 + eta2 x the base "
-            f"regularizer) or 'ce' (the base method alone), optionally with arguments such "
-            f"as isda(lambda0=0.25)")
-    name, kwargs = terms[0]
-    allowed = {"isda": ("lambda0", "kind", "constant_lambda", "label_smoothing"),
-               "ce": ("label_smoothing",)}[name]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"--loss {spec!r}: unknown argument(s) {', '.join(unknown)} for {name} "
-                         f"with --semi; allowed: {', '.join(allowed)}")
-    return name == "isda", kwargs
+    return parse_single_loss(spec, "--semi", " (isda: Eq. 19, ISDA on the labeled batch + eta1 "
+                                             "x the consistency bound of Eq. 15 + eta2 x the base "
+                                             "regularizer; ce: the base method alone)")
 
 
 def semi_run_name(config: Any) -> str:
@@ -185,7 +164,7 @@ def resolve_semi_config(config: Any) -> Any:
     semi = canonical_semi(config.semi)
     if semi == "none":
         return config
-    parse_semi_loss(config.loss)
+    parse_semi_loss(config.loss)  # the --loss spec: ce or isda
     if config.augment is not None:
         raise ValueError(
             "--augment does not apply with --semi: the semi-supervised augmentation is the "
@@ -267,7 +246,7 @@ def semi_summary(config: Any) -> Optional[str]:
     """One line describing the semi-supervised setting (``None`` when supervised)."""
     if canonical_semi(config.semi) == "none":
         return None
-    use_isda, _ = parse_semi_loss(config.loss)
+    use_isda = parse_semi_loss(config.loss)[0] == "isda"
     mode = f"+ ISDA (Eq. 19, eta1={config.eta1:g})" if use_isda else "alone (no ISDA)"
     return (f"semi-supervised: {config.semi} {mode}, {config.labels} labels, batches "
             f"{config.labeled_batch_size} labeled + {config.unlabeled_batch_size} unlabeled, "

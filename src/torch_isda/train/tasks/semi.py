@@ -84,7 +84,8 @@ class SemiTask(Task):
         super().__init__(config, engine)
         self.labeled_seen = 0
         self.eta2 = 0.0
-        self.use_isda, self.loss_kwargs = parse_semi_loss(config.loss)
+        name, self.loss_kwargs = parse_semi_loss(config.loss)
+        self.use_isda = name == "isda"
 
     @staticmethod
     def resolve(config: Any) -> Any:
