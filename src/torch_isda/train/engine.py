@@ -345,10 +345,14 @@ class Engine:
                 bad = all_gather_cat(first_bad).view(-1, 2)
                 bad = bad[bad[:, 0] >= 0].min(0).values if bool((bad[:, 0] >= 0).any()) else bad[0]
             step, value = bad.tolist()
-            raise DivergenceError("training loss", epoch + 1, int(step), value, self.out,
-                                  len(self.rows))
+            raise self._diverged("training loss", epoch + 1, int(step), value)
         task.end_epoch()
         return task.epoch_values(totals)
+
+    def _diverged(self, what: str, epoch: int, step: Optional[int], value: float
+                  ) -> DivergenceError:
+        err = DivergenceError(what, epoch, step, value, self.out, len(self.rows))
+        return err if self.context is None else mirrored(err)  # rank 0 reports it
 
     def _totals(self, names: list[str], sums: torch.Tensor, seen: int) -> dict[str, float]:
         """The epoch's sums as floats, all-reduced over ranks (one host sync)."""
@@ -383,8 +387,7 @@ class Engine:
                 "seconds": time.perf_counter() - t0, **extras, **evals, **values,
             }
             if not math.isfinite(row["test_loss"]):
-                raise DivergenceError("test loss", epoch + 1, None, row["test_loss"], self.out,
-                                      len(self.rows))
+                raise self._diverged("test loss", epoch + 1, None, row["test_loss"])
             self.rows.append(row)
             if not self._end_epoch(epoch, row, stop_after):
                 return False
