@@ -315,6 +315,7 @@ class Engine:
         names: list[str] = []
         seen = 0
         first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=self.device)
+        step_t = torch.full((), float(epoch * steps), dtype=torch.float64, device=self.device)
         bar = ProgressBar(task.train_batches, steps, f"epoch {epoch + 1}/{cfg.epochs}",
                           progress_enabled(self.quiet))
         try:
@@ -329,8 +330,9 @@ class Engine:
                     names = ["loss", "nonfinite", *out.logs]
                     sums = torch.zeros(len(values), dtype=torch.float64, device=self.device)
                 sums += torch.stack(values)
-                first_bad = torch.where((first_bad[0] < 0) & ~finite,
-                                        torch.stack([loss.new_tensor(float(step)), loss]), first_bad)
+                first_bad = torch.where((first_bad[0] < 0) & ~finite,  # no host sync
+                                        torch.stack([step_t, loss]), first_bad)
+                step_t += 1
                 seen += out.n
                 if bar.active and (i % 10 == 0 or i == steps - 1):
                     bar.set_postfix(loss=f"{float(sums[0]) / max(seen, 1):.4f}")
