@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .label_smoothing import _check_reduction, _reduce
+from .label_smoothing import check_reduction, reduce
 
 __all__ = ["CenterLoss", "center_loss"]
 
@@ -63,7 +63,7 @@ def center_loss(
     *without* ``loss_weight`` (the value and the feature gradient are unchanged).
     """
     _check_features_target(features, target, centers)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     lam = float(loss_weight)
     if not lam >= 0.0:
         raise ValueError(f"loss_weight must be >= 0; got {loss_weight}")
@@ -74,7 +74,7 @@ def center_loss(
         feat_part = 0.5 * (features - c_y.detach()).pow(2).sum(dim=1)
         center_part = 0.5 * (features.detach() - c_y).pow(2).sum(dim=1)
         per_sample = lam * feat_part + (center_part - center_part.detach())
-    return _reduce(per_sample, reduction)
+    return reduce(per_sample, reduction)
 
 
 class CenterLoss(nn.Module):
@@ -109,7 +109,7 @@ class CenterLoss(nn.Module):
         self.num_features = int(num_features)
         self.loss_weight = float(loss_weight)
         self.decouple_center_grad = bool(decouple_center_grad)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         self.centers = nn.Parameter(torch.zeros(self.num_classes, self.num_features, dtype=dtype))
 
     def forward(self, features: Tensor, target: Tensor) -> Tensor:

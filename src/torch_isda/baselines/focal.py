@@ -23,7 +23,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .label_smoothing import _check_logits_target, _check_reduction, _reduce, _target_log_prob
+from .label_smoothing import check_logits_target, check_reduction, reduce, target_log_prob
 
 __all__ = ["FocalLoss", "focal_loss"]
 
@@ -68,11 +68,11 @@ def focal_loss(
         reduction: ``"mean"`` (over samples, not divided by the alpha weights), ``"sum"``
             or ``"none"``.
     """
-    _check_logits_target(logits, target)
+    check_logits_target(logits, target)
     gamma = _check_gamma(gamma)
     alpha = _check_alpha(alpha)
-    _check_reduction(reduction)
-    _, logp_t = _target_log_prob(logits, target)
+    check_reduction(reduction)
+    _, logp_t = target_log_prob(logits, target)
     per_sample = -logp_t
     if gamma != 0.0:
         # 1 - p_t computed as -expm1(log p_t): accurate for confident predictions.
@@ -84,7 +84,7 @@ def focal_loss(
         per_sample = per_sample * alpha.to(logits.device, logits.dtype)[target.long()]
     elif alpha != 1.0:
         per_sample = per_sample * alpha
-    return _reduce(per_sample, reduction)
+    return reduce(per_sample, reduction)
 
 
 class FocalLoss(nn.Module):
@@ -97,7 +97,7 @@ class FocalLoss(nn.Module):
     def __init__(self, alpha: Alpha = 0.5, gamma: float = 1.0, reduction: str = "mean") -> None:
         super().__init__()
         self.gamma = _check_gamma(gamma)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         a = _check_alpha(alpha)
         if isinstance(a, Tensor):
             self.register_buffer("alpha", a.to(torch.get_default_dtype()))

@@ -24,13 +24,13 @@ __all__ = ["LabelSmoothingLoss", "label_smoothing_cross_entropy"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_reduction(reduction: str) -> str:
+def check_reduction(reduction: str) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
     return reduction
 
 
-def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+def reduce(per_sample: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":
@@ -38,7 +38,7 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
     return per_sample
 
 
-def _check_logits_target(logits: Tensor, target: Tensor, name: str = "logits") -> None:
+def check_logits_target(logits: Tensor, target: Tensor, name: str = "logits") -> None:
     if logits.dim() != 2:
         raise ValueError(f"{name} must be (N, C); got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
@@ -51,7 +51,7 @@ def _check_logits_target(logits: Tensor, target: Tensor, name: str = "logits") -
         raise ValueError(f"target must hold integer class indices; got {target.dtype}")
 
 
-def _target_log_prob(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def target_log_prob(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """``(log_softmax(logits), log p_{i, y_i})``."""
     logp = F.log_softmax(logits, dim=1)
     return logp, logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
@@ -75,12 +75,12 @@ def label_smoothing_cross_entropy(
         epsilon: smoothing strength in ``[0, 1]`` (``0`` is plain cross-entropy).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
     """
-    _check_logits_target(logits, target)
+    check_logits_target(logits, target)
     epsilon = _check_epsilon(epsilon)
-    _check_reduction(reduction)
-    logp, logp_y = _target_log_prob(logits, target)
+    check_reduction(reduction)
+    logp, logp_y = target_log_prob(logits, target)
     per_sample = -(1.0 - epsilon) * logp_y - epsilon * logp.mean(dim=1)
-    return _reduce(per_sample, reduction)
+    return reduce(per_sample, reduction)
 
 
 class LabelSmoothingLoss(nn.Module):
@@ -93,7 +93,7 @@ class LabelSmoothingLoss(nn.Module):
     def __init__(self, epsilon: float = 0.1, reduction: str = "mean") -> None:
         super().__init__()
         self.epsilon = _check_epsilon(epsilon)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return label_smoothing_cross_entropy(logits, target, self.epsilon, self.reduction)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .label_smoothing import _check_reduction
+from .label_smoothing import check_reduction
 
 __all__ = [
     "LargeMarginSoftmaxLoss",
@@ -148,7 +148,7 @@ def large_margin_softmax_loss(
     reduction: str = "mean",
 ) -> Tensor:
     """Cross-entropy of :func:`large_margin_logits` (L-Softmax loss, Liu et al. Eq. 5)."""
-    _check_reduction(reduction)
+    check_reduction(reduction)
     logits = large_margin_logits(features, weight, target, margin, beta, bias)
     return F.cross_entropy(logits, target.long(), reduction=reduction)
 
@@ -190,7 +190,7 @@ class LargeMarginSoftmaxLoss(nn.Module):
         self.gamma = float(gamma)
         self.power = float(power)
         self.beta_min = float(beta_min)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .label_smoothing import _check_logits_target, _check_reduction, _reduce, _target_log_prob
+from .label_smoothing import check_logits_target, check_reduction, reduce, target_log_prob
 
 __all__ = ["LqLoss", "lq_loss"]
 
@@ -38,12 +38,12 @@ def lq_loss(logits: Tensor, target: Tensor, q: float = 0.4, reduction: str = "me
         q: Box-Cox exponent in ``(0, 1]``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
     """
-    _check_logits_target(logits, target)
+    check_logits_target(logits, target)
     q = _check_q(q)
-    _check_reduction(reduction)
-    _, logp_y = _target_log_prob(logits, target)
+    check_reduction(reduction)
+    _, logp_y = target_log_prob(logits, target)
     per_sample = -torch.expm1(q * logp_y) / q
-    return _reduce(per_sample, reduction)
+    return reduce(per_sample, reduction)
 
 
 class LqLoss(nn.Module):
@@ -55,7 +55,7 @@ class LqLoss(nn.Module):
     def __init__(self, q: float = 0.4, reduction: str = "mean") -> None:
         super().__init__()
         self.q = _check_q(q)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return lq_loss(logits, target, self.q, self.reduction)

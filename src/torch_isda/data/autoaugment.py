@@ -133,28 +133,28 @@ Fill = Union[float, Sequence[float]]
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_batch(x: Tensor) -> None:
+def check_batch(x: Tensor) -> None:
     if x.dim() != 4:
         raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
 
 
-def _gen_device(generator: Optional[torch.Generator], x: Tensor) -> torch.device:
+def gen_device(generator: Optional[torch.Generator], x: Tensor) -> torch.device:
     return generator.device if generator is not None else x.device
 
 
-def _check_op(name: str) -> str:
+def check_op(name: str) -> str:
     if name not in _OP_INDEX:
         raise ValueError(f"unknown operation {name!r}; choose one of {OP_NAMES}")
     return name
 
 
-def _check_interpolation(interpolation: str) -> str:
+def check_interpolation(interpolation: str) -> str:
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}; got {interpolation!r}")
     return interpolation
 
 
-def _check_fill(fill: Fill) -> Union[float, tuple[float, ...]]:
+def check_fill(fill: Fill) -> Union[float, tuple[float, ...]]:
     if isinstance(fill, (int, float)):
         return float(fill)
     values = tuple(float(v) for v in fill)
@@ -163,7 +163,7 @@ def _check_fill(fill: Fill) -> Union[float, tuple[float, ...]]:
     return values
 
 
-def _to_pixels(x: Tensor) -> Tensor:
+def to_pixels(x: Tensor) -> Tensor:
     """Floating pixel values in ``[0, 255]`` (a new tensor)."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32)
@@ -393,7 +393,7 @@ def op_value(
     threshold ``256 (1 - f)``, with ``f = level / (num_bins - 1)``; 0 for magnitude-free
     operations.
     """
-    _check_op(name)
+    check_op(name)
     if int(num_bins) < 2:
         raise ValueError(f"num_bins must be >= 2; got {num_bins}")
     if not 0 <= level <= num_bins - 1:
@@ -434,14 +434,14 @@ def apply_op(
     image of a ``uint8`` / ``[0, 1]`` float batch; see the module docstring for the
     parameter of each operation (e.g. ``apply_op(x, "Rotate", 15.0)``,
     ``apply_op(x, "Solarize", 128)``, ``apply_op(x, "Posterize", 4)``)."""
-    _check_batch(x)
-    _check_op(name)
-    _check_interpolation(interpolation)
-    fill = _check_fill(fill)
+    check_batch(x)
+    check_op(name)
+    check_interpolation(interpolation)
+    fill = check_fill(fill)
     n = x.shape[0]
     if n == 0:
         return x.clone()
-    p = _to_pixels(x)
+    p = to_pixels(x)
     v = torch.as_tensor(value, dtype=p.dtype, device=x.device).reshape(-1)
     if v.numel() == 1:
         v = v.expand(n)
@@ -453,7 +453,7 @@ def apply_op(
     return _from_pixels(out, x)
 
 
-def _apply_stage(
+def apply_stage(
     p: Tensor,
     choice: Tensor,
     values: Tensor,
@@ -479,7 +479,7 @@ def _apply_stage(
         p.index_copy_(0, idx, res.to(p.dtype))
 
 
-def _finish(p: Tensor, x: Tensor, touched: Tensor) -> Tensor:
+def finish(p: Tensor, x: Tensor, touched: Tensor) -> Tensor:
     if x.dtype == torch.uint8:  # untouched rows hold x exactly
         return _from_pixels(p, x)
     out = x.clone()
@@ -489,7 +489,7 @@ def _finish(p: Tensor, x: Tensor, touched: Tensor) -> Tensor:
     return out
 
 
-def _signed_tables(names: Sequence[str], levels: Sequence[float], num_bins: int, hw, device, dtype):
+def signed_tables(names: Sequence[str], levels: Sequence[float], num_bins: int, hw, device, dtype):
     """Per-entry parameter for sign +1 and sign -1."""
     pos = [op_value(nm, lv, num_bins, hw, 1) for nm, lv in zip(names, levels)]
     neg = [op_value(nm, lv, num_bins, hw, -1) if nm in _SIGNED else p for nm, lv, p in zip(names, levels, pos)]
@@ -534,7 +534,7 @@ class AutoAugment:
                 if len(entry) != 3:
                     raise ValueError(f"policy entries must be (op, probability, level); got {entry!r}")
                 name, prob, level = entry
-                _check_op(name)
+                check_op(name)
                 if not 0.0 <= float(prob) <= 1.0:
                     raise ValueError(f"probability must lie in [0, 1]; got {prob} for {name}")
                 if not 0 <= float(level) <= num_bins - 1:
@@ -543,8 +543,8 @@ class AutoAugment:
         self.policy = tuple(tuple((str(n), float(p), float(l)) for n, p, l in sub) for sub in policy)
         self.num_ops = width
         self.num_bins = int(num_bins)
-        self.fill = _check_fill(fill)
-        self.interpolation = _check_interpolation(interpolation)
+        self.fill = check_fill(fill)
+        self.interpolation = check_interpolation(interpolation)
         self._tables: dict = {}
 
     def _get_tables(self, hw: tuple[int, int], device: torch.device, dtype: torch.dtype):
@@ -554,28 +554,28 @@ class AutoAugment:
             names = [e[0] for e in flat]
             ops = torch.tensor([_OP_INDEX[nm] for nm in names], device=device).view(len(self.policy), -1)
             probs = torch.tensor([e[1] for e in flat], dtype=torch.float64, device=device).view_as(ops)
-            pos, neg = _signed_tables(names, [e[2] for e in flat], self.num_bins, hw, device, dtype)
+            pos, neg = signed_tables(names, [e[2] for e in flat], self.num_bins, hw, device, dtype)
             self._tables[key] = (ops, probs, pos.view_as(ops), neg.view_as(ops))
         return self._tables[key]
 
     def __call__(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        _check_batch(x)
+        check_batch(x)
         n = x.shape[0]
         if n == 0:
             return x.clone()
-        gdev = _gen_device(generator, x)
+        gdev = gen_device(generator, x)
         k = self.num_ops
         sub = torch.randint(0, len(self.policy), (n,), generator=generator, device=gdev).to(x.device)
         u = torch.rand(n, k, generator=generator, device=gdev, dtype=torch.float64).to(x.device)
         sign = torch.randint(0, 2, (n, k), generator=generator, device=gdev).to(x.device)
-        p = _to_pixels(x)
+        p = to_pixels(x)
         ops, probs, pos, neg = self._get_tables(tuple(x.shape[2:]), x.device, p.dtype)
         touched = torch.zeros(n, dtype=torch.bool)
         for s in range(k):
             choice = torch.where(u[:, s] < probs[sub, s], ops[sub, s], torch.full_like(sub, -1))
             values = torch.where(sign[:, s] > 0, pos[sub, s], neg[sub, s])
-            _apply_stage(p, choice, values, touched, OP_NAMES, self.fill, self.interpolation, x.dtype == torch.uint8)
-        return _finish(p, x, touched)
+            apply_stage(p, choice, values, touched, OP_NAMES, self.fill, self.interpolation, x.dtype == torch.uint8)
+        return finish(p, x, touched)
 
     def __repr__(self) -> str:
         return (

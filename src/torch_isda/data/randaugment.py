@@ -31,15 +31,15 @@ from torch import Tensor
 
 from .autoaugment import (
     Fill,
-    _apply_stage,
-    _check_batch,
-    _check_fill,
-    _check_interpolation,
-    _check_op,
-    _finish,
-    _gen_device,
-    _signed_tables,
-    _to_pixels,
+    apply_stage,
+    check_batch,
+    check_fill,
+    check_interpolation,
+    check_op,
+    finish,
+    gen_device,
+    signed_tables,
+    to_pixels,
 )
 
 __all__ = ["RANDAUGMENT_OPS", "RandAugment"]
@@ -95,38 +95,38 @@ class RandAugment:
         if not ops:
             raise ValueError("ops must not be empty")
         for o in ops:
-            _check_op(o)
+            check_op(o)
         self.num_ops = int(num_ops)
         self.magnitude = float(magnitude)
         self.num_magnitude_bins = int(num_magnitude_bins)
         self.ops = ops
-        self.fill = _check_fill(fill)
-        self.interpolation = _check_interpolation(interpolation)
+        self.fill = check_fill(fill)
+        self.interpolation = check_interpolation(interpolation)
         self._tables: dict = {}
 
     def _get_tables(self, hw: tuple[int, int], device: torch.device, dtype: torch.dtype):
         key = (hw, device, dtype)
         if key not in self._tables:
             levels = [self.magnitude] * len(self.ops)
-            self._tables[key] = _signed_tables(self.ops, levels, self.num_magnitude_bins, hw, device, dtype)
+            self._tables[key] = signed_tables(self.ops, levels, self.num_magnitude_bins, hw, device, dtype)
         return self._tables[key]
 
     def __call__(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        _check_batch(x)
+        check_batch(x)
         n = x.shape[0]
         if n == 0 or self.num_ops == 0:
             return x.clone()
-        gdev = _gen_device(generator, x)
+        gdev = gen_device(generator, x)
         choice = torch.randint(0, len(self.ops), (n, self.num_ops), generator=generator, device=gdev).to(x.device)
         sign = torch.randint(0, 2, (n, self.num_ops), generator=generator, device=gdev).to(x.device)
-        p = _to_pixels(x)
+        p = to_pixels(x)
         pos, neg = self._get_tables(tuple(x.shape[2:]), x.device, p.dtype)
         touched = torch.zeros(n, dtype=torch.bool)
         for s in range(self.num_ops):
             c = choice[:, s]
             values = torch.where(sign[:, s] > 0, pos[c], neg[c])
-            _apply_stage(p, c, values, touched, self.ops, self.fill, self.interpolation, x.dtype == torch.uint8)
-        return _finish(p, x, touched)
+            apply_stage(p, c, values, touched, self.ops, self.fill, self.interpolation, x.dtype == torch.uint8)
+        return finish(p, x, touched)
 
     def __repr__(self) -> str:
         return (

@@ -52,7 +52,7 @@ def _chmod_default(path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def _atomic_write(path: PathLike, write) -> Path:
+def atomic_write_with(path: PathLike, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -109,7 +109,7 @@ def save_image_grid(
         scale = max(1, -(-32 // x.shape[-1]))
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if grid.ndim == 2 else {}
-    return _atomic_write(path, lambda f: mpimg.imsave(f, grid, format="png", **kw))
+    return atomic_write_with(path, lambda f: mpimg.imsave(f, grid, format="png", **kw))
 
 
 def save_titled_grid(
@@ -172,7 +172,7 @@ def save_titled_grid(
                     rotation=90, ha="right", va="center", clip_on=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def visualization_columns(result: Any, neighbours_of: Optional[int] = 0) -> list[tuple[str, Tensor]]:

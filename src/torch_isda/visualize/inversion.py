@@ -721,7 +721,7 @@ def save_visualization(
     ``neighbours.png`` (Fig. 14 layout, when the result has neighbours) and
     ``visualization.json`` (:meth:`VisualizationResult.summary`) into ``out_dir``; return
     their paths by name."""
-    from .grid import _atomic_write, save_neighbour_grid, save_visualization_grid
+    from .grid import atomic_write_with, save_neighbour_grid, save_visualization_grid
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -732,7 +732,7 @@ def save_visualization(
     if class_names is not None:
         summary["class_names"] = list(class_names)
     data = (json.dumps(summary, indent=2) + "\n").encode()
-    paths["summary"] = _atomic_write(out / "visualization.json", lambda f: f.write(data))
+    paths["summary"] = atomic_write_with(out / "visualization.json", lambda f: f.write(data))
     return paths
 
 

@@ -244,7 +244,7 @@ class SegmentationTask(Task):
                                  reduction="sum").double()
             nll[1] += keep.sum()
         if self.context is not None:
-            dist.all_reduce(cm.matrix)
+            cm.all_reduce()
             dist.all_reduce(nll)
         metrics = cm.compute()
         total, count = nll.tolist()
