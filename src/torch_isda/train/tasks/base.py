@@ -34,6 +34,7 @@ import dataclasses
 from typing import Any, ClassVar, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..metrics import FINAL_EPOCHS
@@ -120,6 +121,22 @@ class Task:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+    @torch.no_grad()
+    def cross_entropy_error(self, net: Any, batches: Any) -> tuple[float, float, int]:
+        """Summed cross-entropy, wrong predictions and samples of ``net`` (a callable from
+        images to logits, run under the engine's AMP) over ``(x, y)`` ``batches``."""
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        wrong = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        for x, y in batches:
+            x, y = self.to_device(x, y)
+            with self.engine.autocast():
+                logits = net(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            wrong += (logits.argmax(1) != y).sum()
+            seen += int(y.shape[0])
+        return float(loss_sum), float(wrong), seen
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The model's trainable parameters (plus the criterion's, in its own groups when

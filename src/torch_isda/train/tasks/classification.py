@@ -14,7 +14,6 @@ import inspect
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..criteria import create_criterion
@@ -163,18 +162,8 @@ class ClassificationTask(Task):
     def evaluate(self, final: bool) -> dict[str, Any]:
         """Test loss (cross-entropy of the plain logits) and error (%), global over ranks."""
         self.model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
-        for x, y in self.test_batches:
-            x, y = self.to_device(x, y)
-            with self.engine.autocast():
-                logits = self.classifier(self.features_fn(x))
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            wrong += (logits.argmax(1) != y).sum()
-            seen += y.shape[0]
-        totals = [float(loss_sum), float(wrong), float(seen)]
+        totals = list(self.cross_entropy_error(lambda x: self.classifier(self.features_fn(x)),
+                                               self.test_batches))
         if self.context is not None:
             totals = all_sum(totals, self.device)
         if totals[2] == 0:

@@ -46,7 +46,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ...semi import (
@@ -240,25 +239,17 @@ class SemiTask(Task):
                   "eta2": float(self.eta2), "labeled_seen": self.labeled_seen}
         return totals["loss"] / n, 100.0 * round(totals["wrong"]) / n, extras
 
-    @torch.no_grad()
     def _error(self, net: torch.nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
         """Cross-entropy and error (%) of ``net`` (eval mode) on ``x``, ``y``."""
         was_training = net.training
         net.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.long, device=self.device)
         bs = self.config.eval_batch_size
         try:
-            for start in range(0, x.shape[0], bs):
-                xb, yb = x[start:start + bs], y[start:start + bs]
-                with self.engine.autocast():
-                    logits = net(xb).float()
-                loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-                wrong += (logits.argmax(1) != yb).sum()
+            loss, wrong, n = self.cross_entropy_error(
+                net, ((x[i:i + bs], y[i:i + bs]) for i in range(0, x.shape[0], bs)))
         finally:
             net.train(was_training)
-        n = max(int(y.shape[0]), 1)
-        return float(loss_sum) / n, 100.0 * int(wrong) / n
+        return loss / max(n, 1), 100.0 * round(wrong) / max(n, 1)
 
     def evaluate(self, final: bool) -> dict[str, Any]:
         """Test loss and error (%) of ``method.eval_model(model)``, the student's test error
