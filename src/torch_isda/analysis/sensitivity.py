@@ -1,7 +1,7 @@
 """Sensitivity of ISDA to ``lambda0`` (TPAMI paper, Section 6.5.4, Fig. 11a).
 
 Trains ``isda(lambda0=v)`` for every ``v`` of the grid and every seed (``isda compare``'s
-machinery, runs in ``OUT/runs``) and reports the final test error (mean of the last 10
+machinery, runs in ``OUT/runs``) and reports the final test error (mean of the last K
 epochs) as mean ± sample std over seeds. ``lambda0 = 0`` is exactly the cross-entropy
 baseline (the bound reduces to CE and the estimator consumes no randomness), drawn as the
 dashed reference line of Fig. 11.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..train.config import TrainConfig
+from ..train.reporting import window_text
 from .common import Logger, Table, fmt_pm, mean_std, pyplot, save_figure, sweep, write_table
 
 __all__ = ["PAPER_LAMBDAS", "parse_floats", "run_sensitivity"]
@@ -77,7 +78,8 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
     table = Table(
         caption=(f"Sensitivity to lambda0 (Fig. 11): test error (%) of {config.model} on "
                  f"{config.dataset} with ISDA (kind {config.kind}), mean ± std over seeds; each "
-                 f"run's error is the mean test error of its last 10 epochs. {config.epochs} "
+                 f"run's error is the mean test error of its "
+                 f"{window_text(methods[losses[0]].window)}. {config.epochs} "
                  f"epochs, preset {config.preset}."),
         headers=["lambda0", "test error (%)", "Δ vs lambda0 = 0", "seeds", "per seed"],
         rows=md_rows,

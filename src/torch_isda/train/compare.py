@@ -5,7 +5,10 @@ process). Finished runs are reused and interrupted ones resumed, so re-running a
 interrupted comparison continues where it stopped. Then:
 
 * ``OUT/table.md`` / ``OUT/table.csv``: mean ± sample std over seeds of the final test
-  error (mean of the last 10 epochs, Section 6.1) per method, in the form of Table 2;
+  error per method, in the form of Table 2: the mean test error of the last K epochs
+  (Section 6.1; K = ``--final-epochs``, by default the paper's 10 but at most a tenth of
+  the run, see :func:`~torch_isda.train.reporting.final_window`), recomputed from each
+  run's ``metrics.json``, so finished runs are re-summarized with the requested window;
 * ``OUT/curves.png``: test error vs. epoch per method, mean line with a ±std band (as in
   Fig. 5).
 
@@ -29,7 +32,9 @@ from typing import Any, Optional, Union
 from .checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_text
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
+from .metrics import final_error
 from .presets import resolve_config
+from .reporting import final_window, window_text
 from .trainer import RESULT_NAME, config_differences, train
 
 __all__ = ["DISPLAY_NAMES", "MethodSummary", "parse_losses", "parse_seeds", "plot_curves",
@@ -102,6 +107,7 @@ class MethodSummary:
     best_errors: list[float]
     num_parameters: Optional[int]
     curves: list[list[float]] = field(default_factory=list)  # test error per epoch, per seed
+    window: int = 1  # the last epochs averaged into each final error
 
     @property
     def display(self) -> str:
@@ -122,18 +128,24 @@ class MethodSummary:
         return self._mean_std(self.best_errors)
 
 
-def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]]) -> MethodSummary:
-    """Read ``result.json`` and ``metrics.json`` of a method's runs."""
+def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
+                     final_epochs: Optional[int] = None) -> MethodSummary:
+    """Read ``result.json`` and ``metrics.json`` of a method's runs; each final error is
+    the mean test error of the run's last :func:`~torch_isda.train.reporting.final_window`
+    epochs (``final_epochs`` or the default window)."""
     finals, bests, curves, params, seeds = [], [], [], None, []
+    windows = set()
     for seed, run_dir in run_dirs:
         result = json.loads((run_dir / RESULT_NAME).read_text())
         rows = json.loads((run_dir / "metrics.json").read_text())
-        finals.append(float(result["final_error"]) if result["final_error"] is not None else math.nan)
+        window = final_window(int(result.get("epochs") or len(rows)), final_epochs)
+        windows.add(window)
+        finals.append(final_error([r["test_error"] for r in rows], window) if rows else math.nan)
         bests.append(float(result["best_error"]) if result["best_error"] is not None else math.nan)
         curves.append([math.nan if r["test_error"] is None else float(r["test_error"]) for r in rows])
         params = result.get("num_parameters", params)
         seeds.append(seed)
-    return MethodSummary(loss, seeds, finals, bests, params, curves)
+    return MethodSummary(loss, seeds, finals, bests, params, curves, window=max(windows, default=1))
 
 
 def _pm(mean: float, std: Optional[float], unit: str = "%") -> str:
@@ -163,8 +175,9 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     params = _params(methods[0].num_parameters)
     lines = [
         f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
-        f"{seeds_text} seeds; each run's error is the mean test error of its last 10 epochs "
-        f"(Section 6.1). {config.epochs} epochs, preset {config.preset}.",
+        f"{seeds_text} seeds; each run's error is the mean test error of its "
+        f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). {config.epochs} "
+        f"epochs, preset {config.preset}.",
         "",
     ]
     if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
@@ -194,13 +207,13 @@ def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfi
     atomic_write_text(out / "table.md", text)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "name", "dataset", "model", "epochs", "n_seeds",
+    writer.writerow(["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
                      "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
                      "num_parameters", "seeds", "final_errors"])
     for m in methods:
         (fm, fs), (bm, bs) = m.final, m.best
         writer.writerow([m.loss, m.display, config.dataset, config.model, config.epochs,
-                         len(m.seeds), f"{fm:.4f}", "" if fs is None else f"{fs:.4f}",
+                         m.window, len(m.seeds), f"{fm:.4f}", "" if fs is None else f"{fs:.4f}",
                          f"{bm:.4f}", "" if bs is None else f"{bs:.4f}",
                          "" if m.num_parameters is None else m.num_parameters,
                          ";".join(str(s) for s in m.seeds),
@@ -231,8 +244,9 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
         if length > skip:
             tops.append(float(np.nanmax((mean + std)[skip:])))
     longest = max(len(c) for m in methods for c in m.curves)
+    window = methods[0].window
     if longest > 1:  # the epochs averaged into the final error
-        ax.axvspan(max(0.5, longest - 9.5), longest + 0.5, color="0.95", zorder=0, lw=0)
+        ax.axvspan(max(0.5, longest - window + 0.5), longest + 0.5, color="0.95", zorder=0, lw=0)
     finite_tops = [t for t in tops if math.isfinite(t)]
     if finite_tops:
         ax.set_ylim(bottom=0.0, top=max(finite_tops) * 1.1 + 1e-6)
@@ -242,7 +256,7 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
                  f"{'/'.join(map(str, n))} seeds")
     ax.grid(True, alpha=0.3)
-    ax.legend(title="final error (last 10 epochs)",
+    ax.legend(title=f"final error ({window_text(window)})",
               fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
@@ -329,7 +343,7 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
         methods, table, curves = write_segmentation_comparison(out, losses, runs, resolved)
         return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
                                 curves, counts["trained"], counts["reused"])
-    methods = [summarize_method(loss, runs[loss]) for loss in losses]
+    methods = [summarize_method(loss, runs[loss], base.final_epochs) for loss in losses]
     table = write_tables(out, methods, resolved)
     curves = out / "curves.png"
     plot_curves(curves, methods, resolved)

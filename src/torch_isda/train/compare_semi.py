@@ -7,7 +7,7 @@ ones resumed, exactly as ``isda compare`` does. Then:
 
 * ``OUT/table.md`` / ``OUT/table.csv``: one row per base method, columns "without ISDA"
   and "with ISDA" holding the mean ± sample std over seeds of the final test error (mean
-  of the last 10 epochs, Section 6.1), the difference paired by seed (a seed fixes the
+  of the last K epochs, Section 6.1, K as in ``isda compare``), the difference paired by seed (a seed fixes the
   labeled split and the initialization of both columns), and, when the dataset and label
   count are those of a Table 6 column, the paper's numbers;
 * ``OUT/curves.png``: test error vs. epoch, one panel per method, mean line with a ±std
@@ -31,6 +31,7 @@ from .checkpoint import atomic_write, atomic_write_text
 from .compare import MethodSummary, _pm, parse_seeds, summarize_method, train_or_reuse
 from .config import TrainConfig
 from .presets import resolve_config
+from .reporting import window_text
 from .semi_config import canonical_semi
 
 __all__ = ["ISDA_MODES", "METHOD_NAMES", "SemiComparisonResult", "parse_isda_mode",
@@ -109,6 +110,7 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
                       summaries: dict[tuple[str, str], MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md`` (``config``: a resolved config of the comparison)."""
     n_seeds = sorted({len(s.seeds) for s in summaries.values()})
+    window = max(s.window for s in summaries.values())
     papers = {m: _paper(m, config) for m in methods}
     show_paper = any(p is not None for p in papers.values())
     both = tuple(losses) == ("ce", "isda")
@@ -121,7 +123,7 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         f"Test error (%) of {config.model} on {config.dataset} with {config.labels} labels "
         f"(semi-supervised, Table 6 style): mean ± std (sample std) over "
         f"{'/'.join(map(str, n_seeds))} seeds; each run's error is the mean test error of its "
-        f"last 10 epochs (Section 6.1). {config.epochs} epochs, preset {config.preset}, "
+        f"{window_text(window)} (Section 6.1; --final-epochs). {config.epochs} epochs, preset {config.preset}, "
         f"lambda0 {config.lambda0:g}, eta1 {config.eta1:g}; without ISDA = the base method "
         f"alone (--loss ce), with ISDA = Eq. (19) (--loss isda).",
         "",
@@ -158,14 +160,15 @@ def write_semi_tables(out: Path, methods: Sequence[str], losses: Sequence[str],
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
-                     "n_seeds", "final_error_mean", "final_error_std", "best_error_mean",
+                     "final_epochs", "n_seeds", "final_error_mean", "final_error_std", "best_error_mean",
                      "best_error_std", "seeds", "final_errors"])
     for m in methods:
         for loss in losses:
             s = summaries[(m, loss)]
             (fm, fs), (bm, bs) = s.final, s.best
             writer.writerow([m, METHOD_NAMES.get(m, m), loss, int(loss == "isda"), config.dataset,
-                             config.model, config.labels, config.epochs, len(s.seeds),
+                             config.model, config.labels, config.epochs, s.window,
+                             len(s.seeds),
                              f"{fm:.4f}", "" if fs is None else f"{fs:.4f}", f"{bm:.4f}",
                              "" if bs is None else f"{bs:.4f}",
                              ";".join(str(k) for k in s.seeds),
@@ -208,7 +211,8 @@ def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
         ax.set_xlabel("epoch")
         ax.set_ylabel("test error (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=f"final error ({window_text(s.window)})",
+                  title_fontsize=8)
     for ax in list(axes.flat)[len(methods):]:
         ax.set_visible(False)
     n = sorted({len(s.seeds) for s in summaries.values()})
@@ -263,7 +267,7 @@ def run_semi_comparison(base: TrainConfig, methods: Union[str, Sequence[str]],
                     f"{result['final_error']:.2f}% (best {result['best_error']:.2f}%), {note} in "
                     f"{time.perf_counter() - t0:.1f}s")
                 runs.append((seed, run_dir))
-            summaries[(method, loss)] = summarize_method(loss, runs)
+            summaries[(method, loss)] = summarize_method(loss, runs, base.final_epochs)
     table = write_semi_tables(out, methods, losses, summaries, resolved)
     curves = out / "curves.png"
     plot_semi_curves(curves, methods, losses, summaries, resolved)

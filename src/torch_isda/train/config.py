@@ -120,6 +120,9 @@ class TrainConfig:
     preset: Optional[str] = _field(
         None, "training preset (default: chosen from the model family, see presets)")
     epochs: Optional[int] = _field(None, "number of epochs [preset]")
+    final_epochs: Optional[int] = _field(
+        None, "the reported final error is the mean test error of the last K epochs "
+        "(default: the paper's 10, but at most a tenth of the run and at least 1)", metavar="K")
     batch_size: Optional[int] = _field(None, "training batch size [preset]")
     lr: Optional[float] = _field(None, "initial learning rate [preset]")
     momentum: Optional[float] = _field(None, "SGD momentum [preset]")
@@ -226,7 +229,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "crop_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "crop_size", "final_epochs"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 problems.append(f"{name} must be a positive integer; got {value}")
@@ -235,6 +238,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not float(value) >= 0:
                 problems.append(f"{name} must be non-negative; got {value}")
+        if (self.final_epochs is not None and self.epochs is not None
+                and 1 <= int(self.epochs) < int(self.final_epochs)):
+            problems.append(f"final_epochs ({self.final_epochs}) must not exceed epochs "
+                            f"({self.epochs})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be a positive integer; got {self.threads}")
         if self.workers < 0:

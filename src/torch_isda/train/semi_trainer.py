@@ -71,7 +71,7 @@ from ..semi import (
 )
 from .checkpoint import atomic_write_json
 from .config import TrainConfig
-from .metrics import FINAL_EPOCHS, final_error
+from .metrics import final_error
 from .progress import ProgressBar, progress_enabled
 from .semi_config import (
     dataset_semi_defaults,
@@ -371,7 +371,7 @@ class SemiTrainer(Trainer):
         })
         vals = [r.get("val_error") for r in self.rows]
         if any(v is not None for v in vals):
-            result["final_val_error"] = final_error(vals, FINAL_EPOCHS)
+            result["final_val_error"] = final_error(vals, result["final_error_epochs"])
         return result
 
     def write_config(self) -> None:

@@ -13,7 +13,8 @@ Small datasets (digits, CIFAR, SVHN) are moved to the device once and iterated w
 seeded generator); ``imagefolder`` uses DataLoaders with workers. After every epoch the
 test set is evaluated (plain logits, cross-entropy loss), ``metrics.csv``/``metrics.json``
 are rewritten and a checkpoint is written atomically; ``result.json`` is written at the end
-(final error = mean test error of the last 10 epochs, Section 6.1).
+(final error = mean test error of the last epochs, Section 6.1; the window is
+:func:`~torch_isda.train.reporting.final_window`).
 
 On the CPU a run resumed from its checkpoint reproduces the uninterrupted run exactly
 (model, optimizer, scheduler, criterion and every RNG state are restored at an epoch
@@ -42,6 +43,7 @@ from .metrics import summarize, write_metrics
 from .presets import resolve_config
 from .schedules import PolyFactor
 from .progress import ProgressBar, progress_enabled
+from .reporting import final_window
 from .seeding import (
     deterministic_mode,
     get_rng_state,
@@ -60,7 +62,7 @@ RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", "metrics.json", CONFIG
 #: Fields that do not change what a run computes (ignored when deciding whether a
 #: finished run in ``--out`` matches the requested configuration).
 COMPARED_IGNORED_FIELDS = ("out", "data_dir", "download", "workers", "device", "threads",
-                           "dist_backend", "dist_timeout")
+                           "dist_backend", "dist_timeout", "final_epochs")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -419,7 +421,7 @@ class Trainer:
         cfg = self.config
         from ..models.flops import count_parameters
 
-        summary = summarize(self.rows)
+        summary = summarize(self.rows, final_window(cfg.epochs, cfg.final_epochs))
         return {
             **summary,
             "dataset": cfg.dataset, "model": cfg.model, "loss": cfg.loss, "seed": cfg.seed,
