@@ -22,7 +22,9 @@ DEFAULTS = {"dataset": "digits", "model": "digits_cnn", "losses": "ce,isda", "se
 
 EPILOG = """\
 Runs go to OUT/<loss>/seed<k>/; finished runs are reused and interrupted ones resumed, so
-re-running the same command continues an interrupted comparison. Examples:
+re-running the same command continues an interrupted comparison. The default OUT names the
+settings that differ from the defaults (runs/compare-digits-epochs10 for --epochs 10), so
+reduced runs never collide with the full one. Examples:
 
   isda compare                                  # digits, ce vs isda, 5 seeds
   isda compare --dataset cifar10 --download --model resnet32 --losses ce,isda --seeds 5 \\
@@ -45,7 +47,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="number of seeds (0..N-1) or a comma-separated list (default: 5)")
     group.add_argument("--out", default=None,
                        help=f"output directory (default: {DEFAULTS['out']} for the default "
-                            f"dataset/model, else runs/compare-<dataset>-<model>)")
+                            f"dataset/model, else runs/compare-<dataset>-<model>, followed by "
+                            f"the settings that differ from the defaults, e.g. "
+                            f"{DEFAULTS['out']}-epochs10)")
     group.add_argument("--force", action="store_true", help="retrain finished runs")
     group.add_argument("--quiet", action="store_true", help="print only the table")
     group.add_argument("--isda", default="both", choices=("off", "on", "both"),
@@ -69,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
 
         return run_semi_command(args, base, DEFAULTS["losses"])
     out = args.out
-    if out is None:
-        model = base.model
-        if not is_default:  # the resolved model (segmentation runs replace the default one)
-            from .presets import resolve_config
+    if out is None:  # keyed by configuration: runs/compare-digits-epochs10, ...
+        from .compare_out import default_comparison_out
+        from .presets import resolve_config
 
-            model = resolve_config(base).model
-        out = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
+        model = resolve_config(base).model  # segmentation runs replace the default model
+        prefix = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
+        reference = TrainConfig(dataset=base.dataset, model=base.model)
+        out = default_comparison_out(prefix, base, reference)
     t0 = time.perf_counter()
     result = run_comparison(base, args.losses, args.seeds, out, force=args.force, quiet=args.quiet)
     print()

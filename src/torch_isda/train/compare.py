@@ -264,8 +264,9 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     plt.close(fig)
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    """An interrupted run is only resumed with the configuration it was started with."""
+def _check_same_config(run_dir: Path, config: TrainConfig, state: str) -> None:
+    """A run in a comparison's directory is only resumed or reused with the configuration
+    it was started with (the message names only options ``isda compare`` has)."""
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
         return
@@ -273,8 +274,9 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise FileExistsError(
-            f"'{run_dir}' holds an unfinished run with a different configuration ({changes}); "
-            f"use --force to retrain it or another --out")
+            f"'{run_dir}' holds {state} run with a different configuration ({changes}); "
+            f"use --force to retrain it, or another --out (without --out, each "
+            f"configuration gets its own directory)")
 
 
 @dataclass
@@ -295,9 +297,10 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     checking it has the same configuration), reuse it if finished, retrain with ``force``.
     Returns its ``result.json`` and what happened ("trained", "resumed" or "reused")."""
     run_dir = Path(cfg.out)
-    unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not (run_dir / RESULT_NAME).is_file()
-    if unfinished and not force:
-        _check_same_config(run_dir, cfg)
+    finished = (run_dir / RESULT_NAME).is_file()
+    unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not finished
+    if (unfinished or finished) and not force:
+        _check_same_config(run_dir, cfg, "an unfinished" if unfinished else "a finished")
     result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
                    log=lambda msg: None, epoch_log=False)
     status = result["status"]

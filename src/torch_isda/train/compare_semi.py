@@ -291,7 +291,12 @@ def run_semi_command(args: argparse.Namespace, base: TrainConfig, default_losses
 
             labels = dataset_semi_defaults(base.dataset).get("labels")
         suffix = "" if labels is None else f"-{int(labels)}labels"
-        out = f"runs/compare-semi-{base.dataset}-{base.model}{suffix}"
+        from .compare_out import default_comparison_out  # keyed by configuration
+
+        first = base.replace(semi=methods[0])
+        reference = TrainConfig(dataset=base.dataset, model=base.model, semi=methods[0])
+        out = default_comparison_out(f"runs/compare-semi-{base.dataset}-{base.model}{suffix}",
+                                     first, reference, ignore=("semi", "labels"))
     t0 = time.perf_counter()
     result = run_semi_comparison(base, methods, args.seeds, out, isda=args.isda, force=args.force,
                                  quiet=args.quiet)
