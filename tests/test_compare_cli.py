@@ -89,3 +89,45 @@ def test_default_out_names_what_differs():
     assert len(long) <= 48 and long.startswith("augment-batch-size-epochs")
     assert default_comparison_out("runs/x", TrainConfig(epochs=4), ref) == "runs/x-epochs4"
     assert default_comparison_out("runs/x", TrainConfig(), ref) == "runs/x"
+
+
+def _table_names(md):
+    """Method names of the per-method table (after the header "| Method | Spec | Final")."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("| Method | Spec | Final"))
+    return [l.split("|")[1].strip() for l in lines[start + 2:] if l.startswith("|")]
+
+
+def test_table_and_legend_carry_the_same_names_and_window(tmp_path, monkeypatch):
+    from torch_isda.train.compare import plot_curves, run_comparison
+
+    legends = []
+
+    def recording_plot(path, methods, config):
+        legends.append(plot_curves(path, methods, config))
+        return legends[-1]
+
+    monkeypatch.setattr(compare_module, "plot_curves", recording_plot)
+    result = run_comparison(TrainConfig(epochs=3, threads=1), "ce,focal,ce+center", [0],
+                            tmp_path / "cmp", quiet=True)
+    md = result.table
+    names = _table_names(md)
+    assert names == ["Basic", "Focal Loss", "Center Loss"]
+    assert "| Basic | Focal Loss | Center Loss |" in md  # the Table-2-style header
+    assert "`ce+center`" in md  # the spec in a column of its own
+    (title, entries), = legends
+    assert [e.split(" (")[0] for e in entries] == names
+    assert title == "final error (last epoch)" and "its last epoch" in md
+    rows = (tmp_path / "cmp" / "table.csv").read_text().splitlines()
+    assert rows[1].split(",")[:2] == ["ce", "Basic"] and rows[0].split(",")[5] == "final_epochs"
+    assert rows[1].split(",")[5] == "1"
+
+
+def test_display_names_are_the_papers():
+    from torch_isda.train.method_names import display_name
+
+    assert [display_name(s) for s in ("ce", "isda", "focal", "lq", "label_smoothing",
+                                      "lsoftmax", "ce+center", "ce+disturb_label",
+                                      "isda+dropout", "isda(lambda0=0.25)")] == [
+        "Basic", "ISDA", "Focal Loss", "L_q Loss", "Label Smoothing", "Large Margin",
+        "Center Loss", "Disturb Label", "ISDA + Dropout", "ISDA (lambda0=0.25)"]

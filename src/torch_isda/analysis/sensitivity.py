@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..train.config import TrainConfig
-from ..train.reporting import window_text
+from ..train.reporting import bold_note, clear_best, window_text
 from .common import Logger, Table, fmt_pm, mean_std, pyplot, save_figure, sweep, write_table
 
 __all__ = ["PAPER_LAMBDAS", "parse_floats", "run_sensitivity"]
@@ -67,11 +67,11 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
         mean, std = mean_std(errors)
         rows.append((value, mean, std, errors))
     baseline = next((r for r in rows if r[0] == 0.0), None)
-    best = min(r[1] for r in rows)
+    marked = clear_best([r[1] for r in rows], [r[2] for r in rows])
     md_rows = []
-    for value, mean, std, errors in rows:
+    for i, (value, mean, std, errors) in enumerate(rows):
         cell = fmt_pm(mean, std)
-        cell = f"**{cell}**" if mean == best and len(rows) > 1 else cell
+        cell = f"**{cell}**" if i == marked else cell
         delta = "-" if baseline is None else f"{mean - baseline[1]:+.2f}"
         label = f"{value:g}" + (" (= Basic, CE)" if value == 0.0 else "")
         md_rows.append([label, cell, delta, len(errors), ", ".join(f"{e:.2f}" for e in errors)])
@@ -80,7 +80,7 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
                  f"{config.dataset} with ISDA (kind {config.kind}), mean ± std over seeds; each "
                  f"run's error is the mean test error of its "
                  f"{window_text(methods[losses[0]].window)}. {config.epochs} "
-                 f"epochs, preset {config.preset}."),
+                 f"epochs, preset {config.preset}.{bold_note(marked, len(rows))}"),
         headers=["lambda0", "test error (%)", "Δ vs lambda0 = 0", "seeds", "per seed"],
         rows=md_rows,
         csv_headers=["lambda0", "error_mean", "error_std", "delta_vs_basic", "n_seeds", "errors",

@@ -32,16 +32,17 @@ from typing import Any, Optional, Union
 from .checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_text
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
+from .method_names import PAPER_NAMES, display_name
 from .metrics import final_error
 from .presets import resolve_config
-from .reporting import final_window, window_text
+from .reporting import bold_note, clear_best, final_window, window_text
 from .trainer import RESULT_NAME, config_differences, train
 
 __all__ = ["DISPLAY_NAMES", "MethodSummary", "parse_losses", "parse_seeds", "plot_curves",
            "run_comparison", "summarize_method", "write_tables"]
 
-#: Column headers of the paper's Table 2 for the known specs.
-DISPLAY_NAMES = {"ce": "Basic", "isda": "ISDA"}
+#: The paper's names of the criteria (see :mod:`torch_isda.train.method_names`).
+DISPLAY_NAMES = PAPER_NAMES
 
 #: Up to this many methods the summary is one row with a column per method (Table 2
 #: style); with more, one row per method named by its spec (Table 5 style).
@@ -111,7 +112,7 @@ class MethodSummary:
 
     @property
     def display(self) -> str:
-        return DISPLAY_NAMES.get(self.loss, self.loss)
+        return display_name(self.loss)
 
     @staticmethod
     def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
@@ -166,18 +167,17 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md``."""
     n_seeds = sorted({len(m.seeds) for m in methods})
     seeds_text = "/".join(str(n) for n in n_seeds)
-    best_mean = min(m.final[0] for m in methods)
-    bold = len(methods) > 1
+    marked = clear_best([m.final[0] for m in methods], [m.final[1] for m in methods])
     cells = []
-    for m in methods:
+    for i, m in enumerate(methods):
         text = _pm(*m.final)
-        cells.append(f"**{text}**" if bold and m.final[0] == best_mean else text)
+        cells.append(f"**{text}**" if i == marked else text)
     params = _params(methods[0].num_parameters)
     lines = [
         f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
         f"{seeds_text} seeds; each run's error is the mean test error of its "
         f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). {config.epochs} "
-        f"epochs, preset {config.preset}.",
+        f"epochs, preset {config.preset}.{bold_note(marked, len(methods))}",
         "",
     ]
     if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
@@ -186,18 +186,19 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
             "|---|---|" + "---|" * len(methods),
             f"| {config.model} | {params} | " + " | ".join(cells) + " |",
         ]
-    else:  # Table 5 style: one row per method, named by its spec
-        lines += [f"| Method | {config.model} ({params}) on {config.dataset} |", "|---|---|"]
-        lines += [f"| {m.loss} | {cell} |" for m, cell in zip(methods, cells)]
+    else:  # Table 5 style: one row per method
+        lines += [f"| Method | Spec | {config.model} ({params}) on {config.dataset} |",
+                  "|---|---|---|"]
+        lines += [f"| {m.display} | `{m.loss}` | {cell} |" for m, cell in zip(methods, cells)]
     lines += [
         "",
-        "| Method | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
-        "|---|---|---|---|---|",
+        "| Method | Spec | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in methods:
         per_seed = ", ".join(f"{e:.2f}" for e in m.final_errors)
-        lines.append(f"| {m.loss} | {_pm(*m.final, unit='')} | {_pm(*m.best, unit='')} | "
-                     f"{len(m.seeds)} | {per_seed} |")
+        lines.append(f"| {m.display} | `{m.loss}` | {_pm(*m.final, unit='')} | "
+                     f"{_pm(*m.best, unit='')} | {len(m.seeds)} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -222,8 +223,10 @@ def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfi
     return text
 
 
-def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> None:
-    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style)."""
+def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig
+                ) -> tuple[str, list[str]]:
+    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style).
+    Returns the legend's title and entries (the names and window of the table)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -256,15 +259,16 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
                  f"{'/'.join(map(str, n))} seeds")
     ax.grid(True, alpha=0.3)
-    ax.legend(title=f"final error ({window_text(window)})",
-              fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
+    legend = ax.legend(title=f"final error ({window_text(window)})",
+                       fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
     plt.close(fig)
+    return legend.get_title().get_text(), [t.get_text() for t in legend.get_texts()]
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig, state: str) -> None:
+def _check_same_config(run_dir: Path, config: TrainConfig, state: str = "an unfinished") -> None:
     """A run in a comparison's directory is only resumed or reused with the configuration
     it was started with (the message names only options ``isda compare`` has)."""
     saved_path = run_dir / "config.json"

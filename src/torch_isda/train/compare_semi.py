@@ -31,7 +31,7 @@ from .checkpoint import atomic_write, atomic_write_text
 from .compare import MethodSummary, _pm, parse_seeds, summarize_method, train_or_reuse
 from .config import TrainConfig
 from .presets import resolve_config
-from .reporting import window_text
+from .reporting import clear_best, window_text
 from .semi_config import canonical_semi
 
 __all__ = ["ISDA_MODES", "METHOD_NAMES", "SemiComparisonResult", "parse_isda_mode",
@@ -125,7 +125,9 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         f"{'/'.join(map(str, n_seeds))} seeds; each run's error is the mean test error of its "
         f"{window_text(window)} (Section 6.1; --final-epochs). {config.epochs} epochs, preset {config.preset}, "
         f"lambda0 {config.lambda0:g}, eta1 {config.eta1:g}; without ISDA = the base method "
-        f"alone (--loss ce), with ISDA = Eq. (19) (--loss isda).",
+        f"alone (--loss ce), with ISDA = Eq. (19) (--loss isda)."
+        + (" In bold: the better column of a row, where the difference exceeds one standard "
+           "deviation of both." if both else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -134,20 +136,20 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         cells = [_pm(*summaries[(m, loss)].final) for loss in losses]
         if both:
             base, isda = summaries[(m, "ce")], summaries[(m, "isda")]
-            means = [base.final[0], isda.final[0]]
-            cells = [f"**{c}**" if mean == min(means) and means[0] != means[1] else c
-                     for c, mean in zip(cells, means)]
+            marked = clear_best([base.final[0], isda.final[0]], [base.final[1], isda.final[1]])
+            cells = [f"**{c}**" if i == marked else c for i, c in enumerate(cells)]
             cells.append(_paired_difference(base, isda))
         if show_paper:
             cells.append(papers[m] or "-")
         lines.append(f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
-    lines += ["", "| Method | Loss | Final error (%) | Best error (%) | Seeds | "
-                  "Final error per seed (%) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| Method | Column | Spec | Final error (%) | Best error (%) | Seeds | "
+                  "Final error per seed (%) |", "|---|---|---|---|---|---|---|"]
     for m in methods:
         for loss in losses:
             s = summaries[(m, loss)]
             per_seed = ", ".join(f"{e:.2f}" for e in s.final_errors)
-            lines.append(f"| {METHOD_NAMES.get(m, m)} | {loss} | {_pm(*s.final, unit='')} | "
+            lines.append(f"| {METHOD_NAMES.get(m, m)} | {_COLUMNS[loss]} | `--semi {m} --loss "
+                         f"{loss}` | {_pm(*s.final, unit='')} | "
                          f"{_pm(*s.best, unit='')} | {len(s.seeds)} | {per_seed} |")
     return "\n".join(lines) + "\n"
 

@@ -16,8 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
-__all__ = ["PAPER_FINAL_EPOCHS", "clear_best", "final_window", "format_eta", "plural",
-           "window_text"]
+__all__ = ["PAPER_FINAL_EPOCHS", "bold_note", "clear_best", "final_window", "format_eta",
+           "plural", "window_text"]
 
 #: Section 6.1: "the average test error of the last 10 epochs is ... reported".
 PAPER_FINAL_EPOCHS = 10
@@ -82,3 +82,13 @@ def clear_best(means: Sequence[float], stds: Sequence[Optional[float]], *,
         if not sign * (means[i] - means[best]) > spread:
             return None
     return best
+
+
+def bold_note(marked: Optional[int], count: int) -> str:
+    """The sentence a table caption adds about :func:`clear_best`'s choice."""
+    if count < 2:
+        return ""
+    if marked is None:
+        return (" No difference between the best mean and another exceeds one standard "
+                "deviation, so none is in bold.")
+    return " In bold: the best mean, ahead of every other by more than one standard deviation."

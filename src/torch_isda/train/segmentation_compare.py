@@ -28,6 +28,7 @@ from typing import Any, Optional
 from .checkpoint import atomic_write, atomic_write_text
 from .compare import MethodSummary, _params
 from .config import TrainConfig
+from .reporting import clear_best
 from .segmentation_trainer import TABLE7_COLUMNS
 from .trainer import RESULT_NAME
 
@@ -95,7 +96,9 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
     n_seeds = "/".join(str(n) for n in sorted({len(m.seeds) for m in methods}))
     scales = methods[0].eval_scales or []
     scale_text = ", ".join(f"{s:g}" for s in scales)
-    best = {key: max(m.column(key)[0] for m in methods) for key in COLUMN_KEYS}
+    marked = {key: clear_best([m.column(key)[0] for m in methods],
+                              [m.column(key)[1] for m in methods], lower_is_better=False)
+              for key in COLUMN_KEYS}
     baseline = methods[0]
     lines = [
         f"mIoU (%) of {_model_text(config)} on {config.dataset}: mean ± std (sample std) over "
@@ -103,30 +106,33 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
         f"{config.preset}, loss at {config.seg_loss_at} resolution, aux weight "
         f"{config.aux_weight:g}). Multi-scale: probabilities averaged over scales "
         f"{{{scale_text}}}; + Flip: and their left-right flips (Table 7). In brackets: the "
-        f"change relative to {baseline.display}.",
+        f"change relative to {baseline.display}. In bold: the best mean of a column, ahead "
+        f"of every other by more than one standard deviation of both"
+        f"{'' if any(v is not None for v in marked.values()) else ' (none here)'}.",
         "",
-        "| Method | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMN_KEYS),
+        "| Method | Spec | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMN_KEYS),
     ]
-    for m in methods:
+    for i, m in enumerate(methods):
         cells = []
         for key in COLUMN_KEYS:
             mean, std = m.column(key)
             text = _pm(mean, std)
-            if len(methods) > 1 and mean == best[key]:
+            if i == marked[key]:
                 text = f"**{text}**"
             if m is not baseline:
                 delta = mean - baseline.column(key)[0]
                 text += f" ({'↑' if delta >= 0 else '↓'} {abs(delta):.2f})"
             cells.append(text)
-        name = config.model if m.loss == "ce" else f"{config.model} + {m.display}"
-        lines.append(f"| {name} | {_params(m.num_parameters)} | " + " | ".join(cells) + " |")
-    lines += ["", "| Method | Seeds | " + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
-              + " |", "|---|---|" + "---|" * len(COLUMN_KEYS)]
+        lines.append(f"| {m.display} | `{m.loss}` | {_params(m.num_parameters)} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "| Method | Spec | Seeds | "
+              + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
+              + " |", "|---|---|---|" + "---|" * len(COLUMN_KEYS)]
     for m in methods:
         per_seed = [", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS]
         seeds = ", ".join(map(str, m.seeds))
-        lines.append(f"| {m.loss} | {seeds} | " + " | ".join(per_seed) + " |")
+        lines.append(f"| {m.display} | `{m.loss}` | {seeds} | " + " | ".join(per_seed) + " |")
     return "\n".join(lines) + "\n"
 
 
