@@ -7,10 +7,12 @@ With no arguments it runs the embedded default: digits + digits_cnn, losses ce,i
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
+from .reporting import plural
 
 __all__ = ["DEFAULTS", "add_parser", "run"]
 
@@ -44,7 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument("--losses", default=DEFAULTS["losses"], metavar="SPEC,SPEC",
                        help=f"comma-separated criterion specs (default: {DEFAULTS['losses']})")
     group.add_argument("--seeds", default=DEFAULTS["seeds"], metavar="N|S1,S2",
-                       help="number of seeds (0..N-1) or a comma-separated list (default: 5)")
+                       help="number of seeds N >= 1 (seeds 0..N-1) or a comma-separated list "
+                            "of seeds; one seed with a trailing comma, e.g. 3, (default: 5)")
     group.add_argument("--out", default=None,
                        help=f"output directory (default: {DEFAULTS['out']} for the default "
                             f"dataset/model, else runs/compare-<dataset>-<model>, followed by "
@@ -68,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
         base = base.replace(threads=DEFAULTS["threads"])
+    from .cli_checks import check_explicit_options, ignored_option_notes
+
+    check_explicit_options(overrides, base)
+    for note in ignored_option_notes(overrides, base):
+        print(note, file=sys.stderr)
     if base.semi != "none":  # Table 6: methods x {without, with ISDA} (compare_semi)
         from .compare_semi import run_semi_command
 
@@ -88,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"table: {result.table_md} (csv: {result.table_csv})")
     print(f"curves: {result.curves_png}")
     if not args.quiet:
-        print(f"{result.trained} runs trained, {result.reused} reused, "
+        print(f"{plural(result.trained, 'run')} trained, {result.reused} reused, "
               f"{time.perf_counter() - t0:.1f}s")
     return 0

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ from .criteria import parse_criterion_spec, spec_dirname
 from .method_names import PAPER_NAMES, display_name
 from .metrics import final_error
 from .presets import resolve_config
-from .reporting import bold_note, clear_best, final_window, window_text
+from .reporting import (SweepEta, bold_note, clear_best, counts_text, final_window, plural,
+                        window_text)
 from .trainer import RESULT_NAME, config_differences, train
 
 __all__ = ["DISPLAY_NAMES", "MethodSummary", "parse_losses", "parse_seeds", "plot_curves",
@@ -49,23 +51,31 @@ DISPLAY_NAMES = PAPER_NAMES
 WIDE_TABLE_MAX_METHODS = 4
 
 
+#: What ``--seeds`` accepts (the message of its errors).
+SEEDS_HELP = ("a count N >= 1 (seeds 0..N-1, e.g. 5) or a comma-separated list of seeds "
+              "(0,3,7; a single seed with a trailing comma: 3,)")
+
+
 def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
-    """``5`` or ``"5"`` -> seeds 0..4; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds."""
+    """``5`` or ``"5"`` -> seeds 0..4; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds; a
+    single seed is ``"3,"`` (or ``[3]``)."""
     if isinstance(value, int):
         if value < 1:
-            raise ValueError(f"the number of seeds must be positive; got {value}")
+            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value}: a count must be "
+                             f"at least 1")
         return list(range(value))
     if isinstance(value, str):
         text = value.strip()
         if "," not in text:
             try:
-                return parse_seeds(int(text))
+                count = int(text)
             except ValueError:
-                raise ValueError(f"--seeds expects a count (5) or a list (0,3,7); got {value!r}") from None
+                raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
+            return parse_seeds(count)
         try:
             seeds = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"--seeds expects a count (5) or a list (0,3,7); got {value!r}") from None
+            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
     else:
         seeds = [int(v) for v in value]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -165,8 +175,7 @@ def _params(n: Optional[int]) -> str:
 
 def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md``."""
-    n_seeds = sorted({len(m.seeds) for m in methods})
-    seeds_text = "/".join(str(n) for n in n_seeds)
+    seeds_text = counts_text([len(m.seeds) for m in methods], "seed")
     marked = clear_best([m.final[0] for m in methods], [m.final[1] for m in methods])
     cells = []
     for i, m in enumerate(methods):
@@ -175,7 +184,7 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     params = _params(methods[0].num_parameters)
     lines = [
         f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
-        f"{seeds_text} seeds; each run's error is the mean test error of its "
+        f"{seeds_text}; each run's error is the mean test error of its "
         f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). {config.epochs} "
         f"epochs, preset {config.preset}.{bold_note(marked, len(methods))}",
         "",
@@ -257,7 +266,7 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     ax.set_ylabel("test error (%)")
     n = sorted({len(m.seeds) for m in methods})
     ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds")
+                 f"{counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
     legend = ax.legend(title=f"final error ({window_text(window)})",
                        fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
@@ -324,10 +333,11 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     out = Path(out)
     resolved = resolve_config(base.replace(loss=losses[0], seed=seeds[0], out=str(out)))
     say(f"comparing {', '.join(losses)} on {base.dataset} / {resolved.model} over seeds "
-        f"{', '.join(map(str, seeds))} ({resolved.epochs} epochs each) -> '{out}'")
+        f"{', '.join(map(str, seeds))} ({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
     total = len(losses) * len(seeds)
     counts = {"trained": 0, "reused": 0}
     done = 0
+    eta = SweepEta(total)
     runs: dict[str, list[tuple[int, Path]]] = {}
     for loss in losses:
         for seed in seeds:
@@ -341,8 +351,13 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                      if result.get("task") != "segmentation" else
                      f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
                      f"{result['miou_multiscale_flip']:.2f}%)")
-            say(f"[{done}/{total}] {loss} seed {seed}: {score}, {note} in "
-                f"{time.perf_counter() - t0:.1f}s")
+            seconds = time.perf_counter() - t0
+            left = eta.update(seconds, worked=result["status"] != "reused")
+            say(f"[{done}/{total}] {loss} seed {seed}: {score}, {note} in {seconds:.1f}s{left}")
+            if result.get("predicted_classes") == 1:  # a degenerate segmentation model
+                from .segmentation_trainer import single_class_warning
+
+                print(single_class_warning(result, f"{loss} seed {seed}"), file=sys.stderr)
             runs.setdefault(loss, []).append((seed, run_dir))
     if resolved.task == "segmentation":  # Table 7 columns: torch_isda.train.segmentation_compare
         from .segmentation_compare import write_segmentation_comparison

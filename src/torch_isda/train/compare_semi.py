@@ -31,7 +31,7 @@ from .checkpoint import atomic_write, atomic_write_text
 from .compare import MethodSummary, _pm, parse_seeds, summarize_method, train_or_reuse
 from .config import TrainConfig
 from .presets import resolve_config
-from .reporting import clear_best, window_text
+from .reporting import SweepEta, clear_best, counts_text, plural, window_text
 from .semi_config import canonical_semi
 
 __all__ = ["ISDA_MODES", "METHOD_NAMES", "SemiComparisonResult", "parse_isda_mode",
@@ -122,8 +122,9 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
     lines = [
         f"Test error (%) of {config.model} on {config.dataset} with {config.labels} labels "
         f"(semi-supervised, Table 6 style): mean ± std (sample std) over "
-        f"{'/'.join(map(str, n_seeds))} seeds; each run's error is the mean test error of its "
-        f"{window_text(window)} (Section 6.1; --final-epochs). {config.epochs} epochs, preset {config.preset}, "
+        f"{counts_text(n_seeds, 'seed')}; each run's error is the mean test error of its "
+        f"{window_text(window)} (Section 6.1; --final-epochs). "
+        f"{plural(config.epochs, 'epoch')}, preset {config.preset}, "
         f"lambda0 {config.lambda0:g}, eta1 {config.eta1:g}; without ISDA = the base method "
         f"alone (--loss ce), with ISDA = Eq. (19) (--loss isda)."
         + (" In bold: the better column of a row, where the difference exceeds one standard "
@@ -219,7 +220,7 @@ def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
         ax.set_visible(False)
     n = sorted({len(s.seeds) for s in summaries.values()})
     fig.suptitle(f"{config.model} on {config.dataset}, {config.labels} labels: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds", fontsize=10)
+                 f"{counts_text(n, 'seed')}", fontsize=10)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
@@ -250,10 +251,11 @@ def run_semi_comparison(base: TrainConfig, methods: Union[str, Sequence[str]],
     what = {("ce",): "without", ("isda",): "with"}.get(losses, "with and without")
     say(f"comparing {', '.join(methods)} {what} ISDA on {resolved.dataset} / {resolved.model} "
         f"with {resolved.labels} labels over seeds {', '.join(map(str, seeds))} "
-        f"({resolved.epochs} epochs each) -> '{out}'")
+        f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
     total = len(methods) * len(losses) * len(seeds)
     counts = {"trained": 0, "reused": 0}
     done = 0
+    eta = SweepEta(total)
     summaries: dict[tuple[str, str], MethodSummary] = {}
     for method in methods:
         for loss in losses:
@@ -265,9 +267,11 @@ def run_semi_comparison(base: TrainConfig, methods: Union[str, Sequence[str]],
                 result, note = train_or_reuse(cfg, force=force, quiet=quiet)
                 done += 1
                 counts["reused" if result["status"] == "reused" else "trained"] += 1
+                seconds = time.perf_counter() - t0
+                left = eta.update(seconds, worked=result["status"] != "reused")
                 say(f"[{done}/{total}] {method} {loss} seed {seed}: final error "
                     f"{result['final_error']:.2f}% (best {result['best_error']:.2f}%), {note} in "
-                    f"{time.perf_counter() - t0:.1f}s")
+                    f"{seconds:.1f}s{left}")
                 runs.append((seed, run_dir))
             summaries[(method, loss)] = summarize_method(loss, runs, base.final_epochs)
     table = write_semi_tables(out, methods, losses, summaries, resolved)
@@ -307,6 +311,6 @@ def run_semi_command(args: argparse.Namespace, base: TrainConfig, default_losses
     print(f"table: {result.table_md} (csv: {result.table_csv})")
     print(f"curves: {result.curves_png}")
     if not args.quiet:
-        print(f"{result.trained} runs trained, {result.reused} reused, "
+        print(f"{plural(result.trained, 'run')} trained, {result.reused} reused, "
               f"{time.perf_counter() - t0:.1f}s")
     return 0

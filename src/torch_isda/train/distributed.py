@@ -698,9 +698,7 @@ def train_distributed(config: TrainConfig, *, resume: bool = False, force: bool 
                 f"{'on' if cfg.sync_bn else 'off'}) -> '{out}'")
             finished = trainer.fit(stop_after=stop_after)
         result = trainer.result()
-        if not finished:
-            trainer.log(f"stopped after epoch {len(trainer.rows)}/{cfg.epochs}; continue with "
-                        f"--resume")
+        if not finished:  # the caller reports it (isda train: "stopped after ...")
             return {**result, "status": "stopped", "out": str(out)}
         if context.is_main:
             atomic_write_json(out / RESULT_NAME, result)

@@ -16,8 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
-__all__ = ["PAPER_FINAL_EPOCHS", "bold_note", "clear_best", "final_window", "format_eta",
-           "plural", "window_text"]
+__all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text", "final_window",
+           "format_eta", "plural", "window_text"]
 
 #: Section 6.1: "the average test error of the last 10 epochs is ... reported".
 PAPER_FINAL_EPOCHS = 10
@@ -48,6 +48,14 @@ def plural(n: int, word: str, plural_form: Optional[str] = None) -> str:
     return f"{n} {word if n == 1 else (plural_form or word + 's')}"
 
 
+def counts_text(counts: "Sequence[int] | set[int]", word: str) -> str:
+    """``"1 seed"``, ``"5 seeds"``, ``"3/5 seeds"`` (distinct counts, sorted)."""
+    values = sorted(set(int(c) for c in counts))
+    if len(values) == 1:
+        return plural(values[0], word)
+    return f"{'/'.join(map(str, values))} {word}s"
+
+
 def format_eta(seconds: float) -> str:
     """``"42s"``, ``"3m05s"``, ``"1h02m"``."""
     seconds = max(0, int(round(seconds)))
@@ -56,6 +64,30 @@ def format_eta(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class SweepEta:
+    """The estimated time left in a sweep of ``total`` items (runs of a comparison, GAN
+    iterations): the mean time of the items that did work so far (reused runs cost nothing
+    and are not counted) times the items left."""
+
+    def __init__(self, total: int) -> None:
+        self.total = int(total)
+        self.done = 0
+        self.worked = 0
+        self.seconds = 0.0
+
+    def update(self, seconds: float, worked: bool = True, count: int = 1) -> str:
+        """Record ``count`` finished items that took ``seconds``; returns ``", about 1m05s
+        left"`` (empty when nothing is left or nothing has been timed yet)."""
+        self.done += int(count)
+        if worked:
+            self.worked += int(count)
+            self.seconds += float(seconds)
+        left = self.total - self.done
+        if left <= 0 or self.worked == 0:
+            return ""
+        return f", about {format_eta(left * self.seconds / self.worked)} left"
 
 
 def clear_best(means: Sequence[float], stds: Sequence[Optional[float]], *,

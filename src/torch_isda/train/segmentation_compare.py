@@ -28,7 +28,7 @@ from typing import Any, Optional
 from .checkpoint import atomic_write, atomic_write_text
 from .compare import MethodSummary, _params
 from .config import TrainConfig
-from .reporting import clear_best
+from .reporting import clear_best, counts_text, plural
 from .segmentation_trainer import TABLE7_COLUMNS
 from .trainer import RESULT_NAME
 
@@ -47,6 +47,7 @@ class SegmentationMethodSummary(MethodSummary):
     miou: dict[str, list[float]] = field(default_factory=dict)
     miou_curves: list[list[float]] = field(default_factory=list)
     eval_scales: list[float] = field(default_factory=list)
+    predicted_classes: list[Optional[int]] = field(default_factory=list)  # per seed
 
     def column(self, key: str) -> tuple[float, Optional[float]]:
         return self._mean_std(self.miou[key])
@@ -60,7 +61,7 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
                                   ) -> SegmentationMethodSummary:
     """Read ``result.json`` and ``metrics.json`` of a method's segmentation runs."""
     miou: dict[str, list[float]] = {key: [] for key in COLUMN_KEYS}
-    finals, bests, curves, error_curves, seeds = [], [], [], [], []
+    finals, bests, curves, error_curves, seeds, predicted = [], [], [], [], [], []
     params: Optional[int] = None
     scales: list[float] = []
     for seed, run_dir in run_dirs:
@@ -76,9 +77,11 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
         error_curves.append([_number(r.get("test_error")) for r in rows])
         params = result.get("num_parameters", params)
         scales = list(result.get("eval_scales") or scales)
+        predicted.append(result.get("predicted_classes"))
         seeds.append(seed)
     return SegmentationMethodSummary(loss, seeds, finals, bests, params, error_curves, miou=miou,
-                                     miou_curves=curves, eval_scales=scales)
+                                     miou_curves=curves, eval_scales=scales,
+                                     predicted_classes=predicted)
 
 
 def _pm(mean: float, std: Optional[float]) -> str:
@@ -90,10 +93,23 @@ def _model_text(config: TrainConfig) -> str:
     return f"{config.model} ({kwargs})" if kwargs else config.model
 
 
+def degenerate_runs(methods: Sequence[SegmentationMethodSummary]) -> list[str]:
+    """One sentence per method with runs whose final model predicts a single class."""
+    out = []
+    for m in methods:
+        seeds = [s for s, n in zip(m.seeds, m.predicted_classes) if n == 1]
+        if seeds:
+            out.append(f"{m.display} (`{m.loss}`) predicts a single class for every test "
+                       f"pixel with seed{'s' if len(seeds) > 1 else ''} "
+                       f"{', '.join(map(str, seeds))}: its mIoU only reflects the class "
+                       f"frequencies (train longer, e.g. more --epochs)")
+    return out
+
+
 def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
                               config: TrainConfig) -> str:
     """The markdown of ``table.md`` (Table 7 layout)."""
-    n_seeds = "/".join(str(n) for n in sorted({len(m.seeds) for m in methods}))
+    n_seeds = counts_text([len(m.seeds) for m in methods], "seed")
     scales = methods[0].eval_scales or []
     scale_text = ", ".join(f"{s:g}" for s in scales)
     marked = {key: clear_best([m.column(key)[0] for m in methods],
@@ -102,7 +118,7 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
     baseline = methods[0]
     lines = [
         f"mIoU (%) of {_model_text(config)} on {config.dataset}: mean ± std (sample std) over "
-        f"{n_seeds} seeds of the final model after {config.epochs} epochs (preset "
+        f"{n_seeds} of the final model after {plural(config.epochs, 'epoch')} (preset "
         f"{config.preset}, loss at {config.seg_loss_at} resolution, aux weight "
         f"{config.aux_weight:g}). Multi-scale: probabilities averaged over scales "
         f"{{{scale_text}}}; + Flip: and their left-right flips (Table 7). In brackets: the "
@@ -126,6 +142,9 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
             cells.append(text)
         lines.append(f"| {m.display} | `{m.loss}` | {_params(m.num_parameters)} | "
                      + " | ".join(cells) + " |")
+    warnings = degenerate_runs(methods)
+    if warnings:
+        lines += ["", *(f"**Warning**: {w}" for w in warnings)]
     lines += ["", "| Method | Spec | Seeds | "
               + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
               + " |", "|---|---|---|" + "---|" * len(COLUMN_KEYS)]
@@ -186,7 +205,7 @@ def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
     ax.set_ylabel("test mIoU (%), single scale")
     n = sorted({len(m.seeds) for m in methods})
     ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
-                 f"{'/'.join(map(str, n))} seeds")
+                 f"{counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
     ax.legend(title="final single-scale mIoU")
     fig.tight_layout()

@@ -20,7 +20,10 @@ After every epoch the test split is evaluated single-scale (mIoU from a confusio
 void pixels ignored): ``metrics.csv`` gets ``test_miou`` and ``test_error = 100 - mIoU``.
 When the last epoch is done, the final model is evaluated as in Table 7 (single-scale,
 multi-scale ``eval_scales``, multi-scale + flip) and ``result.json`` gets ``miou_single``,
-``miou_multiscale``, ``miou_multiscale_flip`` (and per-class IoUs).
+``miou_multiscale``, ``miou_multiscale_flip`` (and per-class IoUs), and
+``predicted_classes``: the fewest classes the final model predicts in one of the three
+evaluations (1: it predicts a single class everywhere, which ``isda train`` and ``isda
+compare`` report as a warning).
 
 Data: ``synthetic_segmentation`` lives on the device (random flips drawn from one seeded
 generator); ``cityscapes`` uses :func:`~torch_isda.data.cityscapes.create_cityscapes_loaders`
@@ -52,7 +55,7 @@ from .seeding import seed_everything
 from .trainer import Trainer, _CosineFactor, _StepFactor
 
 __all__ = ["ALIGN_CORNERS", "SegmentationCriterion", "SegmentationTrainer",
-           "format_segmentation_result"]
+           "format_segmentation_result", "single_class_warning"]
 
 #: Bilinear upsampling of logits/probabilities as in the official code (``CriterionDSN``
 #: and ``evaluate.py`` of the segmentation toolbox use ``align_corners=True``).
@@ -373,6 +376,9 @@ class SegmentationTrainer(Trainer):
             result[key.replace("miou", "iou")] = [None if v != v else 100.0 * v  # nan: absent
                                                   for v in metrics["iou"]]
             result[key.replace("miou", "pixel_acc")] = 100.0 * metrics["pixel_acc"]
+            # fewest classes predicted in a column: 1 = a model that has learned nothing
+            result["predicted_classes"] = min(metrics["predicted_classes"],
+                                              result.get("predicted_classes", self.num_classes))
         result["eval_seconds"] = time.perf_counter() - t0
         return result
 
@@ -442,6 +448,15 @@ class SegmentationTrainer(Trainer):
                           "aux": self.criterion.use_aux},
         })
         atomic_write_json(path, data)
+
+
+def single_class_warning(result: dict[str, Any], name: str = "the model") -> Optional[str]:
+    """A warning when the final model of a segmentation run predicts a single class for
+    every test pixel (``predicted_classes == 1`` in ``result.json``), else ``None``."""
+    if result.get("predicted_classes") != 1:
+        return None
+    return (f"warning: {name} predicts a single class for every test pixel (its mIoU only "
+            f"reflects the class frequencies); train longer (more --epochs) or check --lr")
 
 
 def format_segmentation_result(result: dict[str, Any]) -> str:

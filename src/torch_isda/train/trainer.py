@@ -43,7 +43,7 @@ from .metrics import summarize, write_metrics
 from .presets import resolve_config
 from .schedules import PolyFactor
 from .progress import ProgressBar, progress_enabled
-from .reporting import final_window
+from .reporting import final_window, plural
 from .seeding import (
     deterministic_mode,
     get_rng_state,
@@ -517,7 +517,6 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, qui
     if reused is not None:
         return reused
 
-    out.mkdir(parents=True, exist_ok=True)
     trainer_cls = Trainer
     if cfg.semi != "none":  # semi-supervised (Eq. 19): torch_isda.train.semi_trainer
         from .semi_trainer import SemiTrainer as trainer_cls
@@ -525,7 +524,8 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, qui
         from .segmentation_trainer import SegmentationTrainer as trainer_cls
     trainer = trainer_cls(cfg, quiet=quiet, log=log, epoch_log=epoch_log, callbacks=callbacks)
     with deterministic_mode(cfg.deterministic), num_threads(cfg.threads):
-        trainer.build()
+        trainer.build()  # finds the data first: no empty run directory after a data error
+        out.mkdir(parents=True, exist_ok=True)
         if resume and not force:
             state = load_checkpoint(ckpt_path)
             saved_cfg = TrainConfig.from_dict(state["config"])
@@ -539,10 +539,10 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, qui
             trainer.log(f"resumed '{out}' after epoch {trainer.start_epoch}/{cfg.epochs}")
         trainer.write_config()
         trainer.log(f"training {cfg.model} on {cfg.dataset} with {cfg.loss} (seed {cfg.seed}, "
-                    f"{cfg.epochs} epochs, preset {cfg.preset}) on {trainer.device} -> '{out}'")
+                    f"{plural(cfg.epochs, 'epoch')}, preset {cfg.preset}) on {trainer.device} "
+                    f"-> '{out}'")
         finished = trainer.fit(stop_after=stop_after)
-    if not finished:
-        trainer.log(f"stopped after epoch {len(trainer.rows)}/{cfg.epochs}; continue with --resume")
+    if not finished:  # the caller reports it (isda train: "stopped after ...; continue with")
         return {**trainer.result(), "status": "stopped", "out": str(out)}
     result = trainer.result()
     atomic_write_json(result_path, result)
