@@ -47,12 +47,13 @@ def run_ablation(base: TrainConfig, out: Union[str, Path], *,
         rows.append((name, spec, mean, std, errors))
     basic, full = rows[0][2], rows[-1][2]
     marked = clear_best([r[2] for r in rows], [r[3] for r in rows])
+    spread = all(r[3] is not None for r in rows)
     window = window_text(methods[ABLATION_SETTINGS[0][1]].window)
     table = Table(
         caption=(f"Ablation study (Table 8): test error (%) of {config.model} on "
                  f"{config.dataset}, mean ± std over seeds (each run: mean test error of its "
                  f"{window}); lambda0 = {config.lambda0}, {config.epochs} epochs, preset "
-                 f"{config.preset}.{bold_note(marked, len(rows))}"),
+                 f"{config.preset}.{bold_note(marked, len(rows), spread)}"),
         headers=["Setting", "criterion", "test error (%)", "Δ vs Basic", "Δ vs ISDA", "seeds",
                  "per seed"],
         rows=[[name, f"`{spec}`", f"**{fmt_pm(m, s)}**" if i == marked else fmt_pm(m, s),

@@ -68,6 +68,7 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
         rows.append((value, mean, std, errors))
     baseline = next((r for r in rows if r[0] == 0.0), None)
     marked = clear_best([r[1] for r in rows], [r[2] for r in rows])
+    spread = all(r[2] is not None for r in rows)
     md_rows = []
     for i, (value, mean, std, errors) in enumerate(rows):
         cell = fmt_pm(mean, std)
@@ -80,7 +81,7 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
                  f"{config.dataset} with ISDA (kind {config.kind}), mean ± std over seeds; each "
                  f"run's error is the mean test error of its "
                  f"{window_text(methods[losses[0]].window)}. {config.epochs} "
-                 f"epochs, preset {config.preset}.{bold_note(marked, len(rows))}"),
+                 f"epochs, preset {config.preset}.{bold_note(marked, len(rows), spread)}"),
         headers=["lambda0", "test error (%)", "Δ vs lambda0 = 0", "seeds", "per seed"],
         rows=md_rows,
         csv_headers=["lambda0", "error_mean", "error_std", "delta_vs_basic", "n_seeds", "errors",

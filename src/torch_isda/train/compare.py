@@ -177,6 +177,7 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md``."""
     seeds_text = counts_text([len(m.seeds) for m in methods], "seed")
     marked = clear_best([m.final[0] for m in methods], [m.final[1] for m in methods])
+    spread = all(m.final[1] is not None for m in methods)
     cells = []
     for i, m in enumerate(methods):
         text = _pm(*m.final)
@@ -186,7 +187,7 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
         f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
         f"{seeds_text}; each run's error is the mean test error of its "
         f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). {config.epochs} "
-        f"epochs, preset {config.preset}.{bold_note(marked, len(methods))}",
+        f"epochs, preset {config.preset}.{bold_note(marked, len(methods), spread)}",
         "",
     ]
     if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method

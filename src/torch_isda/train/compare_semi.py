@@ -7,9 +7,9 @@ ones resumed, exactly as ``isda compare`` does. Then:
 
 * ``OUT/table.md`` / ``OUT/table.csv``: one row per base method, columns "without ISDA"
   and "with ISDA" holding the mean ± sample std over seeds of the final test error (mean
-  of the last K epochs, Section 6.1, K as in ``isda compare``), the difference paired by seed (a seed fixes the
-  labeled split and the initialization of both columns), and, when the dataset and label
-  count are those of a Table 6 column, the paper's numbers;
+  of the last K epochs, Section 6.1, K as in ``isda compare``), the difference paired by
+  seed (a seed fixes the labeled split and the initialization of both columns), and, when
+  the dataset and label count are those of a Table 6 column, the paper's numbers;
 * ``OUT/curves.png``: test error vs. epoch, one panel per method, mean line with a ±std
   band for each column.
 """
@@ -163,8 +163,8 @@ def write_semi_tables(out: Path, methods: Sequence[str], losses: Sequence[str],
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
-                     "final_epochs", "n_seeds", "final_error_mean", "final_error_std", "best_error_mean",
-                     "best_error_std", "seeds", "final_errors"])
+                     "final_epochs", "n_seeds", "final_error_mean", "final_error_std",
+                     "best_error_mean", "best_error_std", "seeds", "final_errors"])
     for m in methods:
         for loss in losses:
             s = summaries[(m, loss)]

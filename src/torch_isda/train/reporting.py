@@ -16,8 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
-__all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text", "final_window",
-           "format_eta", "plural", "window_text"]
+__all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text",
+           "final_window", "format_eta", "plural", "window_text"]
 
 #: Section 6.1: "the average test error of the last 10 epochs is ... reported".
 PAPER_FINAL_EPOCHS = 10
@@ -116,10 +116,13 @@ def clear_best(means: Sequence[float], stds: Sequence[Optional[float]], *,
     return best
 
 
-def bold_note(marked: Optional[int], count: int) -> str:
-    """The sentence a table caption adds about :func:`clear_best`'s choice."""
+def bold_note(marked: Optional[int], count: int, spread: bool = True) -> str:
+    """The sentence a table caption adds about :func:`clear_best`'s choice (``spread``:
+    whether standard deviations exist, i.e. more than one seed)."""
     if count < 2:
         return ""
+    if not spread:
+        return " With one seed there is no standard deviation, so none is in bold."
     if marked is None:
         return (" No difference between the best mean and another exceeds one standard "
                 "deviation, so none is in bold.")
