@@ -28,7 +28,9 @@ class CovarianceEstimator(nn.Module):
         num_classes: number of classes ``C``.
         kind: ``"full"`` (``C x A x A``), ``"diagonal"`` (``C x A`` variances), ``"shared"``
             (one ``A x A`` covariance pooled over classes: the count-weighted mean of the
-            per-class covariances), ``"identity"`` (``Sigma = I``, never updated) or
+            per-class covariances, i.e. the pooled *within-class* covariance, our reading of
+            the paper's "global covariance matrix computed from the features of all
+            classes"), ``"identity"`` (``Sigma = I``, never updated) or
             ``"lowrank"`` (``U_c diag(s_c) U_c^T + diag(d_c)`` of rank ``rank``, see
             :mod:`torch_isda.lowrank`).
         dtype: dtype of the statistics, float32 (default) or float64; features of any
