@@ -117,7 +117,10 @@ def scan_batch(
             hi = torch.where(valid, y, torch.full((), big.min, dtype=torch.long, device=device)).max()
         bad = torch.zeros((), dtype=torch.long, device=device)
         if features is not None and features.numel():
-            bad = (~torch.isfinite(features)).any().to(torch.long)
+            nonfinite = ~torch.isfinite(features)
+            if valid is not None and features.dim() == 2:  # ignored samples are not folded in
+                nonfinite = nonfinite.any(1) & valid
+            bad = nonfinite.any().to(torch.long)
         parts.append(torch.stack([lo, hi, bad]).to(device))
     host = torch.cat(parts).tolist()  # the one synchronization
     host_all = host[:C]

@@ -133,11 +133,15 @@ class CovarianceLayout:
         cheap_static_update: the all-class (static) update costs about as much as the
             present-class one, so it is the default when values are not validated
             (``False`` for full and low-rank: ``C x`` the flops).
+        split_padded_batches: the present-class update pads every class to the largest
+            class count and splitting a batch into groups of classes gives exactly the same
+            statistics (full), so a batch dominated by one class may be folded in groups.
     """
 
     kind: str = ""
     class_independent: bool = False
     cheap_static_update: bool = True
+    split_padded_batches: bool = False
 
     # ------------------------------------------------------------------ estimator state
 
@@ -218,6 +222,7 @@ class CovarianceLayout:
 class FullLayout(CovarianceLayout):
     kind = "full"
     cheap_static_update = False
+    split_padded_batches = True
 
     def buffers(self, C, A, rank, factory):
         return {"covariance": torch.zeros(C, A, A, **factory)}
