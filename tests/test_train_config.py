@@ -163,8 +163,9 @@ def test_resnet_milestones_80_120_decay_before_epochs_79_and_119(tmp_path):
 
 
 def test_lr_offset_zero_elsewhere_and_overridable(tmp_path):
-    assert resolve_config(TrainConfig()).lr_offset == 0  # small_cnn (digits results unchanged)
-    assert resolve_config(TrainConfig(model="resnet50")).lr_offset == 0  # imagenet_DDP.py
+    # None (= 0) for small_cnn and ImageNet: configs of earlier runs stay equal (reused)
+    assert resolve_config(TrainConfig()).lr_offset is None  # small_cnn: digits results unchanged
+    assert resolve_config(TrainConfig(model="resnet50")).lr_offset is None  # imagenet_DDP.py
     explicit = dict(epochs=4, batch_size=64, lr=0.1, momentum=0.9, nesterov=True,
                     weight_decay=0.0, lr_schedule="step", milestones=[2], gamma=0.1)
     cfg = TrainConfig(model="digits_cnn", out=str(tmp_path), **explicit)
@@ -173,3 +174,16 @@ def test_lr_offset_zero_elsewhere_and_overridable(tmp_path):
     assert _trained_lrs(resolve_config(cfg)) == pytest.approx([0.1, 0.01, 0.01, 0.01])
     with pytest.raises(ValueError, match="lr_offset must be 0 or 1"):
         resolve_config(cfg.replace(lr_offset=2))
+
+
+def test_configs_saved_before_lr_offset_still_match(tmp_path):
+    from torch_isda.train.trainer import config_differences
+
+    current = resolve_config(TrainConfig(out=str(tmp_path)))
+    saved = current.to_dict()
+    del saved["lr_offset"]  # a config.json written before the field existed
+    assert config_differences(TrainConfig.from_dict(saved), current) == {}
+    # a CIFAR preset's run of that time had the other timing: it is not reused
+    cifar = resolve_config(TrainConfig(dataset="cifar10", model="resnet32", out=str(tmp_path)))
+    old = {k: v for k, v in cifar.to_dict().items() if k != "lr_offset"}
+    assert config_differences(TrainConfig.from_dict(old), cifar) == {"lr_offset": (None, 1)}

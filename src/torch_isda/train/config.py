@@ -134,8 +134,8 @@ class TrainConfig:
     lr_offset: Optional[int] = _field(
         None, "added to the 0-based epoch when the step/cosine schedule is evaluated: 1 = the "
         "official ISDA CIFAR code (the lr drops at the start of 1-based epoch m, the cosine "
-        "ends at 0), 0 = PyTorch's convention and the official ImageNet code [preset; 0 "
-        "without one]", metavar="{0,1}")
+        "ends at 0), 0 = PyTorch's convention and the official ImageNet code [preset; unset "
+        "means 0]", metavar="{0,1}")
     poly_power: float = _field(0.9, "power of the poly schedule: lr * (1 - t / T) ** power")
     # segmentation (None: from the segmentation preset; see docs/segmentation.md)
     task: Optional[str] = _field(

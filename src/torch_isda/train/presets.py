@@ -297,7 +297,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     ``lambda0`` and ``kind`` left at ``None`` come from the same preset's ISDA defaults,
     refined per family and per model (:meth:`Preset.isda_defaults`); ``0.5`` / ``"full"``
     when there is no preset. ``lr_offset`` left at ``None`` comes from the same preset
-    (:attr:`Preset.lr_offset`; 0 without one).
+    (:attr:`Preset.lr_offset`) when that is non-zero; ``None`` means 0.
 
     Explicitly set fields are kept. The returned config has ``preset`` set to the preset
     used (or ``None`` when every preset field was given explicitly).
@@ -343,7 +343,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         changes.update({f: defaults[f] for f in missing_isda})
     if config.lr_offset is None:  # the LR timing of the preset (module docstring)
         timing_preset = preset_name if preset_name is not None else preset_name_for_family(family)
-        changes["lr_offset"] = 0 if timing_preset is None else get_preset(timing_preset).lr_offset
+        if timing_preset is not None and get_preset(timing_preset).lr_offset:
+            # only a non-zero offset is recorded: None (= 0) keeps the configs of earlier
+            # runs equal, so finished runs are still reused
+            changes["lr_offset"] = get_preset(timing_preset).lr_offset
     if config.out is None:
         changes["out"] = default_out_dir(config)
     resolved = dataclasses.replace(config, **changes)
