@@ -132,6 +132,11 @@ def _check_batch(x: torch.Tensor) -> None:
         raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
 
 
+def _check_pad_mode(pad_mode: object, where: str = "") -> None:
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}; got {pad_mode!r}{where}")
+
+
 def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
     return generator.device if generator is not None else x.device
 
@@ -156,8 +161,7 @@ def random_crop(
             CIFAR code; needs ``padding`` smaller than ``H`` and ``W``) or ``"zeros"``.
     """
     _check_batch(x)
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}; got {pad_mode!r}")
+    _check_pad_mode(pad_mode)
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     if padding == 0 or x.shape[0] == 0:
@@ -277,9 +281,7 @@ class BatchAugment:
         randaugment_magnitude = options.get("randaugment_magnitude", randaugment_magnitude)
         fill = options.get("fill", fill)
         pad_mode = options.get("pad_mode", pad_mode)
-        if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}; got {pad_mode!r} "
-                             f"in {name!r}")
+        _check_pad_mode(pad_mode, f" in {name!r}")
         if isinstance(padding, bool) or int(padding) != padding or int(padding) < 0:
             raise ValueError(f"crop padding must be an integer >= 0; got {padding!r} in {name!r}")
         if not isinstance(flip_p, (int, float)) or not 0.0 <= float(flip_p) <= 1.0:
