@@ -134,6 +134,11 @@ class TrainConfig:
         None, "epochs at which the step schedule multiplies the lr by gamma, e.g. 80,120 "
         "[preset]", metavar="E1,E2,...")
     gamma: Optional[float] = _field(None, "lr factor at each milestone [preset]")
+    lr_offset: Optional[int] = _field(
+        None, "added to the 0-based epoch when the step/cosine schedule is evaluated: 1 = the "
+        "official ISDA CIFAR code (the lr drops at the start of 1-based epoch m, the cosine "
+        "ends at 0), 0 = PyTorch's convention and the official ImageNet code [preset; unset "
+        "means 0]", metavar="{0,1}")
     poly_power: float = _field(0.9, "power of the poly schedule: lr * (1 - t / T) ** power")
     # segmentation (None: from the segmentation preset; see docs/segmentation.md)
     task: Optional[str] = _field(
@@ -246,6 +251,8 @@ class TrainConfig:
             problems.append(f"threads must be a positive integer; got {self.threads}")
         if self.workers < 0:
             problems.append(f"workers must be >= 0; got {self.workers}")
+        if self.lr_offset is not None and int(self.lr_offset) not in (0, 1):
+            problems.append(f"lr_offset must be 0 or 1; got {self.lr_offset}")
         if self.milestones is not None and any(int(m) < 0 for m in self.milestones):
             problems.append(f"milestones must be non-negative epochs; got {self.milestones}")
         if not isinstance(self.loss, str) or not self.loss.strip():

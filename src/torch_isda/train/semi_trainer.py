@@ -136,13 +136,13 @@ class SemiTrainer(Trainer):
             [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=momentum,
             weight_decay=cfg.weight_decay, nesterov=bool(cfg.nesterov) and momentum > 0)
         if cfg.lr_schedule == "cosine":
-            self.lr_factor = _CosineFactor(cfg.epochs)
+            self.lr_factor = _CosineFactor(cfg.epochs, cfg.lr_offset or 0)
         elif cfg.lr_schedule == "poly":
             from .schedules import PolyFactor
 
             self.lr_factor = PolyFactor(cfg.epochs, cfg.poly_power)
         else:
-            self.lr_factor = _StepFactor(cfg.milestones or [], cfg.gamma)
+            self.lr_factor = _StepFactor(cfg.milestones or [], cfg.gamma, cfg.lr_offset or 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         self.log(f"{semi_summary(cfg)}; {self.split.labeled.numel()} labeled / "

@@ -88,24 +88,30 @@ def config_differences(a: TrainConfig, b: TrainConfig,
 
 
 class _StepFactor:
-    """lr factor ``gamma ** (number of milestones <= epoch)`` (picklable for LambdaLR)."""
+    """lr factor ``gamma ** (number of milestones <= epoch + offset)`` (picklable for
+    LambdaLR). ``offset=1`` is the official ISDA CIFAR timing (see ``lr_offset`` in
+    :mod:`~torch_isda.train.presets`): milestone ``m`` takes effect from 0-based epoch
+    ``m - 1``."""
 
-    def __init__(self, milestones: list[int], gamma: float) -> None:
+    def __init__(self, milestones: list[int], gamma: float, offset: int = 0) -> None:
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
+        self.offset = int(offset)
 
     def __call__(self, epoch: int) -> float:
-        return self.gamma ** bisect.bisect_right(self.milestones, epoch)
+        return self.gamma ** bisect.bisect_right(self.milestones, epoch + self.offset)
 
 
 class _CosineFactor:
-    """lr factor ``(1 + cos(pi * epoch / epochs)) / 2``."""
+    """lr factor ``(1 + cos(pi * (epoch + offset) / epochs)) / 2``; ``offset=1`` (the
+    official ISDA CIFAR timing) reaches 0 in the last epoch."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, offset: int = 0) -> None:
         self.epochs = int(epochs)
+        self.offset = int(offset)
 
     def __call__(self, epoch: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch + self.offset) / self.epochs))
 
 
 class Trainer:
@@ -181,9 +187,10 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay,
             nesterov=bool(cfg.nesterov) and momentum > 0)
-        self.lr_factor = (_CosineFactor(cfg.epochs) if cfg.lr_schedule == "cosine"
+        offset = cfg.lr_offset or 0
+        self.lr_factor = (_CosineFactor(cfg.epochs, offset) if cfg.lr_schedule == "cosine"
                           else PolyFactor(cfg.epochs, cfg.poly_power) if cfg.lr_schedule == "poly"
-                          else _StepFactor(cfg.milestones or [], cfg.gamma))
+                          else _StepFactor(cfg.milestones or [], cfg.gamma, offset))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [self.lr_factor] * len(self.optimizer.param_groups))
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
