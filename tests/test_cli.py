@@ -47,6 +47,7 @@ def test_missing_data_files_propagate(tmp_path, capsys):
                      "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "cifar" in err.lower() and str(tmp_path) in err
+    assert not (tmp_path / "r").exists()  # no empty run directory after a data error
 
 
 def test_subcommand_extension_point(monkeypatch, capsys):

@@ -425,13 +425,23 @@ def _unique_batch(n=16, c=3, h=10, w=12, dtype=torch.uint8):
     return x.to(dtype)
 
 
+def _reflect_pad(x, p):
+    """Brute-force reflection padding (mirror without repeating the edge), as the official
+    ISDA CIFAR code's ``F.pad(x, (4, 4, 4, 4), mode='reflect')``."""
+    h, w = x.shape[-2:]
+    rows = [abs(i) if i < h else 2 * (h - 1) - i for i in range(-p, h + p)]
+    cols = [abs(j) if j < w else 2 * (w - 1) - j for j in range(-p, w + p)]
+    return x[..., rows, :][..., cols]
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_random_crop_matches_bruteforce(dtype):
+@pytest.mark.parametrize("pad_mode", ["reflect", "zeros"])
+def test_random_crop_matches_bruteforce(dtype, pad_mode):
     x = _unique_batch(dtype=dtype)
     p = 4
-    out = random_crop(x, padding=p, generator=torch.Generator().manual_seed(3))
+    out = random_crop(x, padding=p, generator=torch.Generator().manual_seed(3), pad_mode=pad_mode)
     assert out.shape == x.shape and out.dtype == dtype
-    padded = F.pad(x, (p, p, p, p))
+    padded = _reflect_pad(x, p) if pad_mode == "reflect" else F.pad(x, (p, p, p, p))
     h, w = x.shape[2:]
     offsets = set()
     for i in range(x.shape[0]):
@@ -452,6 +462,20 @@ def test_random_crop_matches_bruteforce(dtype):
         assert torch.equal(out[i], padded[i, :, dy : dy + h, dx : dx + w])
 
 
+def test_random_crop_reflects_by_default():
+    x = _unique_batch(n=8)
+    g = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    assert torch.equal(random_crop(x, 4, g()), random_crop(x, 4, g(), pad_mode="reflect"))
+    assert not torch.equal(random_crop(x, 4, g()), random_crop(x, 4, g(), pad_mode="zeros"))
+    assert build_augment("crop_flip").pad_mode == "reflect"
+    assert build_augment("crop(pad_mode=zeros)").pad_mode == "zeros"
+    assert build_augment("crop_flip(padding=2, pad_mode='zeros')").pad_mode == "zeros"
+    with pytest.raises(ValueError, match="pad_mode must be one of reflect, zeros"):
+        build_augment("crop(pad_mode=edge)")
+    with pytest.raises(ValueError, match="pad_mode must be one of"):
+        random_crop(x, 4, pad_mode="constant")
+
+
 def test_random_crop_padding_edge_cases():
     x = _unique_batch(n=6)
     assert random_crop(x, padding=0) is x
@@ -459,9 +483,12 @@ def test_random_crop_padding_edge_cases():
         random_crop(x, padding=-1)
     with pytest.raises(ValueError, match="N, C, H, W"):
         random_crop(x[0], padding=2)
-    # padding larger than the image: crops may be entirely padding
+    # reflection needs a padding smaller than the image
+    with pytest.raises(ValueError, match="reflect padding of 10 pixels needs images larger"):
+        random_crop(x, padding=10)
+    # zero padding larger than the image: crops may be entirely padding
     p = 13
-    out = random_crop(x, padding=p, generator=torch.Generator().manual_seed(5))
+    out = random_crop(x, padding=p, generator=torch.Generator().manual_seed(5), pad_mode="zeros")
     padded = F.pad(x, (p, p, p, p))
     offsets = torch.randint(0, 2 * p + 1, (2, 6), generator=torch.Generator().manual_seed(5))
     for i, (dy, dx) in enumerate(offsets.T.tolist()):

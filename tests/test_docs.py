@@ -162,3 +162,19 @@ def test_documented_command_parses(argv, capsys):
         err = capsys.readouterr().err
         pytest.fail(f"`isda {' '.join(argv)}` is not a valid command line (exit {exc.code}):\n{err}")
     assert not argv or args.command == argv[0]
+
+
+def test_table5_page_follows_appendix_c():
+    """ResNet-110 / CIFAR-100 rows: DisturbLabel rate 0.1, "+ Dropout" rows with block
+    dropout 0.3 in the model (not the feature-dropout modifier)."""
+    page = ROOT / "docs" / "reproduce" / "table5-baselines.md"
+    r110 = [argv for _, argv in _commands(page)
+            if "resnet110" in argv and argv[argv.index("--dataset") + 1] == "cifar100"]
+    assert len(r110) == 2
+    losses = [argv[argv.index("--losses") + 1].split(",") for argv in r110]
+    assert "ce+disturb_label(rate=0.1)" in losses[0]
+    assert not any("dropout" in spec for specs in losses for spec in specs)
+    dropout = r110[1]
+    assert losses[1] == ["ce", "isda"]
+    assert dropout[dropout.index("--model-kwargs") + 1] == "dropout=0.3"
+    assert "--model-kwargs" not in r110[0]

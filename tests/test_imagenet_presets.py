@@ -50,7 +50,8 @@ def test_imagenet_models_get_the_appendix_a_preset(model):
     cfg = _resolve(model)
     assert cfg.preset == "imagenet"
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_schedule) == (300, 512, 0.2, "cosine")
-    assert (cfg.weight_decay, cfg.momentum, cfg.nesterov) == (1e-4, 0.9, True)  # as CIFAR
+    # official imagenet_DDP.py: SGD with momentum, no Nesterov; cosine at the 0-based epoch
+    assert (cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.lr_offset) == (1e-4, 0.9, False, None)
     assert cfg.lambda0 == IMAGENET_LAMBDA0[model]
     assert cfg.kind == "diagonal"
     assert isda_defaults(model) == {"lambda0": IMAGENET_LAMBDA0[model], "kind": "diagonal"}
@@ -62,7 +63,7 @@ def test_imagenet_120_step_schedule(model):
     assert cfg.preset == "imagenet_120"
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay) == (120, 256, 0.1, 1e-4)
     assert (cfg.lr_schedule, cfg.milestones, cfg.gamma) == ("step", [30, 60, 90], 0.1)
-    assert (cfg.momentum, cfg.nesterov) == (0.9, True)
+    assert (cfg.momentum, cfg.nesterov, cfg.lr_offset) == (0.9, False, None)
     assert (cfg.lambda0, cfg.kind) == (IMAGENET_LAMBDA0[model], "diagonal")
 
 

@@ -219,13 +219,17 @@ def test_isda_sees_the_dropped_features(tmp_path, record, monkeypatch):
     rec = trainer.criterion.components[1]
     estimator = trainer.criterion.main.isda.estimator
     received = []
-    original = estimator.update
 
-    def spy(features, labels, *args, **kwargs):
-        received.append(features.detach().clone())
-        return original(features, labels, *args, **kwargs)
+    def spying(name):  # ISDALoss folds batches through update_scanned (one scan per step)
+        original = getattr(estimator, name)
 
-    monkeypatch.setattr(estimator, "update", spy)
+        def spy(features, labels, *args, **kwargs):
+            received.append(features.detach().clone())
+            return original(features, labels, *args, **kwargs)
+        return spy
+
+    for name in ("update", "update_scanned"):
+        monkeypatch.setattr(estimator, name, spying(name))
     trainer.train_epoch(0)
     assert len(received) == len(rec.features_in) > 0
     before, after = torch.cat(rec.features_in), torch.cat(received)
@@ -287,12 +291,14 @@ def test_compare_table_with_many_methods(tmp_path):
     result = run_comparison(TrainConfig(epochs=1, threads=1), ",".join(losses), 1,
                             tmp_path / "cmp", quiet=True)
     md = result.table
-    assert "| Method | digits_cnn (" in md and "| Network |" not in md  # Table 5 style
-    summary = md.split("| Method | Final error")[0]
-    for spec in losses:
-        assert f"| {spec} | " in summary, spec  # one row per method, named by its spec
-    assert summary.count("**") == 2 * sum(  # the best mean(s) in bold
-        1 for m in result.methods if m.final[0] == min(x.final[0] for x in result.methods))
+    assert "| Method | Spec | digits_cnn (" in md and "| Network |" not in md  # Table 5 style
+    summary = md.split("| Method | Spec | Final error")[0]
+    names = ["Basic", "ISDA + Dropout", "Focal Loss (gamma=2)", "L_q Loss", "Center Loss",
+             "Disturb Label"]
+    for name, spec in zip(names, losses):  # one row per method: paper name, then its spec
+        assert f"| {name} | `{spec}` | " in summary, spec
+    assert "**" not in summary  # one seed: no standard deviation, so no clear best
+    assert "With one seed there is no standard deviation, so none is in bold" in summary
     rows = list(csv.DictReader((tmp_path / "cmp" / "table.csv").open()))
     assert [r["method"] for r in rows] == losses
     assert all(math.isfinite(float(r["final_error_mean"])) for r in rows)

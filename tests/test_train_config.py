@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import warnings
 
 import pytest
 
@@ -104,3 +106,84 @@ def test_unknown_names_are_clear():
         resolve_config(TrainConfig(loss="isdaa"))
     with pytest.raises(ValueError, match="Unknown preset"):
         resolve_config(TrainConfig(preset="nope"))
+
+
+# ----------------------------------------------------------------------------- LR timing
+
+
+def _official_cifar_lrs(lr, epochs, milestones, gamma, cosine):
+    """The lr of each 0-based epoch in the official ISDA CIFAR train.py, re-enacted:
+    ``adjust_learning_rate(optimizer, epoch + 1)`` before training epoch ``epoch``."""
+    lrs, current = [], lr
+    for epoch in range(epochs):
+        e = epoch + 1
+        if cosine:
+            current = 0.5 * lr * (1 + math.cos(math.pi * e / epochs))
+        elif e in milestones:
+            current *= gamma
+        lrs.append(current)
+    return lrs
+
+
+def _trained_lrs(cfg):
+    from torch_isda.train import Trainer
+
+    trainer = Trainer(resolve_config(cfg), quiet=True)
+    trainer.build()
+    lrs = []
+    with warnings.catch_warnings():  # stepping the schedule without optimizer steps
+        warnings.filterwarnings("ignore", "Detected call of")
+        for _ in range(cfg.epochs):
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("preset", ["resnet", "wide_resnet", "densenet", "shake_shake"])
+def test_cifar_presets_use_the_official_lr_timing(preset, tmp_path):
+    cfg = resolve_config(TrainConfig(dataset="cifar10", model="resnet110", preset=preset))
+    assert cfg.lr_offset == 1
+    # the whole schedule of the preset (milestones, cosine), on digits to build quickly
+    run = TrainConfig(preset=preset, out=str(tmp_path), threads=1)
+    resolved = resolve_config(run)
+    expected = _official_cifar_lrs(resolved.lr, resolved.epochs, resolved.milestones,
+                                   resolved.gamma, resolved.lr_schedule == "cosine")
+    assert _trained_lrs(resolved) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    if resolved.lr_schedule == "step":  # decays before 0-based epoch m - 1
+        m = resolved.milestones[0]
+        assert expected[m - 2] == resolved.lr and expected[m - 1] == resolved.lr * resolved.gamma
+    else:  # the cosine ends at exactly 0
+        assert expected[-1] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_resnet_milestones_80_120_decay_before_epochs_79_and_119(tmp_path):
+    lrs = _trained_lrs(resolve_config(TrainConfig(preset="resnet", out=str(tmp_path))))
+    assert lrs[78] == 0.1 and lrs[79] == pytest.approx(0.01) and lrs[118] == pytest.approx(0.01)
+    assert lrs[119] == pytest.approx(0.001) and len(lrs) == 160
+
+
+def test_lr_offset_zero_elsewhere_and_overridable(tmp_path):
+    # None (= 0) for small_cnn and ImageNet: configs of earlier runs stay equal (reused)
+    assert resolve_config(TrainConfig()).lr_offset is None  # small_cnn: digits results unchanged
+    assert resolve_config(TrainConfig(model="resnet50")).lr_offset is None  # imagenet_DDP.py
+    explicit = dict(epochs=4, batch_size=64, lr=0.1, momentum=0.9, nesterov=True,
+                    weight_decay=0.0, lr_schedule="step", milestones=[2], gamma=0.1)
+    cfg = TrainConfig(model="digits_cnn", out=str(tmp_path), **explicit)
+    assert _trained_lrs(resolve_config(cfg)) == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    cfg = cfg.replace(lr_offset=1)  # explicit value wins
+    assert _trained_lrs(resolve_config(cfg)) == pytest.approx([0.1, 0.01, 0.01, 0.01])
+    with pytest.raises(ValueError, match="lr_offset must be 0 or 1"):
+        resolve_config(cfg.replace(lr_offset=2))
+
+
+def test_configs_saved_before_lr_offset_still_match(tmp_path):
+    from torch_isda.train.rundir import config_differences
+
+    current = resolve_config(TrainConfig(out=str(tmp_path)))
+    saved = current.to_dict()
+    del saved["lr_offset"]  # a config.json written before the field existed
+    assert config_differences(TrainConfig.from_dict(saved), current) == {}
+    # a CIFAR preset's run of that time had the other timing: it is not reused
+    cifar = resolve_config(TrainConfig(dataset="cifar10", model="resnet32", out=str(tmp_path)))
+    old = {k: v for k, v in cifar.to_dict().items() if k != "lr_offset"}
+    assert config_differences(TrainConfig.from_dict(old), cifar) == {"lr_offset": (None, 1)}

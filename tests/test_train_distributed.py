@@ -75,16 +75,19 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     inputs, estimators, owners = [], [], []
-    original = CovarianceEstimator.update
 
-    def recording(self, features, labels, sync=None):  # what the harness feeds the estimator
-        inputs.append((features.detach().clone(), labels.clone()))
-        if not any(e is self for e in estimators):
-            estimators.append(self)
-        owners.append(next(i for i, e in enumerate(estimators) if e is self))
-        return original(self, features, labels, sync)
+    def recording(original):  # what the harness feeds the estimator (valid labels only)
+        def record(self, features, labels, *args, **kwargs):
+            keep = (labels >= 0) & (labels < self.num_classes)
+            inputs.append((features.detach()[keep].clone(), labels[keep].clone()))
+            if not any(e is self for e in estimators):
+                estimators.append(self)
+            owners.append(next(i for i, e in enumerate(estimators) if e is self))
+            return original(self, features, labels, *args, **kwargs)
+        return record
 
-    CovarianceEstimator.update = recording
+    for name in ("update", "update_scanned"):
+        setattr(CovarianceEstimator, name, recording(getattr(CovarianceEstimator, name)))
     out: dict = {}
     cfg = TrainConfig(**BASE, out=os.path.join(tmp, "ddp"), data_dir=tmp)
     first = train_distributed(cfg, stop_after=1, quiet=True)

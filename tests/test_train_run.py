@@ -56,7 +56,9 @@ def test_train_end_to_end_writes_outputs(tmp_path, capsys):
     assert header == "epoch,train_loss,train_error,test_loss,test_error,lr,lambda,seconds"
     assert rows[0]["lr"] == 0.05 and 0 < rows[1]["lambda"] < 0.5
     result = json.loads((out / "result.json").read_text())
-    assert result["final_error"] == pytest.approx(np.mean([r["test_error"] for r in rows]))
+    # 2 epochs: the final-error window is 1 epoch (at most a tenth of the run, at least 1)
+    assert result["final_error"] == pytest.approx(rows[-1]["test_error"])
+    assert result["final_error_epochs"] == 1
     assert result["best_error"] == min(r["test_error"] for r in rows)
     saved = json.loads((out / "config.json").read_text())
     assert saved["torch_isda_version"] and saved["config"]["preset"] == "small_cnn"

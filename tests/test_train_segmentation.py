@@ -229,9 +229,9 @@ def test_compare_two_losses_table7(tmp_path, capsys):
             "--eval-scales", "0.75,1", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| Method | Params | Single scale | Multi-scale | Multi-scale + Flip |" in printed
+    assert "| Method | Spec | Params | Single scale | Multi-scale | Multi-scale + Flip |" in printed
     table = (out / "table.md").read_text()
-    assert "deeplabv3_resnet + ISDA" in table and "{0.75, 1}" in table
+    assert "| ISDA | `isda` |" in table and "| Basic | `ce` |" in table and "{0.75, 1}" in table
     assert (out / "curves.png").stat().st_size > 0
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))

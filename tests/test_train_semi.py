@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from torch_isda.cli import main
-from torch_isda.semi import SemiBatchSampler, labeled_split
+from torch_isda.semi import PAPER_TABLE6, SemiBatchSampler, labeled_split
 from torch_isda.train import TrainConfig
 from torch_isda.train.checkpoint import load_checkpoint
 from torch_isda.train import Trainer, resolve_config
@@ -172,6 +172,11 @@ def test_resolved_defaults_and_method_options():
     assert (c10.labels, c10.zca, c10.labeled_batch_size, c10.unlabeled_batch_size) == (
         4000, True, 32, 128)
     assert method_kwargs(c10, 391) == {"epsilon": 8.0}
+    # SVHN: 500 labels, the count whose Mean Teacher result (4.18 %) Table 6 reports
+    svhn = resolve_config(TrainConfig(dataset="svhn", model="cnn13", semi="mt", out="x"))
+    assert (svhn.labels, svhn.zca) == (500, False)
+    assert PAPER_TABLE6[("mean-teacher", "svhn", 500)][0] == (4.18, 0.27)
+    assert not any(key[1] == "svhn" and key[2] != 500 for key in PAPER_TABLE6)
     pi = resolve_config(TrainConfig(dataset="cifar10", model="cnn13", semi="pi", out="x"))
     assert method_kwargs(pi, 391) == {"rampup_epochs": 80.0}
     # --eta2 replaces the peak weight (no M/N scaling); --semi-kwargs win over everything

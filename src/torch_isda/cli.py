@@ -35,6 +35,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("visualize", "torch_isda.visualize.command_visualize"),
     ("analyze", "torch_isda.analysis.command_analyze"),
     ("bench", "torch_isda.analysis.command_bench"),
+    ("export", "torch_isda.command_export"),
 ]
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed as _dist
-from .functional import _GATHER_MAX_ELEMENTS, KINDS
-from .lowrank import LowRankCovariance, streaming_lowrank_update
+from .batch import BatchClasses, scan_batch, valid_indices
+from .layouts import KINDS, Fold, get_layout
 
 __all__ = ["CovarianceEstimator"]
 
@@ -28,7 +28,9 @@ class CovarianceEstimator(nn.Module):
         num_classes: number of classes ``C``.
         kind: ``"full"`` (``C x A x A``), ``"diagonal"`` (``C x A`` variances), ``"shared"``
             (one ``A x A`` covariance pooled over classes: the count-weighted mean of the
-            per-class covariances), ``"identity"`` (``Sigma = I``, never updated) or
+            per-class covariances, i.e. the pooled *within-class* covariance, our reading of
+            the paper's "global covariance matrix computed from the features of all
+            classes"), ``"identity"`` (``Sigma = I``, never updated) or
             ``"lowrank"`` (``U_c diag(s_c) U_c^T + diag(d_c)`` of rank ``rank``, see
             :mod:`torch_isda.lowrank`).
         dtype: dtype of the statistics, float32 (default) or float64; features of any
@@ -74,175 +76,182 @@ class CovarianceEstimator(nn.Module):
         if int(rank) < 1:
             raise ValueError(f"rank must be a positive integer; got {rank}")
         self.rank = min(int(rank), A)
-        shapes = {"full": (C, A, A), "diagonal": (C, A), "shared": (A, A), "identity": (A, A), "lowrank": (C, A)}
+        self.layout = get_layout(kind)
         factory = dict(dtype=dtype, device=device)
         self.register_buffer("mean", torch.zeros(C, A, **factory))
-        cov = torch.eye(A, **factory) if kind == "identity" else torch.zeros(shapes[kind], **factory)
-        self.register_buffer("covariance", cov)
+        buffers = self.layout.buffers(C, A, self.rank, factory)
+        self.register_buffer("covariance", buffers.pop("covariance"))
         self.register_buffer("count", torch.zeros(C, dtype=torch.long, device=device))
-        if kind == "lowrank":
-            self.register_buffer("components", torch.zeros(C, self.rank, A, **factory))
-            self.register_buffer("eigenvalues", torch.zeros(C, self.rank, **factory))
-            self.register_buffer("residual", torch.zeros(C, A, **factory))
+        for name, value in buffers.items():
+            self.register_buffer(name, value)
 
     def extra_repr(self) -> str:
-        rank = f", rank={self.rank}" if self.kind == "lowrank" else ""
         return (
-            f"num_features={self.num_features}, num_classes={self.num_classes}, kind={self.kind!r}{rank}, "
+            f"num_features={self.num_features}, num_classes={self.num_classes}, kind={self.kind!r}"
+            f"{self.layout.extra_repr(self)}, "
             f"dtype={self.mean.dtype}, sync={self.sync}"
         )
 
     # ------------------------------------------------------------------ validation
 
-    def _problems(self, features: Tensor, labels: Tensor) -> Tuple[List[str], Tensor]:
-        """Describe what is wrong with a batch (empty list: nothing), without mutating state.
-
-        Returns the messages and a flags tensor (for the distributed pre-check).
-        """
-        A, C = self.num_features, self.num_classes
+    def _shape_problems(self, features: Tensor, labels: Tensor) -> List[str]:
+        """What is wrong with a batch's shapes and dtypes (no data read, no mutation)."""
+        A = self.num_features
         msgs: List[str] = []
-        flags = torch.zeros(3, dtype=torch.long)
         if features.dim() != 2 or features.shape[1] != A:
             msgs.append(f"features must be N x A with A={A}; got shape {tuple(features.shape)}")
-            flags[0] = 1
         elif not features.is_floating_point():
             msgs.append(f"features must be a floating-point tensor; got dtype {features.dtype}")
-            flags[0] = 1
         if labels.dim() != 1 or (features.dim() >= 1 and labels.shape[0] != features.shape[0]):
             msgs.append(
                 f"labels must be a 1-D tensor with one entry per feature row "
                 f"({features.shape[0] if features.dim() else '?'}); got shape {tuple(labels.shape)}"
             )
-            flags[1] = 1
         elif labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
             msgs.append(f"labels must hold integer class indices; got dtype {labels.dtype}")
-            flags[1] = 1
-        if msgs or features.shape[0] == 0:
-            return msgs, flags
-        # one host synchronisation for the value checks
-        checks = torch.stack(
-            [labels.min(), labels.max(), (~torch.isfinite(features)).any().to(labels.dtype)]
-        ).tolist()
-        lo, hi, nonfinite = checks
-        if lo < 0 or hi >= C:
-            msgs.append(f"labels must lie in [0, {C}); got values in [{lo}, {hi}]")
-            flags[1] = 1
-        if nonfinite:
-            msgs.append("features contain NaN or Inf values")
-            flags[2] = 1
-        return msgs, flags
+        return msgs
+
+    def scan(
+        self,
+        features: Tensor,
+        labels: Tensor,
+        *,
+        ignore_index: Optional[int] = None,
+        validate: bool = True,
+        static: bool = False,
+        check_features: bool = True,
+    ) -> Tuple[Optional[BatchClasses], List[str]]:
+        """Check a batch and find its classes with at most one host synchronization.
+
+        ``check_features=False`` skips the NaN/Inf check of the features (evaluation mode,
+        where they are not folded in). Returns ``(batch, problems)``; ``batch`` is ``None``
+        when the shapes are wrong. The
+        loss modules call this once per step and pass ``batch`` to :meth:`update` and to the
+        loss, so the class set is computed once.
+        """
+        msgs = self._shape_problems(features, labels)
+        if msgs:
+            return None, msgs
+        batch, problems = scan_batch(
+            labels, self.num_classes, ignore_index=ignore_index,
+            features=features.detach() if validate and check_features else None,
+            validate=validate, static=static,
+        )
+        return batch, problems
+
+    @staticmethod
+    def _flags(problems: List[str]) -> Tensor:
+        """Validation flags for the distributed pre-check: shapes/dtypes, labels, values."""
+        flags = torch.zeros(3, dtype=torch.long)
+        for msg in problems:
+            flags[2 if "NaN" in msg else 1 if msg.startswith("labels") else 0] = 1
+        return flags
 
     # ------------------------------------------------------------------ update
 
     @torch.no_grad()
-    def update(self, features: Tensor, labels: Tensor, sync: Optional[bool] = None) -> None:
+    def update(
+        self,
+        features: Tensor,
+        labels: Tensor,
+        sync: Optional[bool] = None,
+        *,
+        validate: bool = True,
+        static_shapes: bool = False,
+        batch: Optional[BatchClasses] = None,
+        ignore_index: Optional[int] = None,
+    ) -> None:
         """Fold a batch into the statistics (Eqs. 1-3).
 
         Args:
             features: ``N x A`` deep features (detached internally; any floating dtype).
-            labels: ``N`` integer class indices in ``[0, C)``.
+            labels: ``N`` integer class indices in ``[0, C)`` (or ``ignore_index``).
             sync: override the module's ``sync`` for this call.
+            validate: check the labels' range and the features' finiteness (one host
+                synchronization, shared with the class set). ``False`` skips the checks:
+                out-of-range labels and NaN/Inf features are then undefined behaviour.
+            static_shapes: with ``validate=False``, update all ``C`` classes through a
+                one-hot matrix: no host synchronization and no data-dependent shape (what
+                ``torch.compile(fullgraph=True)`` needs). Always used by the diagonal,
+                shared and identity kinds when ``validate=False`` (it costs them little);
+                for ``"full"`` and ``"lowrank"`` it costs ``C x`` the flops of the
+                present-class update (cheap on a GPU, slow on a CPU).
+            batch: the batch's class set from :meth:`scan` (the loss modules pass it so it
+                is computed once per step); ignores ``validate``/``static_shapes``.
+            ignore_index: label of samples to leave out.
 
         Raises:
             ValueError: on a shape mismatch, labels out of range or NaN/Inf features. The
                 statistics are left unchanged (on every rank, when synchronizing).
         """
         features = features.detach()
-        msgs, flags = self._problems(features, labels)
-        if (self.sync if sync is None else sync) and _dist.is_distributed():
-            try:
-                features, labels = _dist.all_gather_batch(features, labels, flags)
-            except ValueError as err:
-                if msgs:
-                    raise ValueError("; ".join(msgs) + f" ({err})") from err
-                raise
-        elif msgs:
-            raise ValueError("; ".join(msgs) + " (statistics unchanged)")
-        if features.shape[0] == 0:
-            return
-        self._fold(features.to(self.mean.dtype), labels.to(torch.long))
+        problems: List[str] = []
+        if batch is None:
+            static = self.static_update(validate, static_shapes)
+            batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
+                                        static=static)
+        self.update_scanned(features, labels, batch, problems, sync)
 
-    def _fold(self, x: Tensor, y: Tensor) -> None:
-        classes, inverse, m = torch.unique(y, sorted=True, return_inverse=True, return_counts=True)
-        mf = m.to(x.dtype)
-        batch_mean = torch.zeros(classes.numel(), x.shape[1], dtype=x.dtype, device=x.device)
-        batch_mean.index_add_(0, inverse, x).div_(mf.unsqueeze(1))
-        xc = x - batch_mean.index_select(0, inverse)  # centred within each class of the batch
-        n = self.count.index_select(0, classes).to(x.dtype)
+    def static_update(self, validate: bool, static_shapes: bool) -> bool:
+        """Whether an update with these options takes the all-class (static) path."""
+        return not validate and (static_shapes or self.layout.cheap_static_update)
+
+    @torch.no_grad()
+    def update_scanned(self, features: Tensor, labels: Tensor, batch: Optional[BatchClasses],
+                       problems: List[str], sync: Optional[bool] = None) -> None:
+        """:meth:`update` with the result of :meth:`scan`: raise on ``problems`` (on every rank
+        when synchronizing, so no rank hangs and none changes its statistics), else fold the batch.
+        """
+        features = features.detach()
+        if (self.sync if sync is None else sync) and _dist.is_distributed():
+            static = batch is not None and batch.static
+            if batch is not None and batch.valid is not None:  # send the valid rows only
+                n_valid = batch.num_valid if batch.num_valid is not None else int(batch.valid.sum())
+                idx = valid_indices(batch.valid, n_valid)
+                features, labels = features.index_select(0, idx), labels.index_select(0, idx)
+            try:
+                features, labels = _dist.all_gather_batch(features, labels, self._flags(problems))
+            except ValueError as err:
+                if problems:
+                    raise ValueError("; ".join(problems) + f" ({err})") from err
+                raise
+            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=static)
+        elif problems:
+            raise ValueError("; ".join(problems) + " (statistics unchanged)")
+        if features.shape[0] == 0 or batch.num_valid == 0:
+            return
+        self._fold(features.to(self.mean.dtype), batch)
+
+    def _fold(self, x: Tensor, batch: BatchClasses) -> None:
+        classes = batch.classes
+        dtype = x.dtype
+        onehot = None
+        inverse = batch.inverse
+        if batch.static:
+            C = self.num_classes
+            keep = torch.ones_like(inverse, dtype=dtype) if batch.valid is None else batch.valid.to(dtype)
+            onehot = x.new_zeros(x.shape[0], C).scatter_(1, inverse.unsqueeze(1), keep.unsqueeze(1))
+            mf = batch.counts.to(dtype)
+            batch_mean = (onehot.T @ x).div_(mf.clamp_min(1).unsqueeze(1))
+            xc = (x - batch_mean.index_select(0, inverse)).mul_(keep.unsqueeze(1))
+        else:
+            if batch.valid is not None:  # keep the valid rows only (their number is known)
+                idx = valid_indices(batch.valid, batch.num_valid)
+                x, inverse = x.index_select(0, idx), inverse.index_select(0, idx)
+            mf = batch.counts.to(dtype)
+            batch_mean = x.new_zeros(classes.shape[0], x.shape[1]).index_add_(0, inverse, x)
+            batch_mean.div_(mf.unsqueeze(1))
+            xc = x - batch_mean.index_select(0, inverse)  # centred within each class of the batch
+        n = self.count.index_select(0, classes).to(dtype)
         total = n + mf
-        w = mf / total  # weight of the batch, m / (n + m)
+        w = mf / total.clamp_min(1)  # weight of the batch, m / (n + m)
         old_mean = self.mean.index_select(0, classes)
         delta = old_mean - batch_mean  # mu^(t-1) - mu'^(t)
-
-        if self.kind == "full":
-            self._fold_full(xc, inverse, m, classes, total, w, delta)
-        elif self.kind in ("diagonal", "lowrank"):
-            scatter = torch.zeros_like(batch_mean).index_add_(0, inverse, xc * xc)
-            var = self.covariance.index_select(0, classes)
-            var.mul_((1 - w).unsqueeze(1)).add_(scatter / total.unsqueeze(1)).add_(
-                (w * (1 - w)).unsqueeze(1) * delta * delta
-            )
-            if self.kind == "lowrank":  # computed before any buffer is written
-                k = self.rank
-                Zt = self._class_blocks(xc, inverse, m, classes, total, w, delta, lead=k)
-                Zt[:, :k] = self.components[classes]
-                rows, s, low_diag = streaming_lowrank_update(Zt, self.eigenvalues.index_select(0, classes), 1 - w)
-                del Zt
-                d = (var - low_diag).clamp_min_(0)
-                self.components.index_copy_(0, classes, rows)
-                self.eigenvalues.index_copy_(0, classes, s)
-                self.residual.index_copy_(0, classes, d)
-            self.covariance.index_copy_(0, classes, var)
-        elif self.kind == "shared":
-            # pooled: sum_c n_c Sigma_c / sum_c n_c, each class adding its Chan update
-            rows = torch.cat([xc, delta * (n * w).sqrt().unsqueeze(1)])
-            seen = self.count.sum().to(x.dtype)
-            new_total = seen + x.shape[0]
-            self.covariance.mul_(seen / new_total).addmm_(rows.T, rows, alpha=1.0 / float(new_total))
-
+        fold = Fold(xc, inverse, classes, batch.counts, batch.host_counts, batch.host_classes, n, total, w,
+                    delta, onehot)
+        self.layout.update(self, fold)
         self.mean.index_copy_(0, classes, old_mean - w.unsqueeze(1) * delta)
-        self.count.index_add_(0, classes, m)
-
-    def _class_blocks(self, xc: Tensor, inverse: Tensor, m: Tensor, classes: Tensor,
-                      total: Tensor, w: Tensor, delta: Tensor, lead: int = 0) -> Tensor:
-        """The rows ``B`` of each class's update ``Sigma <- (1 - w) Sigma + B^T B``.
-
-        Each class's centred rows (scaled by ``1/sqrt(n+m)``) are stacked in a zero-padded
-        ``U x (max m + 1) x A`` block whose last row is ``sqrt(w (1 - w)) delta``; ``lead``
-        zero rows are reserved in front (``U x (lead + max m + 1) x A``).
-        """
-        U, A = classes.numel(), xc.shape[1]
-        order = torch.argsort(inverse, stable=True)
-        starts = torch.cumsum(m, 0) - m
-        inv_sorted = inverse.index_select(0, order)
-        pos = torch.arange(order.numel(), device=xc.device) - starts.index_select(0, inv_sorted)
-        width = int(m.max()) + 1 + lead
-        block = xc.new_zeros(U, width, A)
-        pos = pos + lead
-        scale = total.rsqrt()
-        block[inv_sorted, pos] = xc.index_select(0, order) * scale.index_select(0, inv_sorted).unsqueeze(1)
-        block[:, width - 1] = delta * (w * (1 - w)).sqrt().unsqueeze(1)
-        return block
-
-    def _fold_full(self, xc: Tensor, inverse: Tensor, m: Tensor, classes: Tensor,
-                   total: Tensor, w: Tensor, delta: Tensor) -> None:
-        """``Sigma <- (1 - w) Sigma + (Xc^T Xc) / (n + m) + w (1 - w) delta delta^T``, per class.
-
-        The within-batch scatter and the mean-shift term come out of one batched product
-        with the blocks of :meth:`_class_blocks`.
-        """
-        U, A = classes.numel(), xc.shape[1]
-        block = self._class_blocks(xc, inverse, m, classes, total, w, delta)
-        keep = 1 - w
-        if U == self.num_classes:  # every class present: update the buffer in place
-            self.covariance.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
-        elif U * A * A <= _GATHER_MAX_ELEMENTS:
-            cov = self.covariance.index_select(0, classes)
-            cov.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
-            self.covariance.index_copy_(0, classes, cov)
-        else:  # large: fused per-class ``Sigma_c = (1 - w) Sigma_c + B^T B`` on views, no copies
-            for u, (c, beta) in enumerate(zip(classes.tolist(), keep.tolist())):
-                self.covariance[c].addmm_(block[u].T, block[u], beta=beta)
+        self.count.index_add_(0, classes, batch.counts)
 
     # ------------------------------------------------------------------ utilities
 
@@ -251,14 +260,7 @@ class CovarianceEstimator(nn.Module):
         """Forget everything seen (statistics back to their initial values)."""
         self.mean.zero_()
         self.count.zero_()
-        if self.kind == "identity":
-            self.covariance.copy_(torch.eye(self.num_features, dtype=self.covariance.dtype))
-        else:
-            self.covariance.zero_()
-        if self.kind == "lowrank":
-            self.components.zero_()
-            self.eigenvalues.zero_()
-            self.residual.zero_()
+        self.layout.reset(self)
 
     def functional_covariance(self):
         """The ``covariance`` argument of :mod:`torch_isda.functional` for this estimator.
@@ -267,11 +269,7 @@ class CovarianceEstimator(nn.Module):
         ``(components, eigenvalues, residual)`` for ``"lowrank"``, the ``covariance`` buffer
         otherwise (no copies).
         """
-        if self.kind == "identity":
-            return None
-        if self.kind == "lowrank":
-            return LowRankCovariance(self.components.transpose(1, 2), self.eigenvalues, self.residual)
-        return self.covariance
+        return self.layout.functional(self)
 
     @torch.no_grad()
     def dense_covariance(self, classes: Optional[Tensor] = None) -> Tensor:
@@ -283,27 +281,19 @@ class CovarianceEstimator(nn.Module):
         Returns:
             ``len(classes) x A x A`` (a copy; mind the size: ``C A^2`` elements for all classes).
         """
-        A = self.num_features
         if classes is None:
             classes = torch.arange(self.num_classes, device=self.mean.device)
         classes = torch.as_tensor(classes, dtype=torch.long, device=self.mean.device).reshape(-1)
-        if self.kind == "full":
-            return self.covariance.index_select(0, classes)
-        if self.kind == "diagonal":
-            return torch.diag_embed(self.covariance.index_select(0, classes))
-        if self.kind == "lowrank":
-            return self.functional_covariance().dense(classes)
-        return self.covariance.unsqueeze(0).expand(classes.numel(), A, A).clone()
+        return self.layout.estimator_dense(self, classes).clone()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        names = ("covariance", "components") if self.kind == "lowrank" else ("covariance",)
-        for name in names:
+        for name in self.layout.checked_buffers():
             key, own = prefix + name, getattr(self, name)
             if key in state_dict and tuple(state_dict[key].shape) != tuple(own.shape):
-                rank = f", rank={self.rank}" if self.kind == "lowrank" else ""
                 raise ValueError(
                     f"checkpoint {name} has shape {tuple(state_dict[key].shape)}, but this estimator "
-                    f"(kind={self.kind!r}, C={self.num_classes}, A={self.num_features}{rank}) expects "
+                    f"(kind={self.kind!r}, C={self.num_classes}, A={self.num_features}"
+                    f"{self.layout.extra_repr(self)}) expects "
                     f"{tuple(own.shape)}"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -27,18 +27,27 @@ fast path), as in the paper's Appendix A; if it requires grad, a plain autograd 
 used so that learned covariances (the "Cov" baseline) still receive gradients.
 Computations run in the covariance's dtype (float32 or float64) with autocast disabled,
 so bf16/fp16 training does not lose precision in the augmentation term.
+
+Host synchronizations. :func:`augment_logits` and :func:`isda_cross_entropy` find the
+present classes and check the labels' range with one device-to-host transfer
+(:func:`batch_classes`). With ``validate=False`` the diagonal, shared and identity layouts
+(and any layout with ``static_shapes=True``) use all ``C`` classes instead: no transfer and
+no data-dependent shape, so a step can be captured by ``torch.compile(fullgraph=True)``.
+Each layout's math lives in :mod:`torch_isda.layouts`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .lowrank import LowRankCovariance, check_lowrank, lowrank_gram, lowrank_sigma2
+from .batch import BatchClasses, scan_batch
+from .kernels import per_class_bmm
+from .layouts import KINDS, CovarianceLayout, get_layout
+from .lowrank import LowRankCovariance
 
 __all__ = [
     "KINDS",
@@ -51,9 +60,10 @@ __all__ = [
     "covariance_factor",
     "sample_augmented_features",
     "expected_cross_entropy_mc",
+    "check_logits_target",
+    "batch_classes",
+    "per_class_bmm",
 ]
-
-KINDS = ("full", "diagonal", "shared", "identity", "lowrank")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -70,54 +80,41 @@ def resolve_kind(
     is ambiguous and ``kind`` must be given. Raises ``ValueError`` naming the expected shape
     otherwise.
     """
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"unknown covariance kind {kind!r}; expected one of {KINDS}")
+    if kind is not None:
+        get_layout(kind)  # unknown kinds raise here
     C, A = num_classes, num_features
     if isinstance(covariance, LowRankCovariance) or (kind == "lowrank" and isinstance(covariance, tuple)):
         if kind not in (None, "lowrank"):
             raise ValueError(f"a LowRankCovariance needs kind='lowrank' (or None); got kind={kind!r}")
-        if len(covariance) != 3:
-            raise ValueError("kind='lowrank' expects a LowRankCovariance(U, s, d)")
-        check_lowrank(LowRankCovariance(*covariance), C, A)
+        get_layout("lowrank").check(covariance, C, A)
         return "lowrank"
-    if kind == "lowrank":
-        raise ValueError(
-            "kind='lowrank' expects a torch_isda.lowrank.LowRankCovariance(U, s, d) "
-            f"(C x A x k, C x k, C x A); got {type(covariance).__name__}"
-        )
-    if kind == "identity" or (kind is None and covariance is None):
-        return "identity"
+    if kind is not None:
+        get_layout(kind).check(covariance, C, A)
+        return kind
     if covariance is None:
-        raise ValueError(f"kind={kind!r} needs a covariance tensor, got None")
+        return "identity"
     shape = tuple(covariance.shape)
-    expected = {"full": (C, A, A), "diagonal": (C, A), "shared": (A, A)}
-    if kind is None:
-        matches = [k for k, s in expected.items() if s == shape]
-        if not matches:
-            raise ValueError(
-                f"covariance of shape {shape} fits none of the layouts for C={C} classes and "
-                f"A={A} features: full {expected['full']}, diagonal {expected['diagonal']}, "
-                f"shared {expected['shared']}"
-            )
-        if len(matches) > 1:
-            raise ValueError(
-                f"covariance of shape {shape} is ambiguous (C == A == {A}): pass kind='diagonal' "
-                "or kind='shared'"
-            )
-        return matches[0]
-    if shape != expected[kind]:
+    expected = {k: get_layout(k).expected_shape(C, A) for k in KINDS}
+    expected = {k: v for k, v in expected.items() if v is not None}
+    matches = [k for k, v in expected.items() if v == shape]
+    if not matches:
+        layouts = ", ".join(f"{k} {v}" for k, v in expected.items())
         raise ValueError(
-            f"kind={kind!r} expects a covariance of shape {expected[kind]} for C={C}, A={A}; "
-            f"got {shape}"
+            f"covariance of shape {shape} fits none of the layouts for C={C} classes and A={A} features: "
+            f"{layouts}"
         )
-    return kind
+    if len(matches) > 1:
+        raise ValueError(
+            f"covariance of shape {shape} is ambiguous (C == A == {A}): pass kind='diagonal' "
+            "or kind='shared'"
+        )
+    return matches[0]
 
 
-def _compute_dtype(covariance: Optional[Tensor], weight: Tensor) -> torch.dtype:
-    if isinstance(covariance, tuple):  # low-rank factors (U, s, d)
-        covariance = covariance[0]
-    if covariance is not None and covariance.dtype in (torch.float32, torch.float64):
-        return covariance.dtype
+def _compute_dtype(layout: CovarianceLayout, covariance, weight: Tensor) -> torch.dtype:
+    dtype = layout.dtype(covariance)
+    if dtype in (torch.float32, torch.float64):
+        return dtype
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
@@ -130,109 +127,7 @@ def _check_weight(weight: Tensor) -> None:
         raise ValueError(f"weight must be C x A (the final linear layer's weight); got shape {tuple(weight.shape)}")
 
 
-def _check_classes(classes: Tensor, num_classes: int) -> None:
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}); got values in "
-            f"[{int(classes.min())}, {int(classes.max())}]"
-        )
-
-
 # --------------------------------------------------------------------------- sigma2
-
-
-class _FullSigma2(torch.autograd.Function):
-    """``sigma2[u, j] = (w_j - w_{c_u})^T Sigma_{c_u} (w_j - w_{c_u})`` with a hand-written backward.
-
-    Forward: one batched product ``V_u @ Sigma_u`` (``U x [C x A] @ [A x A]``, the floor) plus
-    ``O(U C A)`` element-wise work. Backward reuses ``T = V Sigma`` (``Sigma`` symmetric), so it
-    needs no second product: ``d sigma2[u, j] / d w_j = 2 T[u, j]`` and
-    ``d sigma2[u, j] / d w_{c_u} = -2 T[u, j]``.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, covariance: Tensor, classes: Tensor) -> Tensor:
-        W = weight.to(covariance.dtype)
-        V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)  # U x C x A
-        T = per_class_bmm(V, covariance, classes)  # U x C x A
-        sigma2 = torch.linalg.vecdot(T, V)  # U x C
-        ctx.save_for_backward(T, classes)
-        ctx.weight_dtype = weight.dtype
-        return sigma2
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_sigma2: Tensor):
-        T, classes = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        g = grad_sigma2.to(T.dtype)
-        gT = T * g.unsqueeze(-1)  # U x C x A
-        grad_weight = gT.sum(0).mul_(2.0)  # d/dw_j
-        grad_weight.index_add_(0, classes, gT.sum(1), alpha=-2.0)  # d/dw_{c_u}
-        return grad_weight.to(ctx.weight_dtype), None, None
-
-
-class _DiagonalSigma2(torch.autograd.Function):
-    """``sigma2[u, j] = sum_a d_u[a] (W[j, a] - W[c_u, a])^2`` with a hand-written backward.
-
-    Forward: one ``[U x 2A] @ [2A x C]`` product of ``[d_u, -2 d_u * w_c]`` with
-    ``[W * W, W]``, plus ``d_u . w_c^2``. Backward: ``g^T [D, D * W_c]`` (``C x 2A``) for the
-    rows ``w_j`` and ``g W`` (``U x A``) for the rows ``w_{c_u}``.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, variances: Tensor, classes: Tensor) -> Tensor:
-        W = weight.to(variances.dtype)
-        D = variances.index_select(0, classes)  # U x A
-        Wc = W.index_select(0, classes)
-        DWc = D * Wc
-        A = W.shape[1]
-        left = torch.cat([D, DWc], 1)  # U x 2A
-        right = torch.cat([W * W, W.mul(-2.0)], 1)  # C x 2A
-        sigma2 = torch.addmm(torch.linalg.vecdot(DWc, Wc).unsqueeze(1), left, right.T)
-        ctx.save_for_backward(W, left, classes)
-        ctx.A = A
-        ctx.weight_dtype = weight.dtype
-        return sigma2
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_sigma2: Tensor):
-        W, left, classes = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        A = ctx.A
-        g = grad_sigma2.to(W.dtype)
-        P = g.T @ left  # C x 2A: [g^T D, g^T (D * Wc)]
-        grad_weight = (W * P[:, :A]).sub_(P[:, A:]).mul_(2.0)  # d/dw_j
-        D, DWc = left[:, :A], left[:, A:]
-        rows = D * (g @ W) - DWc * g.sum(1, keepdim=True)  # U x A, d/dw_{c_u} / (-2)
-        grad_weight.index_add_(0, classes, rows, alpha=-2.0)
-        return grad_weight.to(ctx.weight_dtype), None, None
-
-
-# Above this many covariance elements (U x A x A) per-class products on views beat a
-# gathered copy: a fresh multi-MB allocation costs page faults on every call.
-_GATHER_MAX_ELEMENTS = 1 << 20
-
-
-def per_class_bmm(V: Tensor, covariance: Tensor, classes: Tensor) -> Tensor:
-    """``out[u] = V[u] @ covariance[classes[u]]`` without copying the covariances when large.
-
-    ``classes`` must be sorted and distinct; when every class is present the whole
-    covariance buffer is used as is.
-    """
-    U = classes.numel()
-    if U == covariance.shape[0]:
-        return torch.bmm(V, covariance)
-    A = covariance.shape[-1]
-    if U * A * A <= _GATHER_MAX_ELEMENTS:
-        return torch.bmm(V, covariance.index_select(0, classes))
-    out = V.new_empty(V.shape[0], V.shape[1], A)
-    for u, c in enumerate(classes.tolist()):
-        torch.mm(V[u], covariance[c], out=out[u])
-    return out
 
 
 def class_sigma2(
@@ -240,6 +135,8 @@ def class_sigma2(
     covariance: Optional[Tensor],
     classes: Tensor,
     kind: Optional[str] = None,
+    *,
+    host_classes: Optional[Sequence[int]] = None,
 ) -> Tensor:
     """``sigma2[u, j] = (w_j - w_c)^T Sigma_c (w_j - w_c)`` for each class ``c = classes[u]``.
 
@@ -247,54 +144,21 @@ def class_sigma2(
         weight: ``C x A`` weight of the final linear layer.
         covariance: per :data:`KINDS` layout, or ``None`` for the identity (a
             :class:`~torch_isda.lowrank.LowRankCovariance` for ``"lowrank"``).
-        classes: 1-D long tensor of ``U`` *sorted, distinct* class indices.
+        classes: 1-D long tensor of ``U`` *sorted, distinct* class indices (``arange(C)``
+            for all classes).
         kind: layout; inferred from the shape when ``None``.
+        host_classes: the same classes as Python ints, when known (lets the full layout
+            avoid copying large covariances on the CPU).
 
     Returns:
         ``U x C`` tensor in the covariance's dtype (float32 at least).
     """
     _check_weight(weight)
     C, A = weight.shape
-    kind = resolve_kind(covariance, C, A, kind)
-    dtype = _compute_dtype(covariance if kind != "identity" else None, weight)
+    layout = get_layout(resolve_kind(covariance, C, A, kind))
+    dtype = _compute_dtype(layout, covariance, weight)
     with _no_autocast(weight.device):
-        if kind == "full":
-            cov = covariance.to(dtype)
-            if cov.requires_grad:
-                return _full_sigma2_autograd(weight.to(dtype), cov, classes)
-            return _FullSigma2.apply(weight, cov, classes)
-        if kind == "diagonal":
-            var = covariance.to(dtype)
-            if var.requires_grad:
-                return _diagonal_sigma2_autograd(weight.to(dtype), var, classes)
-            return _DiagonalSigma2.apply(weight, var, classes)
-        if kind == "lowrank":
-            return _lowrank_sigma2(weight, LowRankCovariance(*covariance).to(dtype), classes)
-        W = weight.to(dtype)
-        # shared / identity: M = W Sigma (C x A); sigma2 = q_j - 2 w_c^T Sigma w_j + q_c
-        M = W if kind == "identity" else W @ covariance.to(dtype)
-        q = torch.linalg.vecdot(M, W)  # C
-        Mc = M.index_select(0, classes)  # U x A
-        return q.unsqueeze(0) - 2.0 * (Mc @ W.T) + q.index_select(0, classes).unsqueeze(1)
-
-
-def _lowrank_sigma2(weight: Tensor, cov: LowRankCovariance, classes: Tensor) -> Tensor:
-    """Low-rank term through autograd (``O(U C A k)``) plus the diagonal term's fast path."""
-    W = weight.to(cov.dtype)
-    low = lowrank_sigma2(W, cov.U, cov.s, classes)
-    if cov.d.requires_grad:
-        return low + _diagonal_sigma2_autograd(W, cov.d, classes)
-    return low + _DiagonalSigma2.apply(weight, cov.d, classes)
-
-
-def _full_sigma2_autograd(W: Tensor, cov: Tensor, classes: Tensor) -> Tensor:
-    V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)
-    return torch.linalg.vecdot(torch.bmm(V, cov.index_select(0, classes)), V)
-
-
-def _diagonal_sigma2_autograd(W: Tensor, var: Tensor, classes: Tensor) -> Tensor:
-    V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)
-    return (V * V * var.index_select(0, classes).unsqueeze(1)).sum(-1)
+        return layout.sigma2(weight.to(dtype), layout.cast(covariance, dtype), classes, host_classes, weight)
 
 
 def pairwise_sigma2(
@@ -310,24 +174,10 @@ def pairwise_sigma2(
     """
     _check_weight(weight)
     C, A = weight.shape
-    kind = resolve_kind(covariance, C, A, kind)
-    dtype = _compute_dtype(covariance if kind != "identity" else None, weight)
+    layout = get_layout(resolve_kind(covariance, C, A, kind))
+    dtype = _compute_dtype(layout, covariance, weight)
     with _no_autocast(weight.device):
-        W = weight.to(dtype)
-        if kind == "lowrank":
-            cov = LowRankCovariance(*covariance).to(dtype)
-            G = lowrank_gram(W, cov.U, cov.s, cov.d, classes)  # U x C x C
-            d = torch.diagonal(G, dim1=1, dim2=2)
-            return d.unsqueeze(1) + d.unsqueeze(2) - 2.0 * G
-        if kind == "full":
-            M = torch.matmul(W.unsqueeze(0), covariance.to(dtype).index_select(0, classes))  # U x C x A
-        elif kind == "diagonal":
-            M = W.unsqueeze(0) * covariance.to(dtype).index_select(0, classes).unsqueeze(1)
-        elif kind == "shared":
-            M = (W @ covariance.to(dtype)).unsqueeze(0)
-        else:
-            M = W.unsqueeze(0)
-        G = torch.matmul(M, W.T)  # U x C x C, G[u, k, j] = w_k^T Sigma w_j
+        G = layout.gram(weight.to(dtype), layout.cast(covariance, dtype), classes)  # G[u, k, j] = w_k^T S w_j
         d = torch.diagonal(G, dim1=1, dim2=2)  # U x C
         return d.unsqueeze(1) + d.unsqueeze(2) - 2.0 * G
 
@@ -335,7 +185,8 @@ def pairwise_sigma2(
 # --------------------------------------------------------------------------- losses
 
 
-def _check_logits_target(logits: Tensor, weight: Tensor, target: Tensor) -> None:
+def check_logits_target(logits: Tensor, weight: Tensor, target: Tensor) -> None:
+    """Raise ``ValueError`` naming the problem unless the shapes and dtypes fit (no data read)."""
     _check_weight(weight)
     if logits.dim() != 2:
         raise ValueError(f"logits must be N x C; got shape {tuple(logits.shape)}")
@@ -353,6 +204,47 @@ def _check_logits_target(logits: Tensor, weight: Tensor, target: Tensor) -> None
         raise ValueError(f"target must hold integer class indices; got dtype {target.dtype}")
 
 
+def batch_classes(
+    target: Tensor,
+    num_classes: int,
+    kind: str,
+    *,
+    ignore_index: Optional[int] = None,
+    validate: bool = True,
+    static_shapes: bool = False,
+) -> BatchClasses:
+    """The class set of ``target`` for :func:`augment_logits` / :func:`isda_cross_entropy`.
+
+    With ``validate`` (default) the labels' range is checked and the present classes found in
+    one host transfer (``ValueError`` naming the bad values). With ``validate=False`` the
+    diagonal, shared and identity layouts (and any layout with ``static_shapes=True``) take
+    the static all-class set: no host transfer, ``sigma2`` for all ``C`` classes.
+    """
+    static = not validate and (static_shapes or get_layout(kind).cheap_static_update)
+    batch, problems = scan_batch(target, num_classes, ignore_index=ignore_index, validate=validate, static=static)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return batch
+
+
+def _check_ratio(ratio: float) -> float:
+    ratio = float(ratio)
+    if not ratio >= 0.0:
+        raise ValueError(f"ratio (lambda) must be a non-negative number; got {ratio}")
+    return ratio
+
+
+def _augment(logits: Tensor, weight: Tensor, covariance, ratio: float, kind: str, batch: BatchClasses) -> Tensor:
+    out = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    if ratio == 0.0 or batch.classes.shape[0] == 0:
+        return out
+    sigma2 = class_sigma2(weight, covariance, batch.classes, kind, host_classes=batch.host_classes)  # U x C
+    rows = sigma2.index_select(0, batch.inverse)
+    if batch.valid is not None:  # ignored samples stay un-augmented
+        rows = rows * batch.valid.unsqueeze(1).to(rows.dtype)
+    return out + (0.5 * ratio) * rows.to(out.dtype)
+
+
 def augment_logits(
     logits: Tensor,
     weight: Tensor,
@@ -360,6 +252,10 @@ def augment_logits(
     covariance: Optional[Tensor],
     ratio: float,
     kind: Optional[str] = None,
+    *,
+    validate: bool = True,
+    static_shapes: bool = False,
+    batch: Optional[BatchClasses] = None,
 ) -> Tensor:
     """ISDA-augmented logits of Eq. (7): ``logits + ratio / 2 * sigma2``.
 
@@ -376,24 +272,23 @@ def augment_logits(
             (identity) or a :class:`~torch_isda.lowrank.LowRankCovariance` (lowrank).
         ratio: the augmentation strength ``lambda >= 0``.
         kind: covariance layout, inferred from the shape when ``None``.
+        validate, static_shapes: see :func:`batch_classes` (one host synchronization by
+            default, none on the static path).
+        batch: a precomputed class set of ``target`` (:func:`batch_classes`); then
+            ``validate`` and ``static_shapes`` are not used.
 
     Returns:
         ``N x C`` augmented logits, float32 at least (half-precision logits are promoted).
     """
-    _check_logits_target(logits, weight, target)
-    ratio = float(ratio)
-    if not ratio >= 0.0:
-        raise ValueError(f"ratio (lambda) must be a non-negative number; got {ratio}")
-    out = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    if target.numel() == 0:
-        return out
-    classes, inverse = torch.unique(target, sorted=True, return_inverse=True)
-    _check_classes(classes, weight.shape[0])
-    if ratio == 0.0:
-        resolve_kind(covariance, weight.shape[0], weight.shape[1], kind)  # still validate
-        return out
-    sigma2 = class_sigma2(weight, covariance, classes, kind)  # U x C
-    return out + (0.5 * ratio) * sigma2.index_select(0, inverse).to(out.dtype)
+    check_logits_target(logits, weight, target)
+    ratio = _check_ratio(ratio)
+    C, A = weight.shape
+    kind = resolve_kind(covariance, C, A, kind)
+    if target.shape[0] == 0:
+        return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    if batch is None:
+        batch = batch_classes(target, C, kind, validate=validate, static_shapes=static_shapes)
+    return _augment(logits, weight, covariance, ratio, kind, batch)
 
 
 def isda_cross_entropy(
@@ -407,23 +302,28 @@ def isda_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
+    validate: bool = True,
+    static_shapes: bool = False,
+    batch: Optional[BatchClasses] = None,
 ) -> Tensor:
     """The ISDA bound of Eq. (7): cross-entropy of :func:`augment_logits`.
 
-    Samples whose target equals ``ignore_index`` are left un-augmented and, as in
-    :func:`torch.nn.functional.cross_entropy`, do not count in the loss.
+    Samples whose target equals ``ignore_index`` are left un-augmented (by a mask) and, as in
+    :func:`torch.nn.functional.cross_entropy`, do not count in the loss. ``validate``,
+    ``static_shapes`` and ``batch`` as in :func:`augment_logits` (``batch`` must have been
+    computed with this ``ignore_index``).
     """
-    _check_logits_target(logits, weight, target)
-    valid = target != ignore_index
-    if bool(valid.all()):
-        aug = augment_logits(logits, weight, target, covariance, ratio, kind)
+    check_logits_target(logits, weight, target)
+    ratio = _check_ratio(ratio)
+    C, A = weight.shape
+    kind = resolve_kind(covariance, C, A, kind)
+    if target.shape[0] == 0:
+        aug = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     else:
-        idx = valid.nonzero().squeeze(1)
-        base = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-        part = augment_logits(
-            logits.index_select(0, idx), weight, target.index_select(0, idx), covariance, ratio, kind
-        )
-        aug = base.index_copy(0, idx, part.to(base.dtype))
+        if batch is None:
+            batch = batch_classes(target, C, kind, ignore_index=ignore_index, validate=validate,
+                                  static_shapes=static_shapes)
+        aug = _augment(logits, weight, covariance, ratio, kind, batch)
     return F.cross_entropy(
         aug, target, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index
     )
@@ -438,6 +338,7 @@ def isda_consistency_loss(
     kind: Optional[str] = None,
     *,
     reduction: str = "mean",
+    static_shapes: bool = False,
 ) -> Tensor:
     """Semi-supervised ISDA consistency bound of Eq. (15).
 
@@ -455,6 +356,9 @@ def isda_consistency_loss(
         covariance: as in :func:`augment_logits` (estimated from labeled data).
         ratio: augmentation strength ``lambda``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        static_shapes: the quadratic forms of all ``C`` classes (``C x C x C``) instead of
+            the pseudo-labels present (one host synchronization fewer, no data-dependent
+            shape); the shared and identity layouts never need either.
     """
     _check_weight(weight)
     if logits.dim() != 2 or logits.shape[1] != weight.shape[0]:
@@ -475,12 +379,13 @@ def isda_consistency_loss(
         if float(ratio) == 0.0:
             lse = torch.logsumexp(z, 1, keepdim=True).expand_as(z)
         else:
-            if kind in ("shared", "identity"):
+            if get_layout(kind).class_independent:
                 Q = pairwise_sigma2(weight, covariance, pseudo[:1], kind)  # 1 x C x C
                 inverse = torch.zeros_like(pseudo)
             else:
-                classes, inverse = torch.unique(pseudo, sorted=True, return_inverse=True)
-                Q = pairwise_sigma2(weight, covariance, classes, kind)  # U x C x C
+                batch, _ = scan_batch(pseudo, weight.shape[0], validate=False, static=static_shapes)
+                inverse = batch.inverse
+                Q = pairwise_sigma2(weight, covariance, batch.classes, kind)  # U x C x C
             aug = z.unsqueeze(1) + (0.5 * float(ratio)) * Q.index_select(0, inverse).to(z.dtype)
             lse = torch.logsumexp(aug, dim=2)  # N x C: one log-sum-exp per candidate class k
         loss = (p.to(z.dtype) * (lse - z)).sum(1)
@@ -500,19 +405,7 @@ def covariance_factor(covariance: Optional[Tensor], classes: Tensor, num_feature
     Uses a symmetric eigendecomposition, so singular (positive semi-definite) covariances,
     which the online estimate produces when a class has fewer samples than dimensions, work.
     """
-    if kind == "identity":
-        eye = torch.eye(num_features, device=classes.device)
-        return eye.expand(classes.numel(), num_features, num_features)
-    if kind == "diagonal":
-        return torch.diag_embed(covariance.index_select(0, classes).clamp_min(0).sqrt())
-    if kind == "shared":
-        cov = covariance.unsqueeze(0).expand(classes.numel(), -1, -1)
-    elif kind == "lowrank":
-        cov = LowRankCovariance(*covariance).dense(classes)
-    else:
-        cov = covariance.index_select(0, classes)
-    evals, evecs = torch.linalg.eigh(cov)
-    return evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
+    return get_layout(kind).factor(covariance, classes, num_features)
 
 
 def _layout_of(covariance: Optional[Tensor], num_features: int, kind: Optional[str]) -> str:
@@ -555,18 +448,14 @@ def sample_augmented_features(
     N, A = features.shape
     if target.shape != (N,):
         raise ValueError(f"target must have shape ({N},); got {tuple(target.shape)}")
-    kind = _layout_of(covariance, A, kind)
-    dtype = _compute_dtype(covariance if kind != "identity" else None, features)
-    classes, inverse = torch.unique(target, sorted=True, return_inverse=True)
-    if kind == "identity":
-        cov = None
-    elif kind == "lowrank":
-        cov = LowRankCovariance(*covariance).to(dtype)
+    layout = get_layout(_layout_of(covariance, A, kind))
+    dtype = _compute_dtype(layout, covariance, features)
+    cov = layout.cast(covariance, dtype)
+    if layout.class_independent:  # one factor serves every class
+        classes, inverse = target[:1].to(torch.long), torch.zeros_like(target, dtype=torch.long)
     else:
-        cov = covariance.to(dtype)
-    if kind in ("shared", "identity"):  # one factor serves every class
-        classes, inverse = classes[:1], torch.zeros_like(inverse)
-    L = covariance_factor(cov, classes, A, kind).to(dtype)
+        classes, inverse = torch.unique(target, sorted=True, return_inverse=True)
+    L = layout.factor(cov, classes, A).to(dtype)
     eps = torch.randn(N, samples, A, dtype=dtype, device=features.device, generator=generator)
     noise = torch.matmul(eps, L.index_select(0, inverse).transpose(1, 2))  # N x S x A
     return features.detach().to(dtype).unsqueeze(1) + float(ratio) ** 0.5 * noise
@@ -596,7 +485,7 @@ def expected_cross_entropy_mc(
     if samples < 1:
         raise ValueError(f"samples must be >= 1; got {samples}")
     kind = resolve_kind(covariance, C, A, kind)
-    dtype = _compute_dtype(covariance if kind != "identity" else None, weight)
+    dtype = _compute_dtype(get_layout(kind), covariance, weight)
     W = weight.detach().to(dtype)
     b = None if bias is None else bias.detach().to(dtype)
     total = torch.zeros(features.shape[0], dtype=dtype, device=features.device)

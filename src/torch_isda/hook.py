@@ -8,11 +8,21 @@
 
 A forward hook on the classifier captures its input (the deep features) and output, so
 the training loop keeps its usual ``criterion(logits, target)`` call.
+
+Finding the classifier. :func:`find_classifier` looks at the usual attribute names
+(``get_classifier()``, ``fc``, ``classifier``, ``head``, ...). When none of them is a Linear
+layer (torchvision's ``VisionTransformer`` keeps its classifier in ``heads.head``; custom
+models use any name), :func:`attach` hooks *every* ``nn.Linear`` of the model and, at the
+first ``criterion(logits, target)`` call, keeps the one whose output *is* the logits,
+removing the other hooks. The ISDA state (whose shapes depend on that layer) is created
+then; :meth:`HookedISDALoss.set_progress` and ``load_state_dict`` given before are applied
+to it. Models whose logits are not the unchanged output of one ``nn.Linear`` get a clear
+error at that call.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -126,6 +136,124 @@ class HookedISDALoss(nn.Module):
         self._handle.remove()
 
 
+class _DiscoveredISDALoss(HookedISDALoss):
+    """A :class:`HookedISDALoss` whose classifier is found at the first loss call.
+
+    Every ``nn.Linear`` of ``model`` is hooked; each forward pass of the model records the
+    (input, output) of the Linear layers that return an ``N x C`` matrix. The first call
+    ``criterion(logits, target)`` keeps the layer whose output is ``logits`` (identity, not
+    equality), removes every other hook and builds the :class:`ISDALoss` for that layer.
+    """
+
+    def __init__(self, model: nn.Module, loss_args: Tuple[Any, ...], loss_kwargs: Dict[str, Any]) -> None:
+        nn.Module.__init__(self)
+        self.isda: Optional[ISDALoss] = None
+        self._model_name = type(model).__name__
+        self._loss_args = loss_args
+        self._loss_kwargs = dict(loss_kwargs)
+        self._layer: List[nn.Linear] = []
+        self._features = self._output = None
+        self._records: List[Tuple[nn.Linear, Tensor, Tensor]] = []
+        self._pending_progress: Optional[float] = None
+        self._pending_state: Optional[Dict[str, Tensor]] = None
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self._handles = [m.register_forward_hook(self._record) for m in dict.fromkeys(linears)]
+        # a new forward pass of the model forgets the previous one's records
+        self._handles.append(model.register_forward_pre_hook(lambda module, args: self._records.clear()))
+
+    def _record(self, module: nn.Module, inputs, output) -> None:
+        if isinstance(output, Tensor) and output.dim() == 2 and inputs and isinstance(inputs[0], Tensor):
+            self._records.append((module, inputs[0], output))
+
+    @property
+    def layer(self) -> nn.Linear:
+        if not self._layer:
+            raise RuntimeError(
+                f"the classifier of {self._model_name} is found at the first loss call: call the model "
+                "and then the loss once"
+            )
+        return self._layer[0]
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the classifier layer has been identified (after the first loss call)."""
+        return bool(self._layer)
+
+    def _resolve(self, logits: Tensor) -> None:
+        if not self._records:
+            raise RuntimeError(
+                "no features captured: call the model (whose classifier this loss hooks) before the loss"
+            )
+        found = [(m, x, y) for m, x, y in self._records if y is logits]
+        if not found:
+            raise ValueError(
+                f"could not find the final nn.Linear of {self._model_name}: the logits passed to the loss are "
+                "not the unchanged output of any of its nn.Linear layers. Pass the model's output unchanged, "
+                "pass the layer explicitly (torch_isda.attach(model, layer=model.my_head)), or call "
+                "torch_isda.ISDALoss directly with (features, logits, target, weight)."
+            )
+        layer, features, output = found[-1]
+        for handle in self._handles:
+            handle.remove()
+        self._records = []
+        isda = ISDALoss(layer.in_features, layer.out_features, *self._loss_args, **self._loss_kwargs)
+        self.isda = isda.to(layer.weight.device)
+        if self._pending_state is not None:
+            super().load_state_dict(self._pending_state)
+            self._pending_state = None
+        if self._pending_progress is not None:
+            self.isda.set_progress(self._pending_progress)
+        self._layer = [layer]
+        self._handle = layer.register_forward_hook(self._capture)
+        self._features, self._output = features, output
+
+    def set_progress(self, t_over_T: float) -> None:
+        if self.isda is None:
+            value = float(t_over_T)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"progress t/T must lie in [0, 1]; got {t_over_T}")
+            self._pending_progress = value
+        else:
+            self.isda.set_progress(t_over_T)
+
+    @property
+    def estimator(self):
+        if self.isda is None:
+            raise RuntimeError(
+                f"the ISDA statistics of {self._model_name} are created at the first loss call, once its "
+                "classifier is known"
+            )
+        return self.isda.estimator
+
+    @property
+    def ratio(self) -> float:
+        if self.isda is not None:
+            return self.isda.ratio
+        lambda0 = float(self._loss_args[0])
+        if self._loss_kwargs.get("constant_lambda", False):
+            return lambda0
+        return lambda0 * (self._pending_progress or 0.0)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.isda is None:  # applied when the classifier is found
+            self._pending_state = {k: v.detach().clone() for k, v in state_dict.items()}
+            return super().load_state_dict({}, strict=False)  # nothing to report yet
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, logits: Tensor, target: Tensor, ratio: Optional[float] = None) -> Tensor:
+        if self.isda is None:
+            self._resolve(logits)
+        return super().forward(logits, target, ratio)
+
+    def remove(self) -> None:
+        if self.isda is None:
+            for handle in self._handles:
+                handle.remove()
+            self._records = []
+        else:
+            super().remove()
+
+
 def attach(
     model: nn.Module,
     lambda0: float = 0.5,
@@ -137,10 +265,21 @@ def attach(
     """Hook ISDA onto ``model``'s final linear layer and return the criterion.
 
     ``num_features`` and ``num_classes`` are read from the layer; ``loss_kwargs`` go to
-    :class:`ISDALoss` (``constant_lambda``, ``label_smoothing``, ``ignore_index``, ...).
-    The estimator's buffers are placed on the layer's device.
+    :class:`ISDALoss` (``constant_lambda``, ``label_smoothing``, ``ignore_index``,
+    ``validate``, ...). The estimator's buffers are placed on the layer's device.
+
+    The layer is ``layer``, else :func:`find_classifier`'s answer; when the named attributes
+    hold no Linear layer, every ``nn.Linear`` of the model is hooked and the one whose output
+    is the logits is kept at the first loss call (see the module's documentation). Raises
+    ``ValueError`` if the model has no ``nn.Linear`` at all.
     """
-    layer = find_classifier(model) if layer is None else layer
+    if layer is None:
+        try:
+            layer = find_classifier(model)
+        except ValueError:
+            if not any(isinstance(m, nn.Linear) for m in model.modules()):
+                raise
+            return _DiscoveredISDALoss(model, (lambda0, kind), loss_kwargs)
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"layer must be an nn.Linear; got {type(layer).__name__}")
     isda = ISDALoss(layer.in_features, layer.out_features, lambda0, kind, **loss_kwargs)

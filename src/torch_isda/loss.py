@@ -37,6 +37,15 @@ class ISDALoss(nn.Module):
         dtype, sync: passed to the estimator.
         rank: components kept per class by ``kind="lowrank"`` (default 32; see
             :mod:`torch_isda.lowrank`); ignored by the other kinds.
+        validate: check the labels' range and the features' finiteness every step (default).
+            The checks and the batch's class set come back in one host synchronization per
+            step. ``False`` skips the checks (bad labels or NaN features are then undefined
+            behaviour) and, for the diagonal, shared and identity kinds, uses the static
+            all-class path: no host synchronization at all, so a training step compiles with
+            ``torch.compile(fullgraph=True)``.
+        static_shapes: with ``validate=False``, use the static all-class path for the full
+            and low-rank kinds too (zero synchronizations; the update and ``sigma2`` then cost
+            ``C x`` the flops of the present-class path: cheap on a GPU, slow on a CPU).
 
     In evaluation mode (``criterion.eval()``) the estimator is not updated.
     """
@@ -55,6 +64,8 @@ class ISDALoss(nn.Module):
         dtype: torch.dtype = torch.float32,
         sync: bool = True,
         rank: int = 32,
+        validate: bool = True,
+        static_shapes: bool = False,
     ) -> None:
         super().__init__()
         if not float(lambda0) >= 0.0:
@@ -71,7 +82,10 @@ class ISDALoss(nn.Module):
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
         self.ignore_index = int(ignore_index)
+        self.validate = bool(validate)
+        self.static_shapes = bool(static_shapes)
         self.register_buffer("progress", torch.zeros((), dtype=torch.float64))
+        self._progress = 0.0  # the buffer's value on the host: reading it back would synchronize
 
     @property
     def kind(self) -> str:
@@ -88,7 +102,8 @@ class ISDALoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lambda0={self.lambda0}, constant_lambda={self.constant_lambda}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}"
+            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, "
+            f"validate={self.validate}, static_shapes={self.static_shapes}"
         )
 
     def set_progress(self, t_over_T: float) -> None:
@@ -97,13 +112,40 @@ class ISDALoss(nn.Module):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"progress t/T must lie in [0, 1]; got {t_over_T}")
         self.progress.fill_(value)
+        self._progress = value
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "progress" in state_dict:  # once per load, not per step
+            self._progress = float(state_dict[prefix + "progress"])
 
     @property
     def ratio(self) -> float:
-        """The current ``lambda``: ``lambda0`` or ``lambda0 * t / T``."""
+        """The current ``lambda``: ``lambda0`` or ``lambda0 * t / T`` (a Python float)."""
         if self.constant_lambda:
             return self.lambda0
-        return self.lambda0 * float(self.progress)
+        return self.lambda0 * self._progress
+
+    def _scan_and_update(self, features: Tensor, target: Tensor):
+        """The step's class set, checks (one host transfer at most) and estimator update.
+
+        In training mode the estimator folds the valid samples in (or every rank raises,
+        statistics unchanged); in evaluation mode bad labels still raise.
+        """
+        est = self.estimator
+        batch, problems = est.scan(
+            features,
+            target,
+            check_features=self.training,
+            ignore_index=self.ignore_index,
+            validate=self.validate,
+            static=est.static_update(self.validate, self.static_shapes),
+        )
+        if self.training:
+            est.update_scanned(features, target, batch, problems)
+        elif problems:
+            raise ValueError("; ".join(problems))
+        return batch
 
     def forward(
         self,
@@ -122,7 +164,7 @@ class ISDALoss(nn.Module):
             weight: ``C x A`` weight of that layer (gradient flows into it).
             ratio: ``lambda`` for this call; the schedule's value when ``None``.
         """
-        isda_f._check_logits_target(logits, weight, target)
+        isda_f.check_logits_target(logits, weight, target)
         C, A = self.num_classes, self.num_features
         if tuple(weight.shape) != (C, A):
             raise ValueError(f"weight must be C x A = ({C}, {A}) for this loss; got {tuple(weight.shape)}")
@@ -131,24 +173,19 @@ class ISDALoss(nn.Module):
                 f"features must be N x A = ({logits.shape[0]}, {A}) to match the logits; got "
                 f"{tuple(features.shape)}"
             )
-        valid = target != self.ignore_index
-        all_valid = bool(valid.all())
-        if self.training:
-            if all_valid:
-                self.estimator.update(features, target)
-            else:
-                self.estimator.update(features[valid], target[valid])
         lam = self.ratio if ratio is None else float(ratio)
-        kind = self.kind
-        cov = self.estimator.functional_covariance()
+        if not lam >= 0.0:
+            raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
+        batch = self._scan_and_update(features, target)
         return isda_f.isda_cross_entropy(
             logits,
             weight,
             target,
-            cov,
+            self.estimator.functional_covariance(),
             lam,
-            kind,
+            self.kind,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             ignore_index=self.ignore_index,
+            batch=batch,
         )

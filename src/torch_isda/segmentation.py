@@ -143,11 +143,14 @@ class SegmentationISDALoss(ISDALoss):
         num_classes: number of classes ``C`` (19 on Cityscapes).
         lambda0: ``lambda_0``; 7.5 is the official segmentation setting.
         kind: ``"diagonal"`` (default, as in the paper's segmentation experiments), ``"full"``,
-            ``"shared"`` or ``"identity"``.
+            ``"shared"``, ``"identity"`` or ``"lowrank"`` (``rank`` components per class).
         constant_lambda, reduction, label_smoothing, dtype, sync: as in :class:`ISDALoss`;
             ``reduction="none"`` returns the ``B x h x w`` per-pixel loss map (0 at ignored
             pixels).
         ignore_index: label of void pixels (255 on Cityscapes).
+        validate, static_shapes: as in :class:`ISDALoss`: one host synchronization per step
+            by default (class set and checks), none with ``validate=False`` for the diagonal,
+            shared and identity kinds (or any kind with ``static_shapes=True``).
 
     One instance per classifier head: an auxiliary (deep supervision) head has its own
     features and classifier, hence needs its own estimator.
@@ -166,6 +169,9 @@ class SegmentationISDALoss(ISDALoss):
         ignore_index: int = 255,
         dtype: torch.dtype = torch.float32,
         sync: bool = True,
+        rank: int = 32,
+        validate: bool = True,
+        static_shapes: bool = False,
     ) -> None:
         super().__init__(
             num_features,
@@ -178,6 +184,9 @@ class SegmentationISDALoss(ISDALoss):
             ignore_index=ignore_index,
             dtype=dtype,
             sync=sync,
+            rank=rank,
+            validate=validate,
+            static_shapes=static_shapes,
         )
 
     # ------------------------------------------------------------------ checks
@@ -207,6 +216,13 @@ class SegmentationISDALoss(ISDALoss):
 
     # ------------------------------------------------------------------ estimator
 
+    def _scan(self, pixels: Tensor, flat_target: Tensor):
+        """Class set and checks of the pixels (one host transfer at most, see :class:`ISDALoss`)."""
+        est = self.estimator
+        return est.scan(pixels, flat_target, ignore_index=self.ignore_index, validate=self.validate,
+                        static=est.static_update(self.validate, self.static_shapes),
+                        check_features=self.training)
+
     @torch.no_grad()
     def update_statistics(self, features: Tensor, target: Tensor) -> None:
         """Fold the non-ignored pixels of a ``B x A x h x w`` map into the estimator.
@@ -214,101 +230,85 @@ class SegmentationISDALoss(ISDALoss):
         ``target`` is ``B x h x w`` (already at the feature resolution). Equivalent to
         ``estimator.update(pixels x A features, pixels labels)`` over the valid pixels.
         """
-        est = self.estimator
-        B, A, h, w = features.shape
+        pixels = features.detach().permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # order (b, y, x)
         flat = target.reshape(-1)
-        valid = flat != self.ignore_index
-        pos = valid.nonzero().squeeze(1)  # valid pixel positions, b * h * w + y * w + x
-        labels = flat.index_select(0, pos)
-        by_pixel = features.detach().reshape(B, A, h * w).transpose(1, 2)  # B x hw x A view
-        hw = h * w
-        if est.kind != "full":
-            est.update(by_pixel[pos // hw, pos % hw], labels)
+        self._fold_pixels(pixels, flat, *self._scan(pixels, flat))
+
+    @torch.no_grad()
+    def _fold_pixels(self, pixels: Tensor, flat: Tensor, batch, problems) -> None:
+        est = self.estimator
+        if problems or batch.static or not est.layout.split_padded_batches:
+            est.update_scanned(pixels, flat, batch, problems)
             return
         C = est.num_classes
-        n = pos.numel()
-        counts = torch.bincount(labels.clamp(0, C - 1), minlength=C)
+        n = batch.num_valid
+        counts = [0] * C
+        for c, m in zip(batch.host_classes, batch.host_counts):
+            counts[c] = m
         # Under synchronization every rank must make the same sequence of update calls (each
         # is a collective): one call per class, absent classes included.
-        synced = est.sync and _dist.is_distributed()
-        if synced:
+        if est.sync and _dist.is_distributed():
             groups = [[c] for c in range(C)]
         else:
             if n == 0:
                 return
-            groups = _class_groups(counts.tolist(), budget=2 * n)
+            groups = _class_groups(counts, budget=2 * n)
             if len(groups) == 1:  # the padded block is at most ~2 x the features: one call
-                est.update(by_pixel[pos // hw, pos % hw], labels)
+                est.update_scanned(pixels, flat, batch, problems)
                 return
-        # Out-of-range labels: hand only the offending pixels to the estimator, whose
-        # validation raises (on every rank when synchronizing) and changes nothing.
-        bad = (labels < 0) | (labels >= C)
-        if bool(bad.any()):
-            bpos = pos[bad]
-            est.update(by_pixel[bpos // hw, bpos % hw], labels[bad])
-            raise AssertionError("unreachable: the estimator rejects out-of-range labels")
-        group_of = torch.zeros(C, dtype=torch.long)
+        group_of = torch.full((C + 1,), len(groups), dtype=torch.long)  # ignored pixels: last
         for g, members in enumerate(groups):
             group_of[members] = g
-        group_of = group_of.to(labels.device)
-        order = torch.argsort(group_of.index_select(0, labels), stable=True)
-        pos, labels = pos.index_select(0, order), labels.index_select(0, order)
-        x = by_pixel[pos // hw, pos % hw]  # valid x A, grouped
-        sizes = [sum(int(counts[c]) for c in members) for members in groups]
+        group_of = group_of.to(flat.device)
+        safe = torch.where(batch.valid, flat, torch.full((), C, dtype=flat.dtype, device=flat.device))
+        order = torch.argsort(group_of.index_select(0, safe.to(torch.long)), stable=True)
+        x, labels = pixels.index_select(0, order), flat.index_select(0, order)  # valid pixels, grouped
         start = 0
-        for size in sizes:  # empty slices only under synchronization (absent classes)
-            est.update(x[start : start + size], labels[start : start + size])
+        for members in groups:  # empty slices only under synchronization (absent classes)
+            size = sum(counts[c] for c in members)
+            est.update(x[start : start + size], labels[start : start + size], validate=False)
             start += size
 
     # ------------------------------------------------------------------ loss
 
-    def _augment_flat(self, flat_logits: Tensor, W: Tensor, flat_target: Tensor, lam: float) -> Tensor:
+    def _augment_flat(self, flat_logits: Tensor, W: Tensor, batch, lam: float) -> Tensor:
         """``pixels x C`` logits ``+ lam / 2 * sigma2[label]`` (ignored pixels unchanged).
 
-        ``sigma2`` is computed once per present class (``U x C``,
-        :func:`~torch_isda.functional.class_sigma2`) and scattered into a ``C x C`` table
-        ``S``; the per-pixel term is ``onehot(label) @ S`` with an all-zero row for ignored
-        pixels. The product's backward (``onehot^T @ grad``, ``C x pixels @ pixels x C``) is a
-        matrix product rather than a scatter-add of every pixel's gradient into ``U`` rows,
-        which is much faster on CPU. Memory: a few ``pixels x C`` tensors.
+        ``sigma2`` is computed once per class of the batch's class set (``U x C``,
+        :func:`~torch_isda.functional.class_sigma2`); the per-pixel term is
+        ``onehot(label) @ sigma2`` with an all-zero row for ignored pixels. The product's
+        backward (``onehot^T @ grad``, ``U x pixels @ pixels x C``) is a matrix product rather
+        than a scatter-add of every pixel's gradient into ``U`` rows, which is much faster on
+        CPU. Memory: a few ``pixels x C`` tensors.
         """
-        C = self.num_classes
         out = flat_logits if flat_logits.dtype in (torch.float32, torch.float64) else flat_logits.float()
-        valid = flat_target != self.ignore_index
-        safe = torch.where(valid, flat_target, torch.zeros((), dtype=flat_target.dtype, device=flat_target.device))
-        if safe.numel():
-            lo, hi = torch.stack([safe.min(), safe.max()]).tolist()
-            if lo < 0 or hi >= C:
-                bad = flat_target[valid & ((flat_target < 0) | (flat_target >= C))]
-                raise ValueError(
-                    f"labels must lie in [0, {C}) or equal ignore_index={self.ignore_index}; got "
-                    f"{sorted(set(bad.tolist()))[:10]}"
-                )
-        cov = None if self.kind == "identity" else self.estimator.covariance
-        if lam == 0.0 or not bool(valid.any()):
+        U = batch.classes.shape[0]
+        if lam == 0.0 or U == 0:
             return out
-        counts = torch.bincount(safe[valid], minlength=C)
-        classes = counts.nonzero().squeeze(1)  # sorted, distinct present classes
-        sigma2 = isda_f.class_sigma2(W, cov, classes, self.kind)  # U x C
-        table = sigma2.new_zeros(C, C).index_copy(0, classes, sigma2)  # C x C, rows of absent classes 0
-        onehot = torch.zeros(safe.numel(), C, dtype=table.dtype, device=table.device)
-        onehot.scatter_(1, safe.unsqueeze(1), valid.unsqueeze(1).to(table.dtype))
-        return out + (onehot @ table).mul_(0.5 * lam).to(out.dtype)
+        sigma2 = isda_f.class_sigma2(W, self.estimator.functional_covariance(), batch.classes, self.kind,
+                                     host_classes=batch.host_classes)  # U x C
+        keep = batch.valid.unsqueeze(1).to(sigma2.dtype)
+        onehot = sigma2.new_zeros(batch.inverse.shape[0], U).scatter_(1, batch.inverse.unsqueeze(1), keep)
+        return out + (onehot @ sigma2).mul_(0.5 * lam).to(out.dtype)
 
     def _prepare(
         self, features: Tensor, logits: Tensor, target: Tensor, weight: Union[Tensor, nn.Module],
         ratio: Optional[float],
     ) -> Tuple[Tensor, Tensor, float]:
         W, target = self._check_inputs(features, logits, target, weight)
-        if self.training:
-            self.update_statistics(features, target)
         lam = self.ratio if ratio is None else float(ratio)
         if not lam >= 0.0:
             raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
-        C = self.num_classes
-        flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, C)  # pixels x C, order (b, y, x)
+        A, C = self.num_features, self.num_classes
         flat_target = target.reshape(-1)
-        return self._augment_flat(flat_logits, W, flat_target, lam), flat_target, lam
+        pixels = features.detach().permute(0, 2, 3, 1).reshape(-1, A)  # pixels x A, order (b, y, x)
+        batch, problems = self._scan(pixels, flat_target)
+        if self.training:
+            self._fold_pixels(pixels, flat_target, batch, problems)
+        elif problems:
+            raise ValueError("; ".join(problems))
+        flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, C)  # pixels x C, order (b, y, x)
+        return self._augment_flat(flat_logits, W, batch, lam), flat_target, batch
 
     def forward(
         self,
@@ -333,9 +333,13 @@ class SegmentationISDALoss(ISDALoss):
         Returns:
             the scalar loss (``reduction="mean"``/``"sum"``) or the ``B x h x w`` loss map.
         """
-        aug, flat_target, _ = self._prepare(features, logits, target, weight, ratio)
+        aug, flat_target, batch = self._prepare(features, logits, target, weight, ratio)
         B, _, h, w = logits.shape
-        if self.reduction == "mean" and not bool((flat_target != self.ignore_index).any()):
+        if self.reduction == "mean" and batch.num_valid is None:  # static path: no host count
+            total = F.cross_entropy(aug, flat_target, reduction="sum", label_smoothing=self.label_smoothing,
+                                    ignore_index=self.ignore_index)
+            return total / batch.valid.sum().clamp_min(1).to(total.dtype)  # 0 (not nan) without valid pixels
+        if self.reduction == "mean" and batch.num_valid == 0:
             return aug.sum() * 0.0  # no valid pixel: zero loss (not nan), still in the graph
         loss = F.cross_entropy(
             aug,

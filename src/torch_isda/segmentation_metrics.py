@@ -90,7 +90,8 @@ class ConfusionMatrix:
         return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
 
     def compute(self) -> dict[str, Any]:
-        """``{"miou", "iou" (list, nan for absent classes), "pixel_acc", "mean_acc", "pixels"}``."""
+        """``{"miou", "iou" (list, nan for absent classes), "pixel_acc", "mean_acc", "pixels",
+        "predicted_classes"}`` (the number of classes predicted for at least one pixel)."""
         m = self.matrix.to(torch.float64)
         tp = m.diagonal()
         rows = m.sum(1)
@@ -103,6 +104,7 @@ class ConfusionMatrix:
             "pixel_acc": float(tp.sum()) / total if total else float("nan"),
             "mean_acc": float(torch.nanmean(acc)) if bool((~acc.isnan()).any()) else float("nan"),
             "pixels": int(total),
+            "predicted_classes": int((m.sum(0) > 0).sum()),
         }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..train.config import TrainConfig
+from ..train.reporting import bold_note, clear_best, window_text
 from .common import Logger, Table, fmt_pm, mean_std, pyplot, save_figure, sweep, write_table
 
 __all__ = ["ABLATION_SETTINGS", "run_ablation"]
@@ -45,17 +46,19 @@ def run_ablation(base: TrainConfig, out: Union[str, Path], *,
         mean, std = mean_std(errors)
         rows.append((name, spec, mean, std, errors))
     basic, full = rows[0][2], rows[-1][2]
-    best = min(r[2] for r in rows)
+    marked = clear_best([r[2] for r in rows], [r[3] for r in rows])
+    spread = all(r[3] is not None for r in rows)
+    window = window_text(methods[ABLATION_SETTINGS[0][1]].window)
     table = Table(
         caption=(f"Ablation study (Table 8): test error (%) of {config.model} on "
                  f"{config.dataset}, mean ± std over seeds (each run: mean test error of its "
-                 f"last 10 epochs); lambda0 = {config.lambda0}, {config.epochs} epochs, preset "
-                 f"{config.preset}."),
+                 f"{window}); lambda0 = {config.lambda0}, {config.epochs} epochs, preset "
+                 f"{config.preset}.{bold_note(marked, len(rows), spread)}"),
         headers=["Setting", "criterion", "test error (%)", "Δ vs Basic", "Δ vs ISDA", "seeds",
                  "per seed"],
-        rows=[[name, f"`{spec}`", f"**{fmt_pm(m, s)}**" if m == best else fmt_pm(m, s),
+        rows=[[name, f"`{spec}`", f"**{fmt_pm(m, s)}**" if i == marked else fmt_pm(m, s),
                f"{m - basic:+.2f}", f"{m - full:+.2f}", len(e), ", ".join(f"{x:.2f}" for x in e)]
-              for name, spec, m, s, e in rows],
+              for i, (name, spec, m, s, e) in enumerate(rows)],
         csv_headers=["setting", "criterion", "error_mean", "error_std", "delta_vs_basic",
                      "delta_vs_isda", "n_seeds", "errors", "dataset", "model", "lambda0",
                      "epochs"],

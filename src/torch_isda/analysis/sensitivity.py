@@ -1,7 +1,7 @@
 """Sensitivity of ISDA to ``lambda0`` (TPAMI paper, Section 6.5.4, Fig. 11a).
 
 Trains ``isda(lambda0=v)`` for every ``v`` of the grid and every seed (``isda compare``'s
-machinery, runs in ``OUT/runs``) and reports the final test error (mean of the last 10
+machinery, runs in ``OUT/runs``) and reports the final test error (mean of the last K
 epochs) as mean ± sample std over seeds. ``lambda0 = 0`` is exactly the cross-entropy
 baseline (the bound reduces to CE and the estimator consumes no randomness), drawn as the
 dashed reference line of Fig. 11.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..train.config import TrainConfig
+from ..train.reporting import bold_note, clear_best, window_text
 from .common import Logger, Table, fmt_pm, mean_std, pyplot, save_figure, sweep, write_table
 
 __all__ = ["PAPER_LAMBDAS", "parse_floats", "run_sensitivity"]
@@ -66,19 +67,21 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
         mean, std = mean_std(errors)
         rows.append((value, mean, std, errors))
     baseline = next((r for r in rows if r[0] == 0.0), None)
-    best = min(r[1] for r in rows)
+    marked = clear_best([r[1] for r in rows], [r[2] for r in rows])
+    spread = all(r[2] is not None for r in rows)
     md_rows = []
-    for value, mean, std, errors in rows:
+    for i, (value, mean, std, errors) in enumerate(rows):
         cell = fmt_pm(mean, std)
-        cell = f"**{cell}**" if mean == best and len(rows) > 1 else cell
+        cell = f"**{cell}**" if i == marked else cell
         delta = "-" if baseline is None else f"{mean - baseline[1]:+.2f}"
         label = f"{value:g}" + (" (= Basic, CE)" if value == 0.0 else "")
         md_rows.append([label, cell, delta, len(errors), ", ".join(f"{e:.2f}" for e in errors)])
     table = Table(
         caption=(f"Sensitivity to lambda0 (Fig. 11): test error (%) of {config.model} on "
                  f"{config.dataset} with ISDA (kind {config.kind}), mean ± std over seeds; each "
-                 f"run's error is the mean test error of its last 10 epochs. {config.epochs} "
-                 f"epochs, preset {config.preset}."),
+                 f"run's error is the mean test error of its "
+                 f"{window_text(methods[losses[0]].window)}. {config.epochs} "
+                 f"epochs, preset {config.preset}.{bold_note(marked, len(rows), spread)}"),
         headers=["lambda0", "test error (%)", "Δ vs lambda0 = 0", "seeds", "per seed"],
         rows=md_rows,
         csv_headers=["lambda0", "error_mean", "error_std", "delta_vs_basic", "n_seeds", "errors",

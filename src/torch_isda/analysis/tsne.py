@@ -127,7 +127,7 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
     from ..train.resolve import resolve_config
 
     config = resolve_config(base.replace(loss=losses[0], seed=seed, out=str(out / "runs")))
-    from ..train.tables import DISPLAY_NAMES
+    from ..train.method_names import display_name
 
     table = Table(
         caption=(f"t-SNE of the test-set deep features (Fig. 8): {config.model} on "
@@ -137,7 +137,7 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
                  f"clusters)."),
         headers=["method", "test error (%)", "points", "silhouette (features)",
                  "silhouette (t-SNE)", "within/between (features)", "within/between (t-SNE)"],
-        rows=[[DISPLAY_NAMES.get(p["loss"], p["loss"]), f"{p['error']:.2f}", p["points"],
+        rows=[[display_name(p["loss"]), f"{p['error']:.2f}", p["points"],
                f"{p['sil_features']:.3f}", f"{p['sil_embedding']:.3f}",
                f"{p['ratio_features']:.3f}", f"{p['ratio_embedding']:.3f}"] for p in panels],
         csv_headers=["loss", "test_error", "points", "silhouette_features",
@@ -153,7 +153,7 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
 
 
 def _plot(path: Path, panels: list[dict[str, Any]], config: TrainConfig) -> Path:
-    from ..train.tables import DISPLAY_NAMES
+    from ..train.method_names import display_name
 
     plt = pyplot()
     n = len(panels)
@@ -164,7 +164,7 @@ def _plot(path: Path, panels: list[dict[str, Any]], config: TrainConfig) -> Path
         emb, labels = p["embedding"], p["labels"]
         colors = cmap(labels / max(1, num_classes - 1)) if num_classes > 20 else cmap(labels % 20)
         ax.scatter(emb[:, 0], emb[:, 1], c=colors, s=6, lw=0, alpha=0.85)
-        name = DISPLAY_NAMES.get(p["loss"], p["loss"])
+        name = display_name(p["loss"])
         ax.set_title(f"{name}: error {p['error']:.2f}%, silhouette {p['sil_embedding']:.2f}",
                      fontsize=9)
         ax.set_xticks([])

@@ -9,6 +9,10 @@ generator state.  Random numbers are drawn in a fixed order: crop offsets
 (``2 * N`` integers), then flip decisions (``N`` floats), then those of the optional
 AutoAugment / RandAugment stage, then those of Cutout.
 
+The pad-crop pads with reflection by default, as the official ISDA CIFAR pipeline
+(``F.pad(x, (4, 4, 4, 4), mode='reflect')`` before ``RandomCrop(32)``); ``pad_mode="zeros"``
+(``crop(pad_mode=zeros)``) gives the zero padding of ``RandomCrop(32, padding=4)``.
+
 :func:`build_augment` also composes the non-semantic augmentations of the ISDA paper
 (Table 4) with a dataset's standard crop/flip, e.g. ``"crop_flip+cutout"``,
 ``"crop_flip+autoaugment+cutout"`` or ``"crop_flip+randaugment"``; each term may carry
@@ -32,6 +36,7 @@ from .randaugment import RandAugment
 __all__ = [
     "AUGMENTATIONS",
     "EXTRA_AUGMENTATIONS",
+    "PAD_MODES",
     "TERM_OPTIONS",
     "BatchAugment",
     "build_augment",
@@ -47,13 +52,17 @@ AUGMENTATIONS = ("none", "crop", "crop_flip")
 #: Extras that :func:`build_augment` composes with a base name using ``"+"``.
 EXTRA_AUGMENTATIONS = ("autoaugment", "randaugment", "cutout")
 
+#: Padding of the pad-crop: ``"reflect"`` (the official ISDA CIFAR code, the default) or
+#: ``"zeros"``.
+PAD_MODES = ("reflect", "zeros")
+
 
 #: Options a term of an augmentation spec may carry, e.g. ``"crop(padding=1)+cutout(size=4)"``:
 #: ``{term: {option: build_augment keyword}}``.
 TERM_OPTIONS = {
     "none": {},
-    "crop": {"padding": "padding"},
-    "crop_flip": {"padding": "padding", "flip_p": "flip_p"},
+    "crop": {"padding": "padding", "pad_mode": "pad_mode"},
+    "crop_flip": {"padding": "padding", "flip_p": "flip_p", "pad_mode": "pad_mode"},
     "cutout": {"size": "cutout_size", "holes": "cutout_holes"},
     "autoaugment": {"fill": "fill"},
     "randaugment": {"n": "randaugment_ops", "m": "randaugment_magnitude", "fill": "fill"},
@@ -79,7 +88,10 @@ def _parse_term_options(term: str, arg_text: str, name: str) -> dict[str, object
         try:
             options[allowed[key]] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            raise ValueError(f"invalid value {value!r} for {term}({key}=...) in {name!r}") from None
+            if not value.isidentifier():  # a bare word is a string: crop(pad_mode=zeros)
+                raise ValueError(
+                    f"invalid value {value!r} for {term}({key}=...) in {name!r}") from None
+            options[allowed[key]] = value
     return options
 
 
@@ -120,36 +132,49 @@ def _check_batch(x: torch.Tensor) -> None:
         raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
 
 
+def _check_pad_mode(pad_mode: object, where: str = "") -> None:
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}; got {pad_mode!r}{where}")
+
+
 def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
     return generator.device if generator is not None else x.device
 
 
 def random_crop(
-    x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
+    x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None,
+    pad_mode: str = "reflect",
 ) -> torch.Tensor:
-    """Zero-pad every image by ``padding`` pixels and crop back to ``H x W`` at an
+    """Pad every image by ``padding`` pixels and crop back to ``H x W`` at an
     independent uniformly random offset per image (the CIFAR "pad-crop").
 
     Equivalent to, for each image ``i`` with offsets ``dy_i, dx_i`` drawn from
-    ``[0, 2 * padding]``: ``F.pad(x[i], [padding] * 4)[:, dy_i:dy_i + H, dx_i:dx_i + W]``,
-    computed for the whole batch with one advanced-indexing gather.
+    ``[0, 2 * padding]``: ``F.pad(x[i], [padding] * 4, mode)[:, dy_i:dy_i + H,
+    dx_i:dx_i + W]``, computed for the whole batch with one advanced-indexing gather.
 
     Args:
         x: ``(N, C, H, W)`` tensor of any dtype; the result has the same dtype,
             shape and device.
-        padding: Pixels of zero padding on every side; ``0`` returns ``x``.
+        padding: Pixels of padding on every side; ``0`` returns ``x``.
         generator: Source of randomness (default: the global RNG).
+        pad_mode: ``"reflect"`` (mirror without repeating the edge, the official ISDA
+            CIFAR code; needs ``padding`` smaller than ``H`` and ``W``) or ``"zeros"``.
     """
     _check_batch(x)
+    _check_pad_mode(pad_mode)
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     if padding == 0 or x.shape[0] == 0:
         return x
     n, c, h, w = x.shape
+    if pad_mode == "reflect" and padding >= min(h, w):
+        raise ValueError(f"reflect padding of {padding} pixels needs images larger than that; "
+                         f"got {h}x{w} (use pad_mode='zeros' or a smaller padding)")
     offsets = torch.randint(
         0, 2 * padding + 1, (2, n), generator=generator, device=_gen_device(generator, x)
     ).to(x.device)
-    padded = F.pad(x, (padding, padding, padding, padding))
+    pad = (padding, padding, padding, padding)
+    padded = F.pad(x, pad, mode="reflect") if pad_mode == "reflect" else F.pad(x, pad)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -242,6 +267,7 @@ class BatchAugment:
         randaugment_ops: int = 2,
         randaugment_magnitude: int = 9,
         fill: float = 128.0,
+        pad_mode: str = "reflect",
     ) -> None:
         base, extras, options = _parse_spec(name)
         if (mean is None) != (std is None):
@@ -254,6 +280,8 @@ class BatchAugment:
         randaugment_ops = options.get("randaugment_ops", randaugment_ops)
         randaugment_magnitude = options.get("randaugment_magnitude", randaugment_magnitude)
         fill = options.get("fill", fill)
+        pad_mode = options.get("pad_mode", pad_mode)
+        _check_pad_mode(pad_mode, f" in {name!r}")
         if isinstance(padding, bool) or int(padding) != padding or int(padding) < 0:
             raise ValueError(f"crop padding must be an integer >= 0; got {padding!r} in {name!r}")
         if not isinstance(flip_p, (int, float)) or not 0.0 <= float(flip_p) <= 1.0:
@@ -270,13 +298,14 @@ class BatchAugment:
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
         self.padding = int(padding)
+        self.pad_mode = pad_mode
         self.flip_p = float(flip_p)
         self.dtype = dtype
         self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.base in ("crop", "crop_flip"):
-            x = random_crop(x, self.padding, generator)
+            x = random_crop(x, self.padding, generator, self.pad_mode)
         if self.base == "crop_flip":
             x = random_flip(x, self.flip_p, generator)
         if self.policy is not None:
@@ -299,7 +328,7 @@ class BatchAugment:
         extra = "".join(f", {obj!r}" for obj in (self.policy, self.cutout) if obj is not None)
         return (
             f"BatchAugment({self.name!r}, mean={self.mean}, std={self.std}, "
-            f"padding={self.padding}, flip_p={self.flip_p}{extra})"
+            f"padding={self.padding}, pad_mode={self.pad_mode!r}, flip_p={self.flip_p}{extra})"
         )
 
 
@@ -316,6 +345,7 @@ def build_augment(
     randaugment_ops: int = 2,
     randaugment_magnitude: int = 9,
     fill: float = 128.0,
+    pad_mode: str = "reflect",
 ) -> BatchAugment:
     """Build a batch augmentation by name.
 
@@ -332,15 +362,16 @@ def build_augment(
             in the name does not matter: they always run as described in
             :class:`BatchAugment`.  Each term may carry options in parentheses
             (:data:`TERM_OPTIONS`), which override the keyword arguments below:
-            ``crop(padding=)``, ``crop_flip(padding=, flip_p=)``, ``cutout(size=,
-            holes=)``, ``autoaugment(fill=)``, ``randaugment(n=, m=, fill=)``; e.g.
+            ``crop(padding=, pad_mode=)``, ``crop_flip(padding=, flip_p=, pad_mode=)``,
+            ``cutout(size=, holes=)``, ``autoaugment(fill=)``, ``randaugment(n=, m=,
+            fill=)``; e.g.
             ``"crop(padding=1)+cutout(size=4)"`` for 8x8 digits (the defaults, padding 4
             and a 16x16 hole, are the 32x32 CIFAR settings: a 16x16 hole blanks an 8x8
             image completely).
         mean: Per-channel mean; with ``std`` the callable also normalizes and
             returns ``dtype`` tensors.
         std: Per-channel standard deviation.
-        padding: Zero padding of the random crop.
+        padding: Padding of the random crop.
         flip_p: Horizontal flip probability.
         dtype: Floating dtype of normalized output.
         cutout_size: Side of the Cutout square (default 16).
@@ -349,6 +380,8 @@ def build_augment(
         randaugment_magnitude: RandAugment ``M`` on the 0-30 scale (default 9).
         fill: Pixel value (``[0, 255]`` units) for areas uncovered by AutoAugment /
             RandAugment geometric operations (default 128).
+        pad_mode: Padding of the random crop: ``"reflect"`` (default, the official ISDA
+            CIFAR pipeline) or ``"zeros"``.
 
     Returns:
         A callable ``f(images, generator=None)``.
@@ -365,4 +398,5 @@ def build_augment(
         randaugment_ops=randaugment_ops,
         randaugment_magnitude=randaugment_magnitude,
         fill=fill,
+        pad_mode=pad_mode,
     )

@@ -53,7 +53,10 @@ class SemiISDALoss(nn.Module):
         eta1: Weight of the ISDA consistency term (paper grid {0.5, 1, 2}).
         eta2: Default weight of the base regulariser (usually passed per step, ramped).
         use_isda: ``False``: base method only (cross-entropy + ``eta2 * L_reg``).
-        constant_lambda, label_smoothing, dtype, sync: as in :class:`~torch_isda.ISDALoss`.
+        constant_lambda, label_smoothing, dtype, sync, rank: as in :class:`~torch_isda.ISDALoss`.
+        validate, static_shapes: as in :class:`~torch_isda.ISDALoss` for the supervised term;
+            ``static_shapes=True`` also makes the consistency term use all ``C`` classes
+            (``C x C x C`` quadratic forms) instead of the pseudo-labels present.
 
     In evaluation mode the estimator is not updated.
     """
@@ -72,6 +75,9 @@ class SemiISDALoss(nn.Module):
         label_smoothing: float = 0.0,
         dtype: torch.dtype = torch.float32,
         sync: bool = True,
+        rank: int = 32,
+        validate: bool = True,
+        static_shapes: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("eta1", eta1), ("eta2", eta2)):
@@ -95,6 +101,9 @@ class SemiISDALoss(nn.Module):
                 label_smoothing=label_smoothing,
                 dtype=dtype,
                 sync=sync,
+                rank=rank,
+                validate=validate,
+                static_shapes=static_shapes,
             )
             if self.use_isda
             else None
@@ -116,11 +125,12 @@ class SemiISDALoss(nn.Module):
         return 0.0 if self.isda is None else self.isda.ratio
 
     @property
-    def covariance(self) -> Optional[Tensor]:
-        """The labeled-data covariance used by both ISDA terms (``None`` for the identity kind)."""
+    def covariance(self):
+        """The labeled-data covariance used by both ISDA terms, as :mod:`torch_isda.functional`
+        takes it (``None`` for the identity kind, a ``LowRankCovariance`` for the low-rank one)."""
         if self.isda is None:
             raise RuntimeError("use_isda=False: there is no covariance estimate")
-        return None if self.isda.kind == "identity" else self.isda.estimator.covariance
+        return self.isda.estimator.functional_covariance()
 
     # ------------------------------------------------------------------ terms
 
@@ -148,14 +158,15 @@ class SemiISDALoss(nn.Module):
             raise RuntimeError("use_isda=False: there is no ISDA consistency term")
         lam = self.isda.ratio if ratio is None else float(ratio)
         per_sample = isda_f.isda_consistency_loss(
-            logits, weight, probs, self.covariance, lam, self.isda.kind, reduction="none"
+            logits, weight, probs, self.covariance, lam, self.isda.kind, reduction="none",
+            static_shapes=self.isda.static_shapes,
         )
         if mask is None:
             return per_sample.mean() if per_sample.numel() else per_sample.sum()
-        mask = mask.to(per_sample.device, torch.bool)
-        if not bool(mask.any()):
-            return per_sample.sum() * 0.0
-        return per_sample[mask].mean()
+        # masked mean without boolean indexing (no host synchronization); 0 for an empty mask
+        keep = mask.to(per_sample.device, torch.bool)
+        total = torch.where(keep, per_sample, torch.zeros((), dtype=per_sample.dtype, device=per_sample.device))
+        return total.sum() / keep.sum().clamp_min(1).to(per_sample.dtype)
 
     def forward(
         self,

@@ -8,10 +8,12 @@ With no arguments it runs the embedded default: digits + digits_cnn, losses ce,i
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
+from .reporting import plural
 
 __all__ = ["DEFAULTS", "add_parser", "run"]
 
@@ -23,7 +25,9 @@ DEFAULTS = {"dataset": "digits", "model": "digits_cnn", "losses": "ce,isda", "se
 
 EPILOG = """\
 Runs go to OUT/<loss>/seed<k>/; finished runs are reused and interrupted ones resumed, so
-re-running the same command continues an interrupted comparison. Examples:
+re-running the same command continues an interrupted comparison. The default OUT names the
+settings that differ from the defaults (runs/compare-digits-epochs10 for --epochs 10), so
+reduced runs never collide with the full one. Examples:
 
   isda compare                                  # digits, ce vs isda, 5 seeds
   isda compare --dataset cifar10 --download --model resnet32 --losses ce,isda --seeds 5 \\
@@ -46,10 +50,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help=f"comma-separated criterion specs (default: {DEFAULTS['losses']})"
                             f"{criteria_help()}")
     group.add_argument("--seeds", default=DEFAULTS["seeds"], metavar="N|S1,S2",
-                       help="number of seeds (0..N-1) or a comma-separated list (default: 5)")
+                       help="number of seeds N >= 1 (seeds 0..N-1) or a comma-separated list "
+                            "of seeds; one seed with a trailing comma, e.g. 3, (default: 5)")
     group.add_argument("--out", default=None,
                        help=f"output directory (default: {DEFAULTS['out']} for the default "
-                            f"dataset/model, else runs/compare-<dataset>-<model>)")
+                            f"dataset/model, else runs/compare-<dataset>-<model>, followed by "
+                            f"the settings that differ from the defaults, e.g. "
+                            f"{DEFAULTS['out']}-epochs10)")
     group.add_argument("--force", action="store_true", help="retrain finished runs")
     group.add_argument("--quiet", action="store_true", help="print only the table")
     group.add_argument("--isda", default="both", choices=("off", "on", "both"),
@@ -61,19 +68,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _default_out(base: TrainConfig, is_default: bool) -> str:
+    """Keyed by configuration: runs/compare-digits-epochs10, ..."""
+    from .compare_out import default_comparison_out
+
     if base.semi != "none":
+        from .compare import parse_semi_methods
         from .semi_config import dataset_semi_defaults
 
         labels = base.labels
         if labels is None:
             labels = dataset_semi_defaults(base.dataset).get("labels")
         suffix = "" if labels is None else f"-{int(labels)}labels"
-        return f"runs/compare-semi-{base.dataset}-{base.model}{suffix}"
-    if is_default:
-        return DEFAULTS["out"]
-    from .resolve import resolve_config  # segmentation runs replace the default model
+        first = base.replace(semi=parse_semi_methods(base.semi)[0])
+        reference = TrainConfig(dataset=base.dataset, model=base.model, semi=first.semi)
+        return default_comparison_out(f"runs/compare-semi-{base.dataset}-{base.model}{suffix}",
+                                      first, reference, ignore=("semi", "labels"))
+    from .resolve import resolve_config
 
-    return f"runs/compare-{base.dataset}-{resolve_config(base).model}"
+    model = resolve_config(base).model  # segmentation runs replace the default model
+    prefix = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
+    return default_comparison_out(prefix, base, TrainConfig(dataset=base.dataset,
+                                                            model=base.model))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
         base = base.replace(threads=DEFAULTS["threads"])
+    from .cli_checks import check_explicit_options, ignored_option_notes
+
+    check_explicit_options(overrides, base)
+    for note in ignored_option_notes(overrides, base):
+        print(note, file=sys.stderr)
     if base.semi != "none" and args.losses is not None:
         raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
                          "base method alone, isda = Eq. 19), not --losses; set ISDA options "
@@ -99,6 +119,6 @@ def run(args: argparse.Namespace) -> int:
     for run_name, error in result.failed.items():
         print(f"failed: {run_name}: {error}")
     if not args.quiet:
-        print(f"{result.trained} runs trained, {result.reused} reused, {len(result.failed)} "
-              f"failed, {time.perf_counter() - t0:.1f}s")
+        print(f"{plural(result.trained, 'run')} trained, {result.reused} reused, "
+              f"{len(result.failed)} failed, {time.perf_counter() - t0:.1f}s")
     return 0

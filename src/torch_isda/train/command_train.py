@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_types import positive_int
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
+from .reporting import window_text
 
 __all__ = ["add_parser", "build_config", "criteria_help", "report", "run", "run_args"]
 
@@ -51,7 +54,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "fresh (for preemptible jobs re-running the same command)")
     group.add_argument("--force", action="store_true",
                        help="retrain even if --out holds a finished or unfinished run")
-    group.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+    group.add_argument("--stop-after", type=positive_int, default=None, metavar="EPOCHS",
                        help="stop after this many epochs (resume later with --resume)")
     group.add_argument("--quiet", action="store_true",
                        help="no progress bar and no per-epoch lines")
@@ -105,6 +108,16 @@ def run_args(args: argparse.Namespace) -> list[str]:
     return words
 
 
+def check_command_line(args: argparse.Namespace, config: TrainConfig) -> None:
+    """Refuse an explicit model the task would replace; note options without effect."""
+    from .cli_checks import check_explicit_options, ignored_option_notes
+
+    overrides = config_overrides_from_args(args)
+    check_explicit_options(overrides, config)
+    for note in ignored_option_notes(overrides, config):
+        print(note, file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from .distributed import USER_ERRORS, launched_by_torchrun
 
@@ -118,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(resume=args.resume, force=args.force, quiet=args.quiet,
                   stop_after=args.stop_after)
     if not launched_by_torchrun():
+        check_command_line(args, config)
         return report(train(config, **kwargs))
     # a torchrun worker: errors every rank raises identically are reported by rank 0 only
     rank = int(os.environ.get("RANK", "0"))
@@ -133,15 +147,18 @@ def run(args: argparse.Namespace) -> int:
 def report(result: dict[str, Any]) -> int:
     """Print the outcome of a run (``train``'s result); returns the exit status."""
     if result["status"] == "stopped":
-        print(f"stopped after {result['epochs_done']}/{result['epochs']} epochs; continue with: "
+        print(f"stopped after epoch {result['epochs_done']}/{result['epochs']}; continue with: "
               f"isda train --out {result['out']} --resume")
         return 0
     if result.get("task") == "segmentation":  # Table 7 columns
-        from .tables_segmentation import format_segmentation_result
+        from .tables_segmentation import format_segmentation_result, single_class_warning
 
         print(f"{format_segmentation_result(result)}  -> {Path(result['out']) / 'result.json'}")
+        warning = single_class_warning(result)
+        if warning:
+            print(warning, file=sys.stderr)
         return 0
-    print(f"final test error (mean of the last {result['final_error_epochs']} epochs): "
+    print(f"final test error (mean of the {window_text(result['final_error_epochs'])}): "
           f"{result['final_error']:.2f}%  best: {result['best_error']:.2f}% "
           f"(epoch {result['best_epoch']})  -> {Path(result['out']) / 'result.json'}")
     return 0

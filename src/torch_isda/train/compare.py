@@ -19,6 +19,7 @@ segmentation (:mod:`torch_isda.train.tables_segmentation`) — ``OUT/table.md``,
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
 from .engine import DivergenceError, train
+from .reporting import SweepEta, plural
 from .resolve import resolve_config
 from .rundir import RESULT_NAME, config_differences
 from .semi_config import canonical_semi
@@ -38,25 +40,34 @@ __all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "pa
            "parse_seeds", "parse_semi_methods", "run_comparison", "train_or_reuse",
            "variants_for"]
 
+#: What ``--seeds`` accepts (the message of its errors).
+SEEDS_HELP = ("a count N >= 1 (seeds 0..N-1, e.g. 5) or a comma-separated list of seeds "
+              "(0,3,7; a single seed with a trailing comma: 3,)")
+
 #: ``--isda`` values and the losses (columns) they train with ``--semi``.
 ISDA_MODES = {"off": ("ce",), "on": ("isda",), "both": ("ce", "isda")}
 
 
 def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
-    """``5`` or ``"5"`` -> seeds 0..4; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds."""
+    """``5`` or ``"5"`` -> seeds 0..4; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds; a
+    single seed is ``"3,"`` (or ``[3]``)."""
     if isinstance(value, int):
         if value < 1:
-            raise ValueError(f"the number of seeds must be positive; got {value}")
+            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value}: a count must be "
+                             f"at least 1")
         return list(range(value))
-    bad = f"--seeds expects a count (5) or a list (0,3,7); got {value!r}"
     if isinstance(value, str):
         text = value.strip()
+        if "," not in text:
+            try:
+                count = int(text)
+            except ValueError:
+                raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
+            return parse_seeds(count)
         try:
-            if "," not in text:
-                return parse_seeds(int(text))
             seeds = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError as err:
-            raise ValueError(bad if "invalid literal" in str(err) else str(err)) from None
+        except ValueError:
+            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
     else:
         seeds = [int(v) for v in value]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -144,8 +155,9 @@ class ComparisonResult:
     failed: dict[str, str] = field(default_factory=dict)  # "key seed k" -> error message
 
 
-def check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    """An interrupted run is only resumed with the configuration it was started with."""
+def check_same_config(run_dir: Path, config: TrainConfig, state: str = "an unfinished") -> None:
+    """A run in a comparison's directory is only resumed or reused with the configuration
+    it was started with (the message names only options ``isda compare`` has)."""
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
         return
@@ -153,8 +165,9 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise FileExistsError(
-            f"'{run_dir}' holds an unfinished run with a different configuration ({changes}); "
-            f"use --force to retrain it or another --out")
+            f"'{run_dir}' holds {state} run with a different configuration ({changes}); "
+            f"use --force to retrain it, or another --out (without --out, each "
+            f"configuration gets its own directory)")
 
 
 def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
@@ -163,9 +176,10 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     checking it has the same configuration), reuse it if finished, retrain with ``force``.
     Returns its ``result.json`` and what happened ("trained", "resumed" or "reused")."""
     run_dir = Path(cfg.out)
-    unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not (run_dir / RESULT_NAME).is_file()
-    if unfinished and not force:
-        check_same_config(run_dir, cfg)
+    finished = (run_dir / RESULT_NAME).is_file()
+    unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not finished
+    if (unfinished or finished) and not force:
+        check_same_config(run_dir, cfg, "an unfinished" if unfinished else "a finished")
     result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
                    log=lambda msg: None, epoch_log=False)
     status = result["status"]
@@ -196,12 +210,13 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
                                            out=str(out)))
     say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
-        f"{resolved.model} over seeds {', '.join(map(str, seeds))} ({resolved.epochs} epochs "
-        f"each) -> '{out}'")
+        f"{resolved.model} over seeds {', '.join(map(str, seeds))} "
+        f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
     counts = {"trained": 0, "reused": 0}
     failed: dict[str, str] = {}
     runs: dict[str, list[tuple[int, Path]]] = {}
     total = len(variants) * len(seeds)
+    eta = SweepEta(total)
     for done, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
         run_dir = out / variant.key / f"seed{seed}"
         cfg = base.replace(loss=variant.loss, semi=variant.semi, seed=seed, out=str(run_dir))
@@ -214,8 +229,14 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
             say(f"[{done}/{total}] {variant.key} seed {seed}: FAILED ({err})")
             continue
         counts["reused" if result["status"] == "reused" else "trained"] += 1
+        seconds = time.perf_counter() - t0
+        left = eta.update(seconds, worked=result["status"] != "reused")
         say(f"[{done}/{total}] {variant.key} seed {seed}: {_score(result)}, {note} in "
-            f"{time.perf_counter() - t0:.1f}s")
+            f"{seconds:.1f}s{left}")
+        if result.get("predicted_classes") == 1:  # a degenerate segmentation model
+            from .tables_segmentation import single_class_warning
+
+            print(single_class_warning(result, f"{variant.key} seed {seed}"), file=sys.stderr)
     methods, table, curves = task_class(resolved).write_comparison(out, variants, runs, resolved)
     return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
                             curves, counts["trained"], counts["reused"], failed)

@@ -126,6 +126,9 @@ class TrainConfig:
     preset: Optional[str] = _field(
         None, "training preset (default: chosen from the model family, see presets)")
     epochs: Optional[int] = _field(None, "number of epochs [preset]")
+    final_epochs: Optional[int] = _field(
+        None, "the reported final error is the mean test error of the last K epochs "
+        "(default: the paper's 10, but at most a tenth of the run and at least 1)", metavar="K")
     batch_size: Optional[int] = _field(None, "training batch size [preset]")
     lr: Optional[float] = _field(None, "initial learning rate [preset]")
     momentum: Optional[float] = _field(None, "SGD momentum [preset]")
@@ -137,6 +140,11 @@ class TrainConfig:
         None, "epochs at which the step schedule multiplies the lr by gamma, e.g. 80,120 "
         "[preset]", metavar="E1,E2,...")
     gamma: Optional[float] = _field(None, "lr factor at each milestone [preset]")
+    lr_offset: Optional[int] = _field(
+        None, "added to the 0-based epoch when the step/cosine schedule is evaluated: 1 = the "
+        "official ISDA CIFAR code (the lr drops at the start of 1-based epoch m, the cosine "
+        "ends at 0), 0 = PyTorch's convention and the official ImageNet code [preset; unset "
+        "means 0]", metavar="{0,1}")
     poly_power: float = _field(0.9, "power of the poly schedule: lr * (1 - t / T) ** power")
     # segmentation (None: from the segmentation preset; see docs/segmentation.md)
     task: Optional[str] = _field(
@@ -232,7 +240,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "crop_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "crop_size", "final_epochs"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 problems.append(f"{name} must be a positive integer; got {value}")
@@ -241,10 +249,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not float(value) >= 0:
                 problems.append(f"{name} must be non-negative; got {value}")
+        if (self.final_epochs is not None and self.epochs is not None
+                and 1 <= int(self.epochs) < int(self.final_epochs)):
+            problems.append(f"final_epochs ({self.final_epochs}) must not exceed epochs "
+                            f"({self.epochs})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be a positive integer; got {self.threads}")
         if self.workers < 0:
             problems.append(f"workers must be >= 0; got {self.workers}")
+        if self.lr_offset is not None and int(self.lr_offset) not in (0, 1):
+            problems.append(f"lr_offset must be 0 or 1; got {self.lr_offset}")
         if self.milestones is not None and any(int(m) < 0 for m in self.milestones):
             problems.append(f"milestones must be non-negative epochs; got {self.milestones}")
         if not isinstance(self.loss, str) or not self.loss.strip():

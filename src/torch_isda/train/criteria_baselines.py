@@ -27,7 +27,9 @@ Modifiers (combine with a primary: ``ce+center``, ``isda+dropout``):
 ``center``           ``loss_weight=0.003, lr=0.5, weight_decay=0,        lr: ISDA Appendix C;
                      momentum=None (the run's), decouple_center_grad``   lambda: Wen et al.
 ``disturb_label``    ``rate=0.05``                                       ISDA Appendix C
-``dropout``          ``p=0.3`` (on the final deep features)              ISDA Appendix C
+``dropout``          ``p=0.3`` (on the final deep features; the paper's   ISDA Appendix C
+                     "+ Dropout" rows use block dropout instead, the
+                     models' ``dropout=0.3`` keyword)
 ==================  ===================================================  =====================
 
 Composition follows :class:`~torch_isda.train.criteria.CompositeCriterion`: feature and
@@ -227,8 +229,12 @@ class DisturbLabelCriterion(CriterionModifier):
 
 @register_criterion("dropout")
 class FeatureDropoutCriterion(CriterionModifier):
-    """Dropout on the final deep features before the classifier, ``p=0.3`` (ISDA
-    Appendix C). Training only."""
+    """Dropout on the final deep features before the classifier, ``p=0.3`` (the rate of
+    ISDA Appendix C). Training only.
+
+    Not the placement of Table 5's "+ Dropout" rows, whose official code drops inside every
+    residual block (``--model-kwargs dropout=0.3``, see docs/reproduce/table5-baselines.md):
+    here ISDA's estimator sees the dropped, higher-variance features."""
 
     def __init__(self, p: float = 0.3) -> None:
         super().__init__()

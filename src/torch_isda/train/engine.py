@@ -44,6 +44,7 @@ from .distributed import (
 )
 from .metrics import summarize, write_metrics
 from .progress import ProgressBar, progress_enabled
+from .reporting import plural
 from .resolve import resolve_config
 from .rundir import CONFIG_NAME, RESULT_NAME, config_differences, prepare_run_dir, wants_resume
 from .schedules import lr_factor
@@ -180,7 +181,7 @@ class Engine:
         if self.context is not None:
             self._build_distributed()
         self.steps_per_epoch = len(task.train_batches)
-        self.lr_factor = lr_factor(cfg, self.steps_per_epoch if task.schedule_per_step else 1)
+        self.lr_factor = lr_factor(cfg, self.steps_per_epoch if task.schedule_per_step else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [self.lr_factor] * len(self.optimizer.param_groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
@@ -416,7 +417,7 @@ class Engine:
         """``result.json``: the summary of the rows plus the task's fields."""
         cfg, task = self.config, self.task
         result = {
-            **summarize(self.rows, last=task.final_epochs),
+            **summarize(self.rows, task.final_window()),
             "dataset": cfg.dataset, "model": cfg.model, "loss": cfg.loss, "seed": cfg.seed,
             "epochs": cfg.epochs,
             "num_parameters": sum(p.numel() for p in task.model.parameters()),
@@ -460,7 +461,7 @@ class Engine:
                      f"{batch}; "
                      f"isda-sync {cfg.isda_sync}, sync-bn {'on' if cfg.sync_bn else 'off'})")
         return (f"training {cfg.model} on {cfg.dataset} with {cfg.loss} (seed {cfg.seed}, "
-                f"{cfg.epochs} epochs, preset {cfg.preset}) on {where} -> '{self.out}'")
+                f"{plural(cfg.epochs, 'epoch')}, preset {cfg.preset}) on {where} -> '{self.out}'")
 
 
 #: The name of :class:`Engine` before the tasks were split out (same class).
@@ -530,20 +531,19 @@ def _run(cfg: TrainConfig, context: Optional[DistributedContext], *, resume: Any
     reused, resuming = decide() if context is None else decide_on_rank0(decide, context)
     if reused is not None:
         return reused
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
     engine = Engine(cfg, context=context, quiet=quiet, log=log, epoch_log=epoch_log,
                     callbacks=callbacks)
     with deterministic_mode(cfg.deterministic), num_threads(cfg.threads):
-        engine.build()
+        engine.build()  # finds the data first: no empty run directory after a data error
+        if is_main:
+            out.mkdir(parents=True, exist_ok=True)
         if resuming:
             engine.resume()
         engine.write_config()
         engine.log(engine.describe())
         finished = engine.fit(stop_after=stop_after)
         result = engine.result()
-    if not finished:
-        engine.log(f"stopped after epoch {len(engine.rows)}/{cfg.epochs}; continue with --resume")
+    if not finished:  # the caller reports it (isda train: "stopped after ...; continue with")
         return {**result, "status": "stopped", "out": str(out)}
     if is_main:
         atomic_write_json(out / RESULT_NAME, result)

@@ -2,8 +2,20 @@
 
 CIFAR presets are Table 9 of the TPAMI paper (= Table 1, Appendix B of the NeurIPS
 paper): SGD with Nesterov momentum 0.9, the learning rate multiplied by ``gamma`` at the
-``milestones`` (epochs, 0-based: ``milestones=(80, 120)`` trains epochs 0-79 at ``lr``,
-80-119 at ``0.1 lr``, ...) or annealed with a per-epoch cosine.
+``milestones`` or annealed with a per-epoch cosine.
+
+LR timing (``lr_offset``, :attr:`Preset.lr_offset`): the CIFAR presets of the paper's
+tables follow the official ISDA CIFAR code, which calls ``adjust_learning_rate(optimizer,
+epoch + 1)`` before training 0-based epoch ``epoch``. Their milestones are therefore
+1-based: ``milestones=(80, 120)`` trains 0-based epochs 0-78 at ``lr``, 79-118 at ``0.1 lr``
+and 119-159 at ``0.01 lr`` (the lr drops *before* 0-based epoch 79), and their cosine is
+``(1 + cos(pi (epoch + 1) / epochs)) / 2``, which is exactly 0 in the last epoch (its first
+epoch runs at ``0.5 (1 + cos(pi / epochs)) lr``). These presets set ``lr_offset=1``. The
+``imagenet`` presets follow the official ``imagenet_DDP.py`` (``adjust_learning_rate(optimizer,
+epoch)``: the cosine at the 0-based epoch, PyTorch's convention) with ``lr_offset=0``, as do
+the presets not taken from the official CIFAR script (``small_cnn``, ``cnn13``, the
+segmentation presets, whose schedules run per iteration anyway). ``--lr-offset`` overrides
+it; without a preset it is 0.
 
 =========== ====== ===== ====== ===== ======================================
 family      epochs batch  wd     lr    schedule
@@ -28,6 +40,9 @@ iterations of batch 8, lr 0.01, momentum 0.9 without Nesterov, wd 5e-4, per-iter
 schedule, lambda_0 7.5, diagonal) and ``segmentation_synthetic`` (a CPU-minute setting for
 ``synthetic_segmentation``) are chosen by dataset in
 :mod:`torch_isda.train.segmentation_config`, which also fills the segmentation-only fields.
+
+Both ImageNet presets use SGD with momentum 0.9 *without* Nesterov, as the official
+``imagenet_DDP.py`` does (``torch.optim.SGD(params, lr, momentum=..., weight_decay=...)``).
 
 =============== ====== ===== ==== ==== ================== ========= ===============
 ImageNet preset epochs batch  wd   lr  schedule           kind      lambda_0
@@ -98,6 +113,10 @@ class Preset:
     momentum: float = 0.9
     nesterov: bool = True
     source: str = ""
+    #: Added to the 0-based epoch when the step/cosine schedule is evaluated: 1 for the
+    #: presets of the official ISDA CIFAR code (``adjust_learning_rate(optimizer, epoch +
+    #: 1)``), 0 otherwise (see the module docstring).
+    lr_offset: int = 0
     #: ISDA defaults of the preset (``None``: :data:`DEFAULT_LAMBDA0` / :data:`DEFAULT_KIND`).
     lambda0: Optional[float] = None
     kind: Optional[str] = None
@@ -147,6 +166,8 @@ class Preset:
 
 
 _T9 = "TPAMI Table 9 / NeurIPS Table 1"
+#: The official CIFAR script's LR timing (module docstring).
+_CIFAR = {"lr_offset": 1}
 
 #: TPAMI Appendix A: lambda_0 = 7.5 for ResNets and ResNeXts, 5 for ResNet-101, 1 for
 #: DenseNets, with the diagonal covariance.
@@ -159,21 +180,27 @@ _IMAGENET_ISDA = {
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("resnet", 160, 128, 0.1, 1e-4, "step", (80, 120), 0.1, source=_T9),
-        Preset("se_resnet", 200, 128, 0.1, 1e-4, "step", (80, 120, 160), 0.1, source=_T9),
-        Preset("wide_resnet", 240, 128, 0.1, 5e-4, "step", (60, 120, 160, 200), 0.2, source=_T9),
-        Preset("densenet", 300, 64, 0.1, 1e-4, "step", (150, 200, 250), 0.1, source=_T9),
-        Preset("resnext", 350, 128, 0.05, 5e-4, "step", (150, 225, 300), 0.1, source=_T9),
-        Preset("shake_shake", 1800, 64, 0.1, 1e-4, "cosine", source=_T9),
+        Preset("resnet", 160, 128, 0.1, 1e-4, "step", (80, 120), 0.1, source=_T9, **_CIFAR),
+        Preset("se_resnet", 200, 128, 0.1, 1e-4, "step", (80, 120, 160), 0.1, source=_T9,
+               **_CIFAR),
+        Preset("wide_resnet", 240, 128, 0.1, 5e-4, "step", (60, 120, 160, 200), 0.2, source=_T9,
+               **_CIFAR),
+        Preset("densenet", 300, 64, 0.1, 1e-4, "step", (150, 200, 250), 0.1, source=_T9,
+               **_CIFAR),
+        Preset("resnext", 350, 128, 0.05, 5e-4, "step", (150, 225, 300), 0.1, source=_T9,
+               **_CIFAR),
+        Preset("shake_shake", 1800, 64, 0.1, 1e-4, "cosine", source=_T9, **_CIFAR),
         Preset("small_cnn", 30, 64, 0.05, 5e-4, "cosine",
                source="not in the paper: a CPU-seconds setting for digits"),
         # extras, selectable with --preset
-        Preset("pyramidnet", 1800, 128, 0.1, 1e-4, "cosine", source="NeurIPS Table 1"),
+        Preset("pyramidnet", 1800, 128, 0.1, 1e-4, "cosine", source="NeurIPS Table 1", **_CIFAR),
         Preset("cnn13", 400, 128, 0.1, 1e-4, "cosine", source="TPAMI Appendix B"),
-        Preset("imagenet", 300, 512, 0.2, 1e-4, "cosine", source="TPAMI Appendix A",
+        Preset("imagenet", 300, 512, 0.2, 1e-4, "cosine", nesterov=False,
+               source="TPAMI Appendix A; SGD without Nesterov as the official imagenet_DDP.py",
                **_IMAGENET_ISDA),
-        Preset("imagenet_120", 120, 256, 0.1, 1e-4, "step", (30, 60, 90), 0.1,
-               source="NeurIPS Appendix B (lambda_0, kind: TPAMI Appendix A)", **_IMAGENET_ISDA),
+        Preset("imagenet_120", 120, 256, 0.1, 1e-4, "step", (30, 60, 90), 0.1, nesterov=False,
+               source="NeurIPS Appendix B (lambda_0, kind: TPAMI Appendix A; SGD without "
+               "Nesterov as the official imagenet_DDP.py)", **_IMAGENET_ISDA),
         # segmentation (Table 7; chosen by torch_isda.train.segmentation_config)
         Preset("segmentation", 108, 8, 0.01, 5e-4, "poly", nesterov=False, lambda0=7.5,
                kind="diagonal", source="official ISDA segmentation code: Cityscapes, 40k "
@@ -265,8 +292,11 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
 
     ``lambda0`` and ``kind`` left at ``None`` come from the same preset's ISDA defaults,
     refined per family and per model (:meth:`Preset.isda_defaults`); ``0.5`` / ``"full"``
-    when there is no preset. Explicitly set fields are kept. The returned config has
-    ``preset`` set to the preset used (or ``None`` when every preset field was given).
+    when there is no preset. ``lr_offset`` left at ``None`` comes from the same preset
+    (:attr:`Preset.lr_offset`) when that is non-zero; ``None`` means 0.
+
+    Explicitly set fields are kept. The returned config has ``preset`` set to the preset
+    used (or ``None`` when every preset field was given explicitly).
     """
     from ..data import build_augment, dataset_entrypoint
 
@@ -298,6 +328,12 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
         defaults = ({"lambda0": DEFAULT_LAMBDA0, "kind": DEFAULT_KIND} if isda_preset is None
                     else get_preset(isda_preset).isda_defaults(config.model, family))
         changes.update({f: defaults[f] for f in missing_isda})
+    if config.lr_offset is None:  # the LR timing of the preset (module docstring)
+        timing_preset = preset_name if preset_name is not None else preset_name_for_family(family)
+        if timing_preset is not None and get_preset(timing_preset).lr_offset:
+            # only a non-zero offset is recorded: None (= 0) keeps the configs of earlier
+            # runs equal, so finished runs are still reused
+            changes["lr_offset"] = get_preset(timing_preset).lr_offset
     if config.out is None:
         changes["out"] = default_out_dir(config)
     resolved = dataclasses.replace(config, **changes)

@@ -30,7 +30,7 @@ RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", "metrics.json", CONFIG
 #: Fields that do not change what a run computes (ignored when deciding whether a
 #: finished run in ``--out`` matches the requested configuration).
 COMPARED_IGNORED_FIELDS = ("out", "data_dir", "download", "workers", "device", "threads",
-                           "dist_backend", "dist_timeout")
+                           "dist_backend", "dist_timeout", "final_epochs")
 
 Resume = Union[bool, str]
 

@@ -101,6 +101,13 @@ def infer_task(config: TrainConfig) -> str:
     from the dataset. A task that contradicts the dataset raises ``ValueError``."""
     seg_data = is_segmentation_dataset(config.dataset)
     task = config.task
+    semi = getattr(config, "semi", "none")
+    if semi != "none" and (task == "segmentation" or (task is None and seg_data)):
+        raise ValueError(
+            f"--semi {semi} is semi-supervised classification; it cannot be combined with "
+            f"segmentation (--task segmentation or a segmentation dataset such as "
+            f"{config.dataset if seg_data else 'synthetic_segmentation'}); drop --semi or the "
+            f"segmentation task")
     if task is None:
         return "segmentation" if seg_data else "classification"
     if task == "segmentation" and not seg_data:

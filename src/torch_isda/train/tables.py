@@ -1,13 +1,16 @@
 """Tables and curves of an ``isda compare`` sweep of classification runs (Table 2 / Table 5).
 
 * ``OUT/table.md`` / ``OUT/table.csv``: mean ± sample std over seeds of the final test
-  error (mean of the last 10 epochs, Section 6.1) per method, in the form of Table 2 (up
-  to :data:`WIDE_TABLE_MAX_METHODS` methods) or Table 5 (one row per method); runs that
-  diverged are marked failed and left out of the statistics;
+  error per method, in the form of Table 2 (up to :data:`WIDE_TABLE_MAX_METHODS` methods)
+  or Table 5 (one row per method): the mean test error of the last K epochs (Section 6.1;
+  K = ``--final-epochs``, by default the paper's 10 but at most a tenth of the run, see
+  :func:`~torch_isda.train.reporting.final_window`), recomputed from each run's
+  ``metrics.json``, so finished runs are re-summarized with the requested window. Runs
+  that diverged are marked failed and left out of the statistics;
 * ``OUT/curves.png``: test error vs. epoch per method, mean line with a ±std band (Fig. 5).
 
-:class:`MethodSummary` and :func:`summarize_method` are shared with the semi-supervised
-and segmentation tables.
+:class:`MethodSummary`, :func:`summarize_method` and the plotting helpers are shared with
+the semi-supervised and segmentation tables.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ from typing import Any, Optional
 
 from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
+from .method_names import PAPER_NAMES, display_name
+from .metrics import final_error
+from .reporting import bold_note, clear_best, counts_text, final_window, window_text
 from .rundir import RESULT_NAME
 
 __all__ = ["DISPLAY_NAMES", "WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params",
            "plot_band", "plot_curves", "pm", "pyplot", "render_table", "save_figure",
-           "seeds_text", "summarize_method", "write_classification_comparison", "write_tables",
-           "zoom_top"]
+           "summarize_method", "write_classification_comparison", "write_tables", "zoom_top"]
 
-#: Column headers of the paper's Table 2 for the known specs.
-DISPLAY_NAMES = {"ce": "Basic", "isda": "ISDA"}
+#: The paper's names of the criteria (see :mod:`torch_isda.train.method_names`).
+DISPLAY_NAMES = PAPER_NAMES
 
 #: Up to this many methods the summary is one row with a column per method (Table 2
 #: style); with more, one row per method named by its spec (Table 5 style).
@@ -47,11 +52,12 @@ class MethodSummary:
     best_errors: list[float]
     num_parameters: Optional[int]
     curves: list[list[float]] = field(default_factory=list)  # test error per epoch, per seed
+    window: int = 1  # the last epochs averaged into each final error
     failed: list[int] = field(default_factory=list)  # seeds whose run diverged
 
     @property
     def display(self) -> str:
-        return DISPLAY_NAMES.get(self.loss, self.loss)
+        return display_name(self.loss)
 
     @staticmethod
     def mean_std(values: list[float]) -> tuple[float, Optional[float]]:
@@ -70,22 +76,29 @@ class MethodSummary:
         return self.mean_std(self.best_errors)
 
 
-def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]]) -> MethodSummary:
-    """Read ``result.json`` and ``metrics.json`` of a method's runs (a run without
-    ``result.json`` diverged: its seed is listed in ``failed``)."""
+def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
+                     final_epochs: Optional[int] = None) -> MethodSummary:
+    """Read ``result.json`` and ``metrics.json`` of a method's runs; each final error is
+    the mean test error of the run's last :func:`~torch_isda.train.reporting.final_window`
+    epochs (``final_epochs`` or the default window). A run without ``result.json``
+    diverged: its seed is listed in ``failed``."""
     finals, bests, curves, params, seeds, failed = [], [], [], None, [], []
+    windows = set()
     for seed, run_dir in run_dirs:
         if not (run_dir / RESULT_NAME).is_file():
             failed.append(seed)
             continue
         result = json.loads((run_dir / RESULT_NAME).read_text())
         rows = json.loads((run_dir / "metrics.json").read_text())
-        finals.append(float(result["final_error"]) if result["final_error"] is not None else math.nan)
+        window = final_window(int(result.get("epochs") or len(rows)), final_epochs)
+        windows.add(window)
+        finals.append(final_error([r["test_error"] for r in rows], window) if rows else math.nan)
         bests.append(float(result["best_error"]) if result["best_error"] is not None else math.nan)
         curves.append([math.nan if r["test_error"] is None else float(r["test_error"]) for r in rows])
         params = result.get("num_parameters", params)
         seeds.append(seed)
-    return MethodSummary(loss, seeds, finals, bests, params, curves, failed)
+    return MethodSummary(loss, seeds, finals, bests, params, curves,
+                         window=max(windows, default=1), failed=failed)
 
 
 def pm(mean: float, std: Optional[float], unit: str = "%") -> str:
@@ -104,20 +117,20 @@ def format_params(n: Optional[int]) -> str:
 
 def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md``."""
-    n_seeds = sorted({len(m.seeds) for m in methods})
-    seeds_text = "/".join(str(n) for n in n_seeds)
-    best_mean = min((m.final[0] for m in methods if m.seeds), default=math.nan)
-    bold = len(methods) > 1
+    seeds_text = counts_text([len(m.seeds) for m in methods], "seed")
+    marked = clear_best([m.final[0] for m in methods], [m.final[1] for m in methods])
+    spread = all(m.final[1] is not None for m in methods)
     cells = []
-    for m in methods:
+    for i, m in enumerate(methods):
         text = pm(*m.final) if m.seeds else "failed"
-        text = f"**{text}**" if bold and m.final[0] == best_mean else text
+        text = f"**{text}**" if i == marked else text
         cells.append(text + (f" ({len(m.failed)} failed)" if m.failed and m.seeds else ""))
     params = format_params(methods[0].num_parameters)
     lines = [
         f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
-        f"{seeds_text} seeds; each run's error is the mean test error of its last 10 epochs "
-        f"(Section 6.1). {config.epochs} epochs, preset {config.preset}.",
+        f"{seeds_text}; each run's error is the mean test error of its "
+        f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). {config.epochs} "
+        f"epochs, preset {config.preset}.{bold_note(marked, len(methods), spread)}",
         "",
     ]
     if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
@@ -126,19 +139,20 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
             "|---|---|" + "---|" * len(methods),
             f"| {config.model} | {params} | " + " | ".join(cells) + " |",
         ]
-    else:  # Table 5 style: one row per method, named by its spec
-        lines += [f"| Method | {config.model} ({params}) on {config.dataset} |", "|---|---|"]
-        lines += [f"| {m.loss} | {cell} |" for m, cell in zip(methods, cells)]
+    else:  # Table 5 style: one row per method
+        lines += [f"| Method | Spec | {config.model} ({params}) on {config.dataset} |",
+                  "|---|---|---|"]
+        lines += [f"| {m.display} | `{m.loss}` | {cell} |" for m, cell in zip(methods, cells)]
     lines += [
         "",
-        "| Method | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
-        "|---|---|---|---|---|",
+        "| Method | Spec | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in methods:
         per_seed = ", ".join([f"{e:.2f}" for e in m.final_errors]
                              + [f"seed {s} failed (diverged)" for s in m.failed])
-        lines.append(f"| {m.loss} | {pm(*m.final, unit='')} | {pm(*m.best, unit='')} | "
-                     f"{len(m.seeds)} | {per_seed} |")
+        lines.append(f"| {m.display} | `{m.loss}` | {pm(*m.final, unit='')} | "
+                     f"{pm(*m.best, unit='')} | {len(m.seeds)} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,13 +162,13 @@ def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfi
     atomic_write_text(out / "table.md", text)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "name", "dataset", "model", "epochs", "n_seeds",
+    writer.writerow(["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
                      "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
                      "num_parameters", "seeds", "final_errors", "failed_seeds"])
     for m in methods:
         (fm, fs), (bm, bs) = m.final, m.best
         writer.writerow([m.loss, m.display, config.dataset, config.model, config.epochs,
-                         len(m.seeds), f"{fm:.4f}", "" if fs is None else f"{fs:.4f}",
+                         m.window, len(m.seeds), f"{fm:.4f}", "" if fs is None else f"{fs:.4f}",
                          f"{bm:.4f}", "" if bs is None else f"{bs:.4f}",
                          "" if m.num_parameters is None else m.num_parameters,
                          ";".join(str(s) for s in m.seeds),
@@ -193,11 +207,14 @@ def zoom_top(ax: Any, tops: Sequence[Any]) -> None:
     """y from 0 to 1.1 x the highest ``mean + std`` past the first 10% of training."""
     import numpy as np
 
-    finite = [float(np.nanmax(t[max(1, int(math.ceil(0.1 * len(t)))):])) for t in tops
-              if len(t) > max(1, int(math.ceil(0.1 * len(t))))]
-    finite = [t for t in finite if math.isfinite(t)]
-    if finite:
-        ax.set_ylim(bottom=0.0, top=max(finite) * 1.1 + 1e-6)
+    peaks = []
+    for top in tops:
+        skip = max(1, int(math.ceil(0.1 * len(top))))
+        if len(top) > skip:
+            peaks.append(float(np.nanmax(top[skip:])))
+    peaks = [p for p in peaks if math.isfinite(p)]
+    if peaks:
+        ax.set_ylim(bottom=0.0, top=max(peaks) * 1.1 + 1e-6)
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -206,25 +223,26 @@ def save_figure(fig: Any, path: Path) -> None:
     pyplot().close(fig)
 
 
-def seeds_text(summaries: Sequence[MethodSummary]) -> str:
-    return "/".join(str(n) for n in sorted({len(m.seeds) for m in summaries}))
-
-
-def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> None:
-    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style)."""
+def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig
+                ) -> tuple[str, list[str]]:
+    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style).
+    Returns the legend's title and entries (the names and window of the table)."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
-    tops = [plot_band(ax, m.curves, f"{m.display} ({pm(*m.final)})") for m in methods if m.curves]
-    zoom_top(ax, tops)
+    zoom_top(ax, [plot_band(ax, m.curves, f"{m.display} ({pm(*m.final)})")
+                  for m in methods if m.curves])
     longest = max((len(c) for m in methods for c in m.curves), default=0)
+    window = methods[0].window
     if longest > 1:  # the epochs averaged into the final error
-        ax.axvspan(max(0.5, longest - 9.5), longest + 0.5, color="0.95", zorder=0, lw=0)
+        ax.axvspan(max(0.5, longest - window + 0.5), longest + 0.5, color="0.95", zorder=0, lw=0)
+    n = sorted({len(m.seeds) for m in methods})
     ax.set(xlabel="epoch", ylabel="test error (%)",
-           title=f"{config.model} on {config.dataset}: mean ± std over {seeds_text(methods)} seeds")
+           title=f"{config.model} on {config.dataset}: mean ± std over {counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
-    ax.legend(title="final error (last 10 epochs)",
-              fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
+    legend = ax.legend(title=f"final error ({window_text(window)})",
+                       fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
     fig.tight_layout()
     save_figure(fig, path)
+    return legend.get_title().get_text(), [t.get_text() for t in legend.get_texts()]
 
 
 def write_classification_comparison(out: Path, variants: Sequence[Any],
@@ -232,7 +250,7 @@ def write_classification_comparison(out: Path, variants: Sequence[Any],
                                     ) -> tuple[list[MethodSummary], str, Path]:
     """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a sweep over criteria;
     returns ``(methods, markdown, curves path)``."""
-    methods = [summarize_method(v.loss, runs[v.key]) for v in variants]
+    methods = [summarize_method(v.loss, runs[v.key], config.final_epochs) for v in variants]
     table = write_tables(out, methods, config)
     curves = out / "curves.png"
     plot_curves(curves, methods, config)

@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
+from .reporting import clear_best, counts_text, plural
 from .rundir import RESULT_NAME
 from .segmentation_config import TABLE7_COLUMNS
-from .tables import MethodSummary, format_params, plot_band, pm, pyplot, save_figure, seeds_text
+from .tables import MethodSummary, format_params, pm
 
-__all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves", "render_segmentation_table",
-           "summarize_segmentation_method", "write_segmentation_comparison",
-           "write_segmentation_tables"]
+__all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves",
+           "render_segmentation_table", "single_class_warning", "summarize_segmentation_method",
+           "write_segmentation_comparison", "write_segmentation_tables"]
 
 COLUMN_KEYS = tuple(key for key, *_ in TABLE7_COLUMNS)
 
@@ -46,6 +47,7 @@ class SegmentationMethodSummary(MethodSummary):
     miou: dict[str, list[float]] = field(default_factory=dict)
     miou_curves: list[list[float]] = field(default_factory=list)
     eval_scales: list[float] = field(default_factory=list)
+    predicted_classes: list[Optional[int]] = field(default_factory=list)  # per seed
 
     def column(self, key: str) -> tuple[float, Optional[float]]:
         return self.mean_std(self.miou[key])
@@ -59,7 +61,7 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
                                   ) -> SegmentationMethodSummary:
     """Read ``result.json`` and ``metrics.json`` of a method's segmentation runs."""
     miou: dict[str, list[float]] = {key: [] for key in COLUMN_KEYS}
-    finals, bests, curves, error_curves, seeds = [], [], [], [], []
+    finals, bests, curves, error_curves, seeds, predicted = [], [], [], [], [], []
     params: Optional[int] = None
     scales: list[float] = []
     for seed, run_dir in run_dirs:
@@ -77,9 +79,11 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
         error_curves.append([_number(r.get("test_error")) for r in rows])
         params = result.get("num_parameters", params)
         scales = list(result.get("eval_scales") or scales)
+        predicted.append(result.get("predicted_classes"))
         seeds.append(seed)
     return SegmentationMethodSummary(loss, seeds, finals, bests, params, error_curves, miou=miou,
-                                     miou_curves=curves, eval_scales=scales)
+                                     miou_curves=curves, eval_scales=scales,
+                                     predicted_classes=predicted)
 
 
 def _model_text(config: TrainConfig) -> str:
@@ -87,44 +91,65 @@ def _model_text(config: TrainConfig) -> str:
     return f"{config.model} ({kwargs})" if kwargs else config.model
 
 
+def degenerate_runs(methods: Sequence[SegmentationMethodSummary]) -> list[str]:
+    """One sentence per method with runs whose final model predicts a single class."""
+    out = []
+    for m in methods:
+        seeds = [s for s, n in zip(m.seeds, m.predicted_classes) if n == 1]
+        if seeds:
+            out.append(f"{m.display} (`{m.loss}`) predicts a single class for every test "
+                       f"pixel with seed{'s' if len(seeds) > 1 else ''} "
+                       f"{', '.join(map(str, seeds))}: its mIoU only reflects the class "
+                       f"frequencies (train longer, e.g. more --epochs)")
+    return out
+
+
 def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
                               config: TrainConfig) -> str:
     """The markdown of ``table.md`` (Table 7 layout)."""
-    n_seeds = "/".join(str(n) for n in sorted({len(m.seeds) for m in methods}))
+    n_seeds = counts_text([len(m.seeds) for m in methods], "seed")
     scales = methods[0].eval_scales or []
     scale_text = ", ".join(f"{s:g}" for s in scales)
-    best = {key: max(m.column(key)[0] for m in methods) for key in COLUMN_KEYS}
+    marked = {key: clear_best([m.column(key)[0] for m in methods],
+                              [m.column(key)[1] for m in methods], lower_is_better=False)
+              for key in COLUMN_KEYS}
     baseline = methods[0]
     lines = [
         f"mIoU (%) of {_model_text(config)} on {config.dataset}: mean ± std (sample std) over "
-        f"{n_seeds} seeds of the final model after {config.epochs} epochs (preset "
+        f"{n_seeds} of the final model after {plural(config.epochs, 'epoch')} (preset "
         f"{config.preset}, loss at {config.seg_loss_at} resolution, aux weight "
         f"{config.aux_weight:g}). Multi-scale: probabilities averaged over scales "
         f"{{{scale_text}}}; + Flip: and their left-right flips (Table 7). In brackets: the "
-        f"change relative to {baseline.display}.",
+        f"change relative to {baseline.display}. In bold: the best mean of a column, ahead "
+        f"of every other by more than one standard deviation of both"
+        f"{'' if any(v is not None for v in marked.values()) else ' (none here)'}.",
         "",
-        "| Method | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMN_KEYS),
+        "| Method | Spec | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMN_KEYS),
     ]
-    for m in methods:
+    for i, m in enumerate(methods):
         cells = []
         for key in COLUMN_KEYS:
             mean, std = m.column(key)
             text = pm(mean, std, unit="")
-            if len(methods) > 1 and mean == best[key]:
+            if i == marked[key]:
                 text = f"**{text}**"
             if m is not baseline:
                 delta = mean - baseline.column(key)[0]
                 text += f" ({'↑' if delta >= 0 else '↓'} {abs(delta):.2f})"
             cells.append(text)
-        name = config.model if m.loss == "ce" else f"{config.model} + {m.display}"
-        lines.append(f"| {name} | {format_params(m.num_parameters)} | " + " | ".join(cells) + " |")
-    lines += ["", "| Method | Seeds | " + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
-              + " |", "|---|---|" + "---|" * len(COLUMN_KEYS)]
+        lines.append(f"| {m.display} | `{m.loss}` | {format_params(m.num_parameters)} | "
+                     + " | ".join(cells) + " |")
+    warnings = degenerate_runs(methods)
+    if warnings:
+        lines += ["", *(f"**Warning**: {w}" for w in warnings)]
+    lines += ["", "| Method | Spec | Seeds | "
+              + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
+              + " |", "|---|---|---|" + "---|" * len(COLUMN_KEYS)]
     for m in methods:
         per_seed = [", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS]
         seeds = ", ".join(map(str, m.seeds))
-        lines.append(f"| {m.loss} | {seeds} | " + " | ".join(per_seed) + " |")
+        lines.append(f"| {m.display} | `{m.loss}` | {seeds} | " + " | ".join(per_seed) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,16 +183,33 @@ def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSum
 def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
                      config: TrainConfig) -> None:
     """Single-scale test mIoU vs. epoch per method: mean over seeds with a ±std band."""
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
-    for m in methods:
-        if m.miou_curves:
-            plot_band(ax, m.miou_curves, f"{m.display} ({pm(*m.column('miou_single'), unit='')}%)")
-    ax.set(xlabel="epoch", ylabel="test mIoU (%), single scale",
-           title=f"{config.model} on {config.dataset}: mean ± std over {seeds_text(methods)} seeds")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for m in [m for m in methods if m.miou_curves]:  # runs that diverged have none
+        length = min(len(c) for c in m.miou_curves)
+        curves = np.array([c[:length] for c in m.miou_curves], dtype=float)
+        epochs = np.arange(1, length + 1)
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
+        final = m.column("miou_single")
+        (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({pm(*final, unit='')}%)")
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test mIoU (%), single scale")
+    n = sorted({len(m.seeds) for m in methods})
+    ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
+                 f"{counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
     ax.legend(title="final single-scale mIoU")
     fig.tight_layout()
-    save_figure(fig, path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
 
 
 def write_segmentation_comparison(out: Path, variants: Sequence[Any],
@@ -190,3 +232,12 @@ def format_segmentation_result(result: dict[str, Any]) -> str:
         cells.append(f"{header.lower()} {'-' if value is None else f'{value:.2f}%'}")
     scales = ",".join(f"{s:g}" for s in result.get("eval_scales") or [])
     return f"test mIoU: {'  '.join(cells)}" + (f"  (scales {scales})" if scales else "")
+
+
+def single_class_warning(result: dict[str, Any], name: str = "the model") -> Optional[str]:
+    """A warning when the final model of a segmentation run predicts a single class for
+    every test pixel (``predicted_classes == 1`` in ``result.json``), else ``None``."""
+    if result.get("predicted_classes") != 1:
+        return None
+    return (f"warning: {name} predicts a single class for every test pixel (its mIoU only "
+            f"reflects the class frequencies); train longer (more --epochs) or check --lr")

@@ -6,9 +6,9 @@ ISDA") and/or ``--loss isda`` (Eq. 19, "with ISDA"). Then this module writes:
 
 * ``OUT/table.md`` / ``OUT/table.csv``: one row per base method, columns "without ISDA"
   and "with ISDA" holding the mean ± sample std over seeds of the final test error (mean
-  of the last 10 epochs, Section 6.1), the difference paired by seed (a seed fixes the
-  labeled split and the initialization of both columns), and, when the dataset and label
-  count are those of a Table 6 column, the paper's numbers;
+  of the last K epochs, Section 6.1, K as in ``isda compare``), the difference paired by
+  seed (a seed fixes the labeled split and the initialization of both columns), and, when
+  the dataset and label count are those of a Table 6 column, the paper's numbers;
 * ``OUT/curves.png``: test error vs. epoch, one panel per method, mean line with a ±std
   band for each column.
 """
@@ -25,16 +25,8 @@ from typing import Any, Optional
 
 from .checkpoint import atomic_write_text
 from .config import TrainConfig
-from .tables import (
-    MethodSummary,
-    plot_band,
-    pm,
-    pyplot,
-    save_figure,
-    seeds_text,
-    summarize_method,
-    zoom_top,
-)
+from .reporting import clear_best, counts_text, plural, window_text
+from .tables import MethodSummary, plot_band, pm, pyplot, save_figure, summarize_method, zoom_top
 
 __all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison",
            "write_semi_tables"]
@@ -76,6 +68,7 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
                       summaries: dict[tuple[str, str], MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md`` (``config``: a resolved config of the comparison)."""
     n_seeds = sorted({len(s.seeds) for s in summaries.values()})
+    window = max(s.window for s in summaries.values())
     papers = {m: _paper(m, config) for m in methods}
     show_paper = any(p is not None for p in papers.values())
     both = tuple(losses) == ("ce", "isda")
@@ -87,10 +80,13 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
     lines = [
         f"Test error (%) of {config.model} on {config.dataset} with {config.labels} labels "
         f"(semi-supervised, Table 6 style): mean ± std (sample std) over "
-        f"{'/'.join(map(str, n_seeds))} seeds; each run's error is the mean test error of its "
-        f"last 10 epochs (Section 6.1). {config.epochs} epochs, preset {config.preset}, "
+        f"{counts_text(n_seeds, 'seed')}; each run's error is the mean test error of its "
+        f"{window_text(window)} (Section 6.1; --final-epochs). "
+        f"{plural(config.epochs, 'epoch')}, preset {config.preset}, "
         f"lambda0 {config.lambda0:g}, eta1 {config.eta1:g}; without ISDA = the base method "
-        f"alone (--loss ce), with ISDA = Eq. (19) (--loss isda).",
+        f"alone (--loss ce), with ISDA = Eq. (19) (--loss isda)."
+        + (" In bold: the better column of a row, where the difference exceeds one standard "
+           "deviation of both." if both else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -100,20 +96,20 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
                  for loss in losses]
         if both:
             base, isda = summaries[(m, "ce")], summaries[(m, "isda")]
-            means = [base.final[0], isda.final[0]]
-            cells = [f"**{c}**" if mean == min(means) and means[0] != means[1] else c
-                     for c, mean in zip(cells, means)]
+            marked = clear_best([base.final[0], isda.final[0]], [base.final[1], isda.final[1]])
+            cells = [f"**{c}**" if i == marked else c for i, c in enumerate(cells)]
             cells.append(_paired_difference(base, isda))
         if show_paper:
             cells.append(papers[m] or "-")
         lines.append(f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
-    lines += ["", "| Method | Loss | Final error (%) | Best error (%) | Seeds | "
-                  "Final error per seed (%) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| Method | Column | Spec | Final error (%) | Best error (%) | Seeds | "
+                  "Final error per seed (%) |", "|---|---|---|---|---|---|---|"]
     for m in methods:
         for loss in losses:
             s = summaries[(m, loss)]
             per_seed = ", ".join(f"{e:.2f}" for e in s.final_errors)
-            lines.append(f"| {METHOD_NAMES.get(m, m)} | {loss} | {pm(*s.final, unit='')} | "
+            lines.append(f"| {METHOD_NAMES.get(m, m)} | {_COLUMNS[loss]} | `--semi {m} --loss "
+                         f"{loss}` | {pm(*s.final, unit='')} | "
                          f"{pm(*s.best, unit='')} | {len(s.seeds)} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
@@ -126,14 +122,15 @@ def write_semi_tables(out: Path, methods: Sequence[str], losses: Sequence[str],
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
-                     "n_seeds", "final_error_mean", "final_error_std", "best_error_mean",
-                     "best_error_std", "seeds", "final_errors"])
+                     "final_epochs", "n_seeds", "final_error_mean", "final_error_std",
+                     "best_error_mean", "best_error_std", "seeds", "final_errors"])
     for m in methods:
         for loss in losses:
             s = summaries[(m, loss)]
             (fm, fs), (bm, bs) = s.final, s.best
             writer.writerow([m, METHOD_NAMES.get(m, m), loss, int(loss == "isda"), config.dataset,
-                             config.model, config.labels, config.epochs, len(s.seeds),
+                             config.model, config.labels, config.epochs, s.window,
+                             len(s.seeds),
                              f"{fm:.4f}", "" if fs is None else f"{fs:.4f}", f"{bm:.4f}",
                              "" if bs is None else f"{bs:.4f}",
                              ";".join(str(k) for k in s.seeds),
@@ -155,11 +152,13 @@ def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
                       for loss, s in runs])
         ax.set(title=METHOD_NAMES.get(m, m), xlabel="epoch", ylabel="test error (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=f"final error ({window_text(runs[0][1].window)})"
+                  if runs else None, title_fontsize=8)
     for ax in list(axes.flat)[len(methods):]:
         ax.set_visible(False)
     fig.suptitle(f"{config.model} on {config.dataset}, {config.labels} labels: mean ± std over "
-                 f"{seeds_text(list(summaries.values()))} seeds", fontsize=10)
+                 f"{counts_text(sorted({len(s.seeds) for s in summaries.values()}), 'seed')}",
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -171,7 +170,8 @@ def write_semi_comparison(out: Path, variants: Sequence[Any],
     semi-supervised methods; returns ``(summaries, markdown, curves path)``."""
     methods = list(dict.fromkeys(v.semi for v in variants))
     losses = list(dict.fromkeys(v.loss for v in variants))
-    summaries = {(v.semi, v.loss): summarize_method(v.loss, runs[v.key]) for v in variants}
+    summaries = {(v.semi, v.loss): summarize_method(v.loss, runs[v.key], config.final_epochs)
+                 for v in variants}
     table = write_semi_tables(out, methods, losses, summaries, config)
     curves = out / "curves.png"
     plot_semi_curves(curves, methods, losses, summaries, config)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..metrics import FINAL_EPOCHS
+from ..reporting import final_window
 
 __all__ = ["StepOut", "Task"]
 
@@ -68,8 +68,6 @@ class Task:
     name: ClassVar[str] = ""
     #: The lr schedule counts iterations (segmentation) instead of epochs.
     schedule_per_step: ClassVar[bool] = False
-    #: Epochs averaged into ``final_error`` (Section 6.1: the last 10).
-    final_epochs: ClassVar[int] = FINAL_EPOCHS
 
     model: nn.Module
     criterion: nn.Module
@@ -152,6 +150,10 @@ class Task:
 
     def prepare_distributed(self, context: Any) -> bool:
         return False
+
+    def final_window(self) -> int:
+        """The last epochs averaged into ``final_error`` (Section 6.1; ``--final-epochs``)."""
+        return final_window(self.config.epochs, self.config.final_epochs)
 
     def train_mode(self, epoch: int) -> None:
         self.model.train()

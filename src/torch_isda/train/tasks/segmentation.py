@@ -20,7 +20,10 @@ After every epoch the test split is evaluated single-scale (mIoU from a confusio
 void pixels ignored): ``metrics.csv`` gets ``test_miou`` and ``test_error = 100 - mIoU``.
 When the last epoch is done, the final model is evaluated as in Table 7 (single-scale,
 multi-scale ``eval_scales``, multi-scale + flip) and ``result.json`` gets ``miou_single``,
-``miou_multiscale``, ``miou_multiscale_flip`` (and per-class IoUs).
+``miou_multiscale``, ``miou_multiscale_flip`` (and per-class IoUs), and
+``predicted_classes``: the fewest classes the final model predicts in one of the three
+evaluations (1: it predicts a single class everywhere, which ``isda train`` and ``isda
+compare`` report as a warning).
 
 Data: ``synthetic_segmentation`` lives on the device (random flips drawn from one seeded
 generator); ``cityscapes`` uses :func:`~torch_isda.data.cityscapes.create_cityscapes_loaders`
@@ -100,7 +103,6 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
-    final_epochs = 1  # final_error = 100 - mIoU of the final model
 
     def __init__(self, config: Any, engine: Any) -> None:
         super().__init__(config, engine)
@@ -110,6 +112,9 @@ class SegmentationTask(Task):
     @staticmethod
     def resolve(config: Any) -> Any:
         return resolve_segmentation_config(config)
+
+    def final_window(self) -> int:
+        return 1  # final_error = 100 - mIoU of the final model
 
     # ------------------------------------------------------------------ setup
 
@@ -261,6 +266,9 @@ class SegmentationTask(Task):
             result[key.replace("miou", "iou")] = [None if v != v else 100.0 * v  # nan: absent
                                                   for v in metrics["iou"]]
             result[key.replace("miou", "pixel_acc")] = 100.0 * metrics["pixel_acc"]
+            # fewest classes predicted in a column: 1 = a model that has learned nothing
+            result["predicted_classes"] = min(metrics["predicted_classes"],
+                                              result.get("predicted_classes", self.num_classes))
         result["eval_seconds"] = time.perf_counter() - t0
         return result
 

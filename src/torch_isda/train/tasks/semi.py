@@ -322,7 +322,7 @@ class SemiTask(Task):
         }
         vals = [r.get("val_error") for r in rows]
         if any(v is not None for v in vals):
-            result["final_val_error"] = final_error(vals, self.final_epochs)
+            result["final_val_error"] = final_error(vals, self.final_window())
         return result
 
     def resolved_fields(self) -> dict[str, Any]:

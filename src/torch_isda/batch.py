@@ -1,0 +1,149 @@
+"""The classes of a batch and its value checks, read back in one host transfer.
+
+ISDA computes everything per class *present* in the batch. Finding those classes with
+``torch.unique`` and checking the labels' range and the features' finiteness with
+``bool()`` / ``int()`` each stall an accelerator's launch queue (a device-to-host
+synchronization). :func:`scan_batch` computes all of it on the device and reads it back
+with a single transfer, once per training step; the estimator and the loss share the
+result (a :class:`BatchClasses`).
+
+With ``static=True`` nothing is read back: the "class set" is all ``C`` classes
+(``classes = arange(C)``, zero counts for the absent ones) and no value is checked. Shapes
+then never depend on data, which is what ``torch.compile(fullgraph=True)`` and CUDA graphs
+need.
+
+Samples whose label equals ``ignore_index`` are handled with masks (``valid``), never with
+boolean indexing (which synchronizes).
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["BatchClasses", "scan_batch", "valid_indices"]
+
+
+class BatchClasses(NamedTuple):
+    """The classes of one batch, shared by the estimator update and the loss.
+
+    Fields:
+        classes: ``U`` sorted distinct class indices on the labels' device (``arange(C)``
+            when ``static``).
+        inverse: ``N`` position in ``classes`` of each sample's class (``0`` for ignored
+            samples: mask them with ``valid``).
+        counts: ``U`` number of valid samples of each class (long, on the device).
+        valid: ``N`` bool mask of the samples that count (label != ignore_index), or
+            ``None`` when all of them do.
+        host_counts: the ``U`` counts as Python ints (``None`` when ``static``).
+        host_classes: the ``U`` classes as Python ints (``None`` when ``static``).
+        static: ``True`` for the all-class, data-independent class set.
+    """
+
+    classes: Tensor
+    inverse: Tensor
+    counts: Tensor
+    valid: Optional[Tensor]
+    host_counts: Optional[Tuple[int, ...]]
+    host_classes: Optional[Tuple[int, ...]]
+    static: bool
+
+    @property
+    def num_valid(self) -> Optional[int]:
+        """Number of valid samples, when known on the host."""
+        return None if self.host_counts is None else sum(self.host_counts)
+
+
+def _range_message(num_classes: int, ignore_index: Optional[int], lo: int, hi: int) -> str:
+    ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+    return f"labels must lie in [0, {num_classes}){ignore}; got values in [{lo}, {hi}]"
+
+
+def scan_batch(
+    labels: Tensor,
+    num_classes: int,
+    *,
+    ignore_index: Optional[int] = None,
+    features: Optional[Tensor] = None,
+    validate: bool = True,
+    static: bool = False,
+) -> Tuple[BatchClasses, List[str]]:
+    """The class set of ``labels`` and the problems found, with at most one host transfer.
+
+    Args:
+        labels: ``N`` integer labels (any integer dtype).
+        num_classes: ``C``.
+        ignore_index: label of samples to leave out (``None``: every sample counts).
+        features: optional ``N x A`` features checked for NaN/Inf (when ``validate``).
+        validate: check the labels' range (and the features); with ``False`` out-of-range
+            labels are undefined behaviour.
+        static: all ``C`` classes, nothing read back (requires ``validate=False``).
+
+    Returns:
+        ``(batch, problems)``: the :class:`BatchClasses` and a list of messages (empty when
+        the batch is fine). ``batch`` is only meaningful when ``problems`` is empty.
+    """
+    C = int(num_classes)
+    y = labels.to(torch.long)
+    device = y.device
+    valid = None if ignore_index is None else y != ignore_index
+    safe = y if valid is None else torch.where(valid, y, torch.zeros((), dtype=torch.long, device=device))
+    if static:
+        if validate:
+            raise ValueError("static class sets are only available with validate=False")
+        ones = torch.ones_like(safe) if valid is None else valid.to(torch.long)
+        counts = torch.zeros(C, dtype=torch.long, device=device).index_add_(0, safe, ones)
+        classes = torch.arange(C, device=device)
+        return BatchClasses(classes, safe, counts, valid, None, None, True), []
+    N = y.shape[0]
+    if N == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return BatchClasses(empty, empty, empty, valid, (), (), False), []
+    # counts of the in-range classes, then (when validating) the extreme valid labels and
+    # the features' finiteness: one tensor, one transfer
+    inrange = (safe >= 0) & (safe < C)
+    keep = inrange if valid is None else inrange & valid
+    slot = torch.where(keep, safe, torch.full((), C, dtype=torch.long, device=device))
+    counts_ext = torch.zeros(C + 1, dtype=torch.long, device=device).index_add_(0, slot, torch.ones_like(slot))
+    parts = [counts_ext[:C]]
+    if validate:
+        big = torch.iinfo(torch.long)
+        if valid is None:
+            lo, hi = y.min(), y.max()
+        else:
+            lo = torch.where(valid, y, torch.full((), big.max, dtype=torch.long, device=device)).min()
+            hi = torch.where(valid, y, torch.full((), big.min, dtype=torch.long, device=device)).max()
+        bad = torch.zeros((), dtype=torch.long, device=device)
+        if features is not None and features.numel():
+            nonfinite = ~torch.isfinite(features)
+            if valid is not None and features.dim() == 2:  # ignored samples are not folded in
+                nonfinite = nonfinite.any(1) & valid
+            bad = nonfinite.any().to(torch.long)
+        parts.append(torch.stack([lo, hi, bad]).to(device))
+    host = torch.cat(parts).tolist()  # the one synchronization
+    host_all = host[:C]
+    problems: List[str] = []
+    if validate:
+        lo, hi, nonfinite = host[C:]
+        if lo <= hi and (lo < 0 or hi >= C):  # lo > hi: no valid sample
+            problems.append(_range_message(C, ignore_index, lo, hi))
+        if nonfinite:
+            problems.append("features contain NaN or Inf values")
+    host_classes = tuple(c for c in range(C) if host_all[c])
+    host_counts = tuple(host_all[c] for c in host_classes)
+    U = len(host_classes)
+    present = counts_ext[:C] > 0
+    # sorted present classes without a data-dependent shape: present ones first (stable)
+    classes = torch.argsort((~present).to(torch.int32), stable=True)[:U]
+    position = torch.cumsum(present.to(torch.long), 0) - 1  # C: index of each class in `classes`
+    inverse = position.index_select(0, safe.clamp(0, C - 1)).clamp_min_(0)
+    counts = counts_ext.index_select(0, classes)
+    return BatchClasses(classes, inverse, counts, valid, host_counts, host_classes, False), problems
+
+
+def valid_indices(valid: Tensor, num_valid: int) -> Tensor:
+    """Indices of the ``True`` entries of ``valid`` in order, given their number (no sync)."""
+    return torch.argsort((~valid).to(torch.int32), stable=True)[:num_valid]
+

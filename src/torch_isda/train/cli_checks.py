@@ -1,0 +1,49 @@
+"""Checks of what a user typed for ``isda train`` / ``isda compare`` that the resolved
+configuration can no longer tell: options that have no effect, and an explicit model that
+the segmentation defaults would silently replace.
+
+``overrides`` is :func:`~torch_isda.train.config.config_overrides_from_args`: the options
+given on the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig
+
+__all__ = ["FILELESS_DATASETS", "check_explicit_options", "ignored_option_notes"]
+
+#: Datasets that read no files: ``--data-dir`` and ``--download`` do nothing for them.
+FILELESS_DATASETS = {
+    "digits": "bundled with scikit-learn",
+    "synthetic_segmentation": "generated in memory",
+}
+
+
+def ignored_option_notes(overrides: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``note: ...`` lines for given options that the configuration ignores."""
+    notes = []
+    why = FILELESS_DATASETS.get(config.dataset)
+    if why is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("data_dir", "download")
+                 if name in overrides]
+        if given:
+            notes.append(f"note: {' and '.join(given)} {'has' if len(given) == 1 else 'have'} "
+                         f"no effect for dataset {config.dataset!r} ({why})")
+    return notes
+
+
+def check_explicit_options(overrides: dict[str, Any], config: TrainConfig) -> None:
+    """``ValueError`` for an explicit ``--model`` that a segmentation run would replace:
+    the classification default ``digits_cnn`` stands for "the task's default model" only
+    when ``--model`` is not given."""
+    if overrides.get("model") != TrainConfig.model:
+        return
+    from .segmentation_config import DEFAULT_SEGMENTATION_MODEL, infer_task
+
+    if infer_task(config) == "segmentation":
+        raise ValueError(
+            f"--model {TrainConfig.model} is a classification model; segmentation runs need a "
+            f"segmentation model such as {DEFAULT_SEGMENTATION_MODEL} (the default when "
+            f"--model is not given)")

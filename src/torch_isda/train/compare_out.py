@@ -1,0 +1,81 @@
+"""Default output directories of ``isda compare``, keyed by configuration.
+
+A comparison's runs live in ``OUT/<loss>/seed<k>/`` and are reused when the same command
+runs again. If every configuration shared one default ``OUT``, a reduced run (``--epochs
+10``) would leave runs there that the full one (30 epochs) then refuses to overwrite. So the
+default ``OUT`` is the command's base name (``runs/compare-digits``) followed by the
+settings in which the configuration differs from that command's defaults, e.g.
+``runs/compare-digits-epochs10`` or ``runs/compare-digits-augment-crop_flip-epochs10``; a long
+difference is shortened to the names of the fields and a hash of their values. Settings
+that do not change what a run computes (``--threads``, ``--device``, ``--data-dir``,
+``--final-epochs``, ... see :data:`~torch_isda.train.rundir.COMPARED_IGNORED_FIELDS`) do
+not change the directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .config import TrainConfig
+from .resolve import resolve_config
+from .rundir import COMPARED_IGNORED_FIELDS, config_differences
+
+__all__ = ["MAX_SUFFIX", "config_suffix", "default_comparison_out"]
+
+#: Longer suffixes become ``<field names>-<hash>``.
+MAX_SUFFIX = 48
+
+#: Fields set per run by the comparison itself (not part of the directory name).
+PER_RUN_FIELDS = ("loss", "seed", "out")
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        text = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9.,=+_-]+", "_", text).strip("_") or "none"
+
+
+def config_suffix(config: TrainConfig, reference: TrainConfig,
+                  ignore: Iterable[str] = ()) -> str:
+    """``"epochs10-lr0.1"``: the resolved fields in which ``config`` differs from
+    ``reference`` (both resolved here), minus ignored and per-run fields; ``""`` if none."""
+    skip = (*COMPARED_IGNORED_FIELDS, *PER_RUN_FIELDS, *ignore)
+    a = resolve_config(reference.replace(loss=config.loss, seed=config.seed, out="-"))
+    b = resolve_config(config.replace(out="-"))
+    diff = config_differences(a, b, ignore=skip)
+    if not diff:
+        return ""
+    keys = sorted(diff)
+    parts = []
+    for key in keys:  # epochs10, lr0.1, augment-crop_flip+cutout, nesterov-off
+        value = diff[key][1]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        joined = numeric and not key[-1].isdigit()  # eta1-2, not eta12
+        parts.append(f"{key.replace('_', '-')}{'' if joined else '-'}{_slug(value)}")
+    suffix = "-".join(parts)
+    if len(suffix) <= MAX_SUFFIX:
+        return suffix
+    digest = hashlib.sha1(json.dumps({k: diff[k][1] for k in keys}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:8]
+    names = "-".join(key.replace("_", "-") for key in keys)
+    return f"{names[:MAX_SUFFIX - 9].rstrip('-')}-{digest}"
+
+
+def default_comparison_out(prefix: str, config: TrainConfig, reference: TrainConfig,
+                           ignore: Iterable[str] = ()) -> str:
+    """``prefix`` plus ``-`` and :func:`config_suffix` when the configuration differs from
+    ``reference`` (the command's defaults)."""
+    suffix = config_suffix(config, reference, ignore)
+    return f"{prefix}-{suffix}" if suffix else prefix

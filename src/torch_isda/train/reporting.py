@@ -1,0 +1,129 @@
+"""Reporting rules shared by ``isda train``, ``isda compare`` and the analyses.
+
+* :func:`final_window`: how many last epochs make up a run's reported final error. The
+  paper averages the last 10 epochs (Section 6.1) of runs hundreds of epochs long; on a short
+  run that average would reach back into the first epochs, so the default window is
+  ``min(10, epochs // 10)`` (at least 1). ``--final-epochs K`` sets it explicitly.
+* :func:`clear_best`: which entry of a table may be printed in bold: only a best mean whose
+  lead over every other entry is larger than the spread (one sample standard deviation)
+  of both.
+* :func:`plural`: ``"1 seed"``, ``"2 seeds"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Optional
+
+__all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text",
+           "final_window", "format_eta", "plural", "window_text"]
+
+#: Section 6.1: "the average test error of the last 10 epochs is ... reported".
+PAPER_FINAL_EPOCHS = 10
+
+
+def final_window(epochs: int, final_epochs: Optional[int] = None) -> int:
+    """The number of last epochs averaged into the final error of a run of ``epochs``:
+    ``final_epochs`` when given (``ValueError`` unless ``1 <= final_epochs <= epochs``),
+    else the paper's 10, but at most a tenth of the run and at least 1."""
+    epochs = int(epochs)
+    if final_epochs is not None:
+        k = int(final_epochs)
+        if k < 1:
+            raise ValueError(f"--final-epochs must be at least 1; got {final_epochs}")
+        if k > epochs:
+            raise ValueError(f"--final-epochs {k} exceeds the run's {plural(epochs, 'epoch')}")
+        return k
+    return max(1, min(PAPER_FINAL_EPOCHS, epochs // 10))
+
+
+def window_text(k: int) -> str:
+    """``"last epoch"`` / ``"last 3 epochs"``."""
+    return "last epoch" if int(k) == 1 else f"last {int(k)} epochs"
+
+
+def plural(n: int, word: str, plural_form: Optional[str] = None) -> str:
+    """``plural(1, "seed") == "1 seed"``, ``plural(2, "seed") == "2 seeds"``."""
+    return f"{n} {word if n == 1 else (plural_form or word + 's')}"
+
+
+def counts_text(counts: "Sequence[int] | set[int]", word: str) -> str:
+    """``"1 seed"``, ``"5 seeds"``, ``"3/5 seeds"`` (distinct counts, sorted)."""
+    values = sorted(set(int(c) for c in counts))
+    if len(values) == 1:
+        return plural(values[0], word)
+    return f"{'/'.join(map(str, values))} {word}s"
+
+
+def format_eta(seconds: float) -> str:
+    """``"42s"``, ``"3m05s"``, ``"1h02m"``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class SweepEta:
+    """The estimated time left in a sweep of ``total`` items (runs of a comparison, GAN
+    iterations): the mean time of the items that did work so far (reused runs cost nothing
+    and are not counted) times the items left."""
+
+    def __init__(self, total: int) -> None:
+        self.total = int(total)
+        self.done = 0
+        self.worked = 0
+        self.seconds = 0.0
+
+    def update(self, seconds: float, worked: bool = True, count: int = 1) -> str:
+        """Record ``count`` finished items that took ``seconds``; returns ``", about 1m05s
+        left"`` (empty when nothing is left or nothing has been timed yet)."""
+        self.done += int(count)
+        if worked:
+            self.worked += int(count)
+            self.seconds += float(seconds)
+        left = self.total - self.done
+        if left <= 0 or self.worked == 0:
+            return ""
+        return f", about {format_eta(left * self.seconds / self.worked)} left"
+
+
+def clear_best(means: Sequence[float], stds: Sequence[Optional[float]], *,
+               lower_is_better: bool = True) -> Optional[int]:
+    """The index of the entry to print in bold, or ``None``.
+
+    An entry is marked only when it is the best mean and its lead over every other entry
+    exceeds the standard deviation of both (a difference within one standard deviation is
+    not a clear difference). Without a standard deviation (a single seed) nothing is marked.
+    """
+    if len(means) < 2:
+        return None
+    sign = 1.0 if lower_is_better else -1.0
+    finite = [i for i, m in enumerate(means) if math.isfinite(m)]
+    if len(finite) < 2:
+        return None
+    best = min(finite, key=lambda i: sign * means[i])
+    if stds[best] is None:
+        return None
+    for i in finite:
+        if i == best:
+            continue
+        spread = max(float(stds[best]), float(stds[i]) if stds[i] is not None else math.inf)
+        if not sign * (means[i] - means[best]) > spread:
+            return None
+    return best
+
+
+def bold_note(marked: Optional[int], count: int, spread: bool = True) -> str:
+    """The sentence a table caption adds about :func:`clear_best`'s choice (``spread``:
+    whether standard deviations exist, i.e. more than one seed)."""
+    if count < 2:
+        return ""
+    if not spread:
+        return " With one seed there is no standard deviation, so none is in bold."
+    if marked is None:
+        return (" No difference between the best mean and another exceeds one standard "
+                "deviation, so none is in bold.")
+    return " In bold: the best mean, ahead of every other by more than one standard deviation."

@@ -1,0 +1,135 @@
+"""``isda compare`` as a new user meets it: a reduced run, then the README's main job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch_isda.cli import main
+from torch_isda.train import TrainConfig
+from torch_isda.train import compare as compare_module
+from torch_isda.train import tables as tables_module
+from torch_isda.train.checkpoint import atomic_write_json
+from torch_isda.train.compare_out import config_suffix, default_comparison_out
+from torch_isda.train.metrics import write_metrics
+from torch_isda.train.resolve import resolve_config
+from torch_isda.train.rundir import prepare_run_dir
+
+
+def _stand_in_train(calls):
+    """Replaces the training of a run: applies the real run-directory rules (reuse a
+    finished run with the same configuration, refuse one with another) and writes a
+    finished run's files without training."""
+
+    def train(config, *, resume=False, force=False, quiet=False, log=None, epoch_log=True):
+        cfg = resolve_config(config)
+        reused = prepare_run_dir(cfg, resume=resume, force=force, say=lambda msg: None)
+        if reused is not None:
+            return reused
+        calls.append(cfg)
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = [{"epoch": e + 1, "test_error": 10.0 / (e + 1)} for e in range(cfg.epochs)]
+        write_metrics(out, rows)
+        atomic_write_json(out / "config.json", {"config": cfg.to_dict()})
+        result = {"final_error": rows[-1]["test_error"], "best_error": rows[-1]["test_error"],
+                  "epochs": cfg.epochs, "num_parameters": 1}
+        atomic_write_json(out / "result.json", result)
+        return {**result, "status": "trained", "out": str(out)}
+
+    return train
+
+
+def test_reduced_run_then_readme_main_job(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # the reduced command of the docs (with tiny epochs), trained for real
+    assert main(["compare", "--losses", "ce,isda,focal", "--seeds", "2", "--epochs", "1",
+                 "--quiet"]) == 0
+    reduced = tmp_path / "runs" / "compare-digits-epochs1"
+    assert sorted(p.name for p in reduced.iterdir() if p.is_dir()) == ["ce", "focal", "isda"]
+    assert json.loads((reduced / "focal" / "seed1" / "result.json").read_text())["epochs"] == 1
+    capsys.readouterr()
+    # then the README's main job, `isda compare` with no arguments (30 epochs): its runs
+    # go to runs/compare-digits, untouched by the reduced run, and nothing is refused
+    calls = []
+    monkeypatch.setattr(compare_module, "train", _stand_in_train(calls))
+    assert main(["compare", "--quiet"]) == 0
+    main_out = Path("runs") / "compare-digits"
+    assert sorted(Path(c.out).relative_to(main_out).as_posix() for c in calls) == [
+        f"{loss}/seed{s}" for loss in ("ce", "isda") for s in range(5)]
+    assert {c.epochs for c in calls} == {30}
+    assert "runs/compare-digits/table.md" in capsys.readouterr().out
+    # the reduced command again: its finished runs are reused, not retrained
+    calls.clear()
+    assert main(["compare", "--losses", "ce,isda,focal", "--seeds", "2", "--epochs", "1",
+                 "--quiet"]) == 0
+    assert calls == []
+
+
+def test_explicit_out_with_other_configuration_suggests_existing_options(tmp_path, capsys):
+    out = str(tmp_path / "cmp")
+    argv = ["compare", "--losses", "ce", "--seeds", "1", "--out", out, "--quiet"]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "different configuration (epochs: 1 -> 2)" in err
+    assert "--force" in err and "--out" in err and "--resume" not in err
+
+
+def test_default_out_names_what_differs():
+    ref = TrainConfig()
+    assert config_suffix(TrainConfig(threads=1, final_epochs=1, device="cpu"), ref) == ""
+    assert config_suffix(TrainConfig(epochs=30), ref) == ""  # the preset's value
+    assert config_suffix(TrainConfig(epochs=10, lr=0.1), ref) == "epochs10-lr0.1"
+    assert (config_suffix(TrainConfig(augment="crop_flip", nesterov=False), ref)
+            == "augment-crop_flip-nesterov-off")
+    assert config_suffix(TrainConfig(lambda0=1.0), ref) == "lambda0-1"
+    long = config_suffix(TrainConfig(augment="crop(padding=1)+cutout(size=4)", lr=0.01,
+                                     weight_decay=1e-3, batch_size=32, epochs=7), ref)
+    assert len(long) <= 48 and long.startswith("augment-batch-size-epochs")
+    assert default_comparison_out("runs/x", TrainConfig(epochs=4), ref) == "runs/x-epochs4"
+    assert default_comparison_out("runs/x", TrainConfig(), ref) == "runs/x"
+
+
+def _table_names(md):
+    """Method names of the per-method table (after the header "| Method | Spec | Final")."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("| Method | Spec | Final"))
+    return [l.split("|")[1].strip() for l in lines[start + 2:] if l.startswith("|")]
+
+
+def test_table_and_legend_carry_the_same_names_and_window(tmp_path, monkeypatch):
+    from torch_isda.train.compare import run_comparison
+    from torch_isda.train.tables import plot_curves
+
+    legends = []
+
+    def recording_plot(path, methods, config):
+        legends.append(plot_curves(path, methods, config))
+        return legends[-1]
+
+    monkeypatch.setattr(tables_module, "plot_curves", recording_plot)
+    result = run_comparison(TrainConfig(epochs=3, threads=1), "ce,focal,ce+center", [0],
+                            tmp_path / "cmp", quiet=True)
+    md = result.table
+    names = _table_names(md)
+    assert names == ["Basic", "Focal Loss", "Center Loss"]
+    assert "| Basic | Focal Loss | Center Loss |" in md  # the Table-2-style header
+    assert "`ce+center`" in md  # the spec in a column of its own
+    (title, entries), = legends
+    assert [e.split(" (")[0] for e in entries] == names
+    assert title == "final error (last epoch)" and "its last epoch" in md
+    rows = (tmp_path / "cmp" / "table.csv").read_text().splitlines()
+    assert rows[1].split(",")[:2] == ["ce", "Basic"] and rows[0].split(",")[5] == "final_epochs"
+    assert rows[1].split(",")[5] == "1"
+
+
+def test_display_names_are_the_papers():
+    from torch_isda.train.method_names import display_name
+
+    assert [display_name(s) for s in ("ce", "isda", "focal", "lq", "label_smoothing",
+                                      "lsoftmax", "ce+center", "ce+disturb_label",
+                                      "isda+dropout", "isda(lambda0=0.25)")] == [
+        "Basic", "ISDA", "Focal Loss", "L_q Loss", "Label Smoothing", "Large Margin",
+        "Center Loss", "Disturb Label", "ISDA + Dropout", "ISDA (lambda0=0.25)"]
