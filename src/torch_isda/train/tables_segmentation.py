@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_write, atomic_write_text
+from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .reporting import clear_best, counts_text, plural
 from .rundir import RESULT_NAME
 from .segmentation_config import TABLE7_COLUMNS
-from .tables import MethodSummary, format_params, pm
+from .tables import MethodSummary, format_params, plot_band, pm, pyplot, save_figure
 
 __all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves",
            "render_segmentation_table", "single_class_warning", "summarize_segmentation_method",
@@ -183,33 +183,16 @@ def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSum
 def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
                      config: TrainConfig) -> None:
     """Single-scale test mIoU vs. epoch per method: mean over seeds with a ±std band."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
     for m in [m for m in methods if m.miou_curves]:  # runs that diverged have none
-        length = min(len(c) for c in m.miou_curves)
-        curves = np.array([c[:length] for c in m.miou_curves], dtype=float)
-        epochs = np.arange(1, length + 1)
-        mean = np.nanmean(curves, axis=0)
-        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
-        final = m.column("miou_single")
-        (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({pm(*final, unit='')}%)")
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test mIoU (%), single scale")
+        plot_band(ax, m.miou_curves, f"{m.display} ({pm(*m.column('miou_single'), unit='')}%)")
     n = sorted({len(m.seeds) for m in methods})
-    ax.set_title(f"{config.model} on {config.dataset}: mean ± std over "
-                 f"{counts_text(n, 'seed')}")
+    ax.set(xlabel="epoch", ylabel="test mIoU (%), single scale",
+           title=f"{config.model} on {config.dataset}: mean ± std over {counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
     ax.legend(title="final single-scale mIoU")
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_segmentation_comparison(out: Path, variants: Sequence[Any],
