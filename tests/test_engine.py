@@ -51,7 +51,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_p
     # 3 epochs of 20 steps: progress 0.5 is step 30, in epoch 2
     assert (err.epoch, err.step) == (2, 30) and err.value != err.value
     message = str(err)
-    assert "epoch 2, step 30" in message and "nan" in message and "--lr" in message
+    assert "at epoch 2, step 30: the training loss became nan" in message and "--lr" in message
     assert "--lambda0" in message and "checkpoint of epoch 1" in message
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the last good one
     assert len(_rows(out)) == 1 and not (out / "result.json").exists()
@@ -59,6 +59,12 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_p
     assert main(["train", "--loss", nan_after, "--epochs", "3", "--threads", "1", "--quiet",
                  "--out", str(tmp_path / "cli")]) != 0
     assert "training diverged" in capsys.readouterr().err
+
+
+def test_diverging_isda_features_are_reported_as_divergence(tmp_path):
+    """With ISDA the estimator sees the NaN features before the loss is formed."""
+    with pytest.raises(DivergenceError, match="at epoch 1, step .*: the deep features became"):
+        train(TrainConfig(lr=1e4, epochs=2, threads=1, out=str(tmp_path / "run")), quiet=True)
 
 
 def test_compare_marks_a_diverged_run_failed_and_goes_on(tmp_path, nan_after):

@@ -89,14 +89,14 @@ class Callback:
 class DivergenceError(ValueError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
-    def __init__(self, what: str, epoch: int, step: Optional[int], value: float, out: Path,
+    def __init__(self, what: str, epoch: int, step: Optional[int], value: Any, out: Path,
                  saved_epochs: int) -> None:
         where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
         kept = (f"the checkpoint of epoch {saved_epochs} in '{out}' is kept" if saved_epochs
                 else "no checkpoint was written")
         super().__init__(
-            f"training diverged: the {what} is {value} at {where}; {kept}. Hint: lower the "
-            f"learning rate (--lr) or the ISDA strength (--lambda0), or use --amp none")
+            f"training diverged at {where}: the {what} became {value}; {kept}. Hint: lower "
+            f"the learning rate (--lr) or the ISDA strength (--lambda0), or use --amp none")
         self.epoch, self.step, self.value = epoch, step, value
 
 
@@ -322,7 +322,12 @@ class Engine:
         try:
             for i, batch in enumerate(bar):
                 step = epoch * steps + i
-                out = self._step(batch, step, (epoch + i / steps) / cfg.epochs)
+                try:
+                    out = self._step(batch, step, (epoch + i / steps) / cfg.epochs)
+                except ValueError as err:  # e.g. the ISDA estimator refusing NaN features
+                    if not self._nonfinite(err):
+                        raise
+                    raise self._diverged("deep features", epoch + 1, step, "NaN/Inf") from err
                 loss = out.loss.detach().double()
                 finite = torch.isfinite(loss)
                 values = [loss * out.n, (~finite).double(),
@@ -352,7 +357,13 @@ class Engine:
         task.end_epoch()
         return task.epoch_values(totals)
 
-    def _diverged(self, what: str, epoch: int, step: Optional[int], value: float
+    def _nonfinite(self, err: ValueError) -> bool:
+        """Whether a step's error comes from non-finite values (checked on the error path
+        only: no host sync per step)."""
+        return ("NaN" in str(err) or "Inf" in str(err)
+                or any(not bool(torch.isfinite(p).all()) for p in self.task.model.parameters()))
+
+    def _diverged(self, what: str, epoch: int, step: Optional[int], value: Any
                   ) -> DivergenceError:
         err = DivergenceError(what, epoch, step, value, self.out, len(self.rows))
         return err if self.context is None else mirrored(err)  # rank 0 reports it
