@@ -5,8 +5,10 @@
 paper's [40]). Each sample's deep feature is a Gaussian ``N(mu, diag(sigma^2))`` instead
 of a point: ``mu`` is the network's feature and ``sigma = softplus(V mu + c)`` comes from a
 learned linear layer owned by the criterion (the official network computes mean and scale
-with two heads on the backbone output; ours puts the scale head on the mean). Section 3 of
-Yu et al.:
+with two heads on the backbone output; ours puts the scale head on the mean). The loss of
+Yu et al., Sec. 3 (written with the paper's symbols; its equation numbers were not
+available to us, so the terms are named as in the paper, ``L_ce`` and ``L_fu``, and were
+checked against the authors' released code):
 
 * reparameterisation: ``z^(j) = mu + eps^(j) * sigma``, ``eps^(j) ~ N(0, I)``,
   ``j = 1..N`` samples per image;
