@@ -80,6 +80,9 @@ __all__ = [
     "ConditionalGANConfig",
     "ConditionalGenerator",
     "PerClassGenerator",
+    "build_conditional_gan",
+    "discriminator_loss",
+    "generator_loss",
     "load_conditional_generator",
     "train_conditional_gan",
 ]
@@ -295,30 +298,31 @@ def build_conditional_gan(config: ConditionalGANConfig) -> tuple[nn.Module, Opti
 # --------------------------------------------------------------------------- losses
 
 
-def conditional_gan_losses(kind: str, D: nn.Module, real: Tensor, real_labels: Tensor,
-                           fake: Tensor, fake_labels: Tensor, codes: Optional[Tensor],
-                           info_weight: float) -> tuple[Tensor, Tensor]:
-    """``(discriminator loss, generator loss)`` of one step (see the module docstring).
-
-    The discriminator loss sees ``fake`` detached; the generator loss is differentiable
-    w.r.t. ``fake`` (the caller freezes ``D``'s parameters for the generator step).
-    """
+def discriminator_loss(kind: str, D: nn.Module, real: Tensor, real_labels: Tensor, fake: Tensor,
+                       fake_labels: Tensor, codes: Optional[Tensor], info_weight: float) -> Tensor:
+    """Loss of the discriminator (and infoGAN's Q) for one step; ``fake`` is detached."""
     bce = F.binary_cross_entropy_with_logits
     cond = kind == "cgan"
     adv_r, cls_r, _ = D(real, real_labels if cond else None)
-    adv_fd, cls_fd, code_fd = D(fake.detach(), fake_labels if cond else None)
-    loss_d = bce(adv_r, torch.ones_like(adv_r)) + bce(adv_fd, torch.zeros_like(adv_fd))
+    adv_f, cls_f, code_f = D(fake.detach(), fake_labels if cond else None)
+    loss = bce(adv_r, torch.ones_like(adv_r)) + bce(adv_f, torch.zeros_like(adv_f))
     if kind in ("acgan", "infogan"):
-        loss_d = loss_d + F.cross_entropy(cls_r, real_labels) + F.cross_entropy(cls_fd, fake_labels)
+        loss = loss + F.cross_entropy(cls_r, real_labels) + F.cross_entropy(cls_f, fake_labels)
     if kind == "infogan":
-        loss_d = loss_d + info_weight * 0.5 * (code_fd - codes).square().sum(1).mean()
-    adv_g, cls_g, code_g = D(fake, fake_labels if cond else None)
-    loss_g = bce(adv_g, torch.ones_like(adv_g))
+        loss = loss + info_weight * 0.5 * (code_f - codes).square().sum(1).mean()
+    return loss
+
+
+def generator_loss(kind: str, D: nn.Module, fake: Tensor, fake_labels: Tensor,
+                   codes: Optional[Tensor], info_weight: float) -> Tensor:
+    """Loss of the generator for one step (non-saturating; differentiable w.r.t. ``fake``)."""
+    adv, cls, code = D(fake, fake_labels if kind == "cgan" else None)
+    loss = F.binary_cross_entropy_with_logits(adv, torch.ones_like(adv))
     if kind in ("acgan", "infogan"):
-        loss_g = loss_g + F.cross_entropy(cls_g, fake_labels)
+        loss = loss + F.cross_entropy(cls, fake_labels)
     if kind == "infogan":
-        loss_g = loss_g + info_weight * 0.5 * (code_g - codes).square().sum(1).mean()
-    return loss_d, loss_g
+        loss = loss + info_weight * 0.5 * (code - codes).square().sum(1).mean()
+    return loss
 
 
 # --------------------------------------------------------------------------- training
@@ -461,17 +465,15 @@ def train_conditional_gan(
             if config.codes:
                 codes = torch.rand(config.batch_size, config.codes, generator=rng, device=device).mul(2).sub(1)
             fake = G(z, fake_labels, codes)
-            loss_d, loss_g = conditional_gan_losses(kind, D, real, real_labels, fake, fake_labels,
-                                                    codes, config.info_weight)
-            # discriminator step (its loss saw the fake detached)
+            loss_d = discriminator_loss(kind, D, real, real_labels, fake, fake_labels, codes,
+                                        config.info_weight)
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward(inputs=list(D.parameters()))
+            loss_d.backward()
             opt_d.step()
-            # generator step: re-evaluate D after its update
+            # generator step against the updated discriminator (D frozen)
             D.requires_grad_(False)
             try:
-                _, loss_g = conditional_gan_losses(kind, D, real, real_labels, fake, fake_labels,
-                                                   codes, config.info_weight)
+                loss_g = generator_loss(kind, D, fake, fake_labels, codes, config.info_weight)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
