@@ -240,6 +240,8 @@ def test_distribution_net_collapses_to_cross_entropy_at_zero_variance():
     zero = torch.zeros_like(mu)
     assert torch.equal(distribution_net_loss(mu, zero, weight, bias, target, noise, 0.0, 0.0), ce)
     torch.testing.assert_close(distribution_net_loss(mu, zero, weight, bias, target, noise, 0.1, 0.0), 1.1 * ce)
+    # the uncertainty hinge stays finite when the variance vanishes
+    assert torch.isfinite(distribution_net_loss(mu, zero, weight, bias, target, noise, 0.1, 0.001))
 
 
 def test_gaussian_entropy_per_dim_matches_torch():

@@ -70,8 +70,10 @@ _HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
 
 
 def gaussian_entropy_per_dim(sigma: Tensor) -> Tensor:
-    """``H(N(mu, diag(sigma^2))) / A`` per row of ``sigma`` (``N x A``)."""
-    return _HALF_LOG_2PI_E + torch.log(sigma).mean(1)
+    """``H(N(mu, diag(sigma^2))) / A`` per row of ``sigma`` (``N x A``); ``sigma`` is
+    clamped to the smallest normal float, so an underflowed ``softplus`` gives a large
+    finite hinge instead of infinity."""
+    return _HALF_LOG_2PI_E + torch.log(sigma.clamp_min(torch.finfo(sigma.dtype).tiny)).mean(1)
 
 
 def distribution_net_loss(mu: Tensor, sigma: Tensor, weight: Tensor, bias: Optional[Tensor],
