@@ -106,6 +106,11 @@ def test_cli_gan_train_kind(tmp_path, capsys):
             "--batch-size", "8", "--device", "cpu", "--quiet"]
     assert cli.main(args) == 0
     assert "cgan generator: 2 iterations on digits 1x8x8 images, 10 classes" in capsys.readouterr().out
+    assert cli.main(["gan", "train", "--kind", "cgan", "--out", str(out), "--iterations", "3", "--dim", "32",
+                     "--quiet"]) == 2
+    assert "exists with other settings: --dim 32 (saved: 16)" in capsys.readouterr().err
+    assert cli.main(["gan", "train", "--kind", "acgan", "--out", str(out), "--quiet"]) == 2
+    assert "holds a cgan GAN, not acgan" in capsys.readouterr().err
     assert cli.main(["gan", "train", "--kind", "cgan", "--out", str(tmp_path / "x"), "--n-critic", "2",
                      "--iterations", "1", "--quiet"]) == 2
     assert "--n-critic does not apply to --kind cgan" in capsys.readouterr().err

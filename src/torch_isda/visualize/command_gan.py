@@ -241,6 +241,8 @@ def _run_conditional(args: argparse.Namespace, kind: str, out: Path, data: Any, 
         unsupported += ["lr_decay"] if args.lr_decay else []
     if unsupported:
         raise ValueError(f"--{unsupported[0].replace('_', '-')} does not apply to --kind {kind}")
+    if (out / "gan.pt").exists() and not args.force:
+        _check_conditional_resume(args, out / "gan.pt", kind)
     wgan_options = {o: getattr(args, o) for o in ("n_critic", "gp_weight", "lr")
                     if getattr(args, o) is not None} if kind == "wgan-per-class" else {}
     kwargs: dict[str, Any] = {}
@@ -259,6 +261,27 @@ def _run_conditional(args: argparse.Namespace, kind: str, out: Path, data: Any, 
     print(f"{kind} generator: {done} iterations on {data.name} {'x'.join(map(str, image_shape))} "
           f"images, {data.num_classes} classes -> {out / 'gan.pt'}, {out / 'samples.png'}")
     return 0
+
+
+def _check_conditional_resume(args: argparse.Namespace, ckpt: Path, kind: str) -> None:
+    """Resuming keeps the saved settings: explicit options that differ are an error."""
+    from .conditional_gan import load_conditional_checkpoint
+
+    state = load_conditional_checkpoint(ckpt)
+    config = state["config"]
+    if config["kind"] != kind:
+        raise ValueError(f"'{ckpt}' holds a {config['kind']} GAN, not {kind}; use another --out "
+                         f"or --force to start over")
+    saved = {"z_dim": config["z_dim"], "arch": config["arch"], "dim": config["dim"],
+             "batch_size": config["batch_size"], "seed": int(state.get("seed", 0))}
+    if kind != "wgan-per-class":
+        saved["lr"] = config["lr"]
+    diffs = [f"--{o.replace('_', '-')} {getattr(args, o)} (saved: {v})" for o, v in saved.items()
+             if getattr(args, o) is not None and getattr(args, o) != v]
+    if diffs:
+        raise ValueError(f"'{ckpt}' exists with other settings: {', '.join(diffs)}; resuming keeps "
+                         f"the saved settings: drop these options, use another --out, or --force "
+                         f"to start over")
 
 
 def _saved_iteration(ckpt: Path) -> int:
