@@ -130,3 +130,16 @@ def test_biggan_options_need_the_biggan_generator(tmp_path, capsys):
     assert cli.main(["visualize", "--classifier", str(tmp_path), "--generator", str(tmp_path),
                      "--truncation", "0.7"]) == 2
     assert "--truncation applies to --generator biggan only" in capsys.readouterr().err
+
+
+def test_biggan_needs_an_imagefolder_run_and_the_package(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "digits"
+    assert cli.main(["train", "--loss", "isda", "--epochs", "1", "--model-kwargs", "width=4",
+                     "--device", "cpu", "--quiet", "--out", str(run)]) == 0
+    assert cli.main(["visualize", "--classifier", str(run), "--generator", "biggan", "--quiet"]) == 2
+    assert "visualises ImageNet-style imagefolder runs" in capsys.readouterr().err
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pytorch_pretrained_biggan", None)
+    with pytest.raises(ImportError, match=r"pip install 'torch-isda\[biggan\]'"):
+        load_biggan("biggan-deep-128")
