@@ -249,8 +249,10 @@ def _run_conditional(args: argparse.Namespace, kind: str, out: Path, data: Any, 
     for option in ("arch", "dim", "batch_size", "z_dim"):
         if getattr(args, option) is not None:
             kwargs[option] = getattr(args, option)
-    if args.lr is not None and kind != "wgan-per-class":
-        kwargs["lr"] = args.lr
+    if kind != "wgan-per-class":
+        kwargs["checkpoint_every"] = args.sample_every  # gan.pt rewritten this often
+        if args.lr is not None:
+            kwargs["lr"] = args.lr
     with num_threads(args.threads):
         train_conditional_gan(data, out, kind, iterations=args.iterations,
                               seed=args.seed if args.seed is not None else 0, device=device,
