@@ -270,3 +270,17 @@ def test_distribution_net_criterion_trains_its_variance_head():
         create_criterion("distribution_net(samples=0)", 5, 3)
     with pytest.raises(ValueError, match="margin_std must be > 0"):
         create_criterion("distribution_net(margin_std=0)", 5, 3)
+
+
+@pytest.mark.parametrize("kind", ["cgan", "acgan", "infogan"])
+def test_dcgan_conditional_kinds_on_32x32_colour_images(kind, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = SimpleNamespace(name="cifar-like", train_images=torch.randint(0, 256, (16, 3, 32, 32), generator=g,
+                                                                         dtype=torch.uint8),
+                           train_labels=torch.arange(16) % 4, num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3)
+    G = train_conditional_gan(data, tmp_path, kind, iterations=1, batch_size=4, dim=8, progress=False)
+    assert G.net.__class__.__name__ == "DCGANGenerator"
+    assert G.sample(torch.tensor([0, 3, 1])).shape == (3, 3, 32, 32)
+    crit = GANAugmentCriterion(4, generator=str(tmp_path), dataset="cifar-like")
+    x, y = crit.transform_batch(torch.zeros(5, 3, 32, 32), torch.zeros(5, dtype=torch.long))
+    assert x.shape == (6, 3, 32, 32) and y.shape == (6,)
