@@ -3,6 +3,7 @@
 One step (Algorithm 1 of the paper, with the criterion hooks)::
 
     criterion.set_progress((epoch + i / len(loader)) / epochs)
+    x, y = criterion.transform_batch(x, y)
     features = criterion.transform_features(model.forward_features(x))
     logits = model.get_classifier()(features)
     loss = criterion(features, logits, criterion.transform_target(y), model)
@@ -319,6 +320,7 @@ class Trainer:
             for i, (x, y) in enumerate(bar):
                 x, y = self._to_device(x, y)
                 self.criterion.set_progress((epoch + i / steps) / cfg.epochs)
+                x, y = self.criterion.transform_batch(x, y)
                 with self._autocast():
                     features, logits = self.forward_train(x)
                 target = self.criterion.transform_target(y)

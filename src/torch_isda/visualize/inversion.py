@@ -279,7 +279,9 @@ def invert(
         lr_step, lr_gamma: lr multiplied by ``lr_gamma`` every ``lr_step`` iterations
             (default: every quarter of ``iterations``, as the paper's 2,500 of 10,000).
         reduction: ``"mean"`` (MSE terms, default) or ``"sum"`` (squared norms, literally).
-        z0: initial latents (default ``N(0, I)`` from ``rng``, as the GAN's prior).
+        z0: initial latents (default ``N(0, I)`` from ``rng``, as the GAN's prior, or
+            ``generator.sample_latent(n, rng)`` when the generator has that method, e.g.
+            BigGAN's truncated noise, :class:`~torch_isda.visualize.biggan.ClassBoundGenerator`).
         z_dim: latent size when ``z0`` is not given (default ``generator.z_dim``).
         rng: source of the initial latents.
         restarts: optimise this many random initial latents per image (in one batch) and
@@ -303,7 +305,11 @@ def invert(
         z_dim = z_dim if z_dim is not None else getattr(generator, "z_dim", None)
         if z_dim is None:
             raise ValueError("pass z0 or z_dim (the generator has no z_dim attribute)")
-        z0 = torch.randn(x.shape[0] * restarts, int(z_dim), device=device, generator=rng)
+        sampler = getattr(generator, "sample_latent", None)  # e.g. BigGAN's truncated noise
+        if callable(sampler):
+            z0 = sampler(x.shape[0] * restarts, rng).to(device)
+        else:
+            z0 = torch.randn(x.shape[0] * restarts, int(z_dim), device=device, generator=rng)
     elif restarts != 1:
         raise ValueError("restarts > 1 draws its own initial latents: leave z0=None")
     target_features = target_features.to(device)
