@@ -131,3 +131,26 @@ def test_display_names_are_the_papers():
                                       "isda+dropout", "isda(lambda0=0.25)")] == [
         "Basic", "ISDA", "Focal Loss", "L_q Loss", "Label Smoothing", "Large Margin",
         "Center Loss", "Disturb Label", "ISDA + Dropout", "ISDA (lambda0=0.25)"]
+
+
+def test_curves_get_a_last_epochs_inset_with_five_methods(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from torch_isda.train.compare import MethodSummary, plot_curves
+    from torch_isda.train.curve_inset import zoom_start
+
+    insets = []
+    original = matplotlib.axes.Axes.inset_axes
+    monkeypatch.setattr(matplotlib.axes.Axes, "inset_axes",
+                        lambda self, *a, **k: insets.append(original(self, *a, **k)) or insets[-1])
+    curves = [[50.0 / (e + 1) + s for e in range(12)] for s in (0.0, 0.5)]
+    methods = [MethodSummary(spec, [0, 1], [c[-1] for c in curves], [c[-1] for c in curves], 10,
+                             curves, window=1)
+               for spec in ("ce", "isda", "focal", "lq", "label_smoothing")]
+    config = resolve_config(TrainConfig(epochs=12))
+    plot_curves(tmp_path / "five.png", methods, config)
+    assert len(insets) == 1 and insets[0].get_xlim()[0] == zoom_start(12, 1) - 0.3 == 10 - 0.3
+    low, high = insets[0].get_ylim()
+    assert low > 2.0 and high < 6.5  # fitted to the last epochs, not the whole run
+    plot_curves(tmp_path / "four.png", methods[:4], config)
+    assert len(insets) == 1  # four methods: no inset
