@@ -154,3 +154,21 @@ def test_curves_get_a_last_epochs_inset_with_five_methods(tmp_path, monkeypatch)
     assert low > 2.0 and high < 6.5  # fitted to the last epochs, not the whole run
     plot_curves(tmp_path / "four.png", methods[:4], config)
     assert len(insets) == 1  # four methods: no inset
+
+
+def test_analyses_reuse_the_runs_isda_compare_trained(tmp_path, monkeypatch, capsys):
+    from torch_isda.train.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--seeds", "1", "--epochs", "1", "--quiet"]) == 0  # ce, isda
+    source = tmp_path / "runs" / "compare-digits-epochs1"
+    fitted = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: fitted.append(self.config.loss)
+                        or fit(self, *a, **k))
+    assert main(["analyze", "ablation", "--seeds", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing 1 finished run of isda compare from 'runs/compare-digits-epochs1'" in out
+    assert "ce" not in fitted and len(fitted) == 5  # the five other settings are trained
+    copied = tmp_path / "runs" / "analyze-ablation" / "runs" / "ce" / "seed0" / "metrics.json"
+    assert copied.read_text() == (source / "ce" / "seed0" / "metrics.json").read_text()
