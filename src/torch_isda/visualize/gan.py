@@ -14,7 +14,7 @@ Adam(lr 1e-4, betas (0, 0.9)), batch size 64, ``z ~ N(0, I)`` of 128 dimensions 
 setting). For the small 8x8 digits MLP the Adam rate is raised to 1e-3 with betas
 (0.5, 0.9) (the betas of their MNIST script): with lr 1e-4 the samples were still noisy
 blobs after 3,000 generator iterations, with 1e-3 they are recognisable digits after 3,000
-(about 1-2 minutes on 2 idle CPU cores; :data:`DIGITS_ITERATIONS`).
+(about 1 minute of CPU time with one thread; :data:`DIGITS_ITERATIONS`).
 
 Architectures (``arch``):
 
@@ -81,8 +81,8 @@ LOG_NAME = "gan_log.jsonl"
 CHECKPOINT_FORMAT = "torch_isda.gan"
 CHECKPOINT_VERSION = 1
 
-#: Generator iterations that give clean digits on ``digits`` with the defaults (about two
-#: minutes on 2 CPU cores); used when ``train_gan(iterations=None)`` trains an ``mlp`` GAN.
+#: Generator iterations that give clean digits on ``digits`` with the defaults (about 1
+#: minute of CPU time with one thread); used when ``train_gan(iterations=None)`` trains an ``mlp`` GAN.
 DIGITS_ITERATIONS = 3000
 #: Default for the ``dcgan`` architecture (Gulrajani et al. train CIFAR for 100k
 #: generator iterations; this is a GPU-scale run).
@@ -484,8 +484,8 @@ def train_gan(
     def write_samples(iteration: int) -> None:
         from .grid import save_sample_grid
 
-        title = (f"WGAN-GP ({config.arch}) samples of {name} from fixed noise, iteration "
-                 f"{iteration:,} of {iterations:,}")
+        title = (f"WGAN-GP ({config.arch}) samples of {name}, fixed noise\n"
+                 f"iteration {iteration:,} of {iterations:,}")
         save_sample_grid(out / SAMPLES_NAME, sample_images(G, fixed_z).cpu(), nrow=8, title=title)
 
     if progress and start < iterations:

@@ -350,7 +350,9 @@ def save_sample_grid(path: PathLike, images: Tensor, nrow: int = 8,
     size = max(x.shape[2], x.shape[3])
     unit = cell_inches / size
     gh, gw = grid.shape[:2]
-    head = 0.45 if title else 0.1
+    if title:
+        title = _wrap(title, 0.2 + gw * unit, 8)
+    head = 0.25 + 0.15 * title.count("\n") + 0.1 if title else 0.1
     fig = Figure(figsize=(0.2 + gw * unit, head + gh * unit + 0.1), dpi=dpi)
     FigureCanvasAgg(fig)
     fw, fh = fig.get_figwidth(), fig.get_figheight()
