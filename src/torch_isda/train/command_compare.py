@@ -82,13 +82,9 @@ def run(args: argparse.Namespace) -> int:
         return run_semi_command(args, base, DEFAULTS["losses"])
     out = args.out
     if out is None:  # keyed by configuration: runs/compare-digits-epochs10, ...
-        from .compare_out import default_comparison_out
-        from .presets import resolve_config
+        from .compare_out import comparison_dir
 
-        model = resolve_config(base).model  # segmentation runs replace the default model
-        prefix = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
-        reference = TrainConfig(dataset=base.dataset, model=base.model)
-        out = default_comparison_out(prefix, base, reference)
+        out = comparison_dir(base, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
     t0 = time.perf_counter()
     result = run_comparison(base, args.losses, args.seeds, out, force=args.force, quiet=args.quiet)
     print()

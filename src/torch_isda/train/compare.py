@@ -33,6 +33,7 @@ from typing import Any, Optional, Union
 from .checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_text
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
+from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
 from .method_names import PAPER_NAMES, display_name
 from .metrics import final_error
 from .presets import resolve_config
@@ -243,8 +244,9 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    tops = []
+    inset = len(methods) >= INSET_MIN_METHODS  # a zoom on the last epochs, legend outside
+    fig, ax = plt.subplots(figsize=(9.2 if inset else 6.4, 4.6 if inset else 4.2), dpi=120)
+    tops, series = [], []
     for m in methods:
         length = min(len(c) for c in m.curves)
         curves = np.array([c[:length] for c in m.curves], dtype=float)
@@ -253,6 +255,7 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
         std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
         (line,) = ax.plot(epochs, mean, lw=1.6, label=f"{m.display} ({_pm(*m.final)})")
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+        series.append((epochs, mean, std, line.get_color()))
         skip = max(1, int(math.ceil(0.1 * length)))  # zoom past the first 10% of training
         if length > skip:
             tops.append(float(np.nanmax((mean + std)[skip:])))
@@ -270,7 +273,10 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
                  f"{counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
     legend = ax.legend(title=f"final error ({window_text(window)})",
-                       fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
+                       fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None,
+                       **({"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if inset else {}))
+    if inset:
+        add_last_epochs_inset(ax, series, window)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
