@@ -311,7 +311,27 @@ def test_bench_overhead_command(tmp_path, capsys):
     assert int(digits["extra_total"]) == isda_extra_macs(64, 10)["total"]
     assert float(digits["ce_seconds"]) > 0 and float(digits["isda_seconds"]) > 0
     assert rows[1]["ce_seconds"] == ""  # not timed
+    # the paper's layout: CIFAR-10 and CIFAR-100 side by side, one row per network, and no
+    # column that is "-" throughout (resnet20 is neither timed nor in the paper)
+    table3 = md.split("**Table 3 (CIFAR, full covariance)**")[1].split("**")[0]
+    header = next(line for line in table3.splitlines() if line.startswith("| Network"))
+    assert "CIFAR-10: relative" in header and "CIFAR-100: relative" in header
+    assert "wall time" not in header
+    assert sum(line.startswith("| resnet20 |") for line in table3.splitlines()) == 1
+    assert "**Table 1 (ImageNet" not in md and "**Measured training steps**" in md
     timing = json.loads((out / "timings" / "digits_cnn-c10.json").read_text())
     assert len(timing["timing"]["ce_times"]) == 2
     assert main(["bench", "overhead", "--models", "deeplabv3_resnet", "--out", str(out)]) == 2
     assert "segmentation" in capsys.readouterr().err
+
+
+def test_overhead_markdown_drops_empty_columns_and_shows_paper_values(tmp_path):
+    from torch_isda.analysis.overhead import run_overhead
+    from torch_isda.analysis.overhead_table import drop_empty_columns
+
+    headers, rows = drop_empty_columns(["a", "b", "c"], [["x", "-", "1"], ["y", "-", "-"]])
+    assert headers == ["a", "c"] and rows == [["x", "1"], ["y", "-"]]
+    md = run_overhead(tmp_path, models=["resnet32"], timed=[], quiet=True)["table"]
+    line = next(l for l in md.splitlines() if l.startswith("| resnet32 |"))
+    assert "0.07% (0.07%)" in line and "- (1.85%)" in line  # ours (the paper's)
+    assert "**Measured training steps**" not in md

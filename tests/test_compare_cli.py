@@ -133,3 +133,44 @@ def test_display_names_are_the_papers():
                                       "isda+dropout", "isda(lambda0=0.25)")] == [
         "Basic", "ISDA", "Focal Loss", "L_q Loss", "Label Smoothing", "Large Margin",
         "Center Loss", "Disturb Label", "ISDA + Dropout", "ISDA (lambda0=0.25)"]
+
+
+def test_curves_get_a_last_epochs_inset_with_five_methods(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from torch_isda.train.tables import MethodSummary, plot_curves
+    from torch_isda.train.curve_inset import zoom_start
+
+    insets = []
+    original = matplotlib.axes.Axes.inset_axes
+    monkeypatch.setattr(matplotlib.axes.Axes, "inset_axes",
+                        lambda self, *a, **k: insets.append(original(self, *a, **k)) or insets[-1])
+    curves = [[50.0 / (e + 1) + s for e in range(12)] for s in (0.0, 0.5)]
+    methods = [MethodSummary(spec, [0, 1], [c[-1] for c in curves], [c[-1] for c in curves], 10,
+                             curves, window=1)
+               for spec in ("ce", "isda", "focal", "lq", "label_smoothing")]
+    config = resolve_config(TrainConfig(epochs=12))
+    plot_curves(tmp_path / "five.png", methods, config)
+    assert len(insets) == 1 and insets[0].get_xlim()[0] == zoom_start(12, 1) - 0.3 == 10 - 0.3
+    low, high = insets[0].get_ylim()
+    assert low > 2.0 and high < 6.5  # fitted to the last epochs, not the whole run
+    plot_curves(tmp_path / "four.png", methods[:4], config)
+    assert len(insets) == 1  # four methods: no inset
+
+
+def test_analyses_reuse_the_runs_isda_compare_trained(tmp_path, monkeypatch, capsys):
+    from torch_isda.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--seeds", "1", "--epochs", "1", "--quiet"]) == 0  # ce, isda
+    source = tmp_path / "runs" / "compare-digits-epochs1"
+    fitted = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: fitted.append(self.config.loss)
+                        or fit(self, *a, **k))
+    assert main(["analyze", "ablation", "--seeds", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing 1 finished run of isda compare from 'runs/compare-digits-epochs1'" in out
+    assert "ce" not in fitted and len(fitted) == 5  # the five other settings are trained
+    copied = tmp_path / "runs" / "analyze-ablation" / "runs" / "ce" / "seed0" / "metrics.json"
+    assert copied.read_text() == (source / "ce" / "seed0" / "metrics.json").read_text()

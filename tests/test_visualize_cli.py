@@ -65,7 +65,8 @@ def test_gan_train_writes_checkpoint_and_samples_and_resumes(tmp_path, capsys):
     # already done: nothing to train; asking for fewer iterations is an error
     assert cli.main(["gan", "train", "--out", str(out), "--iterations", "4", "--dim", "16",
                      "--device", "cpu"]) == 0
-    assert "nothing to do" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing to do" in err and "resuming" not in err  # said once, not contradicted
     assert cli.main(["gan", "train", "--out", str(out), "--iterations", "3", *TINY_GAN]) == 2
     assert "already has 4 iterations" in capsys.readouterr().err
 
@@ -217,3 +218,64 @@ def test_augment_features_with_lowrank_estimator():
     emp = a.T @ a / a.shape[0]
     expect = 0.5 * full.covariance[1].double()
     assert (emp - expect).abs().max() < 0.05 * expect.abs().max()
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _record_texts(monkeypatch):
+    """Texts drawn on axes and figure titles, recorded while a figure is made."""
+    import matplotlib.axes
+    import matplotlib.figure
+
+    texts = []
+    text, suptitle = matplotlib.axes.Axes.text, matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.axes.Axes, "text",
+                        lambda self, x, y, s, *a, **k: texts.append(s) or text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(matplotlib.figure.FigureBase, "suptitle",
+                        lambda self, t, **k: texts.append(t) or suptitle(self, t, **k))
+    return texts
+
+
+def test_gan_samples_have_a_title_with_the_iteration_count_and_an_eta(tmp_path, monkeypatch,
+                                                                      capsys):
+    texts = _record_texts(monkeypatch)
+    train_gan("digits", tmp_path / "g", iterations=4, batch_size=8, z_dim=8, dim=16,
+              sample_every=0, log_every=2, progress=True)
+    assert any("samples of digits" in t and "iteration 4 of 4" in t for t in texts)
+    err = capsys.readouterr().err
+    assert "it 2/4" in err and "ETA" in err.split("it 2/4")[1].splitlines()[0]
+    assert "ETA" not in err.split("it 4/4")[1].splitlines()[0]  # nothing left
+
+
+def test_neighbours_figure_is_a_compact_labelled_grid(runs, tmp_path, monkeypatch):
+    from PIL import Image
+
+    texts = _record_texts(monkeypatch)
+    out = tmp_path / "vis"
+    assert cli.main(["visualize", "--classifier", str(runs["isda"]), "--generator",
+                     str(runs["gan"]), "--out", str(out), "--quiet", *TINY_VIS]) == 0
+    labels = [t for t in texts if ", aug " in t]
+    assert labels[:2] == ["digit 0, aug 1", "digit 0, aug 2"] and len(labels) == 3 * 2
+    assert any(t.startswith("ISDA augmentations") and "Nearest training images" in t
+               for t in texts)
+    import re
+
+    distances = [t for t in texts if re.fullmatch(r"\d+\.\d\d", t)]
+    assert len(distances) == 3 * 2 * 2  # one per nearest neighbour
+    summary = json.loads((out / "visualization.json").read_text())
+    assert float(distances[0]) == pytest.approx(summary["per_sample"]["neighbour_distances"][0][0][0], abs=0.006)
+    # the default sizes (10 images x 4 augmentations x 5 neighbours): a compact grid, not
+    # one row per augmented image (40 rows)
+    from types import SimpleNamespace
+
+    from torch_isda.visualize.grid import save_neighbour_grid
+
+    g = torch.Generator().manual_seed(0)
+    result = SimpleNamespace(augmented=torch.rand(10, 4, 1, 8, 8, generator=g),
+                             labels=torch.arange(10),
+                             neighbour_images=torch.rand(10, 4, 5, 1, 8, 8, generator=g),
+                             neighbour_distances=torch.rand(10, 4, 5, generator=g))
+    width, height = Image.open(save_neighbour_grid(tmp_path / "nb.png", result, "t")).size
+    assert height < width <= 1400 and height <= 1000
+    assert "nearest training images of aug 1" in texts  # augmented.png: the NN group

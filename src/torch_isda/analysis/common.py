@@ -2,8 +2,9 @@
 
 Every analysis trains its runs through :func:`sweep`, a thin wrapper of
 :func:`torch_isda.train.compare.run_comparison` (``isda compare``): runs go to
-``OUT/runs/<loss>/seed<k>/``, finished runs are reused, interrupted ones resumed, and a
-changed configuration for an existing directory is refused. Tables are written as
+``OUT/runs/<loss>/seed<k>/``, finished runs are reused (also those ``isda compare``
+trained with the same configuration), interrupted ones resumed, and a changed
+configuration for an existing directory is refused. Tables are written as
 markdown and CSV with :func:`write_table`, figures with :func:`save_figure` (atomically).
 """
 
@@ -155,11 +156,16 @@ def sweep(base: TrainConfig, losses: Sequence[str], seeds: Union[int, str, Seque
     """Train every ``(loss, seed)`` with ``isda compare``'s machinery into ``runs_dir``.
 
     Returns ``{loss: MethodSummary}`` (final/best errors per seed, curves). Finished runs
-    are reused and interrupted ones resumed; ``runs_dir`` also receives compare's own
-    ``table.md``/``table.csv``/``curves.png``.
+    are reused and interrupted ones resumed; finished runs of ``isda compare`` with the same
+    configuration are copied instead of trained again (:mod:`torch_isda.analysis.reuse`);
+    ``runs_dir`` also receives compare's own ``table.md``/``table.csv``/``curves.png``.
     """
-    from ..train.compare import run_comparison
+    from ..train.compare import parse_seeds, run_comparison
+    from .reuse import adopt_compare_runs
 
+    if not force:
+        say = None if quiet else (log or (lambda msg: print(msg, flush=True)))
+        adopt_compare_runs(base, list(losses), parse_seeds(seeds), runs_dir, say=say)
     result = run_comparison(base, list(losses), seeds, runs_dir, force=force, quiet=quiet,
                             log=log)
     return {m.loss: m for m in result.methods}

@@ -67,7 +67,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _default_out(base: TrainConfig, is_default: bool) -> str:
+def _default_out(base: TrainConfig) -> str:
     """Keyed by configuration: runs/compare-digits-epochs10, ..."""
     from .compare_out import default_comparison_out
 
@@ -83,12 +83,9 @@ def _default_out(base: TrainConfig, is_default: bool) -> str:
         reference = TrainConfig(dataset=base.dataset, model=base.model, semi=first.semi)
         return default_comparison_out(f"runs/compare-semi-{base.dataset}-{base.model}{suffix}",
                                       first, reference, ignore=("semi", "labels"))
-    from .resolve import resolve_config
+    from .compare_out import comparison_dir
 
-    model = resolve_config(base).model  # segmentation runs replace the default model
-    prefix = DEFAULTS["out"] if is_default else f"runs/compare-{base.dataset}-{model}"
-    return default_comparison_out(prefix, base, TrainConfig(dataset=base.dataset,
-                                                            model=base.model))
+    return comparison_dir(base, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
                          "base method alone, isda = Eq. 19), not --losses; set ISDA options "
                          "with --lambda0, --kind, --eta1")
-    out = args.out or _default_out(base, is_default)
+    out = args.out or _default_out(base)
     t0 = time.perf_counter()
     result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,
                             isda=args.isda, force=args.force, quiet=args.quiet)

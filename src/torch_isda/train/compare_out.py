@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .resolve import resolve_config
 from .rundir import COMPARED_IGNORED_FIELDS, config_differences
 
-__all__ = ["MAX_SUFFIX", "config_suffix", "default_comparison_out"]
+__all__ = ["MAX_SUFFIX", "comparison_dir", "config_suffix", "default_comparison_out"]
 
 #: Longer suffixes become ``<field names>-<hash>``.
 MAX_SUFFIX = 48
@@ -79,3 +79,15 @@ def default_comparison_out(prefix: str, config: TrainConfig, reference: TrainCon
     ``reference`` (the command's defaults)."""
     suffix = config_suffix(config, reference, ignore)
     return f"{prefix}-{suffix}" if suffix else prefix
+
+
+def comparison_dir(config: TrainConfig, default_out: str = "runs/compare-digits",
+                   default: tuple[str, str] = ("digits", "digits_cnn")) -> str:
+    """The default ``--out`` of ``isda compare`` for ``config``: ``default_out`` for the
+    default dataset and model, else ``runs/compare-<dataset>-<resolved model>``, followed by
+    :func:`config_suffix` (``config.loss``/``seed``/``out`` do not matter)."""
+    is_default = (config.dataset, config.model) == tuple(default)
+    model = resolve_config(config.replace(out="-")).model  # segmentation replaces the default
+    prefix = default_out if is_default else f"runs/compare-{config.dataset}-{model}"
+    return default_comparison_out(prefix, config, TrainConfig(dataset=config.dataset,
+                                                              model=config.model))

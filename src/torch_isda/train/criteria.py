@@ -3,6 +3,7 @@
 A training criterion is an :class:`~torch.nn.Module` with this interface (base class
 :class:`TrainingCriterion`)::
 
+    x, y = criterion.transform_batch(x, y)                                # hook, identity
     features = criterion.transform_features(model.forward_features(x))   # hook, identity
     logits = model.get_classifier()(features)
     loss = criterion(features, logits, criterion.transform_target(y), model)
@@ -19,7 +20,7 @@ A *spec* names one **primary** loss (it produces the classification loss: ``ce``
     create_criterion("isda(lambda0=0.75)+dropout(p=0.3)", A, C, config)
 
 Composition (:class:`CompositeCriterion`): the hooks of all terms chain in spec order
-(``transform_features``/``transform_target``), their parameter groups concatenate, their
+(``transform_batch``/``transform_features``/``transform_target``), their parameter groups concatenate, their
 ``set_progress``/``train``/``eval`` are all called, and the loss is the primary's loss plus
 the additive terms returned by the modifiers (a modifier returning ``None`` adds nothing).
 
@@ -121,6 +122,12 @@ class TrainingCriterion(nn.Module):
     def set_progress(self, t_over_T: float) -> None:
         """Training progress ``t / T`` in ``[0, 1)``, set before every iteration."""
 
+    def transform_batch(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Applied to each training mini-batch (already on the device and normalised)
+        before the forward pass, e.g. to mix in generated images (``gan_augment``); the
+        training loss and error are those of the returned batch. Training only."""
+        return images, labels
+
     def transform_features(self, features: Tensor) -> Tensor:
         """Applied to the deep features before the classifier (training only)."""
         return features
@@ -183,6 +190,11 @@ class CompositeCriterion(TrainingCriterion):
     def set_progress(self, t_over_T: float) -> None:
         for c in self.components:
             c.set_progress(t_over_T)
+
+    def transform_batch(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        for c in self.components:
+            images, labels = c.transform_batch(images, labels)
+        return images, labels
 
     def transform_features(self, features: Tensor) -> Tensor:
         for c in self.components:

@@ -37,7 +37,7 @@ cosine). Any preset can be forced with ``--preset NAME``.
 
 Segmentation (Table 7): ``segmentation`` (the official Cityscapes setup: 108 epochs = 40k
 iterations of batch 8, lr 0.01, momentum 0.9 without Nesterov, wd 5e-4, per-iteration poly
-schedule, lambda_0 7.5, diagonal) and ``segmentation_synthetic`` (a CPU-minute setting for
+schedule, lambda_0 7.5, diagonal) and ``segmentation_synthetic`` (about 25 s of CPU time per run on
 ``synthetic_segmentation``) are chosen by dataset in
 :mod:`torch_isda.train.segmentation_config`, which also fills the segmentation-only fields.
 
@@ -207,7 +207,7 @@ PRESETS: dict[str, Preset] = {
                "iterations of batch 8 (= 108 epochs), 769 crops"),
         Preset("segmentation_synthetic", 12, 16, 0.1, 5e-4, "poly", nesterov=False,
                lambda0=0.5, kind="diagonal",
-               source="not in the paper: synthetic_segmentation in about a CPU minute "
+               source="not in the paper: synthetic_segmentation in about 25 s of CPU time "
                "(lr from trial runs on the default draw; lambda_0 selected on another "
                "draw of the data, dataset seed 1)"),
     )

@@ -11,7 +11,7 @@ presets:
 preset                   epochs batch wd   lr   schedule     crop lambda_0 kind  eval scales
 ======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
 segmentation             108    8     5e-4 0.01 poly (0.9)   769  7.5      diag  0.75-1.5
-segmentation_synthetic   see :data:`SYNTHETIC_PRESET` (CPU minutes, tiny DeepLab-v3)
+segmentation_synthetic   see :data:`SYNTHETIC_PRESET` (25 CPU s per run, tiny DeepLab-v3)
 ======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
 
 ``segmentation`` is the Cityscapes setup of the official code (``train_isda.py`` of the
@@ -62,7 +62,8 @@ TABLE7_COLUMNS = (
 SEGMENTATION_DATASETS: set[str] = {"synthetic_segmentation", "cityscapes"}
 #: The model used when a segmentation run names the (classification) default model.
 DEFAULT_SEGMENTATION_MODEL = "deeplabv3_resnet"
-#: The tiny DeepLab-v3 of the synthetic preset (~0.16M parameters, ~1 s per epoch on 1 CPU thread).
+#: The tiny DeepLab-v3 of the synthetic preset (~0.16M parameters, ~2 s of CPU time per
+#: epoch on one thread, evaluation included).
 SYNTHETIC_MODEL_KWARGS = {"depth": 10, "width": 8, "head_channels": 32, "aux_channels": 32}
 
 

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
+from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
 from .method_names import PAPER_NAMES, display_name
 from .metrics import final_error
 from .reporting import bold_note, clear_best, counts_text, final_window, window_text
@@ -190,7 +191,7 @@ def pyplot() -> Any:
 
 def plot_band(ax: Any, curves: Sequence[Sequence[float]], label: str, lw: float = 1.6) -> Any:
     """Mean over seeds of ``curves`` (per-epoch values, cut to the shortest) with a ±std
-    band; returns ``mean + std`` (for the y-limits)."""
+    band; returns ``(epochs, mean, std, color)``."""
     import numpy as np
 
     length = min(len(c) for c in curves)
@@ -200,15 +201,17 @@ def plot_band(ax: Any, curves: Sequence[Sequence[float]], label: str, lw: float 
     std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
     (line,) = ax.plot(epochs, mean, lw=lw, label=label)
     ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-    return mean + std
+    return epochs, mean, std, line.get_color()
 
 
-def zoom_top(ax: Any, tops: Sequence[Any]) -> None:
-    """y from 0 to 1.1 x the highest ``mean + std`` past the first 10% of training."""
+def zoom_top(ax: Any, series: Sequence[Any]) -> None:
+    """y from 0 to 1.1 x the highest ``mean + std`` past the first 10% of training
+    (``series``: what :func:`plot_band` returned)."""
     import numpy as np
 
     peaks = []
-    for top in tops:
+    for _, mean, std, _ in series:
+        top = mean + std
         skip = max(1, int(math.ceil(0.1 * len(top))))
         if len(top) > skip:
             peaks.append(float(np.nanmax(top[skip:])))
@@ -227,9 +230,11 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
                 ) -> tuple[str, list[str]]:
     """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style).
     Returns the legend's title and entries (the names and window of the table)."""
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
-    zoom_top(ax, [plot_band(ax, m.curves, f"{m.display} ({pm(*m.final)})")
-                  for m in methods if m.curves])
+    inset = len(methods) >= INSET_MIN_METHODS  # a zoom on the last epochs, legend outside
+    fig, ax = pyplot().subplots(figsize=(9.2 if inset else 6.4, 4.6 if inset else 4.2), dpi=120)
+    series = [plot_band(ax, m.curves, f"{m.display} ({pm(*m.final)})")
+              for m in methods if m.curves]
+    zoom_top(ax, series)
     longest = max((len(c) for m in methods for c in m.curves), default=0)
     window = methods[0].window
     if longest > 1:  # the epochs averaged into the final error
@@ -239,7 +244,10 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
            title=f"{config.model} on {config.dataset}: mean ± std over {counts_text(n, 'seed')}")
     ax.grid(True, alpha=0.3)
     legend = ax.legend(title=f"final error ({window_text(window)})",
-                       fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None)
+                       fontsize="small" if len(methods) > WIDE_TABLE_MAX_METHODS else None,
+                       **({"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if inset else {}))
+    if inset:
+        add_last_epochs_inset(ax, series, window)
     fig.tight_layout()
     save_figure(fig, path)
     return legend.get_title().get_text(), [t.get_text() for t in legend.get_texts()]

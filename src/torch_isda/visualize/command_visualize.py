@@ -33,6 +33,11 @@ without ISDA (e.g. --loss ce) pass --estimate-covariance: the class-conditional
 covariances are then computed from the trained model's features of the training set.
 The paper's optimiser settings are --step1-iterations 10000 --step1-lr 10
 --step2-iterations 10000 --step2-lr 1 --restarts 1 (the defaults are tuned for digits).
+
+ImageNet (Figs. 7 and 14) with BigGAN, for a run trained on an imagefolder dataset:
+
+  isda visualize --classifier runs/imagenet-resnet50-isda --generator biggan \
+      --biggan-model biggan-deep-256 --truncation 0.4 --out runs/vis-imagenet
 """
 
 
@@ -55,8 +60,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--classifier", required=True, metavar="RUN_DIR",
                     help="an `isda train` run directory (config.json, checkpoint.pt)")
-    io.add_argument("--generator", required=True, metavar="GAN_DIR",
-                    help="an `isda gan train` directory (gan.pt)")
+    io.add_argument("--generator", required=True, metavar="GAN_DIR|biggan",
+                    help="an `isda gan train` directory (gan.pt), or 'biggan': the pretrained "
+                         "ImageNet BigGAN of pytorch-pretrained-biggan (imagefolder runs; "
+                         "pip install 'torch-isda[biggan]')")
     io.add_argument("--out", default=None, metavar="DIR",
                     help="output directory (default: runs/vis-<classifier run name>)")
     io.add_argument("--data-dir", default=None,
@@ -80,6 +87,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     aug.add_argument("--kind", default=None,
                      help="covariance kind for --estimate-covariance: full, diagonal, shared, "
                           "identity, lowrank (default: the run's --kind, else full)")
+    big = parser.add_argument_group("BigGAN (--generator biggan)")
+    big.add_argument("--biggan-model", default="biggan-deep-256", metavar="NAME|DIR",
+                     help="biggan-deep-128, biggan-deep-256 (default) or biggan-deep-512 "
+                          "(downloaded on first use), or a directory with config.json and "
+                          "pytorch_model.bin")
+    big.add_argument("--truncation", type=float, default=0.4,
+                     help="BigGAN truncation in (0, 1] (0.4)")
+    big.add_argument("--biggan-classes", default=None, metavar="LIST",
+                     help="BigGAN's ImageNet class of each dataset class, comma-separated "
+                          "(default: the identity, for a dataset with ImageNet's 1000 classes)")
     opt = parser.add_argument_group("inversion (defaults tuned for digits; see the epilog)")
     opt.add_argument("--step1-iterations", type=non_negative_int, default=STEP1_ITERATIONS,
                      help=f"Step I (Eq. 20) SGD iterations ({STEP1_ITERATIONS}; paper 10000)")
@@ -118,8 +135,10 @@ def _require_dir(path: Path, what: str, hint: str) -> None:
 
 
 def load_classifier(run_dir: Path, device: Any, data_dir: Optional[str] = None,
-                    download: bool = False) -> tuple[Any, Any, Any, dict]:
-    """``(model, config, dataset, checkpoint)`` of an ``isda train`` run directory.
+                    download: bool = False, allow_imagefolder: bool = False
+                    ) -> tuple[Any, Any, Any, dict]:
+    """``(model, config, dataset, checkpoint)`` of an ``isda train`` run directory
+    (``allow_imagefolder``: the dataset may be an image folder read from disk).
 
     The model is rebuilt as the trainer builds it (``create_model(config.model,
     num_classes, in_channels=..., **config.model_kwargs)``), loaded with the checkpoint's
@@ -140,10 +159,18 @@ def load_classifier(run_dir: Path, device: Any, data_dir: Optional[str] = None,
                                 f"(the run has not finished an epoch yet?)")
     config = TrainConfig.load(config_path)
     if config.dataset == "imagefolder":
-        raise ValueError(f"run '{run_dir}' was trained on an imagefolder dataset; `isda visualize` "
-                         f"needs an in-memory dataset (digits, cifar10, cifar100, svhn, ...)")
-    data = load_image_dataset(config.dataset, data_dir or config.data_dir, download,
-                              dict(config.dataset_kwargs))
+        if not allow_imagefolder:
+            raise ValueError(f"run '{run_dir}' was trained on an imagefolder dataset; a generator "
+                             f"trained by `isda gan train` needs an in-memory dataset (digits, "
+                             f"cifar10, cifar100, svhn, ...); for ImageNet-style folders use "
+                             f"--generator biggan")
+        from ..data import create_dataset
+
+        data = create_dataset("imagefolder", root=data_dir or config.data_dir,
+                              **dict(config.dataset_kwargs))
+    else:
+        data = load_image_dataset(config.dataset, data_dir or config.data_dir, download,
+                                  dict(config.dataset_kwargs))
     state = load_checkpoint(ckpt_path)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"'{ckpt_path}' is not an `isda train` checkpoint (no model state)")
@@ -223,6 +250,12 @@ def run(args: argparse.Namespace) -> int:
     from .gan import load_gan_checkpoint, load_generator
     from .inversion import run_visualization
 
+    if args.generator == "biggan":
+        return _run_biggan(args)
+    for option, default in (("biggan_model", "biggan-deep-256"), ("truncation", 0.4),
+                            ("biggan_classes", None)):
+        if getattr(args, option) != default:
+            raise ValueError(f"--{option.replace('_', '-')} applies to --generator biggan only")
     run_dir, gan_dir = Path(args.classifier), Path(args.generator)
     _require_dir(gan_dir, "generator directory", "train one with `isda gan train --out DIR`")
     gan_state = load_gan_checkpoint(gan_dir)  # clear error if gan.pt is missing
@@ -288,8 +321,11 @@ def run(args: argparse.Namespace) -> int:
     summary["timing"] = {"load_seconds": round(t_loaded - t_start, 3),
                          "total_seconds": round(t_end - t_start, 3)}
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, paths, t_end - t_start)
+    return 0
 
-    s = summary
+
+def _print_summary(s: dict, paths: dict, seconds: float) -> None:
     print(f"Step I  (Eq. 20) final feature-space MSE: {s['step1_feature_mse']:.4g} "
           f"(pixel MSE {s['step1_pixel_mse']:.4g}; mean square of the features "
           f"{s['feature_mean_square']:.4g})")
@@ -300,5 +336,81 @@ def run(args: argparse.Namespace) -> int:
     if "augmented_accuracy" in s:
         print(f"classifier's label kept on {100 * s['reconstruction_accuracy']:.0f}% of the "
               f"reconstructions and {100 * s['augmented_accuracy']:.0f}% of the augmented images")
-    print(f"wrote {', '.join(str(p) for p in paths.values())} ({t_end - t_start:.1f} s)")
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({seconds:.1f} s)")
+
+
+def _class_map(text: Optional[str], num_classes: int) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--biggan-classes must be comma-separated integers; got {text!r}") from None
+    if len(values) != num_classes:
+        raise ValueError(f"--biggan-classes has {len(values)} entries; the dataset has "
+                         f"{num_classes} classes")
+    return values
+
+
+def _run_biggan(args: argparse.Namespace) -> int:
+    """``isda visualize --generator biggan``: Figs. 7/14 on an image-folder run."""
+    import time
+    import warnings
+
+    from ..train.checkpoint import atomic_write_text
+    from ..train.seeding import num_threads
+    from ..train.distributed import resolve_device
+    from .biggan import load_biggan, run_biggan_visualization
+
+    run_dir = Path(args.classifier)
+    device = resolve_device(args.device)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+    with num_threads(args.threads):
+        model, config, data, state = load_classifier(run_dir, device, args.data_dir, args.download,
+                                                     allow_imagefolder=True)
+        if config.dataset != "imagefolder":
+            raise ValueError(f"--generator biggan visualises ImageNet-style imagefolder runs; "
+                             f"'{run_dir}' was trained on {config.dataset}: train a generator with "
+                             f"`isda gan train --dataset {config.dataset}` and pass its directory")
+        if args.estimate_covariance:
+            raise ValueError("--estimate-covariance needs an in-memory dataset; an imagefolder "
+                             "run needs its ISDA estimate (train with --loss isda)")
+        if args.kind is not None:
+            raise ValueError("--kind applies to --estimate-covariance only")
+        estimator = find_estimator(config, state, model.num_features, data.num_classes)
+        if estimator is None:
+            raise ValueError(f"the classifier run '{run_dir}' was trained with --loss "
+                             f"{config.loss!r}: its checkpoint holds no ISDA covariance estimate; "
+                             f"train with --loss isda")
+        estimator.to(device)
+        class_map = _class_map(args.biggan_classes, data.num_classes)
+        G = load_biggan(args.biggan_model, args.truncation, image_size=int(data.image_size[-1]),
+                        device=device)
+        say(f"[visualize] classifier {config.model} ({config.loss}) from '{run_dir}', BigGAN "
+            f"{args.biggan_model} (truncation {args.truncation:g}, {G.native_size} px -> "
+            f"{G.image_shape[-1]} px), covariance: ISDA estimate ({estimator.kind})")
+        t_loaded = time.perf_counter()
+        out = Path(args.out or f"runs/vis-{run_dir.resolve().name}")
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            result, paths = run_biggan_visualization(
+                out, model, estimator, G, data, args.lam, class_map=class_map,
+                num_samples=args.num_samples, num_augmented=args.num_augmented,
+                split="train" if args.split == "train" else "val",
+                num_neighbours=args.num_neighbours, seed=args.seed, progress=not args.quiet,
+                eta=args.eta, step1_iterations=args.step1_iterations,
+                step2_iterations=args.step2_iterations, step1_lr=args.step1_lr,
+                step2_lr=args.step2_lr, restarts=args.restarts, reduction=args.reduction)
+    t_end = time.perf_counter()
+    summary = json.loads(Path(paths["summary"]).read_text())
+    summary["inputs"] = {"classifier": str(run_dir), "generator": "biggan",
+                         "biggan_model": str(args.biggan_model), "truncation": float(args.truncation),
+                         "dataset": config.dataset, "model": config.model, "loss": config.loss,
+                         "covariance": f"ISDA estimate of run '{run_dir}' ({estimator.kind})"}
+    summary["timing"] = {"load_seconds": round(t_loaded - t_start, 3),
+                         "total_seconds": round(t_end - t_start, 3)}
+    atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, paths, t_end - t_start)
     return 0

@@ -14,7 +14,7 @@ Adam(lr 1e-4, betas (0, 0.9)), batch size 64, ``z ~ N(0, I)`` of 128 dimensions 
 setting). For the small 8x8 digits MLP the Adam rate is raised to 1e-3 with betas
 (0.5, 0.9) (the betas of their MNIST script): with lr 1e-4 the samples were still noisy
 blobs after 3,000 generator iterations, with 1e-3 they are recognisable digits after 3,000
-(about 1-2 minutes on 2 idle CPU cores; :data:`DIGITS_ITERATIONS`).
+(about 1 minute of CPU time with one thread; :data:`DIGITS_ITERATIONS`).
 
 Architectures (``arch``):
 
@@ -81,8 +81,8 @@ LOG_NAME = "gan_log.jsonl"
 CHECKPOINT_FORMAT = "torch_isda.gan"
 CHECKPOINT_VERSION = 1
 
-#: Generator iterations that give clean digits on ``digits`` with the defaults (about two
-#: minutes on 2 CPU cores); used when ``train_gan(iterations=None)`` trains an ``mlp`` GAN.
+#: Generator iterations that give clean digits on ``digits`` with the defaults (about 1
+#: minute of CPU time with one thread); used when ``train_gan(iterations=None)`` trains an ``mlp`` GAN.
 DIGITS_ITERATIONS = 3000
 #: Default for the ``dcgan`` architecture (Gulrajani et al. train CIFAR for 100k
 #: generator iterations; this is a GPU-scale run).
@@ -409,6 +409,8 @@ def train_gan(
     Returns:
         The trained generator (eval mode, on ``device``).
     """
+    from ..train.reporting import format_eta
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -456,7 +458,7 @@ def train_gan(
         fixed_z = state["fixed_z"].to(device)
         start, history = int(state["iteration"]), list(state.get("history", []))
         seed = int(state.get("seed", seed))
-        if progress:
+        if progress and start < iterations:  # a finished run is reported by the caller
             _log(f"[gan] resuming {ckpt_path} at iteration {start}")
 
     def save(iteration: int) -> None:
@@ -479,10 +481,12 @@ def train_gan(
             ckpt_path,
         )
 
-    def write_samples() -> None:
-        from .grid import save_image_grid
+    def write_samples(iteration: int) -> None:
+        from .grid import save_sample_grid
 
-        save_image_grid(out / SAMPLES_NAME, sample_images(G, fixed_z).cpu(), nrow=8)
+        title = (f"WGAN-GP ({config.arch}) samples of {name}, fixed noise\n"
+                 f"iteration {iteration:,} of {iterations:,}")
+        save_sample_grid(out / SAMPLES_NAME, sample_images(G, fixed_z).cpu(), nrow=8, title=title)
 
     if progress and start < iterations:
         n_g = sum(p.numel() for p in G.parameters())
@@ -540,12 +544,14 @@ def train_gan(
                     now = time.perf_counter()
                     speed = (done - it_last) / max(now - t_last, 1e-9)
                     t_last, it_last = now, done
+                    rate = (done - start) / max(now - t0, 1e-9)  # since this process started
+                    eta = f"  ETA {format_eta((iterations - done) / rate)}" if done < iterations else ""
                     _log(
                         f"[gan] it {done}/{iterations}  W {rec['wasserstein']:.4f}  gp {rec['gp']:.4f}  "
-                        f"loss_g {rec['loss_g']:.4f}  {speed:.1f} it/s"
+                        f"loss_g {rec['loss_g']:.4f}  {speed:.1f} it/s{eta}"
                     )
             if sample_every and done % sample_every == 0 and done != iterations:
-                write_samples()
+                write_samples(done)
             if checkpoint_every and done % checkpoint_every == 0 and done != iterations:
                 save(done)
     finally:
@@ -555,7 +561,7 @@ def train_gan(
         p.requires_grad_(True)
     if start < iterations or not ckpt_path.exists():
         save(max(start, iterations))
-        write_samples()
+        write_samples(max(start, iterations))
     if progress and start < iterations:
         _log(f"[gan] done: {iterations - start} iterations in {time.perf_counter() - t0:.1f} s; wrote {out}")
     return G.eval()

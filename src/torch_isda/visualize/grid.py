@@ -24,6 +24,7 @@ __all__ = [
     "visualization_columns",
     "save_visualization_grid",
     "save_neighbour_grid",
+    "save_sample_grid",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -119,9 +120,15 @@ def save_titled_grid(
     title: Optional[str] = None,
     cell_inches: float = 0.85,
     dpi: int = 100,
+    separate_before: Optional[int] = None,
+    group_titles: Optional[tuple[str, str]] = None,
 ) -> Path:
     """A figure with one titled column per ``(title, images)`` entry; row ``i`` shows image
     ``i`` of every column (all columns need the same number of rows).
+
+    ``separate_before``: the index of the first column of a second group of columns,
+    set apart by a wider gap and a vertical rule; ``group_titles`` then names the two
+    groups above the column titles.
 
     The cells are tiled into one mosaic drawn by a single ``imshow`` (white gaps; images of
     different sizes are centred in square cells; grey columns are shown in grey, and
@@ -140,11 +147,18 @@ def save_titled_grid(
     if row_labels is not None and len(row_labels) != nrows:
         raise ValueError(f"{len(row_labels)} row labels for {nrows} rows")
     ncols = len(cols)
+    if separate_before is not None and not 0 < separate_before < ncols:
+        separate_before = None
     rgb = any(x.shape[1] == 3 for _, x in cols)
     size = max(max(x.shape[2], x.shape[3]) for _, x in cols)
     gap = max(1, round(0.07 * size))
     step = size + gap
-    H, W = max(nrows, 1) * step - gap, ncols * step - gap
+    extra = round(0.6 * size) if separate_before is not None else 0
+
+    def col_x(j: int) -> int:  # left edge of column j in the mosaic
+        return j * step + (extra if separate_before is not None and j >= separate_before else 0)
+
+    H, W = max(nrows, 1) * step - gap, col_x(ncols - 1) + size
     mosaic = np.ones((H, W, 3) if rgb else (H, W), dtype=np.float32)
     for j, (_, x) in enumerate(cols):
         h, w = x.shape[2], x.shape[3]
@@ -152,20 +166,34 @@ def save_titled_grid(
             img = _hwc(x[i])
             if rgb and img.ndim == 2:
                 img = np.repeat(img[:, :, None], 3, axis=2)
-            y0, x0 = i * step + (size - h) // 2, j * step + (size - w) // 2
+            y0, x0 = i * step + (size - h) // 2, col_x(j) + (size - w) // 2
             mosaic[y0 : y0 + h, x0 : x0 + w] = img
-    head = 0.35 + (0.3 if title else 0.0)
+    head = 0.35 + (0.3 if title else 0.0) + (0.2 if group_titles else 0.0)
     left = 0.45 if row_labels is not None else 0.1
-    fig = Figure(figsize=(left + ncols * cell_inches, head + max(nrows, 1) * cell_inches), dpi=dpi)
+    right = 0.35  # keeps the last column and its title off the edge
+    inner_w = ncols * cell_inches + extra * cell_inches / size
+    bottom = 0.15  # keeps the last row off the edge
+    fig = Figure(figsize=(left + inner_w + right, head + max(nrows, 1) * cell_inches + bottom),
+                 dpi=dpi)
     FigureCanvasAgg(fig)
     fw, fh = fig.get_figwidth(), fig.get_figheight()
-    ax = fig.add_axes((left / fw, 0.08 / fh, 1 - 0.02 / fw - left / fw, 1 - head / fh - 0.08 / fh))
+    ax = fig.add_axes((left / fw, bottom / fh, inner_w / fw, 1 - head / fh - bottom / fh))
     kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if mosaic.ndim == 2 else {}
     ax.imshow(mosaic, interpolation="nearest", aspect="auto", **kw)
     ax.set_axis_off()
     for j, (name, _) in enumerate(cols):
-        ax.text(j * step + (size - 1) / 2, -0.5 - 0.04 * size, name, fontsize=7,
+        ax.text(col_x(j) + (size - 1) / 2, -0.5 - 0.04 * size, name, fontsize=7,
                 ha="center", va="bottom", clip_on=False)
+    if separate_before is not None:
+        x_rule = col_x(separate_before) - 0.5 - extra / 2 - gap / 2
+        ax.plot([x_rule, x_rule], [-0.5, H - 0.5], color="0.6", lw=0.8, clip_on=False)
+        if group_titles:
+            y_group = -0.5 - 0.3 * size
+            for (lo, hi), text in zip(((0, separate_before - 1),
+                                       (separate_before, ncols - 1)), group_titles):
+                x_mid = (col_x(lo) + col_x(hi) + size - 1) / 2
+                ax.text(x_mid, y_group, text, fontsize=7.5, ha="center", va="bottom",
+                        fontweight="bold", clip_on=False)
     if row_labels is not None:
         for i, label in enumerate(row_labels):
             ax.text(-0.5 - 0.08 * size, i * step + (size - 1) / 2, str(label), fontsize=7,
@@ -204,17 +232,134 @@ def save_visualization_grid(
     :func:`visualization_columns`)."""
     labels = [int(y) for y in result.labels]
     rows = [class_names[y] if class_names is not None else str(y) for y in labels]
-    return save_titled_grid(path, visualization_columns(result, neighbours_of), row_labels=rows, title=title)
+    columns = visualization_columns(result, neighbours_of)
+    K = result.augmented.shape[1]
+    split = 2 + K if len(columns) > 2 + K else None  # the nearest-neighbour columns
+    groups = None
+    if split is not None:
+        columns = columns[:split] + [(f"NN {m + 1}", x) for m, (_, x) in
+                                     enumerate(columns[split:])]
+        groups = ("Step I and II (ISDA)", f"nearest training images of aug {neighbours_of + 1}")
+    return save_titled_grid(path, columns, row_labels=rows, title=title,
+                            separate_before=split, group_titles=groups)
 
 
-def save_neighbour_grid(path: PathLike, result: Any, title: Optional[str] = None) -> Path:
-    """Fig. 14 layout: one row per augmented image (sample ``i``, augmentation ``k``),
-    columns ``augmented | NN 1..k`` (training images nearest in pixel space)."""
+def _wrap(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` wrapped (each line separately) to fit ``width_inches`` at ``fontsize``."""
+    import textwrap
+
+    chars = max(20, int(width_inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
+
+
+def _default_label(result: Any, noun: str, class_names: Optional[Sequence[str]]):
+    labels = [int(y) for y in result.labels]
+
+    def label(i: int, k: int) -> str:
+        y = labels[i]
+        name = str(class_names[y]) if class_names is not None else str(y)
+        if name.isdigit():  # "digit 0" rather than a bare "0" (not a decimal "0.1")
+            name = f"{noun} {name}"
+        return f"{name}, aug {k + 1}"
+
+    return label
+
+
+def save_neighbour_grid(
+    path: PathLike,
+    result: Any,
+    title: Optional[str] = None,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    noun: str = "class",
+    cell_inches: float = 0.42,
+    dpi: int = 100,
+) -> Path:
+    """Fig. 14 as a compact grid: one row per shown image ``i``, one block per augmentation
+    ``k`` (``K`` blocks side by side); each block is the augmented image, a gap, then its
+    nearest training images (pixel space) with their Euclidean distances (in ``[0, 1]``
+    pixel units) under them. Blocks are labelled "digit 0, aug 1" (``noun`` and the class,
+    or ``class_names``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     if getattr(result, "neighbour_images", None) is None:
         raise ValueError("the result holds no nearest neighbours (pass train_images to visualize)")
-    aug = result.augmented.flatten(0, 1)  # (N*K, C, H, W)
-    nn_images = result.neighbour_images.flatten(0, 1)  # (N*K, k, C, H, W)
-    cols = [("augmented", aug)] + [(f"NN {m + 1}", nn_images[:, m]) for m in range(nn_images.shape[1])]
-    K = result.augmented.shape[1]
-    rows = [f"{i}.{k + 1}" for i in range(result.augmented.shape[0]) for k in range(K)]
-    return save_titled_grid(path, cols, row_labels=rows, title=title)
+    aug = _to_unit(result.augmented.flatten(0, 1))
+    N, K = result.augmented.shape[:2]
+    nn_all = result.neighbour_images  # (N, K, m, C, H, W)
+    m = nn_all.shape[2]
+    nn_unit = _to_unit(nn_all.flatten(0, 2)).view(N, K, m, *aug.shape[1:])
+    dist = getattr(result, "neighbour_distances", None)
+    label = _default_label(result, noun, class_names)
+    rgb = aug.shape[1] == 3
+    h, w = aug.shape[2], aug.shape[3]
+    size = max(h, w)
+    gap = max(1, round(0.08 * size))
+    sep = 3 * gap  # between the augmented image and its neighbours
+    block_gap = round(0.9 * size)
+    label_h, dist_h = 0.55 * size, 0.5 * size
+    block_w = (1 + m) * size + (m - 1) * gap + sep
+    row_h = label_h + size + dist_h
+    W = K * block_w + (K - 1) * block_gap
+    H = int(np.ceil(N * row_h))
+    mosaic = np.ones((H, W, 3) if rgb else (H, W), dtype=np.float32)
+    texts = []
+    for i in range(N):
+        y0 = int(round(i * row_h + label_h))
+        for k in range(K):
+            x0 = k * (block_w + block_gap)
+            cells = [aug[i * K + k]] + [nn_unit[i, k, j] for j in range(m)]
+            for j, img in enumerate(cells):
+                xj = x0 + j * (size + gap) + (sep - gap if j > 0 else 0)
+                yy, xx = y0 + (size - h) // 2, xj + (size - w) // 2
+                mosaic[yy : yy + h, xx : xx + w] = _hwc(img)
+                if j > 0 and dist is not None:
+                    texts.append((xj + (size - 1) / 2, y0 + size + 0.05 * size,
+                                  f"{float(dist[i, k, j - 1]):.2f}", "top", 5.5))
+            texts.append((x0 - 0.5, y0 - 0.12 * size, label(i, k), "bottom", 6.5))
+    margin_l, margin_r, margin_b = 0.15, 0.15, 0.1
+    unit = cell_inches / size  # inches per mosaic pixel
+    if title:
+        title = _wrap(title, margin_l + W * unit + margin_r, 9)
+    head = 0.2 + 0.17 * title.count("\n") + 0.2 if title else 0.15
+    fig = Figure(figsize=(margin_l + W * unit + margin_r, head + H * unit + margin_b), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fw, fh = fig.get_figwidth(), fig.get_figheight()
+    ax = fig.add_axes((margin_l / fw, margin_b / fh, W * unit / fw, H * unit / fh))
+    kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if mosaic.ndim == 2 else {}
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto", **kw)
+    ax.set_axis_off()
+    for x, y, text, va, fontsize in texts:
+        ax.text(x, y, text, fontsize=fontsize, ha="center" if va == "top" else "left", va=va,
+                clip_on=False)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.1 / fh, va="top")
+    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
+def save_sample_grid(path: PathLike, images: Tensor, nrow: int = 8,
+                     title: Optional[str] = None, cell_inches: float = 0.42,
+                     dpi: int = 100) -> Path:
+    """GAN samples as a titled grid (``nrow`` images per row), e.g. ``samples.png``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = _to_unit(images)
+    grid = image_grid(x, nrow, padding=1, pad_value=1.0)
+    size = max(x.shape[2], x.shape[3])
+    unit = cell_inches / size
+    gh, gw = grid.shape[:2]
+    if title:
+        title = _wrap(title, 0.2 + gw * unit, 8)
+    head = 0.25 + 0.15 * title.count("\n") + 0.1 if title else 0.1
+    fig = Figure(figsize=(0.2 + gw * unit, head + gh * unit + 0.1), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fw, fh = fig.get_figwidth(), fig.get_figheight()
+    ax = fig.add_axes((0.1 / fw, 0.1 / fh, gw * unit / fw, gh * unit / fh))
+    kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if grid.ndim == 2 else {}
+    ax.imshow(grid, interpolation="nearest", aspect="auto", **kw)
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=8, y=1 - 0.06 / fh, va="top")
+    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

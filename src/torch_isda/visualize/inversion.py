@@ -279,7 +279,9 @@ def invert(
         lr_step, lr_gamma: lr multiplied by ``lr_gamma`` every ``lr_step`` iterations
             (default: every quarter of ``iterations``, as the paper's 2,500 of 10,000).
         reduction: ``"mean"`` (MSE terms, default) or ``"sum"`` (squared norms, literally).
-        z0: initial latents (default ``N(0, I)`` from ``rng``, as the GAN's prior).
+        z0: initial latents (default ``N(0, I)`` from ``rng``, as the GAN's prior, or
+            ``generator.sample_latent(n, rng)`` when the generator has that method, e.g.
+            BigGAN's truncated noise, :class:`~torch_isda.visualize.biggan.ClassBoundGenerator`).
         z_dim: latent size when ``z0`` is not given (default ``generator.z_dim``).
         rng: source of the initial latents.
         restarts: optimise this many random initial latents per image (in one batch) and
@@ -303,7 +305,11 @@ def invert(
         z_dim = z_dim if z_dim is not None else getattr(generator, "z_dim", None)
         if z_dim is None:
             raise ValueError("pass z0 or z_dim (the generator has no z_dim attribute)")
-        z0 = torch.randn(x.shape[0] * restarts, int(z_dim), device=device, generator=rng)
+        sampler = getattr(generator, "sample_latent", None)  # e.g. BigGAN's truncated noise
+        if callable(sampler):
+            z0 = sampler(x.shape[0] * restarts, rng).to(device)
+        else:
+            z0 = torch.randn(x.shape[0] * restarts, int(z_dim), device=device, generator=rng)
     elif restarts != 1:
         raise ValueError("restarts > 1 draws its own initial latents: leave z0=None")
     target_features = target_features.to(device)
@@ -565,6 +571,7 @@ class VisualizationResult:
         if self.neighbour_distances is not None:
             out["nearest_neighbour_distance"] = float(self.neighbour_distances[..., 0].mean())
             out["per_sample"]["neighbour_indices"] = self.neighbour_indices.tolist()
+            out["per_sample"]["neighbour_distances"] = self.neighbour_distances.tolist()
         return out
 
 
@@ -716,18 +723,28 @@ def save_visualization(
     class_names: Optional[Sequence[str]] = None,
     neighbours_of: Optional[int] = 0,
     title: Optional[str] = None,
+    noun: str = "class",
 ) -> dict:
     """Write ``augmented.png`` (original | reconstruction | augmented | NN of aug 1),
     ``neighbours.png`` (Fig. 14 layout, when the result has neighbours) and
     ``visualization.json`` (:meth:`VisualizationResult.summary`) into ``out_dir``; return
-    their paths by name."""
+    their paths by name. ``noun`` names a class in ``neighbours.png`` without
+    ``class_names`` ("digit 0, aug 1")."""
     from .grid import atomic_write_with, save_neighbour_grid, save_visualization_grid
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"augmented": save_visualization_grid(out / "augmented.png", result, neighbours_of, class_names, title)}
     if result.neighbour_images is not None:
-        paths["neighbours"] = save_neighbour_grid(out / "neighbours.png", result)
+        K, m = result.augmented.shape[1], result.neighbour_images.shape[2]
+        nn_title = (f"Nearest training images (pixel space) of the ISDA-augmented images: one "
+                    f"row per test image, one block per augmentation (the augmented image, then "
+                    f"its {m} nearest training images with their Euclidean distance in [0, 1] "
+                    f"pixel units)")
+        if title:
+            nn_title = f"{title}\n{nn_title}"
+        paths["neighbours"] = save_neighbour_grid(out / "neighbours.png", result, nn_title,
+                                                  class_names=class_names, noun=noun)
     summary = result.summary()
     if class_names is not None:
         summary["class_names"] = list(class_names)
@@ -785,14 +802,6 @@ def run_visualization(
     result.settings.update(dataset=str(getattr(dataset, "name", "")), split=split, indices=idx.tolist())
     names = getattr(dataset, "classes", None)
     title = f"ISDA augmentations (lambda = {lam:g}, eta = {result.settings['eta']:g})"
-    paths = save_visualization(result, out_dir, class_names=names, title=title)
-    if progress:
-        import sys
-
-        s = result.summary()
-        print(
-            f"[visualize] Step I feature MSE {s['step1_feature_mse']:.4g}, Step II feature MSE "
-            f"{s['step2_feature_mse']:.4g}; wrote {', '.join(str(p) for p in paths.values())}",
-            file=sys.stderr, flush=True,
-        )
-    return result, paths
+    noun = "digit" if str(getattr(dataset, "name", "")) == "digits" else "class"
+    paths = save_visualization(result, out_dir, class_names=names, title=title, noun=noun)
+    return result, paths  # the caller reports the summary (isda visualize prints it)

@@ -1,6 +1,7 @@
 """Supervised image classification (``isda train``, Algorithm 1 of the paper).
 
-One step: ``features = criterion.transform_features(model.forward_features(x))``,
+One step: ``x, y = criterion.transform_batch(x, y)``,
+``features = criterion.transform_features(model.forward_features(x))``,
 ``logits = classifier(features)``, ``loss = criterion(features, logits,
 criterion.transform_target(y), model)``. In-memory datasets live on the device
 (:class:`~torch_isda.data.DeviceBatchIterator`, augmentation from one seeded generator);
@@ -143,6 +144,7 @@ class ClassificationTask(Task):
     def train_step(self, batch: Any, progress: float) -> StepOut:
         x, y = self.to_device(*batch)
         self.criterion.set_progress(progress)
+        x, y = self.criterion.transform_batch(x, y)
         with self.engine.autocast():
             features, logits = self.forward(x)
         target = self.criterion.transform_target(y)

@@ -1,0 +1,65 @@
+"""A zoomed inset on the last epochs of a curves plot (``isda compare``'s ``curves.png``).
+
+With five or more methods the final-error region of the test-error curves is a tangle at
+full scale; :func:`add_last_epochs_inset` redraws the last epochs of every series, with
+their ±std bands, in an inset axes in the upper right corner (where falling error
+curves leave room), with a y-range fitted to that region, and marks the zoomed region on
+the main axes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["INSET_MIN_METHODS", "add_last_epochs_inset", "zoom_start"]
+
+#: From this many methods on, ``curves.png`` gets the inset.
+INSET_MIN_METHODS = 5
+
+
+def zoom_start(longest: int, window: int) -> int:
+    """The first epoch shown in the inset: the last ``max(window, a quarter of the run,
+    3)`` epochs (never before epoch 1)."""
+    span = max(int(window), int(math.ceil(0.25 * longest)), 3)
+    return max(1, longest - span + 1)
+
+
+def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], window: int,
+                          bounds: Sequence[float] = (0.5, 0.47, 0.47, 0.48)) -> Any:
+    """Add the inset to ``ax``; ``series`` holds ``(epochs, mean, std, color)`` numpy
+    arrays per method. Returns the inset axes (``None`` when the run is too short)."""
+    import numpy as np
+
+    longest = max(int(s[0][-1]) for s in series if len(s[0]))
+    start = zoom_start(longest, window)
+    if longest - start < 1:
+        return None
+    inset = ax.inset_axes(list(bounds))
+    lows, highs = [], []
+    for epochs, mean, std, color in series:
+        keep = epochs >= start
+        if not keep.any():
+            continue
+        inset.plot(epochs[keep], mean[keep], lw=1.3, color=color)
+        inset.fill_between(epochs[keep], (mean - std)[keep], (mean + std)[keep], color=color,
+                           alpha=0.2, lw=0)
+        lows.append(float(np.nanmin((mean - std)[keep])))
+        highs.append(float(np.nanmax((mean + std)[keep])))
+    finite = [(lo, hi) for lo, hi in zip(lows, highs) if math.isfinite(lo) and math.isfinite(hi)]
+    if finite:
+        lo, hi = min(v[0] for v in finite), max(v[1] for v in finite)
+        pad = 0.08 * (hi - lo) + 1e-6
+        inset.set_ylim(max(0.0, lo - pad), hi + pad)
+    inset.set_xlim(start - 0.3, longest + 0.3)
+    inset.axvspan(max(start - 0.3, longest - window + 0.5), longest + 0.3, color="0.93",
+                  zorder=0, lw=0)
+    from matplotlib.ticker import MaxNLocator
+
+    inset.xaxis.set_major_locator(MaxNLocator(integer=True))
+    inset.tick_params(labelsize=7)
+    inset.grid(True, alpha=0.3)
+    inset.set_title(f"epochs {start}-{longest}", fontsize=7, pad=2)
+    ax.indicate_inset_zoom(inset, edgecolor="0.4")
+    return inset
