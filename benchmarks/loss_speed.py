@@ -14,7 +14,10 @@ For each of the paper's shapes (N, C, A) it times one training-step's worth of I
 * ``syncs/step``: host synchronizations of one ``ours`` step (``benchmarks/_syncs.py``:
   ``bool()``, ``.item()``, ``.tolist()``, ``torch.unique``, boolean masks, ...);
 * ``compiled ms``: ``ours`` with the loss module wrapped in ``torch.compile`` (default
-  options; ``--backend``, ``--no-compile`` to skip), timed after its compilation.
+  options; ``--backend``, ``--no-compile`` to skip), timed after its compilation;
+* ``static ms``: ``ours`` on the static all-class path (``validate=False,
+  static_shapes=True``: no host synchronization, ``C/U`` times the flops of the update and
+  of ``sigma2`` for the full kind), eager.
 
 Run: ``python benchmarks/loss_speed.py`` (``--device cuda`` on a GPU). Prints a markdown table.
 """
@@ -151,6 +154,16 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
         t_ours = time_ms(step_ours, device, repeats)
         t_floor = time_ms(floor, device, repeats)
         syncs = count_syncs(step_ours).total
+        static = ISDALoss(A, C, lambda0=0.5, kind=kind, constant_lambda=True, validate=False,
+                          static_shapes=True).to(device)
+        static.load_state_dict(ours.state_dict())
+
+        def step_static():
+            loss = static(feats, logits, labels, weight)
+            loss.backward()
+            weight.grad = logits.grad = None
+
+        t_static = time_ms(step_static, device, repeats)
         compiled_cell = "-"
         if backend:
             compiled = torch.compile(ours, backend=backend)
@@ -175,10 +188,10 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
         else:
             dense_cells = [f"skipped (~{need_gb:.0f} GB)", "-", "-"]
         rows.append([name, f"({N}, {C}, {A})", kind, U, f"{t_ours:.3f}", f"{t_floor:.3f}",
-                     f"{t_ours / t_floor:.2f}", syncs, compiled_cell, f"{m_ours:.1f}", *dense_cells])
+                     f"{t_ours / t_floor:.2f}", syncs, compiled_cell, f"{t_static:.3f}", f"{m_ours:.1f}", *dense_cells])
         print(f"done {name}", file=sys.stderr, flush=True)
     headers = ["shape", "(N, C, A)", "kind", "U present", "ours ms", "floor ms", "ours/floor", "syncs/step",
-               "compiled ms", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
+               "compiled ms", "static ms", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
     return markdown_table(headers, rows)
 
 
