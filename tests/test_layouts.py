@@ -70,3 +70,38 @@ def test_static_update_leaves_absent_classes_bit_for_bit(kind):
             continue  # class-independent state
         for c in (0, 2, 4):
             assert torch.equal(value[c], before[key][c]), (key, c)
+
+
+def test_large_covariance_per_class_path_equals_gathered_path_with_one_sync(monkeypatch):
+    """On the CPU, large covariances are updated and multiplied per class on views, with the
+    update weights computed from counts read back with the class set (no extra read)."""
+    import os
+    import sys
+
+    import torch_isda.kernels
+    import torch_isda.layouts
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    from _syncs import count_syncs
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(20, 4, generator=g, dtype=torch.float64), torch.randint(0, 12, (20,), generator=g))
+               for _ in range(3)]
+    W = torch.randn(12, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    results = []
+    for limit in (1 << 20, 0):  # gathered, then per class on views
+        monkeypatch.setattr(torch_isda.layouts, "GATHER_MAX_ELEMENTS", limit)
+        monkeypatch.setattr(torch_isda.kernels, "GATHER_MAX_ELEMENTS", limit)
+        crit = ISDALoss(4, 12, 0.5, "full", constant_lambda=True, dtype=torch.float64)
+        out = []
+        for x, y in batches[:-1]:
+            loss = crit(x, x @ W.T, y, W)
+            out.append((loss.detach(), torch.autograd.grad(loss, [W])[0]))
+        x, y = batches[-1]
+        assert count_syncs(lambda: crit(x, x @ W.T, y, W).backward()).total == 1
+        results.append((out, crit.state_dict()))
+    for (la, ga), (lb, gb) in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
+    for key, value in results[0][1].items():
+        torch.testing.assert_close(results[1][1][key], value, rtol=1e-12, atol=1e-12)

@@ -133,7 +133,7 @@ class CovarianceEstimator(nn.Module):
         batch, problems = scan_batch(
             labels, self.num_classes, ignore_index=ignore_index,
             features=features.detach() if validate and check_features else None,
-            validate=validate, static=static,
+            validate=validate, static=static, extra=self.count,
         )
         return batch, problems
 
@@ -199,6 +199,9 @@ class CovarianceEstimator(nn.Module):
                        problems: List[str], sync: Optional[bool] = None) -> None:
         """:meth:`update` with the result of :meth:`scan`: raise on ``problems`` (on every rank
         when synchronizing, so no rank hangs and none changes its statistics), else fold the batch.
+
+        ``batch`` must come from :meth:`scan` of this estimator since its last update (it
+        carries the per-class counts read back with the class set).
         """
         features = features.detach()
         if (self.sync if sync is None else sync) and _dist.is_distributed():
@@ -213,7 +216,7 @@ class CovarianceEstimator(nn.Module):
                 if problems:
                     raise ValueError("; ".join(problems) + f" ({err})") from err
                 raise
-            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=static)
+            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=static, extra=self.count)
         elif problems:
             raise ValueError("; ".join(problems) + " (statistics unchanged)")
         if features.shape[0] == 0 or batch.num_valid == 0:
@@ -246,7 +249,7 @@ class CovarianceEstimator(nn.Module):
         old_mean = self.mean.index_select(0, classes)
         delta = old_mean - batch_mean  # mu^(t-1) - mu'^(t)
         fold = Fold(xc, inverse, classes, batch.counts, batch.host_counts, batch.host_classes, n, total, w,
-                    delta, onehot)
+                    delta, onehot, batch.host_extra)
         self.layout.update(self, fold)
         self.mean.index_copy_(0, classes, old_mean - w.unsqueeze(1) * delta)
         self.count.index_add_(0, classes, batch.counts)
