@@ -121,11 +121,12 @@ class CovarianceEstimator(nn.Module):
     ) -> Tuple[Optional[BatchClasses], List[str]]:
         """Check a batch and find its classes with at most one host synchronization.
 
-        ``check_features=False`` skips the NaN/Inf check of the features (evaluation mode,
-        where they are not folded in). Returns ``(batch, problems)``; ``batch`` is ``None``
-        when the shapes are wrong. The
-        loss modules call this once per step and pass ``batch`` to :meth:`update` and to the
-        loss, so the class set is computed once.
+        ``static=True`` (only with ``validate=False``) gives the all-class set without any
+        transfer; ``check_features=False`` skips the NaN/Inf check of the features
+        (evaluation mode, where they are not folded in). Returns ``(batch, problems)``;
+        ``batch`` is ``None`` when the shapes are wrong. The loss modules call this once per
+        step and pass ``batch`` to :meth:`update_scanned` and to the loss, so the class set
+        is computed once.
         """
         msgs = self._shape_problems(features, labels)
         if msgs:
@@ -156,7 +157,6 @@ class CovarianceEstimator(nn.Module):
         *,
         validate: bool = True,
         static_shapes: bool = False,
-        batch: Optional[BatchClasses] = None,
         ignore_index: Optional[int] = None,
     ) -> None:
         """Fold a batch into the statistics (Eqs. 1-3).
@@ -174,8 +174,6 @@ class CovarianceEstimator(nn.Module):
                 shared and identity kinds when ``validate=False`` (it costs them little);
                 for ``"full"`` and ``"lowrank"`` it costs ``C x`` the flops of the
                 present-class update (cheap on a GPU, slow on a CPU).
-            batch: the batch's class set from :meth:`scan` (the loss modules pass it so it
-                is computed once per step); ignores ``validate``/``static_shapes``.
             ignore_index: label of samples to leave out.
 
         Raises:
@@ -183,11 +181,8 @@ class CovarianceEstimator(nn.Module):
                 statistics are left unchanged (on every rank, when synchronizing).
         """
         features = features.detach()
-        problems: List[str] = []
-        if batch is None:
-            static = self.static_update(validate, static_shapes)
-            batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
-                                        static=static)
+        batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
+                                    static=self.static_update(validate, static_shapes))
         self.update_scanned(features, labels, batch, problems, sync)
 
     def static_update(self, validate: bool, static_shapes: bool) -> bool:
