@@ -141,3 +141,43 @@ def test_functional_static_path_equals_present_path():
         a = isda_f.isda_consistency_loss(logits, W, probs, covariance, 0.7)
         b = isda_f.isda_consistency_loss(logits, W, probs, covariance, 0.7, static_shapes=True)
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_default_path_does_not_recompile_as_the_classes_change():
+    """The present-class path runs eagerly under torch.compile (one graph break), so new
+    class sets do not trigger recompilation; the functional API's compiled remainder gets
+    dynamic shapes after the first change."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+
+    def step(crit, x, y, W):
+        return crit(x, x @ W.T, y, W) * 2.0
+
+    compiled = torch.compile(step, backend=counting_backend)
+    a, b = _loss("full"), _loss("full")
+    W = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    for n in range(10):
+        x = torch.randn(24, 6, dtype=torch.float64, generator=g)
+        y = torch.randint(0, 2 + n % 4, (24,), generator=g)  # 2 to 5 classes present
+        torch.testing.assert_close(compiled(a, x, y, W), step(b, x, y, W))
+    torch.testing.assert_close(a.estimator.covariance, b.estimator.covariance)
+    assert len(graphs) <= 4, len(graphs)
+
+    graphs.clear()
+    cov = torch.rand(5, 6, dtype=torch.float64)
+
+    def functional_step(z, y):
+        return isda_f.isda_cross_entropy(z, W, y, cov, 0.5, "diagonal")
+
+    compiled = torch.compile(functional_step, backend=counting_backend)
+    for n in range(10):
+        z = torch.randn(24, 5, dtype=torch.float64, generator=g)
+        y = torch.randint(0, 2 + n % 4, (24,), generator=g)
+        torch.testing.assert_close(compiled(z, y), functional_step(z, y))
+    assert len(graphs) <= 6, len(graphs)

@@ -103,6 +103,15 @@ def scan_batch(
         counts = torch.zeros(C, dtype=torch.long, device=device).index_add_(0, safe, ones)
         classes = torch.arange(C, device=device)
         return BatchClasses(classes, safe, counts, valid, None, None, True), []
+    return _scan_present(y, safe, valid, C, ignore_index, features, validate, extra)
+
+
+@torch.compiler.disable
+def _scan_present(y: Tensor, safe: Tensor, valid: Optional[Tensor], C: int, ignore_index: Optional[int],
+                  features: Optional[Tensor], validate: bool, extra: Optional[Tensor]):
+    """The present-class set: one transfer. Never traced by ``torch.compile`` (it reads data
+    back; tracing it would specialize the compiled code on every count)."""
+    device = y.device
     N = y.shape[0]
     if N == 0:
         empty = torch.zeros(0, dtype=torch.long, device=device)

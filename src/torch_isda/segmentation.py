@@ -294,7 +294,17 @@ class SegmentationISDALoss(ISDALoss):
     def _prepare(
         self, features: Tensor, logits: Tensor, target: Tensor, weight: Union[Tensor, nn.Module],
         ratio: Optional[float],
-    ) -> Tuple[Tensor, Tensor, float]:
+    ):
+        """Augmented flat logits, flat target and class set (the present-class path eagerly
+        under ``torch.compile``, as in :meth:`ISDALoss.forward`)."""
+        if self.static_path:
+            return self._prepare_traced(features, logits, target, weight, ratio)
+        return self._prepare_eager(features, logits, target, weight, ratio)
+
+    def _prepare_traced(
+        self, features: Tensor, logits: Tensor, target: Tensor, weight: Union[Tensor, nn.Module],
+        ratio: Optional[float],
+    ):
         W, target = self._check_inputs(features, logits, target, weight)
         lam = self.ratio if ratio is None else float(ratio)
         if not lam >= 0.0:
@@ -309,6 +319,8 @@ class SegmentationISDALoss(ISDALoss):
             raise ValueError("; ".join(problems))
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, C)  # pixels x C, order (b, y, x)
         return self._augment_flat(flat_logits, W, batch, lam), flat_target, batch
+
+    _prepare_eager = torch.compiler.disable(_prepare_traced)
 
     def forward(
         self,
