@@ -159,6 +159,8 @@ def _scan_present(y: Tensor, safe: Tensor, valid: Optional[Tensor], C: int, igno
     inverse = position.index_select(0, safe.clamp(0, C - 1)).clamp_min_(0)
     counts = counts_ext.index_select(0, classes)
     host_extra = None if host_extra_all is None else tuple(host_extra_all[c] for c in host_classes)
+    if valid is not None and sum(host_counts) == N:  # nothing ignored: no masks needed downstream
+        valid = None
     return BatchClasses(classes, inverse, counts, valid, host_counts, host_classes, False, host_extra), problems
 
 
