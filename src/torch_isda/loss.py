@@ -44,8 +44,9 @@ class ISDALoss(nn.Module):
             all-class path: no host synchronization at all, so a training step compiles with
             ``torch.compile(fullgraph=True)``.
         static_shapes: with ``validate=False``, use the static all-class path for the full
-            and low-rank kinds too (zero synchronizations; the update and ``sigma2`` then cost
-            ``C x`` the flops of the present-class path: cheap on a GPU, slow on a CPU).
+            and low-rank kinds too (zero synchronizations; the update then costs about ``C x``
+            the flops of the present-class path and ``sigma2`` ``C / U x``, for ``U`` classes
+            present: cheap on a GPU, slow on a CPU).
 
     In evaluation mode (``criterion.eval()``) the estimator is not updated.
     """
