@@ -375,6 +375,8 @@ def main(argv=None) -> None:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "command": " ".join(sys.argv),
+        "settings": f"cudnn.benchmark={torch.backends.cudnn.benchmark}, "
+                    f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, compile scope {args.compile_scope}",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     report = Report(args.out, meta)
