@@ -220,13 +220,13 @@ def test_isda_sees_the_dropped_features(tmp_path, record, monkeypatch):
     rec = trainer.criterion.components[1]
     estimator = trainer.criterion.main.isda.estimator
     received = []
-    original = estimator.update
+    original = estimator.update_scanned  # what ISDALoss folds each step's batch with
 
     def spy(features, labels, *args, **kwargs):
         received.append(features.detach().clone())
         return original(features, labels, *args, **kwargs)
 
-    monkeypatch.setattr(estimator, "update", spy)
+    monkeypatch.setattr(estimator, "update_scanned", spy)
     trainer.train_epoch(0)
     assert len(received) == len(rec.features_in) > 0
     before, after = torch.cat(rec.features_in), torch.cat(received)

@@ -57,15 +57,15 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     from torch_isda.train.distributed import train_distributed
 
     inputs, estimators = [], []
-    original = CovarianceEstimator.update
+    original = CovarianceEstimator.update_scanned  # every fold of a local batch goes through it
 
-    def recording(self, features, labels, sync=None):  # what the harness feeds the estimator
+    def recording(self, features, labels, *args, **kwargs):  # what the harness feeds the estimator
         inputs.append((features.detach().clone(), labels.clone()))
         if not estimators or estimators[-1] is not self:
             estimators.append(self)
-        return original(self, features, labels, sync)
+        return original(self, features, labels, *args, **kwargs)
 
-    CovarianceEstimator.update = recording
+    CovarianceEstimator.update_scanned = recording
     out: dict = {}
     cfg = TrainConfig(**BASE, out=os.path.join(tmp, "ddp"), data_dir=tmp)
     first = train_distributed(cfg, stop_after=1, quiet=True)
