@@ -5,11 +5,12 @@
 # (subset seed 0, the same images for every run), evaluated on the full 10,000-image test
 # set, lambda_0 = 0.5 (the paper's CIFAR default), preset "mnist" (SGD + Nesterov 0.9,
 # lr 0.1, batch 128, wd 5e-4, cosine) shortened to EPOCHS epochs, augmentation crop
-# (padding 2) + flip. One single-threaded process (the machine is shared); runs go in the
-# order seed 0 ce, seed 0 isda, seed 1 ce, ... so that a partial sweep stays paired.
+# (padding 2) + flip, channels_last (about 1.7x faster than NCHW on this CPU). Two
+# single-threaded processes (JOBS=2: one per loss, seeds in order; JOBS=1: one process,
+# seed 0 ce, seed 0 isda, seed 1 ce, ...), so that a partial sweep stays paired.
 #
 # Usage (repository root):  bash benchmarks/fashion_mnist_cpu.sh
-#   env: OUT (default runs/fashion-mnist-cpu), EPOCHS (10), SEEDS ("0 1 2 3 4"),
+#   env: OUT (default runs/fashion-mnist-cpu), EPOCHS (8), SEEDS ("0 1 2 3 4"), JOBS (2),
 #        PYTHON (default python), DATA_DIR (default data; the Debian copy in
 #        /usr/share/datasets/fashion-mnist is used when DATA_DIR has none), DOWNLOAD=1 to
 #        fetch the official files into DATA_DIR/fashion_mnist.
@@ -17,7 +18,8 @@
 set -euo pipefail
 
 OUT=${OUT:-runs/fashion-mnist-cpu}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-8}
+JOBS=${JOBS:-2}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 PYTHON=${PYTHON:-python}
 DATA_DIR=${DATA_DIR:-data}
@@ -28,17 +30,24 @@ COMMON=(--dataset fashion_mnist --data-dir "$DATA_DIR" --model resnet20
         --model-kwargs in_chans=1 --dataset-kwargs train_size=10000 --epochs "$EPOCHS"
         --threads 1 --channels-last --device cpu)
 if [[ "${DOWNLOAD:-0}" == 1 ]]; then COMMON+=(--download); fi
+mkdir -p "$OUT"
 
-for seed in $SEEDS; do
+run_one() {  # loss seed
+  local dir="$OUT/$1/seed$2" extra=()
+  if [[ -f "$dir/checkpoint.pt" && ! -f "$dir/result.json" ]]; then extra=(--resume); fi
+  echo "=== $(date +%T) $1 seed $2 -> $dir"
+  "$PYTHON" -m torch_isda.cli train "${COMMON[@]}" --loss "$1" --seed "$2" --out "$dir" \
+    "${extra[@]}"
+}
+
+if [[ "$JOBS" == 2 ]]; then  # one process per loss, seeds in order: CE and ISDA stay paired
   for loss in ce isda; do
-    dir="$OUT/$loss/seed$seed"
-    extra=()
-    if [[ -f "$dir/checkpoint.pt" && ! -f "$dir/result.json" ]]; then extra=(--resume); fi
-    echo "=== $(date +%T) $loss seed $seed -> $dir"
-    "$PYTHON" -m torch_isda.cli train "${COMMON[@]}" --loss "$loss" --seed "$seed" \
-      --out "$dir" "${extra[@]}"
+    ( for seed in $SEEDS; do run_one "$loss" "$seed"; done ) > "$OUT/$loss.log" 2>&1 &
   done
-done
+  wait
+else
+  for seed in $SEEDS; do for loss in ce isda; do run_one "$loss" "$seed"; done; done
+fi
 
 # The Table-2-style summary (reuses the runs above) and the per-seed table of the page.
 seeds_csv=$(echo $SEEDS | tr ' ' ',')
