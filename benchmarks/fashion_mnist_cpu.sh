@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU protocol of docs/reproduce/fashion-mnist.md: CE vs ISDA on Fashion-MNIST, 5 seeds.
 #
-# ResNet-20 (in_chans=1) on a class-balanced 10,000-image subset of the training set
+# ResNet-8 (in_chans=1) on a class-balanced 10,000-image subset of the training set
 # (subset seed 0, the same images for every run), evaluated on the full 10,000-image test
 # set, lambda_0 = 0.5 (the paper's CIFAR default), preset "mnist" (SGD + Nesterov 0.9,
 # lr 0.1, batch 128, wd 5e-4, cosine) shortened to EPOCHS epochs, augmentation crop
@@ -10,7 +10,7 @@
 # seed 0 ce, seed 0 isda, seed 1 ce, ...), so that a partial sweep stays paired.
 #
 # Usage (repository root):  bash benchmarks/fashion_mnist_cpu.sh
-#   env: OUT (default runs/fashion-mnist-cpu), EPOCHS (8), SEEDS ("0 1 2 3 4"), JOBS (2),
+#   env: OUT (default runs/fashion-mnist-cpu), EPOCHS (10), SEEDS ("0 1 2 3 4"), JOBS (2),
 #        PYTHON (default python), DATA_DIR (default data; the Debian copy in
 #        /usr/share/datasets/fashion-mnist is used when DATA_DIR has none), DOWNLOAD=1 to
 #        fetch the official files into DATA_DIR/fashion_mnist.
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 OUT=${OUT:-runs/fashion-mnist-cpu}
-EPOCHS=${EPOCHS:-8}
+EPOCHS=${EPOCHS:-10}
 JOBS=${JOBS:-2}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 PYTHON=${PYTHON:-python}
@@ -26,7 +26,7 @@ DATA_DIR=${DATA_DIR:-data}
 export PYTHONPATH=${PYTHONPATH:-$PWD/src}
 export OMP_NUM_THREADS=1
 
-COMMON=(--dataset fashion_mnist --data-dir "$DATA_DIR" --model resnet20
+COMMON=(--dataset fashion_mnist --data-dir "$DATA_DIR" --model resnet8
         --model-kwargs in_chans=1 --dataset-kwargs train_size=10000 --epochs "$EPOCHS"
         --threads 1 --channels-last --device cpu)
 if [[ "${DOWNLOAD:-0}" == 1 ]]; then COMMON+=(--download); fi
