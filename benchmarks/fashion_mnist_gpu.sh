@@ -19,9 +19,11 @@
 #         training process is stopped this many seconds after the script started),
 #         HARD_S (default 265: the final `isda compare` table is only made if it fits
 #         before this), PYTHON (default python3), DEVICE (default cuda), AMP (default bf16).
-#   SMOKE=1: a CPU plumbing check (about 40 s on 2 idle cores; BUDGET_S 150, HARD_S 190
-#         for a busy machine): 1 epoch on a 600-image subset with a 100-image validation
-#         split in place of the test set, seeds 0 1, --device cpu, no autocast.
+#   SMOKE=1: a CPU plumbing check: 1 epoch on a 600-image subset with a 100-image
+#         validation split in place of the test set, seeds 0 1 (4 processes), --device cpu,
+#         no autocast. It needs about 26 CPU-seconds in all; on the shared 2-core
+#         development machine at load ~9 it took 154 s wall (hence BUDGET_S 150, HARD_S 190
+#         in smoke mode).
 #
 # Written progressively under OUT (every 10 s while the runs train, so an interrupted
 # script still leaves numbers): summary.md (per-seed table, see
