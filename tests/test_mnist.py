@@ -377,3 +377,8 @@ def test_train_fashion_mnist_subset_end_to_end(tmp_path):
     resolved = saved["resolved"]
     assert resolved["train_size"] == 20 and resolved["test_size"] == 10
     assert resolved["image_size"] == [1, 28, 28] and resolved["augment"] == "crop_flip(padding=2)"
+    # without in_chans the stem follows the dataset's channel count
+    auto = train(cfg.replace(model_kwargs={}, out=str(tmp_path / "auto")), quiet=True)
+    assert auto["num_parameters"] == result["num_parameters"]
+    assert auto["num_parameters"] == sum(
+        p.numel() for p in create_model("resnet20", 10, in_chans=1).parameters())
