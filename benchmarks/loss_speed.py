@@ -10,7 +10,14 @@ For each of the paper's shapes (N, C, A) it times one training-step's worth of I
   quadratic forms, autograd backward);
 * ``floor``: the irreducible product, timed in the same run: for the full kind one batched
   matmul of the ``U`` present classes' covariances with ``W`` (``U x [C x A] @ [A x A]``);
-  for the diagonal kind one ``[U x A] @ [A x C]`` product.
+  for the diagonal kind one ``[U x A] @ [A x C]`` product;
+* ``syncs/step``: host synchronizations of one ``ours`` step (``benchmarks/_syncs.py``:
+  ``bool()``, ``.item()``, ``.tolist()``, ``torch.unique``, boolean masks, ...);
+* ``compiled ms``: ``ours`` with the loss module wrapped in ``torch.compile`` (default
+  options; ``--backend``, ``--no-compile`` to skip), timed after its compilation;
+* ``static ms``: ``ours`` on the static all-class path (``validate=False,
+  static_shapes=True``: no host synchronization, ``C/U`` times the flops of the update and
+  of ``sigma2`` for the full kind), eager.
 
 Run: ``python benchmarks/loss_speed.py`` (``--device cuda`` on a GPU). Prints a markdown table.
 """
@@ -27,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import markdown_table, peak_memory_mb, time_ms  # noqa: E402
+from _syncs import count_syncs  # noqa: E402
 
 from torch_isda import ISDALoss  # noqa: E402
 
@@ -97,7 +105,7 @@ def dense_bytes(N, C, A, kind):
     return 8 * per
 
 
-def run(device, repeats, max_dense_gb, only=None):
+def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
     torch.manual_seed(0)
     rows = []
     for name, N, C, A, kind in SHAPES:
@@ -145,6 +153,31 @@ def run(device, repeats, max_dense_gb, only=None):
 
         t_ours = time_ms(step_ours, device, repeats)
         t_floor = time_ms(floor, device, repeats)
+        syncs = count_syncs(step_ours).total
+        static = ISDALoss(A, C, lambda0=0.5, kind=kind, constant_lambda=True, validate=False,
+                          static_shapes=True).to(device)
+        static.load_state_dict(ours.state_dict())
+
+        def step_static():
+            loss = static(feats, logits, labels, weight)
+            loss.backward()
+            weight.grad = logits.grad = None
+
+        t_static = time_ms(step_static, device, repeats)
+        compiled_cell = "-"
+        if backend:
+            compiled = torch.compile(ours, backend=backend)
+
+            def step_compiled():
+                loss = compiled(feats, logits, labels, weight)
+                loss.backward()
+                weight.grad = logits.grad = None
+
+            try:
+                step_compiled()  # compilation
+                compiled_cell = f"{time_ms(step_compiled, device, repeats):.3f}"
+            except Exception as err:  # report, keep going
+                compiled_cell = f"error: {type(err).__name__}"
         m_ours = peak_memory_mb(step_ours, device)
         need_gb = dense_bytes(N, C, A, kind) / 2**30
         if need_gb <= max_dense_gb:
@@ -155,10 +188,10 @@ def run(device, repeats, max_dense_gb, only=None):
         else:
             dense_cells = [f"skipped (~{need_gb:.0f} GB)", "-", "-"]
         rows.append([name, f"({N}, {C}, {A})", kind, U, f"{t_ours:.3f}", f"{t_floor:.3f}",
-                     f"{t_ours / t_floor:.2f}", f"{m_ours:.1f}", *dense_cells])
+                     f"{t_ours / t_floor:.2f}", syncs, compiled_cell, f"{t_static:.3f}", f"{m_ours:.1f}", *dense_cells])
         print(f"done {name}", file=sys.stderr, flush=True)
-    headers = ["shape", "(N, C, A)", "kind", "U present", "ours ms", "floor ms", "ours/floor",
-               "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
+    headers = ["shape", "(N, C, A)", "kind", "U present", "ours ms", "floor ms", "ours/floor", "syncs/step",
+               "compiled ms", "static ms", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
     return markdown_table(headers, rows)
 
 
@@ -170,13 +203,15 @@ def main(argv=None):
     parser.add_argument("--max-dense-gb", type=float, default=8.0,
                         help="skip the dense reference where it would need more memory than this")
     parser.add_argument("--only", default=None, help="run shapes whose name contains this")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled column")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled column")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print("ISDA step = estimator update + loss forward + backward; times are medians in ms.\n")
-    print(run(device, args.repeats, args.max_dense_gb, args.only))
+    print(run(device, args.repeats, args.max_dense_gb, args.only, None if args.no_compile else args.backend))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 * SVHN: MATLAB ``.mat`` files with ``X`` (32x32x3xN uint8) and ``y`` (Nx1,
   label 10 = digit 0) written with :func:`scipy.io.savemat`;
 * image folders: ``root/{train,val}/<class>/*.jpg|png`` written with Pillow;
+* MNIST / Fashion-MNIST / KMNIST: gzip-compressed IDX files with the official names,
+  written byte by byte here (header packed with :mod:`struct`, big-endian);
 * a throw-away HTTP server on 127.0.0.1 to test downloads.
 """
 
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import io
 import os
 import pickle
+import struct
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -218,6 +222,52 @@ def make_imagefolder(
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - signature from the base class
         pass
+
+
+#: IDX element type codes (LeCun's MNIST page) of the dtypes the tests write.
+IDX_CODES = {"uint8": 0x08, "int8": 0x09, "int16": 0x0B, "int32": 0x0C, "float32": 0x0D,
+             "float64": 0x0E}
+
+MNIST_FILE_NAMES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The uncompressed IDX encoding of ``array``: 0x00 0x00, type code, ndim, big-endian
+    uint32 sizes, big-endian data."""
+    array = np.asarray(array)
+    code = IDX_CODES[array.dtype.name]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes(order="C")
+
+
+def write_idx(path: str | os.PathLike[str], array: np.ndarray, compress: bool = True) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
+    return path
+
+
+def make_mnist_files(folder: str | os.PathLike[str], n_train: int = 30, n_test: int = 10,
+                     seed: int = 0) -> TinyDataset:
+    """The four official ``*-ubyte.gz`` files of an MNIST-family dataset in ``folder``,
+    28x28 uint8 images and labels cycling through 0..9 (so every class is present)."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) + seed) % 10
+        rng.shuffle(labels)
+        write_idx(folder / MNIST_FILE_NAMES[f"{split}_images"], images)
+        write_idx(folder / MNIST_FILE_NAMES[f"{split}_labels"], labels.astype(np.uint8))
+        splits[split] = TinySplit(images[:, None], labels.astype(np.int64))
+    return TinyDataset(folder, splits["train"], splits["test"])
 
 
 @contextlib.contextmanager

@@ -63,7 +63,18 @@ def worker(rank, world, port, outdir):
         x, y = make_steps()[2][rank]
         logits = torch.randn(x.shape[0], 5, dtype=torch.float64)
         crit(x, logits, y, torch.randn(5, 4, dtype=torch.float64))
-        torch.save({"results": results, "raised": raised, "unchanged": unchanged,
+        # ignored samples (masks) on the default and the static path: only valid rows are gathered
+        masked = {}
+        for name, opts in (("default", {}), ("static", {"validate": False, "static_shapes": True})):
+            for kind in ("full", "diagonal"):
+                loss = ISDALoss(4, 5, kind=kind, dtype=torch.float64, **opts)
+                for step in make_steps():
+                    x, y = step[rank]
+                    y = y.clone()
+                    y[::3] = -100
+                    loss(x, torch.randn(x.shape[0], 5, dtype=torch.float64), y, torch.randn(5, 4, dtype=torch.float64))
+                masked[name, kind] = loss.estimator.state_dict()
+        torch.save({"results": results, "raised": raised, "unchanged": unchanged, "masked": masked,
                     "loss_state": crit.state_dict()}, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -95,3 +106,12 @@ def test_two_process_gloo_statistics_match_single_process():
     x1, y1 = steps[2][1]
     assert int(r0["loss_state"]["estimator.count"].sum()) == x0.shape[0] + x1.shape[0]
     assert torch.equal(r0["loss_state"]["estimator.covariance"], r1["loss_state"]["estimator.covariance"])
+    for kind in ("full", "diagonal"):
+        single = CovarianceEstimator(4, 5, kind, dtype=torch.float64)
+        for (x0, y0), (x1, y1) in steps:
+            keep0, keep1 = torch.arange(len(y0)) % 3 != 0, torch.arange(len(y1)) % 3 != 0
+            single.update(torch.cat([x0[keep0], x1[keep1]]), torch.cat([y0[keep0], y1[keep1]]))
+        for name in ("default", "static"):
+            for key, value in single.state_dict().items():
+                torch.testing.assert_close(r0["masked"][name, kind][key], value, msg=f"{name} {kind} {key}")
+                torch.testing.assert_close(r1["masked"][name, kind][key], value, msg=f"{name} {kind} {key}")

@@ -34,6 +34,7 @@ EXPECTED_MODELS = [
     "resnet32",
     "resnet44",
     "resnet56",
+    "resnet8",
     "resnext29_8x64d",
     "se_resnet110",
     "shake_shake_26_2x112d",
@@ -64,6 +65,7 @@ FAMILIES = {
 # He et al. 2016 (Table 6) for the ResNets the ISDA paper does not list.
 # ResNet-32 is 0.46M in He et al.; the ISDA paper rounds it to 0.5M.
 PAPER_PARAMS_M = {
+    "resnet8": 0.075,  # in neither table: He et al.'s counting rule for n = 1 (option A)
     "resnet20": 0.27,
     "resnet32": 0.46,
     "resnet44": 0.66,
@@ -108,7 +110,8 @@ def test_list_models_is_sorted_and_complete() -> None:
 
 def test_list_models_pattern() -> None:
     assert list_models("resnet*") == [
-        "resnet101", "resnet110", "resnet152", "resnet20", "resnet32", "resnet44", "resnet50", "resnet56"
+        "resnet101", "resnet110", "resnet152", "resnet20", "resnet32", "resnet44", "resnet50", "resnet56",
+        "resnet8",
     ]
     assert list_models("nothing*") == []
 

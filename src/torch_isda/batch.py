@@ -40,6 +40,8 @@ class BatchClasses(NamedTuple):
         host_counts: the ``U`` counts as Python ints (``None`` when ``static``).
         host_classes: the ``U`` classes as Python ints (``None`` when ``static``).
         static: ``True`` for the all-class, data-independent class set.
+        host_extra: the values of ``extra`` (see :func:`scan_batch`) for the ``U`` classes,
+            as Python numbers (``None`` when not asked for, or ``static``).
     """
 
     classes: Tensor
@@ -49,6 +51,7 @@ class BatchClasses(NamedTuple):
     host_counts: Optional[Tuple[int, ...]]
     host_classes: Optional[Tuple[int, ...]]
     static: bool
+    host_extra: Optional[Tuple[int, ...]] = None
 
     @property
     def num_valid(self) -> Optional[int]:
@@ -69,6 +72,7 @@ def scan_batch(
     features: Optional[Tensor] = None,
     validate: bool = True,
     static: bool = False,
+    extra: Optional[Tensor] = None,
 ) -> Tuple[BatchClasses, List[str]]:
     """The class set of ``labels`` and the problems found, with at most one host transfer.
 
@@ -80,6 +84,8 @@ def scan_batch(
         validate: check the labels' range (and the features); with ``False`` out-of-range
             labels are undefined behaviour.
         static: all ``C`` classes, nothing read back (requires ``validate=False``).
+        extra: an optional ``C`` integer tensor read back in the same transfer (the
+            estimator's per-class counts), returned for the present classes as ``host_extra``.
 
     Returns:
         ``(batch, problems)``: the :class:`BatchClasses` and a list of messages (empty when
@@ -97,6 +103,15 @@ def scan_batch(
         counts = torch.zeros(C, dtype=torch.long, device=device).index_add_(0, safe, ones)
         classes = torch.arange(C, device=device)
         return BatchClasses(classes, safe, counts, valid, None, None, True), []
+    return _scan_present(y, safe, valid, C, ignore_index, features, validate, extra)
+
+
+@torch.compiler.disable
+def _scan_present(y: Tensor, safe: Tensor, valid: Optional[Tensor], C: int, ignore_index: Optional[int],
+                  features: Optional[Tensor], validate: bool, extra: Optional[Tensor]):
+    """The present-class set: one transfer. Never traced by ``torch.compile`` (it reads data
+    back; tracing it would specialize the compiled code on every count)."""
+    device = y.device
     N = y.shape[0]
     if N == 0:
         empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -108,6 +123,8 @@ def scan_batch(
     slot = torch.where(keep, safe, torch.full((), C, dtype=torch.long, device=device))
     counts_ext = torch.zeros(C + 1, dtype=torch.long, device=device).index_add_(0, slot, torch.ones_like(slot))
     parts = [counts_ext[:C]]
+    if extra is not None:
+        parts.append(extra.to(device=device, dtype=torch.long).reshape(C))
     if validate:
         big = torch.iinfo(torch.long)
         if valid is None:
@@ -124,9 +141,10 @@ def scan_batch(
         parts.append(torch.stack([lo, hi, bad]).to(device))
     host = torch.cat(parts).tolist()  # the one synchronization
     host_all = host[:C]
+    host_extra_all = host[C : 2 * C] if extra is not None else None
     problems: List[str] = []
     if validate:
-        lo, hi, nonfinite = host[C:]
+        lo, hi, nonfinite = host[-3:]
         if lo <= hi and (lo < 0 or hi >= C):  # lo > hi: no valid sample
             problems.append(_range_message(C, ignore_index, lo, hi))
         if nonfinite:
@@ -140,7 +158,10 @@ def scan_batch(
     position = torch.cumsum(present.to(torch.long), 0) - 1  # C: index of each class in `classes`
     inverse = position.index_select(0, safe.clamp(0, C - 1)).clamp_min_(0)
     counts = counts_ext.index_select(0, classes)
-    return BatchClasses(classes, inverse, counts, valid, host_counts, host_classes, False), problems
+    host_extra = None if host_extra_all is None else tuple(host_extra_all[c] for c in host_classes)
+    if valid is not None and sum(host_counts) == N:  # nothing ignored: no masks needed downstream
+        valid = None
+    return BatchClasses(classes, inverse, counts, valid, host_counts, host_classes, False, host_extra), problems
 
 
 def valid_indices(valid: Tensor, num_valid: int) -> Tensor:

@@ -123,11 +123,12 @@ class CovarianceEstimator(nn.Module):
     ) -> Tuple[Optional[BatchClasses], List[str]]:
         """Check a batch and find its classes with at most one host synchronization.
 
-        ``check_features=False`` skips the NaN/Inf check of the features (evaluation mode,
-        where they are not folded in). Returns ``(batch, problems)``; ``batch`` is ``None``
-        when the shapes are wrong. The
-        loss modules call this once per step and pass ``batch`` to :meth:`update` and to the
-        loss, so the class set is computed once.
+        ``static=True`` (only with ``validate=False``) gives the all-class set without any
+        transfer; ``check_features=False`` skips the NaN/Inf check of the features
+        (evaluation mode, where they are not folded in). Returns ``(batch, problems)``;
+        ``batch`` is ``None`` when the shapes are wrong. The loss modules call this once per
+        step and pass ``batch`` to :meth:`update_scanned` and to the loss, so the class set
+        is computed once.
         """
         msgs = self._shape_problems(features, labels)
         if msgs:
@@ -135,7 +136,7 @@ class CovarianceEstimator(nn.Module):
         batch, problems = scan_batch(
             labels, self.num_classes, ignore_index=ignore_index,
             features=features.detach() if validate and check_features else None,
-            validate=validate, static=static,
+            validate=validate, static=static, extra=self.count,
         )
         return batch, problems
 
@@ -158,7 +159,6 @@ class CovarianceEstimator(nn.Module):
         *,
         validate: bool = True,
         static_shapes: bool = False,
-        batch: Optional[BatchClasses] = None,
         ignore_index: Optional[int] = None,
     ) -> None:
         """Fold a batch into the statistics (Eqs. 1-3).
@@ -176,8 +176,6 @@ class CovarianceEstimator(nn.Module):
                 shared and identity kinds when ``validate=False`` (it costs them little);
                 for ``"full"`` and ``"lowrank"`` it costs ``C x`` the flops of the
                 present-class update (cheap on a GPU, slow on a CPU).
-            batch: the batch's class set from :meth:`scan` (the loss modules pass it so it
-                is computed once per step); ignores ``validate``/``static_shapes``.
             ignore_index: label of samples to leave out.
 
         Raises:
@@ -185,11 +183,8 @@ class CovarianceEstimator(nn.Module):
                 statistics are left unchanged (on every rank, when synchronizing).
         """
         features = features.detach()
-        problems: List[str] = []
-        if batch is None:
-            static = self.static_update(validate, static_shapes)
-            batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
-                                        static=static)
+        batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
+                                    static=self.static_update(validate, static_shapes))
         self.update_scanned(features, labels, batch, problems, sync)
 
     def static_update(self, validate: bool, static_shapes: bool) -> bool:
@@ -201,6 +196,9 @@ class CovarianceEstimator(nn.Module):
                        problems: List[str], sync: Optional[bool] = None) -> None:
         """:meth:`update` with the result of :meth:`scan`: raise on ``problems`` (on every rank
         when synchronizing, so no rank hangs and none changes its statistics), else fold the batch.
+
+        ``batch`` must come from :meth:`scan` of this estimator since its last update (it
+        carries the per-class counts read back with the class set).
         """
         features = features.detach()
         if (self.sync if sync is None else sync) and _dist.is_distributed():
@@ -215,7 +213,7 @@ class CovarianceEstimator(nn.Module):
                 if problems:
                     raise ValueError("; ".join(problems) + f" ({err})") from err
                 raise
-            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=static)
+            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=static, extra=self.count)
         elif problems:
             raise ValueError("; ".join(problems) + " (statistics unchanged)")
         if features.shape[0] == 0 or batch.num_valid == 0:
@@ -248,7 +246,7 @@ class CovarianceEstimator(nn.Module):
         old_mean = self.mean.index_select(0, classes)
         delta = old_mean - batch_mean  # mu^(t-1) - mu'^(t)
         fold = Fold(xc, inverse, classes, batch.counts, batch.host_counts, batch.host_classes, n, total, w,
-                    delta, onehot)
+                    delta, onehot, batch.host_extra)
         self.layout.update(self, fold)
         self.mean.index_copy_(0, classes, old_mean - w.unsqueeze(1) * delta)
         self.count.index_add_(0, classes, batch.counts)

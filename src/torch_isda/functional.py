@@ -238,7 +238,9 @@ def _augment(logits: Tensor, weight: Tensor, covariance, ratio: float, kind: str
     out = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     if ratio == 0.0 or batch.classes.shape[0] == 0:
         return out
-    sigma2 = class_sigma2(weight, covariance, batch.classes, kind, host_classes=batch.host_classes)  # U x C
+    # host values only outside torch.compile (a traced tuple of classes would be a guard)
+    host = None if torch.compiler.is_compiling() else batch.host_classes
+    sigma2 = class_sigma2(weight, covariance, batch.classes, kind, host_classes=host)  # U x C
     rows = sigma2.index_select(0, batch.inverse)
     if batch.valid is not None:  # ignored samples stay un-augmented
         rows = rows * batch.valid.unsqueeze(1).to(rows.dtype)

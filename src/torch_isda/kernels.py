@@ -43,7 +43,8 @@ def per_class_bmm(
     if U == covariance.shape[0]:
         return torch.bmm(V, covariance)
     A = covariance.shape[-1]
-    if host_classes is None or covariance.device.type != "cpu" or U * A * A <= GATHER_MAX_ELEMENTS:
+    if (host_classes is None or covariance.device.type != "cpu" or U * A * A <= GATHER_MAX_ELEMENTS
+            or torch.compiler.is_compiling()):
         return torch.bmm(V, covariance.index_select(0, classes))
     out = V.new_empty(V.shape[0], V.shape[1], A)
     for u, c in enumerate(host_classes):

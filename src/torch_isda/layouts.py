@@ -69,7 +69,8 @@ class Fold(NamedTuple):
     and ``host_counts`` (Python ints, present path only), ``n`` the samples seen before
     (float), ``total = n + m``, ``w = m / (n + m)``, ``delta = mu_old - mu_batch``;
     ``onehot`` (``N x U``, static path only) the row-to-class matrix with zero rows for
-    samples that do not count.
+    samples that do not count; ``host_seen`` the samples seen before as Python ints (present
+    path, when the estimator read them back with the class set).
     """
 
     xc: Tensor
@@ -83,6 +84,7 @@ class Fold(NamedTuple):
     w: Tensor
     delta: Tensor
     onehot: Optional[Tensor]
+    host_seen: Optional[Tuple[int, ...]] = None
 
     @property
     def static(self) -> bool:
@@ -235,13 +237,14 @@ class FullLayout(CovarianceLayout):
         keep = 1 - fold.w
         if U == est.num_classes:  # every class (present or static): in place
             cov.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
-        elif cov.device.type != "cpu" or U * A * A <= GATHER_MAX_ELEMENTS:
+        elif (cov.device.type != "cpu" or U * A * A <= GATHER_MAX_ELEMENTS or fold.host_seen is None
+              or torch.compiler.is_compiling()):
             part = cov.index_select(0, fold.classes)
             part.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
             cov.index_copy_(0, fold.classes, part)
         else:  # large, on the CPU: fused per-class updates on views, no copies
-            for u, (c, beta) in enumerate(zip(fold.host_classes, keep.tolist())):
-                cov[c].addmm_(block[u].T, block[u], beta=beta)
+            for u, (c, n, m) in enumerate(zip(fold.host_classes, fold.host_seen, fold.host_counts)):
+                cov[c].addmm_(block[u].T, block[u], beta=1.0 - m / (n + m))  # 1 - w, from host values
 
     def expected_shape(self, C, A):
         return (C, A, A)

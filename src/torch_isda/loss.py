@@ -44,8 +44,9 @@ class ISDALoss(nn.Module):
             all-class path: no host synchronization at all, so a training step compiles with
             ``torch.compile(fullgraph=True)``.
         static_shapes: with ``validate=False``, use the static all-class path for the full
-            and low-rank kinds too (zero synchronizations; the update and ``sigma2`` then cost
-            ``C x`` the flops of the present-class path: cheap on a GPU, slow on a CPU).
+            and low-rank kinds too (zero synchronizations; the update then costs about ``C x``
+            the flops of the present-class path and ``sigma2`` ``C / U x``, for ``U`` classes
+            present: cheap on a GPU, slow on a CPU).
 
     In evaluation mode (``criterion.eval()``) the estimator is not updated.
     """
@@ -147,6 +148,11 @@ class ISDALoss(nn.Module):
             raise ValueError("; ".join(problems))
         return batch
 
+    @property
+    def static_path(self) -> bool:
+        """Whether a step takes the static all-class path (no host synchronization)."""
+        return self.estimator.static_update(self.validate, self.static_shapes)
+
     def forward(
         self,
         features: Tensor,
@@ -163,7 +169,17 @@ class ISDALoss(nn.Module):
             target: ``N`` class indices (or ``ignore_index``).
             weight: ``C x A`` weight of that layer (gradient flows into it).
             ratio: ``lambda`` for this call; the schedule's value when ``None``.
+
+        Under ``torch.compile`` the static path is traced (``fullgraph=True`` works); the
+        present-class path, whose shapes depend on the data, runs eagerly (a graph break)
+        instead of recompiling for every new set of classes.
         """
+        if self.static_path:
+            return self._forward(features, logits, target, weight, ratio)
+        return self._forward_eager(features, logits, target, weight, ratio)
+
+    def _forward(self, features: Tensor, logits: Tensor, target: Tensor, weight: Tensor,
+                 ratio: Optional[float]) -> Tensor:
         isda_f.check_logits_target(logits, weight, target)
         C, A = self.num_classes, self.num_features
         if tuple(weight.shape) != (C, A):
@@ -189,3 +205,5 @@ class ISDALoss(nn.Module):
             ignore_index=self.ignore_index,
             batch=batch,
         )
+
+    _forward_eager = torch.compiler.disable(_forward)

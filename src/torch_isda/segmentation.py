@@ -260,7 +260,8 @@ class SegmentationISDALoss(ISDALoss):
         for g, members in enumerate(groups):
             group_of[members] = g
         group_of = group_of.to(flat.device)
-        safe = torch.where(batch.valid, flat, torch.full((), C, dtype=flat.dtype, device=flat.device))
+        safe = flat if batch.valid is None else torch.where(
+            batch.valid, flat, torch.full((), C, dtype=flat.dtype, device=flat.device))
         order = torch.argsort(group_of.index_select(0, safe.to(torch.long)), stable=True)
         x, labels = pixels.index_select(0, order), flat.index_select(0, order)  # valid pixels, grouped
         start = 0
@@ -287,14 +288,25 @@ class SegmentationISDALoss(ISDALoss):
             return out
         sigma2 = isda_f.class_sigma2(W, self.estimator.functional_covariance(), batch.classes, self.kind,
                                      host_classes=batch.host_classes)  # U x C
-        keep = batch.valid.unsqueeze(1).to(sigma2.dtype)
-        onehot = sigma2.new_zeros(batch.inverse.shape[0], U).scatter_(1, batch.inverse.unsqueeze(1), keep)
+        P = batch.inverse.shape[0]
+        keep = sigma2.new_ones(P, 1) if batch.valid is None else batch.valid.unsqueeze(1).to(sigma2.dtype)
+        onehot = sigma2.new_zeros(P, U).scatter_(1, batch.inverse.unsqueeze(1), keep)
         return out + (onehot @ sigma2).mul_(0.5 * lam).to(out.dtype)
 
     def _prepare(
         self, features: Tensor, logits: Tensor, target: Tensor, weight: Union[Tensor, nn.Module],
         ratio: Optional[float],
-    ) -> Tuple[Tensor, Tensor, float]:
+    ):
+        """Augmented flat logits, flat target and class set (the present-class path eagerly
+        under ``torch.compile``, as in :meth:`ISDALoss.forward`)."""
+        if self.static_path:
+            return self._prepare_traced(features, logits, target, weight, ratio)
+        return self._prepare_eager(features, logits, target, weight, ratio)
+
+    def _prepare_traced(
+        self, features: Tensor, logits: Tensor, target: Tensor, weight: Union[Tensor, nn.Module],
+        ratio: Optional[float],
+    ):
         W, target = self._check_inputs(features, logits, target, weight)
         lam = self.ratio if ratio is None else float(ratio)
         if not lam >= 0.0:
@@ -309,6 +321,8 @@ class SegmentationISDALoss(ISDALoss):
             raise ValueError("; ".join(problems))
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, C)  # pixels x C, order (b, y, x)
         return self._augment_flat(flat_logits, W, batch, lam), flat_target, batch
+
+    _prepare_eager = torch.compiler.disable(_prepare_traced)
 
     def forward(
         self,
@@ -338,7 +352,8 @@ class SegmentationISDALoss(ISDALoss):
         if self.reduction == "mean" and batch.num_valid is None:  # static path: no host count
             total = F.cross_entropy(aug, flat_target, reduction="sum", label_smoothing=self.label_smoothing,
                                     ignore_index=self.ignore_index)
-            return total / batch.valid.sum().clamp_min(1).to(total.dtype)  # 0 (not nan) without valid pixels
+            count = batch.counts.sum()  # valid pixels (all C classes counted)
+            return total / count.clamp_min(1).to(total.dtype)  # 0 (not nan) without valid pixels
         if self.reduction == "mean" and batch.num_valid == 0:
             return aug.sum() * 0.0  # no valid pixel: zero loss (not nan), still in the graph
         loss = F.cross_entropy(

@@ -1,6 +1,7 @@
 """Datasets, on-device augmentation and batch iteration for ISDA training.
 
-In-memory datasets (``digits``, ``cifar10``, ``cifar100``, ``svhn``) are
+In-memory datasets (``digits``, ``cifar10``, ``cifar100``, ``svhn``, ``mnist``,
+``fashion_mnist``, ``kmnist``) are
 returned by :func:`create_dataset` as an :class:`ImageDataset` of ``uint8``
 tensors; move it to the accelerator once and iterate with
 :class:`DeviceBatchIterator` + :func:`build_augment`::
@@ -26,16 +27,19 @@ from .registry import (
     is_dataset,
     list_datasets,
     register_dataset,
+    take_training_subset,
 )
 
 # Importing the dataset modules registers their factories.
-from . import cifar, digits, imagefolder, svhn  # noqa: E402  (registration order)
+from . import cifar, digits, imagefolder, mnist, svhn  # noqa: E402  (registration order)
 from . import cityscapes, synthetic_segmentation  # noqa: E402  (segmentation datasets)
 from .augment import build_augment, normalize, random_crop, random_flip, to_float
 from .autoaugment import AutoAugment
 from .cutout import Cutout
 from .randaugment import RandAugment
 from .download import BASE_URLS, ENV_BASE_URL, ChecksumError, download_file, file_md5
+from .idx import IDXFormatError, read_idx
+from .subset import balanced_split
 from .imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,6 +54,7 @@ __all__ = [
     "BASE_URLS",
     "Cutout",
     "ENV_BASE_URL",
+    "IDXFormatError",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ChecksumError",
@@ -58,6 +63,7 @@ __all__ = [
     "ImageFolderData",
     "ImageFolderLoaders",
     "RandAugment",
+    "balanced_split",
     "build_augment",
     "channel_stats",
     "cifar",
@@ -70,10 +76,13 @@ __all__ = [
     "imagefolder",
     "is_dataset",
     "list_datasets",
+    "mnist",
     "normalize",
     "random_crop",
     "random_flip",
+    "read_idx",
     "register_dataset",
     "svhn",
+    "take_training_subset",
     "to_float",
 ]

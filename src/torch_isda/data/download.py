@@ -45,6 +45,11 @@ BASE_URLS: dict[str, str] = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/",
     "cifar100": "https://www.cs.toronto.edu/~kriz/",
     "svhn": "http://ufldl.stanford.edu/housenumbers/",
+    # yann.lecun.com no longer serves anonymous downloads; PyTorch's mirror of the official
+    # files (same MD5) is the one torchvision tries first.
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "kmnist": "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
 }
 
 #: Environment variable overriding the base URL of every dataset.

@@ -34,6 +34,7 @@ __all__ = [
     "is_dataset",
     "list_datasets",
     "register_dataset",
+    "take_training_subset",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -61,8 +62,8 @@ class ImageDataset:
             ``[0, 1]`` pixel units.
         image_size: ``(C, H, W)``.
         default_augment: Name of the standard training augmentation
-            (``"none"``, ``"crop"`` or ``"crop_flip"``), see
-            :func:`~torch_isda.data.augment.build_augment`.
+            (``"none"``, ``"crop"`` or ``"crop_flip"``, optionally with options such as
+            ``"crop_flip(padding=2)"``), see :func:`~torch_isda.data.augment.build_augment`.
         classes: Optional human-readable class names, ``num_classes`` long.
     """
 
@@ -88,10 +89,15 @@ class ImageDataset:
 
     def _validate(self) -> None:
         if self.default_augment not in AUGMENT_NAMES:
-            raise ValueError(
-                f"{self.name}: default_augment must be one of {AUGMENT_NAMES}, "
-                f"got {self.default_augment!r}"
-            )
+            from .augment import build_augment
+
+            try:  # a spec with options, e.g. "crop_flip(padding=2)"
+                build_augment(self.default_augment)
+            except ValueError as err:
+                raise ValueError(
+                    f"{self.name}: default_augment must be one of {AUGMENT_NAMES} or a spec "
+                    f"accepted by build_augment, got {self.default_augment!r} ({err})"
+                ) from None
         channels = self.image_size[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(
@@ -270,7 +276,13 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
         download: Fetch missing files from the official mirror (MD5-verified).
         **kwargs: Dataset-specific options (``label_type`` for CIFAR-100,
             ``include_extra`` for SVHN, ``base_url``/``progress`` for
-            downloads, ...).
+            downloads, ...), plus, for every in-memory dataset:
+            ``train_size`` (a class-balanced subset of that many training
+            images), ``val_size`` (that many images of the subset become the
+            evaluation split instead of the test set, for hyper-parameter
+            selection) and ``subset_seed`` (seed of the draw, default 0); see
+            :func:`~torch_isda.data.subset.balanced_split`. The mean/std are
+            recomputed on the images kept for training.
 
     Returns:
         An :class:`ImageDataset` for the in-memory datasets, an
@@ -281,4 +293,36 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
         ValueError: if ``name`` is not registered.
         FileNotFoundError: if the files are missing and ``download`` is false.
     """
-    return dataset_entrypoint(name)(root=root, download=download, **kwargs)
+    from .subset import SUBSET_OPTIONS
+
+    subset = {key: kwargs.pop(key) for key in SUBSET_OPTIONS if key in kwargs}
+    data = dataset_entrypoint(name)(root=root, download=download, **kwargs)
+    if subset:
+        data = take_training_subset(data, **subset)
+    return data
+
+
+def take_training_subset(data: ImageDataset, train_size: int | None = None,
+                         val_size: int | None = None, subset_seed: int = 0) -> ImageDataset:
+    """A copy of ``data`` restricted to a class-balanced training subset
+    (:func:`~torch_isda.data.subset.balanced_split`); with ``val_size`` the test split is
+    replaced by a validation split carved out of that subset. ``data`` is unchanged."""
+    from .subset import balanced_split
+
+    if not isinstance(data, ImageDataset):
+        raise ValueError(
+            f"train_size/val_size/subset_seed need an in-memory dataset, got "
+            f"{type(data).__name__}"
+        )
+    train_idx, val_idx = balanced_split(
+        data.train_labels, data.num_classes, train_size, val_size, subset_seed
+    )
+    train_idx = train_idx.to(data.device)
+    images = data.train_images[train_idx]
+    changes: dict[str, Any] = {"train_images": images, "train_labels": data.train_labels[train_idx]}
+    if val_idx is not None:
+        val_idx = val_idx.to(data.device)
+        changes["test_images"] = data.train_images[val_idx]
+        changes["test_labels"] = data.train_labels[val_idx]
+    changes["mean"], changes["std"] = channel_stats(images)
+    return dataclasses.replace(data, **changes)

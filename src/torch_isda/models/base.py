@@ -72,6 +72,11 @@ class ISDANet(nn.Module):
         self.in_channels = in_channels
         self.default_input_size = (in_channels, *type(self).default_input_size[1:])
 
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the stem (timm's name for :attr:`in_channels`)."""
+        return self.in_channels
+
     def _build_classifier(self, num_features: int, num_classes: int) -> None:
         """Create ``fc`` on top of ``num_features`` and initialise all weights."""
         if num_classes < 1:

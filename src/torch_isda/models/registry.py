@@ -2,8 +2,8 @@
 
 Factories are plain functions decorated with :func:`register_model`; the
 function name is the model name.  Each factory takes ``num_classes`` plus
-keyword arguments (always ``in_channels``, and family-specific ones such as
-``dropout``) and returns an :class:`~torch_isda.models.base.ISDANet`::
+keyword arguments (always ``in_channels``, also accepted as timm's ``in_chans`` by
+:func:`create_model`, and family-specific ones such as ``dropout``) and returns an :class:`~torch_isda.models.base.ISDANet`::
 
     @register_model
     def resnet32(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0):
@@ -91,9 +91,23 @@ def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
         name: Registered (lower-case) model name, see :func:`list_models`.
         num_classes: Output dimension of the final linear layer.
         **kwargs: Forwarded to the factory (``in_channels``, ``dropout``, ...).
+            ``in_chans`` (timm's name) is accepted for ``in_channels`` by every
+            model: the stem convolution takes that many input channels, e.g.
+            ``create_model("resnet32", 10, in_chans=1)`` for 28x28 grey images.
 
     Raises:
-        ValueError: if ``name`` is not registered.
+        ValueError: if ``name`` is not registered, or ``in_chans`` and
+            ``in_channels`` are both given with different values.
         TypeError: if the factory does not accept one of ``kwargs``.
     """
-    return model_entrypoint(name)(num_classes=num_classes, **kwargs)
+    factory = model_entrypoint(name)
+    if "in_chans" in kwargs:
+        in_chans = kwargs.pop("in_chans")
+        if "in_channels" in kwargs and kwargs["in_channels"] != in_chans:
+            raise ValueError(
+                f"model {name!r}: in_chans={in_chans!r} and in_channels={kwargs['in_channels']!r} "
+                f"disagree (they are two names of the input channel count; the training "
+                f"harness sets in_channels from the dataset's images)"
+            )
+        kwargs["in_channels"] = in_chans
+    return factory(num_classes=num_classes, **kwargs)

@@ -117,6 +117,13 @@ class CifarResNet(ISDANet):
 
 
 @register_model
+def resnet8(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+    """ResNet-8 for CIFAR (78K parameters; not in the ISDA paper: one block per stage, the
+    smallest member of the family, for CPU-minute experiments)."""
+    return CifarResNet(8, num_classes, in_channels=in_channels, dropout=dropout)
+
+
+@register_model
 def resnet20(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
     """ResNet-20 for CIFAR (0.27M parameters)."""
     return CifarResNet(20, num_classes, in_channels=in_channels, dropout=dropout)

@@ -29,6 +29,18 @@ shake_shake 1800   64    1e-4   0.1   cosine
 small_cnn   30     64    5e-4   0.05  cosine (not in the paper: digits in seconds)
 =========== ====== ===== ====== ===== ======================================
 
+Dataset presets (chosen by dataset, before the model family; :data:`DATASET_PRESETS`):
+
+=========== ====== ===== ====== ===== ======================================
+preset      epochs batch  wd     lr    schedule
+=========== ====== ===== ====== ===== ======================================
+mnist       40     128   5e-4   0.1   cosine (not in the paper)
+=========== ====== ===== ====== ===== ======================================
+
+``mnist`` is chosen for the datasets ``mnist``, ``fashion_mnist`` and ``kmnist`` with any
+model (e.g. ``resnet32``, whose stem takes the images' single channel). Their augmentation is the dataset's own (``crop_flip(padding=2)`` for Fashion-MNIST,
+``crop(padding=2)`` for the digit sets, see :mod:`torch_isda.data.mnist`).
+
 Further presets: ``cnn13`` (TPAMI Appendix B, the semi-supervised CNN-13: 400 epochs,
 batch 128, lr 0.1 cosine, wd 1e-4; chosen for family ``cnn13``), ``imagenet`` (TPAMI
 Appendix A; chosen for the ``*_imagenet`` families), ``imagenet_120`` (NeurIPS Appendix B,
@@ -82,6 +94,7 @@ __all__ = [
     "LAMBDA0_GRID_IMAGENET",
     "PRESETS",
     "Preset",
+    "DATASET_PRESETS",
     "FAMILY_PRESETS",
     "apply_preset",
     "default_out_dir",
@@ -89,6 +102,7 @@ __all__ = [
     "isda_defaults",
     "list_presets",
     "model_family",
+    "preset_name_for_dataset",
     "preset_name_for_family",
 ]
 
@@ -192,6 +206,9 @@ PRESETS: dict[str, Preset] = {
         Preset("shake_shake", 1800, 64, 0.1, 1e-4, "cosine", source=_T9, **_CIFAR),
         Preset("small_cnn", 30, 64, 0.05, 5e-4, "cosine",
                source="not in the paper: a CPU-seconds setting for digits"),
+        # by dataset (DATASET_PRESETS)
+        Preset("mnist", 40, 128, 0.1, 5e-4, "cosine",
+               source="not in the paper: SGD + cosine for the MNIST family (28x28 grey)"),
         # extras, selectable with --preset
         Preset("pyramidnet", 1800, 128, 0.1, 1e-4, "cosine", source="NeurIPS Table 1", **_CIFAR),
         Preset("cnn13", 400, 128, 0.1, 1e-4, "cosine", source="TPAMI Appendix B"),
@@ -220,6 +237,15 @@ FAMILY_PRESETS = {
     "densenet_imagenet": "imagenet",
     "resnext_imagenet": "imagenet",
 }
+
+
+#: Datasets whose preset is chosen by the dataset rather than by the model family.
+DATASET_PRESETS = {"mnist": "mnist", "fashion_mnist": "mnist", "kmnist": "mnist"}
+
+
+def preset_name_for_dataset(dataset: str) -> Optional[str]:
+    """The preset chosen for a dataset regardless of the model (``None``: by family)."""
+    return DATASET_PRESETS.get(dataset)
 
 
 def preset_name_for_family(family: str) -> Optional[str]:
@@ -312,7 +338,7 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
     missing = [f for f in PRESET_FIELDS if getattr(config, f) is None]
     preset_name = config.preset
     if preset_name is None and missing:
-        preset_name = preset_name_for_family(family)
+        preset_name = preset_name_for_dataset(config.dataset) or preset_name_for_family(family)
         if preset_name is None:
             raise ValueError(
                 f"no training preset for model family {family!r} (model {config.model!r}); "
@@ -324,7 +350,8 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
         changes["preset"] = preset_name
     missing_isda = [f for f in ISDA_PRESET_FIELDS if getattr(config, f) is None]
     if missing_isda:
-        isda_preset = preset_name if preset_name is not None else preset_name_for_family(family)
+        isda_preset = preset_name if preset_name is not None else (
+            preset_name_for_dataset(config.dataset) or preset_name_for_family(family))
         defaults = ({"lambda0": DEFAULT_LAMBDA0, "kind": DEFAULT_KIND} if isda_preset is None
                     else get_preset(isda_preset).isda_defaults(config.model, family))
         changes.update({f: defaults[f] for f in missing_isda})

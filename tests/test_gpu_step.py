@@ -1,0 +1,27 @@
+"""benchmarks/gpu_step.py keeps running: its CPU smoke mode, eager tables."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+
+import gpu_step  # noqa: E402
+
+
+def test_smoke_mode_writes_tables_with_the_sync_counts(tmp_path):
+    gpu_step.main(["--device", "cpu", "--smoke", "--skip-compile", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "gpu_step.json").read_text())
+    assert (tmp_path / "gpu_step.md").read_text().startswith("# gpu_step.py results")
+    loss = next(t for name, t in data["tables"].items() if name.startswith("loss"))
+    steps = next(t for name, t in data["tables"].items() if name.startswith("step (eager)"))
+    assert not any(name.startswith("step (compiled)") for name in data["tables"])
+    h = loss["headers"]
+    for row in loss["rows"]:
+        assert float(row[h.index("present ms")]) > 0 and float(row[h.index("static ms")]) > 0
+        assert row[h.index("present syncs")] == "1" and row[h.index("static syncs")] == "0"
+    by_criterion = {row[1]: row for row in steps["rows"]}
+    assert set(by_criterion) == {"CE", "ISDA", "ISDA static", "official"}
+    assert all(float(row[2]) > 0 for row in steps["rows"])
+    assert by_criterion["ISDA"][4] == "1" and by_criterion["ISDA static"][4] == "0"
+    assert by_criterion["CE"][4] == "0"
