@@ -310,6 +310,18 @@ def isda_defaults(model: str, preset: Optional[str] = None,
     return get_preset(name).isda_defaults(model, family)
 
 
+def _check_names(config: TrainConfig) -> None:
+    """Validate ``config`` and check its dataset, augmentation and loss names early
+    (``ValueError`` listing the registered ones)."""
+    from ..data import build_augment, dataset_entrypoint
+
+    config.validate()
+    dataset_entrypoint(config.dataset)
+    if config.augment is not None:
+        build_augment(config.augment)
+    parse_criterion_spec(config.loss, check_registered=True)
+
+
 def apply_preset(config: TrainConfig) -> TrainConfig:
     """Fill the ``None`` preset fields of a classification config from the preset
     (``config.preset`` or the model family's), default ``out``, and check dataset, model
@@ -324,15 +336,9 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
     Explicitly set fields are kept. The returned config has ``preset`` set to the preset
     used (or ``None`` when every preset field was given explicitly).
     """
-    from ..data import build_augment, dataset_entrypoint
-
     if config.task is not None:  # classification is stored as None (older configs match)
         config = dataclasses.replace(config, task=None)
-    config.validate()
-    dataset_entrypoint(config.dataset)  # ValueError listing the datasets
-    if config.augment is not None:
-        build_augment(config.augment)  # ValueError listing the augmentations
-    parse_criterion_spec(config.loss, check_registered=True)  # ValueError listing criteria
+    _check_names(config)
     family = model_family(config.model, config.model_kwargs)
     changes: dict[str, Any] = {}
     missing = [f for f in PRESET_FIELDS if getattr(config, f) is None]
