@@ -36,9 +36,9 @@ from .rundir import RESULT_NAME, config_differences
 from .semi_config import canonical_semi
 from .tasks import task_class
 
-__all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "parse_isda_mode", "parse_losses",
-           "parse_seeds", "parse_semi_methods", "run_comparison", "train_or_reuse",
-           "variants_for"]
+__all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "parse_isda_mode",
+           "parse_losses", "parse_seeds", "parse_semi_methods", "run_comparison",
+           "train_or_reuse", "variants_for"]
 
 #: What ``--seeds`` accepts (the message of its errors).
 SEEDS_HELP = ("a count N >= 1 (seeds 0..N-1, e.g. 5) or a comma-separated list of seeds "

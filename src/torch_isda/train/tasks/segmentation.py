@@ -1,39 +1,21 @@
-"""Semantic segmentation of ``isda train --task segmentation`` (Section 6.4, Table 7).
+"""Semantic segmentation (``isda train --task segmentation``, Section 6.4, Table 7).
 
 One step (the official ``train_isda.py`` recipe, ``--seg-loss-at label``, the default)::
 
     criterion.set_progress(iteration / total_iterations)       # lambda = lambda0 * t / T
     out = model.forward_all(x)            # features, logits (+ aux) at 1/8 resolution
-    z = isda_main.augmented_logits(out.features, out.logits, y, classifier.weight)
-    z_aux = isda_aux.augmented_logits(out.aux_features, out.aux_logits, y, aux_classifier.weight)
-    loss = CE(up(z), y) + 0.4 * CE(up(z_aux), y)  # up: bilinear to the label size, ignore 255
+    loss = main + aux_weight * aux        # SegmentationCriterion, one ISDA loss per head
     loss.backward(); sgd.step(); poly.step()                  # lr * (1 - t / T) ** 0.9
 
-``--seg-loss-at feature`` instead evaluates Eq. (7) per feature-map pixel with the labels
-resized by nearest neighbour (:meth:`SegmentationISDALoss.forward`, the paper's
-formulation). ``--loss ce`` drops the augmentation (plain cross-entropy on both heads, at
-the same resolution). Each head has its own :class:`SegmentationISDALoss`, hence its own
-covariance estimator; both are saved in the checkpoint (``criterion`` entry,
-``main.estimator.*`` / ``aux.estimator.*``).
-
-After every epoch the test split is evaluated single-scale (mIoU from a confusion matrix,
-void pixels ignored): ``metrics.csv`` gets ``test_miou`` and ``test_error = 100 - mIoU``.
-When the last epoch is done, the final model is evaluated as in Table 7 (single-scale,
-multi-scale ``eval_scales``, multi-scale + flip) and ``result.json`` gets ``miou_single``,
-``miou_multiscale``, ``miou_multiscale_flip`` (and per-class IoUs), and
-``predicted_classes``: the fewest classes the final model predicts in one of the three
-evaluations (1: it predicts a single class everywhere, which ``isda train`` and ``isda
-compare`` report as a warning).
-
-Data: ``synthetic_segmentation`` lives on the device (random flips drawn from one seeded
-generator); ``cityscapes`` uses :func:`~torch_isda.data.cityscapes.create_cityscapes_loaders`
-(``--workers``, random scale 0.5-2 / ``--crop-size`` crop / flip). Resuming reproduces the
-uninterrupted run exactly on the CPU for in-memory data (and for DataLoaders with
-``--workers 0``). Callbacks get the main head's
-feature-resolution ``features``/``logits`` and the full-resolution labels in ``on_step``.
-Under torchrun every rank keeps its slice of each global batch, the per-pixel covariance
-statistics of both heads are all-gathered (every rank holds those of the global batch),
-the gradients are averaged and the test set is sharded (confusion matrices all-reduced).
+After every epoch the test split is evaluated single-scale (``test_miou``, ``test_error =
+100 - mIoU``); after the last one the final model is evaluated as in Table 7 (single-scale,
+multi-scale ``eval_scales``, + flip) into ``result.json`` with ``predicted_classes`` (1: a
+model predicting one class everywhere, reported as a warning). ``synthetic_segmentation``
+lives on the device; ``cityscapes`` uses DataLoaders (docs/segmentation.md). Callbacks'
+``on_step`` gets the main head's features/logits and the full-resolution labels. Under
+torchrun each rank keeps its slice of every global batch, both heads' per-pixel statistics
+are all-gathered, the loss is weighted by the rank's share of valid pixels and the test set
+is sharded (confusion matrices all-reduced).
 """
 
 from __future__ import annotations

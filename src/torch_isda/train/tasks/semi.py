@@ -1,22 +1,9 @@
 """Semi-supervised classification (``isda train --semi METHOD``, Section 5, Table 6).
 
-Data (all on the training device):
-
-* ``labels`` training images, balanced over classes and chosen with ``split_seed``
-  (default ``seed``), keep their labels (:func:`~torch_isda.semi.labeled_split`); with
-  ``val_fraction > 0`` a part of them is held out as a validation set (evaluated every
-  epoch as ``val_error``, never trained on).
-* The unlabeled pool is **every** training image except the validation set, the labeled
-  ones included, as in the reference implementations.
-* Pre-processing: global contrast normalization + ZCA whitening fitted on the training
-  images (``zca``, default on CIFAR), else per-channel standardization. Augmentation:
-  random translation by up to ``semi_translate`` pixels plus, on CIFAR, a random
-  horizontal flip, drawn for the labeled batch and each unlabeled view from one seeded
-  generator.
-* Every step takes ``labeled_batch_size`` labeled and ``unlabeled_batch_size`` unlabeled
-  samples (:class:`~torch_isda.semi.SemiBatchSampler`); an epoch is one pass over the
-  unlabeled pool.
-
+The labeled split, the unlabeled pool, ZCA / standardization and the translation (+ flip)
+augmentation are described in docs/semi_supervised.md. Every step takes
+``labeled_batch_size`` labeled and ``unlabeled_batch_size`` unlabeled samples
+(:class:`~torch_isda.semi.SemiBatchSampler`); an epoch is one pass over the unlabeled pool.
 One step (Eq. 19)::
 
     criterion.set_progress(t / T)                              # lambda = lambda0 t / T
@@ -26,19 +13,13 @@ One step (Eq. 19)::
                      out.loss, eta2=method.weight(epoch + i / steps, M / N))
     ... optimizer step; method.after_step(model, global_step)   ... method.end_epoch()
 
-With ``--loss isda`` the criterion is :class:`~torch_isda.semi.SemiISDALoss` (the ISDA
-bound on the labeled batch + ``eta1`` x the consistency bound of Eq. 15 + ``eta2`` x the
-base method's regularizer); with ``--loss ce`` the base method alone. The test (and
-validation) error is that of ``method.eval_model(model)``: the teacher for the mean
-teacher (whose student error is logged as ``student_test_error``).
-
-Under torchrun every rank draws the same global batches and keeps its slice of the
-labeled and of the unlabeled part; the covariance estimator all-gathers the labeled
-features, the temporal ensemble records the predictions of the whole global batch, and
-the gradients are averaged, so every rank holds the statistics of one process. Every
-rank evaluates the whole (device-resident) test set. The checkpoint adds the method's
-state, the sampler's streams, the ZCA whitening and the labeled split, so a resumed run
-reproduces the uninterrupted one exactly on the CPU.
+``--loss isda``: :class:`~torch_isda.semi.SemiISDALoss`; ``--loss ce``: the base method
+alone. The test error is that of ``method.eval_model(model)`` (the mean teacher's teacher;
+its student's is ``student_test_error``). Under torchrun each rank keeps its slice of the
+labeled and of the unlabeled part of every global batch; the estimator all-gathers the
+labeled features and the temporal ensemble records the whole global batch, so every rank
+holds the statistics of one process. The checkpoint adds the method's state, the
+sampler's streams, the ZCA whitening and the labeled split (exact resume on the CPU).
 """
 
 from __future__ import annotations
@@ -168,7 +149,8 @@ class SemiTask(Task):
             std = torch.tensor(self.stats[1], device=self.device).view(1, -1, 1, 1)
             self.train_x = (raw_train.float() / 255.0 - mean) / std
             self.test_x = (raw_test.float() / 255.0 - mean) / std
-        self.train_x, self.test_x = self.channels_last(self.train_x), self.channels_last(self.test_x)
+        self.train_x = self.channels_last(self.train_x)
+        self.test_x = self.channels_last(self.test_x)
         if hasattr(self, "train_batches"):
             self.train_batches.images = self.train_x
 
