@@ -38,8 +38,9 @@ mnist       40     128   5e-4   0.1   cosine (not in the paper)
 =========== ====== ===== ====== ===== ======================================
 
 ``mnist`` is chosen for the datasets ``mnist``, ``fashion_mnist`` and ``kmnist`` with any
-model (e.g. ``resnet32``, whose stem takes the images' single channel). Their augmentation is the dataset's own (``crop_flip(padding=2)`` for Fashion-MNIST,
-``crop(padding=2)`` for the digit sets, see :mod:`torch_isda.data.mnist`).
+model (e.g. ``resnet32``, whose stem takes the images' single channel). Their augmentation
+is the dataset's own (``crop_flip(padding=2)`` for Fashion-MNIST, ``crop(padding=2)`` for
+the digit sets, see :mod:`torch_isda.data.mnist`).
 
 Further presets: ``cnn13`` (TPAMI Appendix B, the semi-supervised CNN-13: 400 epochs,
 batch 128, lr 0.1 cosine, wd 1e-4; chosen for family ``cnn13``), ``imagenet`` (TPAMI
