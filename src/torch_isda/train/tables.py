@@ -28,17 +28,15 @@ from typing import Any, Optional
 from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
 from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
-from .method_names import PAPER_NAMES, display_name
+from .method_names import display_name
 from .metrics import final_error
 from .reporting import bold_note, clear_best, counts_text, final_window, window_text
 from .rundir import RESULT_NAME
 
-__all__ = ["DISPLAY_NAMES", "WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params",
-           "plot_band", "plot_curves", "pm", "pyplot", "render_table", "save_figure",
-           "summarize_method", "write_classification_comparison", "write_tables", "zoom_top"]
-
-#: The paper's names of the criteria (see :mod:`torch_isda.train.method_names`).
-DISPLAY_NAMES = PAPER_NAMES
+__all__ = ["WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params", "plot_band",
+           "plot_curves", "pm", "pyplot", "render_table", "save_figure", "stats_cells",
+           "summarize_method", "write_classification_comparison", "write_table_files",
+           "write_tables", "zoom_top"]
 
 #: Up to this many methods the summary is one row with a column per method (Table 2
 #: style); with more, one row per method named by its spec (Table 5 style).
@@ -157,26 +155,32 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stats_cells(mean: float, std: Optional[float]) -> list[str]:
+    """``mean`` and ``std`` as ``table.csv`` cells (an empty std for a single seed)."""
+    return [f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
+
+
+def write_table_files(out: Path, markdown: str, header: Sequence[str],
+                      rows: Sequence[Sequence[Any]]) -> str:
+    """Write ``table.md`` and ``table.csv`` (``header``, then ``rows``); returns the markdown."""
+    atomic_write_text(out / "table.md", markdown)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    atomic_write_text(out / "table.csv", buf.getvalue())
+    return markdown
+
+
 def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    text = render_table(methods, config)
-    atomic_write_text(out / "table.md", text)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
-                     "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
-                     "num_parameters", "seeds", "final_errors", "failed_seeds"])
-    for m in methods:
-        (fm, fs), (bm, bs) = m.final, m.best
-        writer.writerow([m.loss, m.display, config.dataset, config.model, config.epochs,
-                         m.window, len(m.seeds), f"{fm:.4f}", "" if fs is None else f"{fs:.4f}",
-                         f"{bm:.4f}", "" if bs is None else f"{bs:.4f}",
-                         "" if m.num_parameters is None else m.num_parameters,
-                         ";".join(str(s) for s in m.seeds),
-                         ";".join(f"{e:.4f}" for e in m.final_errors),
-                         ";".join(str(s) for s in m.failed)])
-    atomic_write_text(out / "table.csv", buf.getvalue())
-    return text
+    header = ["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
+              "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
+              "num_parameters", "seeds", "final_errors", "failed_seeds"]
+    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, m.window,
+             len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best),
+             "" if m.num_parameters is None else m.num_parameters,
+             ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
+             ";".join(str(s) for s in m.failed)] for m in methods]
+    return write_table_files(out, render_table(methods, config), header, rows)
 
 
 def pyplot() -> Any:

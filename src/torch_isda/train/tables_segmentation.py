@@ -16,8 +16,6 @@ classification and then, for a segmentation config, calls
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -25,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .reporting import clear_best, counts_text, plural
 from .rundir import RESULT_NAME
 from .segmentation_config import TABLE7_COLUMNS
-from .tables import MethodSummary, format_params, plot_band, pm, pyplot, save_figure
+from .tables import (MethodSummary, format_params, plot_band, pm, pyplot, save_figure,
+                     stats_cells, write_table_files)
 
 __all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves",
            "render_segmentation_table", "single_class_warning", "summarize_segmentation_method",
@@ -156,28 +154,17 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
 def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSummary],
                               config: TrainConfig) -> str:
     """Write ``table.md`` and ``table.csv`` (schema in the module docstring)."""
-    text = render_segmentation_table(methods, config)
-    atomic_write_text(out / "table.md", text)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    header = ["method", "name", "dataset", "model", "epochs", "n_seeds"]
-    for key in COLUMN_KEYS:
-        header += [f"{key}_mean", f"{key}_std"]
-    header += ["eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
-    writer.writerow(header)
-    for m in methods:
-        row: list[Any] = [m.loss, m.display, config.dataset, config.model, config.epochs,
-                          len(m.seeds)]
-        for key in COLUMN_KEYS:
-            mean, std = m.column(key)
-            row += [f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
-        row += [";".join(f"{s:g}" for s in m.eval_scales),
-                "" if m.num_parameters is None else m.num_parameters,
-                ";".join(str(s) for s in m.seeds)]
-        row += [";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS]
-        writer.writerow(row)
-    atomic_write_text(out / "table.csv", buf.getvalue())
-    return text
+    header = ["method", "name", "dataset", "model", "epochs", "n_seeds",
+              *(f"{key}_{stat}" for key in COLUMN_KEYS for stat in ("mean", "std")),
+              "eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
+    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, len(m.seeds),
+             *(cell for key in COLUMN_KEYS for cell in stats_cells(*m.column(key))),
+             ";".join(f"{s:g}" for s in m.eval_scales),
+             "" if m.num_parameters is None else m.num_parameters,
+             ";".join(str(s) for s in m.seeds),
+             *(";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS)]
+            for m in methods]
+    return write_table_files(out, render_segmentation_table(methods, config), header, rows)
 
 
 def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],

@@ -15,18 +15,16 @@ ISDA") and/or ``--loss isda`` (Eq. 19, "with ISDA"). Then this module writes:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .reporting import clear_best, counts_text, plural, window_text
-from .tables import MethodSummary, plot_band, pm, pyplot, save_figure, summarize_method, zoom_top
+from .tables import (MethodSummary, plot_band, pm, pyplot, save_figure, stats_cells,
+                     summarize_method, write_table_files, zoom_top)
 
 __all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison",
            "write_semi_tables"]
@@ -117,26 +115,20 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
 def write_semi_tables(out: Path, methods: Sequence[str], losses: Sequence[str],
                       summaries: dict[tuple[str, str], MethodSummary], config: TrainConfig) -> str:
     """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    text = render_semi_table(methods, losses, summaries, config)
-    atomic_write_text(out / "table.md", text)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
-                     "final_epochs", "n_seeds", "final_error_mean", "final_error_std",
-                     "best_error_mean", "best_error_std", "seeds", "final_errors"])
+    header = ["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
+              "final_epochs", "n_seeds", "final_error_mean", "final_error_std",
+              "best_error_mean", "best_error_std", "seeds", "final_errors"]
+    rows = []
     for m in methods:
         for loss in losses:
             s = summaries[(m, loss)]
-            (fm, fs), (bm, bs) = s.final, s.best
-            writer.writerow([m, METHOD_NAMES.get(m, m), loss, int(loss == "isda"), config.dataset,
-                             config.model, config.labels, config.epochs, s.window,
-                             len(s.seeds),
-                             f"{fm:.4f}", "" if fs is None else f"{fs:.4f}", f"{bm:.4f}",
-                             "" if bs is None else f"{bs:.4f}",
-                             ";".join(str(k) for k in s.seeds),
-                             ";".join(f"{e:.4f}" for e in s.final_errors)])
-    atomic_write_text(out / "table.csv", buf.getvalue())
-    return text
+            rows.append([m, METHOD_NAMES.get(m, m), loss, int(loss == "isda"), config.dataset,
+                         config.model, config.labels, config.epochs, s.window, len(s.seeds),
+                         *stats_cells(*s.final), *stats_cells(*s.best),
+                         ";".join(str(k) for k in s.seeds),
+                         ";".join(f"{e:.4f}" for e in s.final_errors)])
+    return write_table_files(out, render_semi_table(methods, losses, summaries, config), header,
+                             rows)
 
 
 def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
