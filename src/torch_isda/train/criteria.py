@@ -78,7 +78,6 @@ __all__ = [
     "TrainingCriterion",
     "create_criterion",
     "criterion_info",
-    "is_criterion",
     "list_criteria",
     "parse_criterion_spec",
     "parse_single_loss",
@@ -311,11 +310,6 @@ def list_criteria(kind: Optional[str] = None) -> list[str]:
     if kind is not None:
         raise ValueError(f"kind must be 'primary', 'modifier' or None; got {kind!r}")
     return names
-
-
-def is_criterion(name: str) -> bool:
-    _load_plugins()
-    return name in _REGISTRY
 
 
 def _available() -> str:

@@ -1,51 +1,9 @@
-"""The paper's comparison methods (Table 5) as training criteria of ``isda train`` /
-``isda compare``.
+"""The paper's comparison methods (Table 5) as training criteria: thin adapters from
+:mod:`torch_isda.baselines` to :class:`~torch_isda.train.criteria.TrainingCriterion`.
 
-Thin adapters from the building blocks of :mod:`torch_isda.baselines` to the
-:class:`~torch_isda.train.criteria.TrainingCriterion` interface. Every constructor argument
-is a spec argument (``--loss "focal(gamma=2)"``); the defaults are those of the paper's
-Appendix C where it states one and of the method's original paper / code otherwise.
-
-Primary losses (replace the cross-entropy):
-
-==================  ===================================================  =====================
-name                defaults                                             source
-==================  ===================================================  =====================
-``label_smoothing``  ``epsilon=0.1``                                     Szegedy et al. 2016 /
-                                                                         Mueller et al. 2019
-                                                                         (ISDA gives none)
-``focal``            ``alpha=0.5, gamma=1``                              ISDA Appendix C
-``lq``               ``q=0.4``                                           ISDA Appendix C
-``lsoftmax``         ``margin=2, base=1000, gamma=2e-5, power=45,        official L-Softmax
-                     beta_min=0, anneal=progress,                        CIFAR-10 example
-                     anneal_iterations=62560``
-==================  ===================================================  =====================
-
-Modifiers (combine with a primary: ``ce+center``, ``isda+dropout``):
-
-==================  ===================================================  =====================
-``center``           ``loss_weight=0.003, lr=0.5, weight_decay=0,        lr: ISDA Appendix C;
-                     momentum=None (the run's), decouple_center_grad``   lambda: Wen et al.
-``disturb_label``    ``rate=0.05``                                       ISDA Appendix C
-``dropout``          ``p=0.3`` (on the final deep features; the paper's   ISDA Appendix C
-                     "+ Dropout" rows use block dropout instead, the
-                     models' ``dropout=0.3`` keyword)
-==================  ===================================================  =====================
-
-Composition follows :class:`~torch_isda.train.criteria.CompositeCriterion`: feature and
-target hooks run before the primary loss, so in ``isda+dropout`` ISDA (its covariance
-estimator and its augmented logits) sees the *dropped* features, and in
-``isda+disturb_label`` it sees the disturbed labels. Dropout and DisturbLabel draw from the
-global torch RNG (seeded with ``--seed`` and saved in checkpoints, so resuming is exact).
-
-L-Softmax annealing: the official schedule ``beta = max(beta_min, base (1 + gamma
-it)^-power)`` counts iterations; with ``anneal=iteration`` the criterion counts its own
-training calls exactly like the Caffe layer. The default ``anneal=progress`` instead sets
-``it = (t / T) * anneal_iterations`` from the training progress, i.e. the schedule is
-stretched over the run as if it had ``anneal_iterations`` steps (62,560 = 160 epochs x 391
-batches, the paper's ResNet CIFAR schedule, where both modes coincide). On short runs
-such as digits (about 600 steps) the iteration mode would keep ``beta`` above 500 and
-L-Softmax would be practically the cross-entropy.
+Every constructor argument is a spec argument (``--loss "focal(gamma=2)"``); the defaults,
+their sources, the composition order (``isda+dropout``: ISDA sees the dropped features) and
+the L-Softmax annealing modes are tabulated in docs/training.md ("Baselines").
 """
 
 from __future__ import annotations
@@ -84,8 +42,18 @@ LSOFTMAX_ANNEAL_ITERATIONS = 160 * 391
 # ---------------------------------------------------------------------------- primaries
 
 
+class _LogitsCriterion(TrainingCriterion):
+    """A primary loss of the logits alone (``self.loss(logits, target)``)."""
+
+    loss: nn.Module
+
+    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
+                ) -> Tensor:
+        return self.loss(logits, target)
+
+
 @register_criterion("label_smoothing")
-class LabelSmoothingCriterion(TrainingCriterion):
+class LabelSmoothingCriterion(_LogitsCriterion):
     """Label smoothing (Mueller et al. 2019), ``epsilon=0.1`` (Szegedy et al.; the ISDA
     paper does not report its value)."""
 
@@ -93,13 +61,9 @@ class LabelSmoothingCriterion(TrainingCriterion):
         super().__init__()
         self.loss = LabelSmoothingLoss(epsilon)
 
-    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
-                ) -> Tensor:
-        return self.loss(logits, target)
-
 
 @register_criterion("focal")
-class FocalCriterion(TrainingCriterion):
+class FocalCriterion(_LogitsCriterion):
     """Focal loss (Lin et al. 2017), ``alpha=0.5, gamma=1`` (ISDA Appendix C); ``alpha``
     may also be a list of per-class weights."""
 
@@ -107,13 +71,9 @@ class FocalCriterion(TrainingCriterion):
         super().__init__()
         self.loss = FocalLoss(alpha, gamma)
 
-    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
-                ) -> Tensor:
-        return self.loss(logits, target)
-
 
 @register_criterion("lq")
-class LqCriterion(TrainingCriterion):
+class LqCriterion(_LogitsCriterion):
     """L_q loss / generalized cross-entropy (Zhang & Sabuncu 2018), ``q=0.4`` (ISDA
     Appendix C)."""
 
@@ -121,15 +81,11 @@ class LqCriterion(TrainingCriterion):
         super().__init__()
         self.loss = LqLoss(q)
 
-    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
-                ) -> Tensor:
-        return self.loss(logits, target)
-
 
 @register_criterion("lsoftmax")
 class LargeMarginSoftmaxCriterion(TrainingCriterion):
     """Large-margin softmax (Liu et al. 2016) on the model's classifier, ``margin=2`` with
-    the official annealing (see the module docstring for ``anneal``).
+    the official annealing (``anneal``: see docs/training.md, "Baselines").
 
     Args:
         margin: integer margin ``m >= 1``.
