@@ -5,23 +5,9 @@ A run is a segmentation run when ``config.task == "segmentation"`` or, with ``ta
 at ``None``, when the dataset is a segmentation dataset (:data:`SEGMENTATION_DATASETS`).
 :func:`~torch_isda.train.resolve.resolve_config` hands such configs to
 :func:`resolve_segmentation_config`, which fills every ``None`` field from the segmentation
-presets:
-
-======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
-preset                   epochs batch wd   lr   schedule     crop lambda_0 kind  eval scales
-======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
-segmentation             108    8     5e-4 0.01 poly (0.9)   769  7.5      diag  0.75-1.5
-segmentation_synthetic   see :data:`SYNTHETIC_PRESET` (25 CPU s per run, tiny DeepLab-v3)
-======================== ====== ===== ==== ==== ============ ==== ======== ===== ==========
-
-``segmentation`` is the Cityscapes setup of the official code (``train_isda.py`` of the
-ISDA repository, on ``speedinghzl/pytorch-segmentation-toolbox``): SGD lr 0.01, momentum 0.9
-(no Nesterov), weight decay 5e-4, batch 8, 769 x 769 crops, poly schedule with power 0.9
-per iteration for 40,000 iterations (= 108 epochs of the 2,975 training images at 371
-iterations per epoch), ``lambda_0 = 7.5`` and diagonal covariances; Table 7 evaluates at
-scales ``{0.75, 1, 1.25, 1.5}``. ``segmentation_synthetic`` is chosen for the
-``synthetic_segmentation`` dataset; it also supplies the tiny model
-(:data:`SYNTHETIC_MODEL_KWARGS`, merged under any ``--model-kwargs`` given).
+presets (tabulated, with their sources in the official code, in docs/segmentation.md;
+``segmentation_synthetic``, for the ``synthetic_segmentation`` dataset, also supplies the
+tiny model, :data:`SYNTHETIC_MODEL_KWARGS`, merged under any ``--model-kwargs`` given).
 
 Values given explicitly always win. The resolved config has ``task="segmentation"``;
 classification configs keep ``task=None`` (so configs saved before the field existed

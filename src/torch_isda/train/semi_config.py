@@ -8,23 +8,8 @@ fills the semi-supervised fields left at ``None`` from :data:`DATASET_DEFAULTS`.
 paper, see :mod:`torch_isda.semi.methods`, adapted to the run length and the dataset,
 then ``--semi-kwargs`` / ``--eta2``).
 
-Defaults and their sources (also in docs/semi_supervised.md):
-
-* ``labels``: 4,000 (CIFAR-10), 10,000 (CIFAR-100), 500 (SVHN) as in Table 6 (which
-  does not state the SVHN count: its Mean Teacher baseline, 4.18 %, is Mean Teacher's own
-  500-label result; see :data:`torch_isda.semi.methods.PAPER_TABLE6`); 100 for the
-  1,257-image scikit-learn digits (not in the paper).
-* ``zca``: on for CIFAR (Section 6.1), off otherwise.
-* ``semi_translate``: random translation by up to 2 pixels (Section 6.1, "random 2x2
-  translation"); 1 pixel for images smaller than 16 pixels (8x8 digits: not in the paper).
-* flip: random horizontal flip on CIFAR only (Section 6.1; none on SVHN and digits).
-* ``unlabeled_batch_size``: ``batch_size`` of the preset (128 for CNN-13, Appendix B;
-  128 on digits too); ``labeled_batch_size``: a quarter of it (32 + 128 in the VAT
-  reference code).
-* ramp-ups: the methods' 80-epoch ramp-ups are kept for runs of at least 400 epochs
-  (Appendix B) and scaled by ``epochs / 400`` for shorter runs (same fraction of
-  training); the mean teacher's EMA decay is 0.99 during the ramp-up and 0.999 after
-  (Tarvainen & Valpola).
+The defaults and their sources (Table 6, Section 6.1, Appendix B) are tabulated in
+docs/semi_supervised.md.
 """
 
 from __future__ import annotations
@@ -161,7 +146,7 @@ def semi_run_name(config: Any) -> str:
 
 
 def resolve_semi_config(config: Any) -> Any:
-    """Fill the semi-supervised fields left at ``None`` (see the module docstring) and
+    """Fill the semi-supervised fields left at ``None`` (:data:`DATASET_DEFAULTS`) and
     canonicalize ``semi``; checks the loss spec. Returns a new config."""
     semi = canonical_semi(config.semi)
     if semi == "none":
