@@ -8,11 +8,13 @@ given on the command line.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["FILELESS_DATASETS", "check_explicit_options", "ignored_option_notes"]
+__all__ = ["FILELESS_DATASETS", "check_command_line", "check_explicit_options",
+           "ignored_option_notes"]
 
 #: Datasets that read no files: ``--data-dir`` and ``--download`` do nothing for them.
 FILELESS_DATASETS = {
@@ -47,3 +49,10 @@ def check_explicit_options(overrides: dict[str, Any], config: TrainConfig) -> No
             f"--model {TrainConfig.model} is a classification model; segmentation runs need a "
             f"segmentation model such as {DEFAULT_SEGMENTATION_MODEL} (the default when "
             f"--model is not given)")
+
+
+def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
+    """:func:`check_explicit_options`, then print the :func:`ignored_option_notes` to stderr."""
+    check_explicit_options(overrides, config)
+    for note in ignored_option_notes(overrides, config):
+        print(note, file=sys.stderr)

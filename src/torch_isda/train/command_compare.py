@@ -8,7 +8,6 @@ With no arguments it runs the embedded default: digits + digits_cnn, losses ce,i
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
@@ -96,11 +95,9 @@ def run(args: argparse.Namespace) -> int:
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
         base = base.replace(threads=DEFAULTS["threads"])
-    from .cli_checks import check_explicit_options, ignored_option_notes
+    from .cli_checks import check_command_line
 
-    check_explicit_options(overrides, base)
-    for note in ignored_option_notes(overrides, base):
-        print(note, file=sys.stderr)
+    check_command_line(overrides, base)
     if base.semi != "none" and args.losses is not None:
         raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
                          "base method alone, isda = Eq. 19), not --losses; set ISDA options "

@@ -108,16 +108,6 @@ def run_args(args: argparse.Namespace) -> list[str]:
     return words
 
 
-def check_command_line(args: argparse.Namespace, config: TrainConfig) -> None:
-    """Refuse an explicit model the task would replace; note options without effect."""
-    from .cli_checks import check_explicit_options, ignored_option_notes
-
-    overrides = config_overrides_from_args(args)
-    check_explicit_options(overrides, config)
-    for note in ignored_option_notes(overrides, config):
-        print(note, file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     from .distributed import USER_ERRORS, launched_by_torchrun
 
@@ -131,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(resume=args.resume, force=args.force, quiet=args.quiet,
                   stop_after=args.stop_after)
     if not launched_by_torchrun():
-        check_command_line(args, config)
+        from .cli_checks import check_command_line
+
+        check_command_line(config_overrides_from_args(args), config)
         return report(train(config, **kwargs))
     # a torchrun worker: errors every rank raises identically are reported by rank 0 only
     rank = int(os.environ.get("RANK", "0"))
