@@ -68,22 +68,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _default_out(base: TrainConfig) -> str:
     """Keyed by configuration: runs/compare-digits-epochs10, ..."""
-    from .compare_out import default_comparison_out
+    from .compare_out import comparison_dir, default_comparison_out
 
     if base.semi != "none":
         from .compare import parse_semi_methods
-        from .semi_config import dataset_semi_defaults
+        from .semi_config import labels_suffix
 
-        labels = base.labels
-        if labels is None:
-            labels = dataset_semi_defaults(base.dataset).get("labels")
-        suffix = "" if labels is None else f"-{int(labels)}labels"
         first = base.replace(semi=parse_semi_methods(base.semi)[0])
+        prefix = f"runs/compare-semi-{base.dataset}-{base.model}{labels_suffix(base)}"
         reference = TrainConfig(dataset=base.dataset, model=base.model, semi=first.semi)
-        return default_comparison_out(f"runs/compare-semi-{base.dataset}-{base.model}{suffix}",
-                                      first, reference, ignore=("semi", "labels"))
-    from .compare_out import comparison_dir
-
+        return default_comparison_out(prefix, first, reference, ignore=("semi", "labels"))
     return comparison_dir(base, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
 
 

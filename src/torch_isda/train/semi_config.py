@@ -26,6 +26,7 @@ __all__ = [
     "canonical_semi",
     "dataset_semi_defaults",
     "default_translate",
+    "labels_suffix",
     "method_kwargs",
     "parse_semi_loss",
     "resolve_semi_config",
@@ -138,11 +139,15 @@ def semi_run_name(config: Any) -> str:
     """Directory-name part of a semi-supervised run: ``<method>-<loss>-<labels>labels``."""
     from .criteria import spec_dirname
 
+    return f"{canonical_semi(config.semi)}-{spec_dirname(config.loss)}{labels_suffix(config)}"
+
+
+def labels_suffix(config: Any) -> str:
+    """``"-4000labels"``: ``config.labels`` or the dataset's default (``""`` if neither)."""
     labels = config.labels
     if labels is None:
         labels = dataset_semi_defaults(config.dataset).get("labels")
-    count = "" if labels is None else f"-{int(labels)}labels"
-    return f"{canonical_semi(config.semi)}-{spec_dirname(config.loss)}{count}"
+    return "" if labels is None else f"-{int(labels)}labels"
 
 
 def resolve_semi_config(config: Any) -> Any:
