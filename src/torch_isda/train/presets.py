@@ -1,80 +1,21 @@
-"""Training presets of the paper, chosen by model family.
+"""Training presets of the paper, chosen by dataset (:data:`DATASET_PRESETS`), else by
+model family (:data:`FAMILY_PRESETS`); any preset can be forced with ``--preset NAME``.
 
-CIFAR presets are Table 9 of the TPAMI paper (= Table 1, Appendix B of the NeurIPS
-paper): SGD with Nesterov momentum 0.9, the learning rate multiplied by ``gamma`` at the
-``milestones`` or annealed with a per-epoch cosine.
+The presets, their sources (TPAMI Table 9 and Appendices A/B, NeurIPS Appendix B) and the
+ISDA defaults per model are tabulated in docs/training.md ("Presets"); the segmentation
+presets are chosen in :mod:`torch_isda.train.segmentation_config`.
 
-LR timing (``lr_offset``, :attr:`Preset.lr_offset`): the CIFAR presets of the paper's
-tables follow the official ISDA CIFAR code, which calls ``adjust_learning_rate(optimizer,
-epoch + 1)`` before training 0-based epoch ``epoch``. Their milestones are therefore
-1-based: ``milestones=(80, 120)`` trains 0-based epochs 0-78 at ``lr``, 79-118 at ``0.1 lr``
-and 119-159 at ``0.01 lr`` (the lr drops *before* 0-based epoch 79), and their cosine is
-``(1 + cos(pi (epoch + 1) / epochs)) / 2``, which is exactly 0 in the last epoch (its first
-epoch runs at ``0.5 (1 + cos(pi / epochs)) lr``). These presets set ``lr_offset=1``. The
-``imagenet`` presets follow the official ``imagenet_DDP.py`` (``adjust_learning_rate(optimizer,
-epoch)``: the cosine at the 0-based epoch, PyTorch's convention) with ``lr_offset=0``, as do
-the presets not taken from the official CIFAR script (``small_cnn``, ``cnn13``, the
-segmentation presets, whose schedules run per iteration anyway). ``--lr-offset`` overrides
-it; without a preset it is 0.
+LR timing (:attr:`Preset.lr_offset`): the CIFAR presets of the paper's tables follow the
+official CIFAR code, which calls ``adjust_learning_rate(optimizer, epoch + 1)`` before
+0-based epoch ``epoch``, so their milestones are 1-based and their cosine is 0 in the last
+epoch (``lr_offset=1``); the others (the ImageNet presets, as ``imagenet_DDP.py``,
+``small_cnn``, ``cnn13``, segmentation) use PyTorch's convention (``lr_offset=0``).
 
-=========== ====== ===== ====== ===== ======================================
-family      epochs batch  wd     lr    schedule
-=========== ====== ===== ====== ===== ======================================
-resnet      160    128   1e-4   0.1   x0.1 at 80, 120
-se_resnet   200    128   1e-4   0.1   x0.1 at 80, 120, 160
-wide_resnet 240    128   5e-4   0.1   x0.2 at 60, 120, 160, 200
-densenet    300    64    1e-4   0.1   x0.1 at 150, 200, 250 (DenseNet-BC)
-resnext     350    128   5e-4   0.05  x0.1 at 150, 225, 300
-shake_shake 1800   64    1e-4   0.1   cosine
-small_cnn   30     64    5e-4   0.05  cosine (not in the paper: digits in seconds)
-=========== ====== ===== ====== ===== ======================================
-
-Dataset presets (chosen by dataset, before the model family; :data:`DATASET_PRESETS`):
-
-=========== ====== ===== ====== ===== ======================================
-preset      epochs batch  wd     lr    schedule
-=========== ====== ===== ====== ===== ======================================
-mnist       40     128   5e-4   0.1   cosine (not in the paper)
-=========== ====== ===== ====== ===== ======================================
-
-``mnist`` is chosen for the datasets ``mnist``, ``fashion_mnist`` and ``kmnist`` with any
-model (e.g. ``resnet32``, whose stem takes the images' single channel). Their augmentation
-is the dataset's own (``crop_flip(padding=2)`` for Fashion-MNIST, ``crop(padding=2)`` for
-the digit sets, see :mod:`torch_isda.data.mnist`).
-
-Further presets: ``cnn13`` (TPAMI Appendix B, the semi-supervised CNN-13: 400 epochs,
-batch 128, lr 0.1 cosine, wd 1e-4; chosen for family ``cnn13``), ``imagenet`` (TPAMI
-Appendix A; chosen for the ``*_imagenet`` families), ``imagenet_120`` (NeurIPS Appendix B,
-the shorter schedule) and ``pyramidnet`` (NeurIPS Table 1: 1800 epochs, batch 128, lr 0.1
-cosine). Any preset can be forced with ``--preset NAME``.
-
-Segmentation (Table 7): ``segmentation`` (the official Cityscapes setup: 108 epochs = 40k
-iterations of batch 8, lr 0.01, momentum 0.9 without Nesterov, wd 5e-4, per-iteration poly
-schedule, lambda_0 7.5, diagonal) and ``segmentation_synthetic`` (about 25 s of CPU time per run on
-``synthetic_segmentation``) are chosen by dataset in
-:mod:`torch_isda.train.segmentation_config`, which also fills the segmentation-only fields.
-
-Both ImageNet presets use SGD with momentum 0.9 *without* Nesterov, as the official
-``imagenet_DDP.py`` does (``torch.optim.SGD(params, lr, momentum=..., weight_decay=...)``).
-
-=============== ====== ===== ==== ==== ================== ========= ===============
-ImageNet preset epochs batch  wd   lr  schedule           kind      lambda_0
-=============== ====== ===== ==== ==== ================== ========= ===============
-imagenet        300    512   1e-4 0.2  cosine             diagonal  7.5 ResNet/ResNeXt,
-                                                                    5 resnet101,
-                                                                    1 DenseNet
-imagenet_120    120    256   1e-4 0.1  x0.1 at 30, 60, 90 diagonal  as ``imagenet``
-=============== ====== ===== ==== ==== ================== ========= ===============
-
-ISDA defaults: the ISDA fields ``lambda0`` and ``kind`` are resolved with the preset too:
-``0.5`` and ``"full"`` (the CIFAR setting, :data:`DEFAULT_LAMBDA0`, :data:`DEFAULT_KIND`)
-unless the preset sets its own (:attr:`Preset.lambda0`, :attr:`Preset.kind`), which a
-per-family and then a per-model entry of :attr:`Preset.isda_overrides` can refine (TPAMI
-Appendix A: "lambda_0 = 1 for DenseNets and lambda_0 = 7.5 for ResNets and ResNeXts, except
-for using lambda_0 = 5 for ResNet-101"; the diagonal covariance "due to GPU memory
-limitation"). The NeurIPS appendix gives no lambda_0 for its 120-epoch runs; ``imagenet_120``
-uses the TPAMI values. Values given explicitly (``--lambda0``, ``--kind``, or
-``isda(lambda0=...)`` in the loss spec) always win.
+ISDA defaults: ``lambda0`` and ``kind`` are ``0.5`` and ``"full"`` (:data:`DEFAULT_LAMBDA0`,
+:data:`DEFAULT_KIND`) unless the preset sets its own (:attr:`Preset.lambda0`,
+:attr:`Preset.kind`), refined per family and then per model by
+:attr:`Preset.isda_overrides` (TPAMI Appendix A). Values given explicitly (``--lambda0``,
+``--kind``, ``isda(lambda0=...)``) always win.
 """
 
 from __future__ import annotations
