@@ -1,15 +1,10 @@
-"""Default output directories of ``isda compare``, keyed by configuration.
+"""Default output directories of ``isda compare``, keyed by configuration (docs/training.md).
 
-A comparison's runs live in ``OUT/<loss>/seed<k>/`` and are reused when the same command
-runs again. If every configuration shared one default ``OUT``, a reduced run (``--epochs
-10``) would leave runs there that the full one (30 epochs) then refuses to overwrite. So the
-default ``OUT`` is the command's base name (``runs/compare-digits``) followed by the
-settings in which the configuration differs from that command's defaults, e.g.
-``runs/compare-digits-epochs10`` or ``runs/compare-digits-augment-crop_flip-epochs10``; a long
-difference is shortened to the names of the fields and a hash of their values. Settings
-that do not change what a run computes (``--threads``, ``--device``, ``--data-dir``,
-``--final-epochs``, ... see :data:`~torch_isda.train.rundir.COMPARED_IGNORED_FIELDS`) do
-not change the directory.
+The default ``OUT`` is the command's base name followed by the settings in which the
+configuration differs from that command's defaults (``runs/compare-digits-epochs10``), so a
+reduced run never leaves runs that the full one refuses to overwrite; a long difference
+becomes the names of the fields and a hash of their values. Settings that do not change
+what a run computes (:data:`~torch_isda.train.rundir.COMPARED_IGNORED_FIELDS`) are left out.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""The run-directory policy of ``isda train``: fresh, resume, reuse a finished run, ``--force``.
-
-A run directory holds :data:`RUN_FILES`. :func:`prepare_run_dir` decides, before anything
-is built, what a request does with what is there:
-
-* a finished run (``result.json``) with the same configuration is reused (not retrained);
-  with another configuration it is an error unless ``force`` (retrain) or ``resume``;
-* an unfinished run (``checkpoint.pt``) is an error unless ``resume`` or ``force``;
-* ``resume=True`` needs a checkpoint; ``resume="auto"`` resumes when there is one and
-  starts fresh otherwise (preemptible jobs that re-run the same command).
+"""The run-directory policy of ``isda train``: fresh, resume, reuse a finished run,
+``--force`` (the rules: :func:`prepare_run_dir`, :func:`~torch_isda.train.engine.train`,
+docs/training.md).
 """
 
 from __future__ import annotations
@@ -73,7 +66,10 @@ def _reuse_or_refuse(cfg: TrainConfig, resume: bool, say: Callable[[str], None]
 
 def prepare_run_dir(cfg: TrainConfig, *, resume: Resume, force: bool,
                     say: Callable[[str], None]) -> Optional[dict[str, Any]]:
-    """The run-directory rules (module docstring) for the resolved ``cfg``.
+    """The run-directory rules for the resolved ``cfg``: a finished run with the same
+    configuration is reused, with another one refused unless ``force`` or ``resume``; an
+    unfinished run needs ``resume`` or ``force``; ``resume=True`` needs a checkpoint,
+    ``resume="auto"`` resumes only when there is one.
 
     Returns the stored result (``"status": "reused"``) of a finished run with the same
     configuration, else ``None`` (with ``force``, after removing the run's files). Raises

@@ -1,17 +1,7 @@
-"""``isda compare`` for segmentation runs: a Table-7-style mIoU table and mIoU curves.
-
-:func:`~torch_isda.train.compare.run_comparison` trains the ``(loss, seed)`` grid as for
-classification and then, for a segmentation config, calls
-:func:`write_segmentation_comparison`, which writes
-
-* ``OUT/table.md``: mean ± sample std over seeds of the final model's mIoU in the three
-  columns of Table 7 (single scale, multi-scale, multi-scale + flip), the change relative to
-  the first method (the baseline, e.g. ``ce``) in brackets, and the per-seed values;
-* ``OUT/table.csv``: one row per method: ``method, name, dataset, model, epochs, n_seeds``,
-  then ``<column>_mean, <column>_std`` for ``miou_single``, ``miou_multiscale``,
-  ``miou_multiscale_flip``, then ``eval_scales, num_parameters, seeds`` and the per-seed values
-  (``;``-joined) of the three columns (all mIoU in %);
-* ``OUT/curves.png``: single-scale test mIoU vs. epoch per method (mean ± std band).
+"""``isda compare`` for segmentation runs: Table-7-style ``OUT/table.md`` (mIoU in the
+three columns single scale, multi-scale, multi-scale + flip, with the change relative to
+the first method), ``OUT/table.csv`` and ``OUT/curves.png`` (single-scale mIoU per epoch);
+the files are described in docs/segmentation.md.
 """
 
 from __future__ import annotations
@@ -153,7 +143,7 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
 
 def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSummary],
                               config: TrainConfig) -> str:
-    """Write ``table.md`` and ``table.csv`` (schema in the module docstring)."""
+    """Write ``table.md`` and ``table.csv``; returns the markdown."""
     header = ["method", "name", "dataset", "model", "epochs", "n_seeds",
               *(f"{key}_{stat}" for key in COLUMN_KEYS for stat in ("mean", "std")),
               "eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
