@@ -302,13 +302,8 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             if args.quiet:
                 warnings.simplefilter("ignore")
-            result, paths = run_visualization(
-                out, model, estimator, G, data, args.lam, num_samples=args.num_samples,
-                num_augmented=args.num_augmented, split=args.split,
-                num_neighbours=args.num_neighbours, seed=args.seed, progress=not args.quiet,
-                eta=args.eta, step1_iterations=args.step1_iterations,
-                step2_iterations=args.step2_iterations, step1_lr=args.step1_lr,
-                step2_lr=args.step2_lr, restarts=args.restarts, reduction=args.reduction)
+            result, paths = run_visualization(out, model, estimator, G, data, args.lam,
+                                              split=args.split, **_inversion_options(args))
     t_end = time.perf_counter()
 
     summary = json.loads(Path(paths["summary"]).read_text())
@@ -323,6 +318,13 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, paths, t_end - t_start)
     return 0
+
+
+def _inversion_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling and inversion options shared by both generators."""
+    names = ("num_samples", "num_augmented", "num_neighbours", "seed", "eta", "step1_iterations",
+             "step2_iterations", "step1_lr", "step2_lr", "restarts", "reduction")
+    return {"progress": not args.quiet, **{name: getattr(args, name) for name in names}}
 
 
 def _print_summary(s: dict, paths: dict, seconds: float) -> None:
@@ -397,12 +399,7 @@ def _run_biggan(args: argparse.Namespace) -> int:
                 warnings.simplefilter("ignore")
             result, paths = run_biggan_visualization(
                 out, model, estimator, G, data, args.lam, class_map=class_map,
-                num_samples=args.num_samples, num_augmented=args.num_augmented,
-                split="train" if args.split == "train" else "val",
-                num_neighbours=args.num_neighbours, seed=args.seed, progress=not args.quiet,
-                eta=args.eta, step1_iterations=args.step1_iterations,
-                step2_iterations=args.step2_iterations, step1_lr=args.step1_lr,
-                step2_lr=args.step2_lr, restarts=args.restarts, reduction=args.reduction)
+                split="train" if args.split == "train" else "val", **_inversion_options(args))
     t_end = time.perf_counter()
     summary = json.loads(Path(paths["summary"]).read_text())
     summary["inputs"] = {"classifier": str(run_dir), "generator": "biggan",
