@@ -65,10 +65,12 @@ from .gan import (
     LOG_NAME,
     SAMPLES_NAME,
     GANConfig,
+    adversarial_setup,
     atomic_torch_save,
     build_gan,
     from_generator_space,
     load_gan_checkpoint,
+    restore_adversarial,
     to_generator_space,
     train_gan,
 )
@@ -424,24 +426,11 @@ def train_conditional_gan(
 
     real_all = to_generator_space(images).to(device)
     labels_all = labels.to(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        G, D = build_conditional_gan(config)
-    G.to(device).train()
-    D.to(device).train()
-    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=config.betas)
-    rng = torch.Generator(device=device)
-    rng.manual_seed(seed)
+    G, D, opt_g, opt_d, rng = adversarial_setup(build_conditional_gan, config, seed, device)
     start, history = 0, []
     if state is not None:
-        G.load_state_dict(state["generator"])
-        D.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng_state"].cpu())
-        start, history = int(state["iteration"]), list(state.get("history", []))
-        seed = int(state.get("seed", seed))
+        start, history, seed = restore_adversarial(state, "discriminator", G, D, opt_g, opt_d,
+                                                   rng, seed)
 
     def save(iteration: int) -> None:
         atomic_torch_save(_checkpoint(config, iteration, seed, name, mean, std, G.state_dict(),

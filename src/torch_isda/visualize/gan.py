@@ -72,6 +72,8 @@ __all__ = [
     "load_generator",
     "load_gan_checkpoint",
     "atomic_torch_save",
+    "adversarial_setup",
+    "restore_adversarial",
     "sample_images",
 ]
 
@@ -339,6 +341,34 @@ def _dataset_images(dataset: Any) -> tuple[Tensor, str]:
     return images, str(getattr(dataset, "name", "dataset"))
 
 
+def adversarial_setup(build: Any, config: Any, seed: int, device: torch.device) -> tuple:
+    """``(G, D, opt_g, opt_d, rng)``: the networks of ``build(config)``, initialised from
+    ``seed`` on the CPU and moved to ``device`` in train mode, their Adam optimizers
+    (``config.lr``, ``config.betas``) and a generator on ``device`` seeded with ``seed``."""
+    with torch.random.fork_rng(devices=[]):  # networks are built on the CPU, then moved
+        torch.manual_seed(seed)
+        G, D = build(config)
+    G.to(device).train()
+    D.to(device).train()
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=config.betas)
+    rng = torch.Generator(device=device)
+    rng.manual_seed(seed)
+    return G, D, opt_g, opt_d, rng
+
+
+def restore_adversarial(state: dict, d_key: str, G: nn.Module, D: nn.Module, opt_g: Any,
+                        opt_d: Any, rng: torch.Generator, seed: int) -> tuple[int, list, int]:
+    """Load a checkpoint ``state`` (``d_key``: the discriminator's entry) into the pieces of
+    :func:`adversarial_setup`; returns ``(iteration, history, seed)`` to continue from."""
+    G.load_state_dict(state["generator"])
+    D.load_state_dict(state[d_key])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    rng.set_state(state["rng_state"].cpu())
+    return int(state["iteration"]), list(state.get("history", [])), int(state.get("seed", seed))
+
+
 def sample_images(generator: nn.Module, z: Tensor) -> Tensor:
     """``generator(z)`` in eval mode and ``[0, 1]``, without gradients (train mode restored)."""
     was_training = generator.training
@@ -438,26 +468,12 @@ def train_gan(
         iterations = DIGITS_ITERATIONS if config.arch == "mlp" else DCGAN_ITERATIONS
     checkpoint_every = sample_every if checkpoint_every is None else checkpoint_every
 
-    with torch.random.fork_rng(devices=[]):  # networks are built on the CPU, then moved
-        torch.manual_seed(seed)
-        G, D = build_gan(config)
-    G.to(device).train()
-    D.to(device).train()
-    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=config.betas)
-    rng = torch.Generator(device=device)
-    rng.manual_seed(seed)
+    G, D, opt_g, opt_d, rng = adversarial_setup(build_gan, config, seed, device)
     fixed_z = torch.randn(64, config.z_dim, generator=rng, device=device)
     start, history = 0, []
     if state is not None:
-        G.load_state_dict(state["generator"])
-        D.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng_state"].cpu())
+        start, history, seed = restore_adversarial(state, "critic", G, D, opt_g, opt_d, rng, seed)
         fixed_z = state["fixed_z"].to(device)
-        start, history = int(state["iteration"]), list(state.get("history", []))
-        seed = int(state.get("seed", seed))
         if progress and start < iterations:  # a finished run is reported by the caller
             _log(f"[gan] resuming {ckpt_path} at iteration {start}")
 
