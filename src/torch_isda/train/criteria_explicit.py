@@ -1,48 +1,15 @@
-"""Explicit semantic data augmentation and the learned-covariance ("Cov") baseline.
+"""Explicit semantic data augmentation and the learned-covariance ("Cov") baseline of the
+TPAMI paper (Section 6.5.3, Fig. 10), auto-registered with the training harness.
 
-Criteria for the comparison of explicit and implicit semantic data augmentation of the
-TPAMI paper (Section 6.5.3, Fig. 10), auto-registered with the training harness:
+* ``explicit_sda(m=M)``: Eq. (5) with ISDA's *estimated* covariances, sampled with the
+  reparameterisation ``a~ = a + sqrt(lambda) L_y eps`` (``M -> infinity``: ISDA's bound;
+  ``M = 0``: ``ce``);
+* ``learned_cov(m=M)`` / ``learned_cov(m=inf)``: covariances ``Sigma_c = D_c D_c^T``
+  *learned* by gradient descent, explicitly (Eq. 5) or through the bound (Eq. 7), plus
+  DistributionNet's feature-uncertainty hinge measured per feature dimension.
 
-``explicit_sda(m=M)``
-    Eq. (5): every feature ``a_i`` is augmented ``M`` times, ``a~_i^m ~ N(a_i, lambda
-    Sigma_{y_i})`` with the *estimated* class-conditional covariance (the online estimator of
-    ISDA, Eqs. 1-3, same ``kind``), and the loss is the cross-entropy of ``W a~ + b``
-    averaged over the ``N M`` augmented features. The samples are drawn with the
-    reparameterisation ``a~ = a + sqrt(lambda) L_y eps`` (``L_y L_y^T = Sigma_y``,
-    ``eps ~ N(0, I)``), so the gradient flows into ``a`` (and the network below it) and into
-    ``W, b``; the covariance is a constant, as in ISDA. ``lambda = lambda0 t / T`` as in
-    ISDA (``constant_lambda`` for ``lambda0``). ``M -> infinity`` gives Eq. (6), whose upper
-    bound is ISDA (``isda``); ``M = 0`` is plain cross-entropy (``ce``).
-
-``learned_cov(m=M)`` / ``learned_cov(m=inf)``
-    The "Cov" baseline: the covariances are *learned by gradient descent* instead of
-    estimated. Our reading of the paper's description ("To ensure learning symmetrical
-    positive semi-definite covariance matrices, we let Sigma_i = D_i D_i^T, and update D_i
-    instead, which has the same size as Sigma_i. In addition, to avoid trivially obtaining
-    all-zero covariance matrices, we add the feature uncertainty loss in [40] to the loss
-    function for encouraging the augmentation distributions with large entropy. Its
-    coefficient is tuned on the validation set."):
-
-    * one ``A x A`` parameter ``D_c`` per class (``C x A x A``), ``Sigma_c = D_c D_c^T``,
-      initialised to ``std * I``;
-    * explicit (``m`` a positive integer): Eq. (5) with ``a~ = a + sqrt(lambda) D_y eps``
-      (the reparameterisation trick of [40]/[76]), gradients into ``a``, ``W, b`` and ``D``;
-    * implicit (``m=inf``): the ISDA bound of Eq. (7) with ``Sigma = D D^T``; the core's
-      :func:`torch_isda.functional.isda_cross_entropy` takes the autograd path when the
-      covariance requires grad, so ``D`` receives the gradient of the bound;
-    * the feature uncertainty loss of DistributionNet ([40], Yu et al., ICCV 2019), a hinge
-      on the entropy of the Gaussian: ``L_fu = max(0, gamma - H(N(., Sigma)))`` with
-      ``H = 1/2 log det(2 pi e Sigma)``. We apply it to each sample's class covariance
-      ``Sigma_{y_i}`` (averaged over the batch) and measure entropy and margin *per feature
-      dimension* (``H / A`` against ``gamma = 1/2 log(2 pi e std^2)``), so one margin
-      ``std`` (the geometric-mean standard deviation below which the hinge pushes the
-      covariance up) works for any ``A``; this only rescales [40]'s ``gamma`` and
-      coefficient. The total loss is ``L + beta * L_fu``. The paper tuned ``beta`` on a
-      validation set; the defaults (``beta=1``, ``std=0.1``, about the geometric-mean
-      within-class standard deviation of digits_cnn features) are not tuned: pass e.g.
-      ``learned_cov(m=5,beta=0.5,std=0.2)`` for other models;
-    * ``lambda = lambda0 t / T`` as in ISDA; ``D`` is excluded from weight decay (its own
-      optimizer group, same learning rate).
+Our reading of the paper, the choices and the untuned defaults (``beta=1``, ``std=0.1``)
+are described in docs/analysis.md (``isda analyze explicit``).
 """
 
 from __future__ import annotations
@@ -139,7 +106,7 @@ class LearnedCovarianceCriterion(TrainingCriterion):
     ``m=inf``: implicit (the ISDA bound, Eq. 7, with ``Sigma = D D^T``). Plus ``beta`` times
     DistributionNet's feature uncertainty loss ``max(0, gamma - H / A)`` (per-dimension
     entropy margin ``gamma = 1/2 log(2 pi e std^2)``); ``D_c`` starts at ``std * I``.
-    See the module docstring for our reading of the paper.
+    Our reading of the paper: docs/analysis.md.
     """
 
     def __init__(self, num_features: int, num_classes: int, m: Any = "inf",
