@@ -1,10 +1,5 @@
-"""A zoomed inset on the last epochs of a curves plot (``isda compare``'s ``curves.png``).
-
-With five or more methods the final-error region of the test-error curves is a tangle at
-full scale; :func:`add_last_epochs_inset` redraws the last epochs of every series, with
-their ±std bands, in an inset axes in the upper right corner (where falling error
-curves leave room), with a y-range fitted to that region, and marks the zoomed region on
-the main axes.
+"""A zoomed inset on the last epochs of ``isda compare``'s ``curves.png``: with five or more
+methods the final-error region is a tangle at full scale (:func:`add_last_epochs_inset`).
 """
 
 from __future__ import annotations
@@ -28,8 +23,10 @@ def zoom_start(longest: int, window: int) -> int:
 
 def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], window: int,
                           bounds: Sequence[float] = (0.5, 0.47, 0.47, 0.48)) -> Any:
-    """Add the inset to ``ax``; ``series`` holds ``(epochs, mean, std, color)`` numpy
-    arrays per method. Returns the inset axes (``None`` when the run is too short)."""
+    """Add the inset to ``ax`` (upper right, where falling error curves leave room; y-range
+    fitted to the zoomed region, which is marked on ``ax``); ``series`` holds ``(epochs,
+    mean, std, color)`` numpy arrays per method. Returns the inset axes (``None`` when the
+    run is too short)."""
     import numpy as np
 
     longest = max(int(s[0][-1]) for s in series if len(s[0]))

@@ -1,13 +1,6 @@
-"""Reporting rules shared by ``isda train``, ``isda compare`` and the analyses.
-
-* :func:`final_window`: how many last epochs make up a run's reported final error. The
-  paper averages the last 10 epochs (Section 6.1) of runs hundreds of epochs long; on a short
-  run that average would reach back into the first epochs, so the default window is
-  ``min(10, epochs // 10)`` (at least 1). ``--final-epochs K`` sets it explicitly.
-* :func:`clear_best`: which entry of a table may be printed in bold: only a best mean whose
-  lead over every other entry is larger than the spread (one sample standard deviation)
-  of both.
-* :func:`plural`: ``"1 seed"``, ``"2 seeds"``.
+"""Reporting rules shared by ``isda train``, ``isda compare`` and the analyses: the
+final-error window (:func:`final_window`), the bold rule of tables (:func:`clear_best`),
+counts and ETAs in words.
 """
 
 from __future__ import annotations
@@ -26,7 +19,8 @@ PAPER_FINAL_EPOCHS = 10
 def final_window(epochs: int, final_epochs: Optional[int] = None) -> int:
     """The number of last epochs averaged into the final error of a run of ``epochs``:
     ``final_epochs`` when given (``ValueError`` unless ``1 <= final_epochs <= epochs``),
-    else the paper's 10, but at most a tenth of the run and at least 1."""
+    else the paper's 10, but at most a tenth of the run (a 10-epoch average of a short run
+    would reach back into its first epochs) and at least 1."""
     epochs = int(epochs)
     if final_epochs is not None:
         k = int(final_epochs)
