@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import atomic_write_json, atomic_write_text
+from .reporting import PAPER_FINAL_EPOCHS
 
-__all__ = ["BASE_COLUMNS", "FINAL_EPOCHS", "final_error", "summarize", "write_metrics"]
+__all__ = ["BASE_COLUMNS", "final_error", "summarize", "write_metrics"]
 
 BASE_COLUMNS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "lr", "lambda",
                 "seconds")
-
-#: Section 6.1: "the average test error of the last 10 epochs is ... reported".
-FINAL_EPOCHS = 10
 
 
 def clean_number(value: Any) -> Any:
@@ -60,7 +58,7 @@ def write_metrics(directory: str | os.PathLike[str], rows: Sequence[dict[str, An
     atomic_write_json(directory / "metrics.json", clean)
 
 
-def final_error(test_errors: Sequence[Optional[float]], last: int = FINAL_EPOCHS) -> float:
+def final_error(test_errors: Sequence[Optional[float]], last: int = PAPER_FINAL_EPOCHS) -> float:
     """Mean test error of the last ``last`` epochs (all of them if fewer)."""
     values = [float("nan") if v is None else float(v) for v in test_errors]
     if not values:
@@ -69,7 +67,7 @@ def final_error(test_errors: Sequence[Optional[float]], last: int = FINAL_EPOCHS
     return sum(tail) / len(tail)
 
 
-def summarize(rows: Sequence[dict[str, Any]], last: int = FINAL_EPOCHS) -> dict[str, Any]:
+def summarize(rows: Sequence[dict[str, Any]], last: int = PAPER_FINAL_EPOCHS) -> dict[str, Any]:
     """``final_error`` (paper's rule), ``best_error`` / ``best_epoch``, ``last_error``."""
     errors = [row["test_error"] for row in rows]
     finite = [(e, row["epoch"]) for e, row in zip(errors, rows) if e is not None and math.isfinite(e)]
