@@ -27,6 +27,7 @@ from ..distributed import (
     shard_bounds,
 )
 from ..presets import apply_preset
+from ..tables import write_classification_comparison
 from .base import StepOut, Task
 
 __all__ = ["ClassificationTask"]
@@ -36,6 +37,7 @@ class ClassificationTask(Task):
     """Supervised classification with a training criterion (``--loss``)."""
 
     name = "classification"
+    write_comparison = staticmethod(write_classification_comparison)
 
     @staticmethod
     def resolve(config: Any) -> Any:
@@ -172,9 +174,3 @@ class ClassificationTask(Task):
             raise ValueError("the test set is empty")
         return {"test_loss": totals[0] / totals[2],
                 "test_error": 100.0 * round(totals[1]) / totals[2]}
-
-    @classmethod
-    def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:
-        from ..tables import write_classification_comparison
-
-        return write_classification_comparison(out, variants, runs, config)

@@ -40,6 +40,7 @@ from ..segmentation_config import (
     parse_segmentation_loss,
     resolve_segmentation_config,
 )
+from ..tables_segmentation import write_segmentation_comparison
 from .base import StepOut, Task
 
 __all__ = ["DeviceSegmentationBatches", "SegmentationTask", "create_segmentation_criterion"]
@@ -84,6 +85,7 @@ class SegmentationTask(Task):
     """Segmentation runs (see the module docstring)."""
 
     name = "segmentation"
+    write_comparison = staticmethod(write_segmentation_comparison)
     schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
 
     def __init__(self, config: Any, engine: Any) -> None:
@@ -300,9 +302,3 @@ class SegmentationTask(Task):
             "criterion": {"loss": self.criterion.loss, "loss_at": self.criterion.loss_at,
                           "aux": self.criterion.use_aux},
         }
-
-    @classmethod
-    def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:
-        from ..tables_segmentation import write_segmentation_comparison
-
-        return write_segmentation_comparison(out, variants, runs, config)

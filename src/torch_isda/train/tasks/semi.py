@@ -50,6 +50,7 @@ from ..semi_config import (
     resolve_semi_config,
     semi_summary,
 )
+from ..tables_semi import write_semi_comparison
 from .base import StepOut, Task
 
 __all__ = ["SemiTask"]
@@ -59,6 +60,7 @@ class SemiTask(Task):
     """Semi-supervised training (see the module docstring)."""
 
     name = "semi"
+    write_comparison = staticmethod(write_semi_comparison)
 
     def __init__(self, config: Any, engine: Any) -> None:
         super().__init__(config, engine)
@@ -318,9 +320,3 @@ class SemiTask(Task):
             "preprocessing": "gcn+zca" if self.zca is not None else "standardize",
             "method_kwargs": self.method_kwargs,
         }}
-
-    @classmethod
-    def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:
-        from ..tables_semi import write_semi_comparison
-
-        return write_semi_comparison(out, variants, runs, config)
