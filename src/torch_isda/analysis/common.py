@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..train.checkpoint import atomic_write, atomic_write_text
+from ..train.checkpoint import atomic_write_text
 from ..train.config import TrainConfig
+from ..train.tables import pyplot, save_figure  # re-exported for the analyses
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -128,26 +129,6 @@ def write_table(out: Union[str, Path], stem: str, table: Table) -> tuple[Path, P
     atomic_write_text(md, text)
     atomic_write_text(csv_path, table.csv())
     return md, csv_path, text
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` with the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: Union[str, Path]) -> Path:
-    """Save ``fig`` as a PNG atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    pyplot().close(fig)
-    return path
 
 
 def sweep(base: TrainConfig, losses: Sequence[str], seeds: Union[int, str, Sequence[int]],
