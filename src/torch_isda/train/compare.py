@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Optional, Union
 
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
-from .criteria import parse_criterion_spec, spec_dirname
+from .criteria import parse_criterion_spec, spec_dirname, split_top_level
 from .engine import DivergenceError, train
 from .reporting import SweepEta, plural
 from .resolve import resolve_config
@@ -79,16 +79,7 @@ def parse_losses(value: Union[str, Sequence[str]]) -> list[str]:
     """``"ce,isda"`` -> ``["ce", "isda"]`` (commas inside parentheses are kept, so
     ``"ce,isda(lambda0=1,kind=diagonal)"`` works); each spec is validated."""
     if isinstance(value, str):
-        parts, depth, current = [], 0, []
-        for ch in value:
-            depth += (ch == "(") - (ch == ")")
-            if ch == "," and depth == 0:
-                parts.append("".join(current))
-                current = []
-            else:
-                current.append(ch)
-        parts.append("".join(current))
-        losses = [p.strip() for p in parts if p.strip()]
+        losses = [p.strip() for p in split_top_level(value, ",") if p.strip()]
     else:
         losses = [str(v).strip() for v in value]
     if not losses:

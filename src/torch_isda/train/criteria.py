@@ -83,6 +83,7 @@ __all__ = [
     "parse_single_loss",
     "register_criterion",
     "spec_dirname",
+    "split_top_level",
     "unregister_criterion",
 ]
 
@@ -335,7 +336,8 @@ def criterion_info(name: str) -> CriterionEntry:
 # ---------------------------------------------------------------------------- specs
 
 
-def _split_top_level(text: str, sep: str) -> list[str]:
+def split_top_level(text: str, sep: str) -> list[str]:
+    """``text`` split at the ``sep`` outside brackets (``ValueError`` if unbalanced)."""
     parts, depth, current = [], 0, []
     for ch in text:
         if ch in "([{":
@@ -381,7 +383,7 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty criterion spec {spec!r}. {_available()}")
     terms: list[tuple[str, dict[str, Any]]] = []
-    for raw in _split_top_level(spec, "+"):
+    for raw in split_top_level(spec, "+"):
         match = _TERM.match(raw)
         if not match:
             raise ValueError(
@@ -390,7 +392,7 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
         name, arg_text = match.group(1).lower(), match.group(2)
         kwargs: dict[str, Any] = {}
         if arg_text and arg_text.strip():
-            for item in _split_top_level(arg_text, ","):
+            for item in split_top_level(arg_text, ","):
                 if not item.strip():
                     continue
                 if "=" not in item:
