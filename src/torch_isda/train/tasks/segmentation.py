@@ -1,13 +1,8 @@
 """Semantic segmentation (``isda train --task segmentation``, Section 6.4, Table 7).
 
-One step (the official ``train_isda.py`` recipe, ``--seg-loss-at label``, the default)::
-
-    criterion.set_progress(iteration / total_iterations)       # lambda = lambda0 * t / T
-    out = model.forward_all(x)            # features, logits (+ aux) at 1/8 resolution
-    loss = main + aux_weight * aux        # SegmentationCriterion, one ISDA loss per head
-    loss.backward(); sgd.step(); poly.step()                  # lr * (1 - t / T) ** 0.9
-
-After every epoch the test split is evaluated single-scale (``test_miou``, ``test_error =
+One step is the official ``train_isda.py`` recipe (docs/segmentation.md): one ISDA loss per
+head (:class:`~torch_isda.segmentation_criterion.SegmentationCriterion`), ``lambda`` and
+the poly schedule per iteration. After every epoch the test split is evaluated single-scale (``test_miou``, ``test_error =
 100 - mIoU``); after the last one the final model is evaluated as in Table 7 (single-scale,
 multi-scale ``eval_scales``, + flip) into ``result.json`` with ``predicted_classes`` (1: a
 model predicting one class everywhere, reported as a warning). ``synthetic_segmentation``
