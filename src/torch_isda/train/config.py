@@ -1,12 +1,8 @@
 """The training configuration: :class:`TrainConfig` and its command-line form.
 
-Fields left at ``None`` (``epochs``, ``batch_size``, ``lr``, ``momentum``, ``nesterov``,
-``weight_decay``, ``lr_schedule``, ``milestones``, ``gamma``) are filled from the preset of
-the model's family (Table 9 of the paper, see :mod:`torch_isda.train.presets`) by
-:func:`~torch_isda.train.resolve.resolve_config`; anything set explicitly wins. The ISDA
-fields ``lambda0`` and ``kind`` (:data:`ISDA_PRESET_FIELDS`) are resolved the same way:
-``0.5`` / ``"full"`` (the CIFAR setting) unless the preset, the model family or the model
-has its own default (e.g. ``7.5`` / ``"diagonal"`` for ``resnet50`` on ImageNet).
+Fields left at ``None`` (:data:`PRESET_FIELDS`, :data:`ISDA_PRESET_FIELDS`, ...) are filled
+by :func:`~torch_isda.train.resolve.resolve_config` from the preset
+(:mod:`torch_isda.train.presets`); anything set explicitly wins.
 
 Every field is also a command-line option of ``isda train`` / ``isda compare``
 (``batch_size`` -> ``--batch-size``), generated from the dataclass by
