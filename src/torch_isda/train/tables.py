@@ -1,16 +1,11 @@
-"""Tables and curves of an ``isda compare`` sweep of classification runs (Table 2 / Table 5).
+"""Tables and curves of an ``isda compare`` sweep of classification runs (Table 2 / Table 5;
+the files are described in docs/training.md).
 
-* ``OUT/table.md`` / ``OUT/table.csv``: mean ± sample std over seeds of the final test
-  error per method, in the form of Table 2 (up to :data:`WIDE_TABLE_MAX_METHODS` methods)
-  or Table 5 (one row per method): the mean test error of the last K epochs (Section 6.1;
-  K = ``--final-epochs``, by default the paper's 10 but at most a tenth of the run, see
-  :func:`~torch_isda.train.reporting.final_window`), recomputed from each run's
-  ``metrics.json``, so finished runs are re-summarized with the requested window. Runs
-  that diverged are marked failed and left out of the statistics;
-* ``OUT/curves.png``: test error vs. epoch per method, mean line with a ±std band (Fig. 5).
-
-:class:`MethodSummary`, :func:`summarize_method` and the plotting helpers are shared with
-the semi-supervised and segmentation tables.
+Each run's final error is recomputed from its ``metrics.json`` with the requested window
+(:func:`~torch_isda.train.reporting.final_window`), so finished runs are re-summarized
+without retraining; runs that diverged are marked failed and left out of the statistics.
+:class:`MethodSummary`, :func:`summarize_method`, the file writer and the plotting helpers
+are shared with the semi-supervised and segmentation tables.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Semi-supervised comparisons in the form of Table 6 (``isda compare --semi ...``).
-
-The sweep (:mod:`torch_isda.train.compare`) trains every ``(method, loss, seed)`` into
-``OUT/<method>/<loss>/seed<k>/`` with ``--loss ce`` (the base method alone, "without
-ISDA") and/or ``--loss isda`` (Eq. 19, "with ISDA"). Then this module writes:
-
-* ``OUT/table.md`` / ``OUT/table.csv``: one row per base method, columns "without ISDA"
-  and "with ISDA" holding the mean ± sample std over seeds of the final test error (mean
-  of the last K epochs, Section 6.1, K as in ``isda compare``), the difference paired by
-  seed (a seed fixes the labeled split and the initialization of both columns), and, when
-  the dataset and label count are those of a Table 6 column, the paper's numbers;
-* ``OUT/curves.png``: test error vs. epoch, one panel per method, mean line with a ±std
-  band for each column.
+"""Semi-supervised comparisons in the form of Table 6 (``isda compare --semi ...``): runs in
+``OUT/<method>/<loss>/seed<k>/``, one row per base method with the columns "without ISDA"
+(``--loss ce``) and "with ISDA" (``--loss isda``, Eq. 19), their difference paired by seed
+(a seed fixes the labeled split and the initialization of both columns) and, when the
+dataset and label count are those of a Table 6 column, the paper's numbers
+(docs/semi_supervised.md describes the files).
 """
 
 from __future__ import annotations
