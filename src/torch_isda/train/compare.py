@@ -1,20 +1,10 @@
-"""One comparison sweep for every task (``isda compare``).
+"""One comparison sweep for every task (``isda compare``, docs/training.md).
 
-The sweep trains a grid of *variants* x seeds, sequentially, in this process:
-
-* criteria (classification, segmentation): one variant per ``--losses`` spec, runs in
-  ``OUT/<loss>/seed<k>/``;
-* semi-supervised methods (``--semi M1,M2``): one variant per method and ``--isda``
-  column (``ce`` = the base method alone, ``isda`` = Eq. 19), runs in
-  ``OUT/<method>/<loss>/seed<k>/``.
-
-Finished runs are reused and interrupted ones resumed, so re-running an interrupted
-comparison continues where it stopped. A run that diverges (NaN/Inf loss) is marked
-failed and the sweep goes on with the others. Then the task writes its table and plot
-(``Task.write_comparison``): Table 2/5 for criteria (:mod:`torch_isda.train.tables`),
-Table 6 for semi-supervised methods (:mod:`torch_isda.train.tables_semi`), Table 7 for
-segmentation (:mod:`torch_isda.train.tables_segmentation`) — ``OUT/table.md``,
-``OUT/table.csv`` and ``OUT/curves.png``.
+Variants x seeds are trained sequentially in this process: one variant per ``--losses``
+spec (runs in ``OUT/<loss>/seed<k>/``), or per ``--semi`` method and ``--isda`` column
+(``OUT/<method>/<loss>/seed<k>/``). Finished runs are reused and interrupted ones resumed;
+a run that diverges is marked failed and the sweep goes on. Then the task writes
+``OUT/table.md``, ``OUT/table.csv`` and ``OUT/curves.png`` (``Task.write_comparison``).
 """
 
 from __future__ import annotations
