@@ -219,7 +219,7 @@ def zoom_top(ax: Any, series: Sequence[Any]) -> None:
         ax.set_ylim(bottom=0.0, top=max(peaks) * 1.1 + 1e-6)
 
 
-def save_figure(fig: Any, path: "str | Path") -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
     """Save ``fig`` as a PNG atomically (creating its directory) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
