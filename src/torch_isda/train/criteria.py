@@ -1,49 +1,11 @@
 """Training criteria: a timm-style registry and ``+`` composition.
 
-A training criterion is an :class:`~torch.nn.Module` with this interface (base class
-:class:`TrainingCriterion`)::
-
-    x, y = criterion.transform_batch(x, y)                                # hook, identity
-    features = criterion.transform_features(model.forward_features(x))   # hook, identity
-    logits = model.get_classifier()(features)
-    loss = criterion(features, logits, criterion.transform_target(y), model)
-    criterion.set_progress(t / T)                # every iteration, t/T in [0, 1)
-    criterion.parameter_groups(config)           # extra optimizer param groups, default []
-    criterion.log_values()                       # scalars logged per epoch, e.g. {"lambda": .}
-    criterion.state_dict()                       # its state (e.g. the ISDA estimator)
-
-A *spec* names one **primary** loss (it produces the classification loss: ``ce``,
-``isda``, ...) and any number of **modifiers** (``dropout``, ``center``, ...), joined by
-``+``; each term may carry keyword arguments in parentheses::
-
-    create_criterion("isda", A, C, config)
-    create_criterion("isda(lambda0=0.75)+dropout(p=0.3)", A, C, config)
-
-Composition (:class:`CompositeCriterion`): the hooks of all terms chain in spec order
-(``transform_batch``/``transform_features``/``transform_target``), their parameter groups concatenate, their
-``set_progress``/``train``/``eval`` are all called, and the loss is the primary's loss plus
-the additive terms returned by the modifiers (a modifier returning ``None`` adds nothing).
-
-Extending (see also docs/training.md)::
-
-    from torch_isda.train.criteria import CriterionModifier, TrainingCriterion, register_criterion
-
-    @register_criterion("focal")                 # primary: TrainingCriterion.primary = True
-    class FocalLoss(TrainingCriterion):
-        def __init__(self, gamma: float = 1.0, alpha: float = 0.5): ...
-        def forward(self, features, logits, target, model): ...
-
-    @register_criterion("dropout")               # modifier: CriterionModifier.primary = False
-    class FeatureDropout(CriterionModifier):
-        def __init__(self, p: float = 0.3): ...
-        def transform_features(self, features): ...
-
-Classes are built by :meth:`TrainingCriterion.from_config`, which passes ``num_features``
-/ ``num_classes`` if ``__init__`` accepts them, plus the spec's keyword arguments;
-override it to read :class:`~torch_isda.train.config.TrainConfig` fields (as ``isda`` does
-with ``lambda0``, ``kind``, ``constant_lambda``). A plain function
-``factory(num_features, num_classes, config, **kwargs) -> TrainingCriterion`` can be
-registered too (``register_criterion("name", primary=False)`` for a modifier).
+A *spec* names one **primary** loss (``ce``, ``isda``, ...) and any number of
+**modifiers** (``dropout``, ``center``, ...) joined by ``+``, each term optionally with
+keyword arguments: ``create_criterion("isda(lambda0=0.75)+dropout(p=0.3)", A, C, config)``.
+The interface of :class:`TrainingCriterion`, the composition rules of
+:class:`CompositeCriterion` and how to register a criterion are described in
+docs/training.md ("Criteria").
 
 Modules holding criteria are imported on first use of the registry: every module
 ``torch_isda/train/criteria_*.py`` (e.g. ``criteria_baselines.py``) and those named in
@@ -92,7 +54,7 @@ CRITERION_MODULES: list[str] = []
 
 
 class TrainingCriterion(nn.Module):
-    """Base class of training criteria (see the module docstring for the interface).
+    """Base class of training criteria (the interface: docs/training.md, "Criteria").
 
     Subclasses implement :meth:`forward` and override hooks as needed; every hook has an
     identity/no-op default.
@@ -162,7 +124,8 @@ class CriterionModifier(TrainingCriterion):
 
 class CompositeCriterion(TrainingCriterion):
     """One primary criterion plus modifiers (built by :func:`create_criterion` from a spec
-    with ``+``). ``components`` lists them in spec order."""
+    with ``+``). ``components`` lists them in spec order, the order in which their hooks
+    chain; the loss is the primary's plus the modifiers' terms (``None``: none)."""
 
     def __init__(self, main: TrainingCriterion, modifiers: list[TrainingCriterion],
                  order: Optional[list[int]] = None) -> None:
