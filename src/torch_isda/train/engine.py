@@ -1,13 +1,10 @@
-"""The training engine: one loop for every task (see docs/architecture.md).
+"""The training engine: one loop for every task (what it owns: docs/architecture.md).
 
-:class:`Engine` owns what a run has regardless of its task: seeding, SGD over the task's
-parameter groups, the lr schedule (per epoch or per iteration), AMP and the scaler, the
-epoch/step loop with device-side metric sums (one host sync per epoch), atomic checkpoints
-and exact resume, callbacks with named events (:data:`EVENTS`), progress, divergence
-detection and data parallelism. The task (:class:`~torch_isda.train.tasks.base.Task`)
-comes from the registry; the engine never imports a task class. A non-finite training or
-test loss raises :class:`DivergenceError` before anything of that epoch is written, so the
-last good checkpoint stays. On the CPU a resumed run reproduces the uninterrupted one.
+The task (:class:`~torch_isda.train.tasks.base.Task`) comes from the registry; the engine
+never imports a task class. Metric sums stay on the device (one host sync per epoch). A
+non-finite training or test loss raises :class:`DivergenceError` before anything of that
+epoch is written, so the last good checkpoint stays. On the CPU a resumed run reproduces
+the uninterrupted one.
 """
 
 from __future__ import annotations
