@@ -189,7 +189,7 @@ class CovarianceEstimator(nn.Module):
 
     def static_update(self, validate: bool, static_shapes: bool) -> bool:
         """Whether an update with these options takes the all-class (static) path."""
-        return not validate and (static_shapes or self.layout.cheap_static_update)
+        return self.layout.static_path(validate, static_shapes)
 
     @torch.no_grad()
     def update_scanned(self, features: Tensor, labels: Tensor, batch: Optional[BatchClasses],

@@ -220,7 +220,7 @@ def batch_classes(
     diagonal, shared and identity layouts (and any layout with ``static_shapes=True``) take
     the static all-class set: no host transfer, ``sigma2`` for all ``C`` classes.
     """
-    static = not validate and (static_shapes or get_layout(kind).cheap_static_update)
+    static = get_layout(kind).static_path(validate, static_shapes)
     batch, problems = scan_batch(target, num_classes, ignore_index=ignore_index, validate=validate, static=static)
     if problems:
         raise ValueError("; ".join(problems))

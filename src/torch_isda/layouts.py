@@ -145,6 +145,11 @@ class CovarianceLayout:
     cheap_static_update: bool = True
     split_padded_batches: bool = False
 
+    def static_path(self, validate: bool, static_shapes: bool) -> bool:
+        """Whether a step with these options takes the all-class (static) path: only without
+        validation, and then always when it is cheap or when ``static_shapes`` asks for it."""
+        return not validate and (static_shapes or self.cheap_static_update)
+
     # ------------------------------------------------------------------ estimator state
 
     def buffers(self, C: int, A: int, rank: int, factory: dict) -> Dict[str, Tensor]:

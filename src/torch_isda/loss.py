@@ -127,23 +127,31 @@ class ISDALoss(nn.Module):
             return self.lambda0
         return self.lambda0 * self._progress
 
+    def _scan(self, features: Tensor, target: Tensor):
+        """The step's class set and checks, ``(batch, problems)`` (one host transfer at most);
+        the features are checked for NaN/Inf only in training mode (they are folded in)."""
+        return self.estimator.scan(
+            features,
+            target,
+            check_features=self.training,
+            ignore_index=self.ignore_index,
+            validate=self.validate,
+            static=self.static_path,
+        )
+
+    def _fold_scanned(self, features: Tensor, target: Tensor, batch, problems) -> None:
+        """Fold a scanned batch into the estimator (or raise on ``problems``, statistics unchanged)."""
+        self.estimator.update_scanned(features, target, batch, problems)
+
     def _scan_and_update(self, features: Tensor, target: Tensor):
         """The step's class set, checks (one host transfer at most) and estimator update.
 
         In training mode the estimator folds the valid samples in (or every rank raises,
         statistics unchanged); in evaluation mode bad labels still raise.
         """
-        est = self.estimator
-        batch, problems = est.scan(
-            features,
-            target,
-            check_features=self.training,
-            ignore_index=self.ignore_index,
-            validate=self.validate,
-            static=est.static_update(self.validate, self.static_shapes),
-        )
+        batch, problems = self._scan(features, target)
         if self.training:
-            est.update_scanned(features, target, batch, problems)
+            self._fold_scanned(features, target, batch, problems)
         elif problems:
             raise ValueError("; ".join(problems))
         return batch

@@ -216,13 +216,6 @@ class SegmentationISDALoss(ISDALoss):
 
     # ------------------------------------------------------------------ estimator
 
-    def _scan(self, pixels: Tensor, flat_target: Tensor):
-        """Class set and checks of the pixels (one host transfer at most, see :class:`ISDALoss`)."""
-        est = self.estimator
-        return est.scan(pixels, flat_target, ignore_index=self.ignore_index, validate=self.validate,
-                        static=est.static_update(self.validate, self.static_shapes),
-                        check_features=self.training)
-
     @torch.no_grad()
     def update_statistics(self, features: Tensor, target: Tensor) -> None:
         """Fold the non-ignored pixels of a ``B x A x h x w`` map into the estimator.
@@ -232,10 +225,12 @@ class SegmentationISDALoss(ISDALoss):
         """
         pixels = features.detach().permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # order (b, y, x)
         flat = target.reshape(-1)
-        self._fold_pixels(pixels, flat, *self._scan(pixels, flat))
+        self._fold_scanned(pixels, flat, *self._scan(pixels, flat))
 
     @torch.no_grad()
-    def _fold_pixels(self, pixels: Tensor, flat: Tensor, batch, problems) -> None:
+    def _fold_scanned(self, pixels: Tensor, flat: Tensor, batch, problems) -> None:
+        """As in :class:`ISDALoss`; the full kind folds a batch dominated by a few classes in
+        groups of classes (the padded blocks stay small)."""
         est = self.estimator
         if problems or batch.static or not est.layout.split_padded_batches:
             est.update_scanned(pixels, flat, batch, problems)
@@ -314,11 +309,7 @@ class SegmentationISDALoss(ISDALoss):
         A, C = self.num_features, self.num_classes
         flat_target = target.reshape(-1)
         pixels = features.detach().permute(0, 2, 3, 1).reshape(-1, A)  # pixels x A, order (b, y, x)
-        batch, problems = self._scan(pixels, flat_target)
-        if self.training:
-            self._fold_pixels(pixels, flat_target, batch, problems)
-        elif problems:
-            raise ValueError("; ".join(problems))
+        batch = self._scan_and_update(pixels, flat_target)
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, C)  # pixels x C, order (b, y, x)
         return self._augment_flat(flat_logits, W, batch, lam), flat_target, batch
 
