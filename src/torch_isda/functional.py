@@ -234,8 +234,13 @@ def _check_ratio(ratio: float) -> float:
     return ratio
 
 
+def _float_logits(logits: Tensor) -> Tensor:
+    """``logits`` in float32 at least (half precision is promoted)."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _augment(logits: Tensor, weight: Tensor, covariance, ratio: float, kind: str, batch: BatchClasses) -> Tensor:
-    out = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    out = _float_logits(logits)
     if ratio == 0.0 or batch.classes.shape[0] == 0:
         return out
     # host values only outside torch.compile (a traced tuple of classes would be a guard)
@@ -282,14 +287,21 @@ def augment_logits(
     Returns:
         ``N x C`` augmented logits, float32 at least (half-precision logits are promoted).
     """
+    return _checked_augment(logits, weight, target, covariance, ratio, kind, batch,
+                            validate=validate, static_shapes=static_shapes)
+
+
+def _checked_augment(logits: Tensor, weight: Tensor, target: Tensor, covariance, ratio: float,
+                     kind: Optional[str], batch: Optional[BatchClasses], **scan) -> Tensor:
+    """Checks, then :func:`_augment` (``scan``: the options of :func:`batch_classes`)."""
     check_logits_target(logits, weight, target)
     ratio = _check_ratio(ratio)
     C, A = weight.shape
     kind = resolve_kind(covariance, C, A, kind)
     if target.shape[0] == 0:
-        return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+        return _float_logits(logits)
     if batch is None:
-        batch = batch_classes(target, C, kind, validate=validate, static_shapes=static_shapes)
+        batch = batch_classes(target, C, kind, **scan)
     return _augment(logits, weight, covariance, ratio, kind, batch)
 
 
@@ -315,17 +327,8 @@ def isda_cross_entropy(
     ``static_shapes`` and ``batch`` as in :func:`augment_logits` (``batch`` must have been
     computed with this ``ignore_index``).
     """
-    check_logits_target(logits, weight, target)
-    ratio = _check_ratio(ratio)
-    C, A = weight.shape
-    kind = resolve_kind(covariance, C, A, kind)
-    if target.shape[0] == 0:
-        aug = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    else:
-        if batch is None:
-            batch = batch_classes(target, C, kind, ignore_index=ignore_index, validate=validate,
-                                  static_shapes=static_shapes)
-        aug = _augment(logits, weight, covariance, ratio, kind, batch)
+    aug = _checked_augment(logits, weight, target, covariance, ratio, kind, batch,
+                           ignore_index=ignore_index, validate=validate, static_shapes=static_shapes)
     return F.cross_entropy(
         aug, target, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index
     )
@@ -372,7 +375,7 @@ def isda_consistency_loss(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
     p = probs.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    z = _float_logits(logits)
     if z.shape[0] == 0:
         loss = z.sum(1)
     else:
@@ -413,8 +416,7 @@ def covariance_factor(covariance: Optional[Tensor], classes: Tensor, num_feature
 def _layout_of(covariance: Optional[Tensor], num_features: int, kind: Optional[str]) -> str:
     """Covariance layout when the number of classes is not known (sampling)."""
     if kind is not None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown covariance kind {kind!r}; expected one of {KINDS}")
+        get_layout(kind)  # unknown kinds raise here
         return kind
     if covariance is None:
         return "identity"
