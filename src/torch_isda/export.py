@@ -167,6 +167,12 @@ def resnet_state_dict(source: Union[nn.Module, Mapping[str, Any]], format: str =
         ValueError: an unknown format, or weights that are not a torchvision-layout ResNet
             (the message names the keys that do not fit).
     """
+    return _exported(source, format, classifier)[0]
+
+
+def _exported(source: Union[nn.Module, Mapping[str, Any]], format: str, classifier: bool
+              ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """:func:`resnet_state_dict` and :func:`resnet_architecture` of ``source``, checked once."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of "
                          f"{', '.join(EXPORT_FORMATS)}")
@@ -184,9 +190,11 @@ def resnet_state_dict(source: Union[nn.Module, Mapping[str, Any]], format: str =
     not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise _problem("entries that are not tensors", not_tensors)
-    resnet_architecture(state)  # checks the layout
+    info = resnet_architecture(state)  # checks the layout
+    if not classifier:
+        info["num_classes"] = None
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()
-            if classifier or not k.startswith("fc.")}
+            if classifier or not k.startswith("fc.")}, info
 
 
 def load_weights(path: Union[str, os.PathLike[str]]) -> Mapping[str, Any]:
@@ -220,8 +228,7 @@ def export_backbone(source: Union[str, os.PathLike[str], nn.Module, Mapping[str,
 
     if isinstance(source, (str, os.PathLike)):
         source = load_weights(source)
-    state = resnet_state_dict(source, format, classifier=classifier)
-    info = resnet_architecture(state)
+    state, info = _exported(source, format, classifier)
     save_checkpoint(state, out)
     info.update(keys=len(state), format=format, out=str(out))
     return info
