@@ -156,8 +156,8 @@ class _DiscoveredISDALoss(HookedISDALoss):
         self._records: List[Tuple[nn.Linear, Tensor, Tensor]] = []
         self._pending_progress: Optional[float] = None
         self._pending_state: Optional[Dict[str, Tensor]] = None
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self._handles = [m.register_forward_hook(self._record) for m in dict.fromkeys(linears)]
+        # model.modules() yields each module once, shared ones included
+        self._handles = [m.register_forward_hook(self._record) for m in model.modules() if isinstance(m, nn.Linear)]
         # a new forward pass of the model forgets the previous one's records
         self._handles.append(model.register_forward_pre_hook(lambda module, args: self._records.clear()))
 
