@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import markdown_table  # noqa: E402
+from _measure import markdown_table, peak_memory_mb, sync  # noqa: E402
 from _syncs import count_cuda_syncs, count_syncs  # noqa: E402
 from loss_speed import DenseISDA  # noqa: E402
 
@@ -106,20 +106,15 @@ class Report:
 # --------------------------------------------------------------------------- measuring
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(fn: Callable[[], object], device: torch.device, steps: int, warmup: int) -> float:
     """Mean milliseconds per call over ``steps`` back-to-back calls (one sync at the end)."""
     for _ in range(warmup):
         fn()
-    synchronize(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
-    synchronize(device)
+    sync(device)
     return (time.perf_counter() - t0) * 1e3 / steps
 
 
@@ -139,14 +134,7 @@ def syncs_per_call(fn: Callable[[], object], device: torch.device, compiled: boo
 
 
 def peak_mb(fn: Callable[[], object], device: torch.device) -> str:
-    if device.type != "cuda":
-        return "-"
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return f"{(torch.cuda.max_memory_allocated(device) - base) / 2**20:.0f}"
+    return f"{peak_memory_mb(fn, device):.0f}" if device.type == "cuda" else "-"
 
 
 class Budget:
