@@ -127,6 +127,13 @@ class ISDALoss(nn.Module):
             return self.lambda0
         return self.lambda0 * self._progress
 
+    def _step_ratio(self, ratio: Optional[float]) -> float:
+        """This call's ``lambda`` (the schedule's when ``None``), checked before any state moves."""
+        lam = self.ratio if ratio is None else float(ratio)
+        if not lam >= 0.0:
+            raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
+        return lam
+
     def _scan(self, features: Tensor, target: Tensor):
         """The step's class set and checks, ``(batch, problems)`` (one host transfer at most);
         the features are checked for NaN/Inf only in training mode (they are folded in)."""
@@ -197,9 +204,7 @@ class ISDALoss(nn.Module):
                 f"features must be N x A = ({logits.shape[0]}, {A}) to match the logits; got "
                 f"{tuple(features.shape)}"
             )
-        lam = self.ratio if ratio is None else float(ratio)
-        if not lam >= 0.0:
-            raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
+        lam = self._step_ratio(ratio)
         batch = self._scan_and_update(features, target)
         return isda_f.isda_cross_entropy(
             logits,

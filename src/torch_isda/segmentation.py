@@ -303,9 +303,7 @@ class SegmentationISDALoss(ISDALoss):
         ratio: Optional[float],
     ):
         W, target = self._check_inputs(features, logits, target, weight)
-        lam = self.ratio if ratio is None else float(ratio)
-        if not lam >= 0.0:
-            raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
+        lam = self._step_ratio(ratio)
         A, C = self.num_features, self.num_classes
         flat_target = target.reshape(-1)
         pixels = features.detach().permute(0, 2, 3, 1).reshape(-1, A)  # pixels x A, order (b, y, x)
