@@ -79,7 +79,6 @@ def test_large_covariance_per_class_path_equals_gathered_path_with_one_sync(monk
     import sys
 
     import torch_isda.kernels
-    import torch_isda.layouts
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
     from _syncs import count_syncs
@@ -90,7 +89,6 @@ def test_large_covariance_per_class_path_equals_gathered_path_with_one_sync(monk
     W = torch.randn(12, 4, generator=g, dtype=torch.float64, requires_grad=True)
     results = []
     for limit in (1 << 20, 0):  # gathered, then per class on views
-        monkeypatch.setattr(torch_isda.layouts, "GATHER_MAX_ELEMENTS", limit)
         monkeypatch.setattr(torch_isda.kernels, "GATHER_MAX_ELEMENTS", limit)
         crit = ISDALoss(4, 12, 0.5, "full", constant_lambda=True, dtype=torch.float64)
         out = []

@@ -19,6 +19,7 @@ __all__ = [
     "FullSigma2",
     "DiagonalSigma2",
     "per_class_bmm",
+    "per_class_views",
     "full_sigma2_autograd",
     "diagonal_sigma2_autograd",
 ]
@@ -26,6 +27,15 @@ __all__ = [
 # Above this many covariance elements (U x A x A) per-class products on views beat a
 # gathered copy on the CPU: a fresh multi-MB allocation costs page faults on every call.
 GATHER_MAX_ELEMENTS = 1 << 20
+
+
+def per_class_views(covariance: Tensor, num_classes: int, host_values) -> bool:
+    """Whether per-class products on views of ``covariance`` (``C x A x A``) should replace a
+    gathered copy of ``num_classes`` of them: large, on the CPU, with the classes known on
+    the host (``host_values`` not ``None``) and outside ``torch.compile``."""
+    A = covariance.shape[-1]
+    return (host_values is not None and covariance.device.type == "cpu"
+            and num_classes * A * A > GATHER_MAX_ELEMENTS and not torch.compiler.is_compiling())
 
 
 def per_class_bmm(
@@ -42,11 +52,9 @@ def per_class_bmm(
     U = classes.shape[0]
     if U == covariance.shape[0]:
         return torch.bmm(V, covariance)
-    A = covariance.shape[-1]
-    if (host_classes is None or covariance.device.type != "cpu" or U * A * A <= GATHER_MAX_ELEMENTS
-            or torch.compiler.is_compiling()):
+    if not per_class_views(covariance, U, host_classes):
         return torch.bmm(V, covariance.index_select(0, classes))
-    out = V.new_empty(V.shape[0], V.shape[1], A)
+    out = V.new_empty(V.shape[0], V.shape[1], covariance.shape[-1])
     for u, c in enumerate(host_classes):
         torch.mm(V[u], covariance[c], out=out[u])
     return out

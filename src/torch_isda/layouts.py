@@ -38,11 +38,11 @@ import torch
 from torch import Tensor
 
 from .kernels import (
-    GATHER_MAX_ELEMENTS,
     DiagonalSigma2,
     FullSigma2,
     diagonal_sigma2_autograd,
     full_sigma2_autograd,
+    per_class_views,
 )
 from .lowrank import LowRankCovariance, check_lowrank, lowrank_gram, lowrank_sigma2, streaming_lowrank_update
 
@@ -237,13 +237,12 @@ class FullLayout(CovarianceLayout):
     def update(self, est, fold):
         """``Sigma <- (1 - w) Sigma + B^T B``: one batched product with :func:`class_blocks`."""
         cov = est.covariance
-        U, A = fold.classes.shape[0], cov.shape[-1]
+        U = fold.classes.shape[0]
         block = class_blocks(fold)
         keep = 1 - fold.w
         if U == est.num_classes:  # every class (present or static): in place
             cov.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
-        elif (cov.device.type != "cpu" or U * A * A <= GATHER_MAX_ELEMENTS or fold.host_seen is None
-              or torch.compiler.is_compiling()):
+        elif not per_class_views(cov, U, fold.host_seen):
             part = cov.index_select(0, fold.classes)
             part.mul_(keep.view(U, 1, 1)).baddbmm_(block.transpose(1, 2), block)
             cov.index_copy_(0, fold.classes, part)
