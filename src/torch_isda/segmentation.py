@@ -338,13 +338,11 @@ class SegmentationISDALoss(ISDALoss):
         """
         aug, flat_target, batch = self._prepare(features, logits, target, weight, ratio)
         B, _, h, w = logits.shape
-        if self.reduction == "mean" and batch.num_valid is None:  # static path: no host count
+        if self.reduction == "mean":  # sum over the valid pixels / their count, read on neither path
             total = F.cross_entropy(aug, flat_target, reduction="sum", label_smoothing=self.label_smoothing,
                                     ignore_index=self.ignore_index)
-            count = batch.counts.sum()  # valid pixels (all C classes counted)
+            count = batch.counts.sum()  # valid pixels
             return total / count.clamp_min(1).to(total.dtype)  # 0 (not nan) without valid pixels
-        if self.reduction == "mean" and batch.num_valid == 0:
-            return aug.sum() * 0.0  # no valid pixel: zero loss (not nan), still in the graph
         loss = F.cross_entropy(
             aug,
             flat_target,
