@@ -78,10 +78,11 @@ class SegmentationCriterion(nn.Module):
     # ------------------------------------------------------------------ loss
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
-        if not bool((target != self.ignore_index).any()):
-            return logits.sum() * 0.0  # no valid pixel: 0, not nan
-        return F.cross_entropy(logits, target, ignore_index=self.ignore_index,
-                               label_smoothing=self.label_smoothing)
+        # the mean over valid pixels as sum / count: 0 (not nan) without one, no host read
+        total = F.cross_entropy(logits, target, ignore_index=self.ignore_index,
+                                label_smoothing=self.label_smoothing, reduction="sum")
+        count = (target != self.ignore_index).sum().clamp_min(1)
+        return total / count.to(total.dtype)
 
     def head_loss(self, isda: Optional[SegmentationISDALoss], features: Tensor, logits: Tensor,
                   target: Tensor, classifier: nn.Module) -> Tensor:
