@@ -24,10 +24,12 @@ for folder in ${ECO_WHEELS-/opt/pypi-more/files /opt/pypi/files}; do
   [ -d "$folder" ] && links+=(--find-links "$folder")
 done
 
-have_pins() {
-  "$dir/bin/python" - <<'PY' 2>/dev/null
+have_pins() {  # the versions come from torch_pin / vision_pin above
+  "$dir/bin/python" - "${torch_pin#torch==}" "${vision_pin#torchvision==}" <<'PY' 2>/dev/null
 import importlib.metadata as m
-ok = m.version("torch").split("+")[0] == "2.14.1" and m.version("torchvision").split("+")[0] == "0.29.1"
+import sys
+ok = (m.version("torch").split("+")[0] == sys.argv[1]
+      and m.version("torchvision").split("+")[0] == sys.argv[2])
 raise SystemExit(0 if ok else 1)
 PY
 }

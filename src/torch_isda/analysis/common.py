@@ -120,11 +120,13 @@ class Table:
         return buf.getvalue()
 
 
-def write_table(out: Union[str, Path], stem: str, table: Table) -> tuple[Path, Path, str]:
-    """Write ``out/<stem>.md`` and ``out/<stem>.csv``; returns both paths and the markdown."""
+def write_table(out: Union[str, Path], stem: str, table: Table,
+                markdown: Optional[str] = None) -> tuple[Path, Path, str]:
+    """Write ``out/<stem>.md`` (``markdown``, default ``table.markdown()``) and
+    ``out/<stem>.csv``; returns both paths and the markdown."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table.markdown()
+    text = table.markdown() if markdown is None else markdown
     md, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
     atomic_write_text(md, text)
     atomic_write_text(csv_path, table.csv())

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .autoaugment import AutoAugment
+from .autoaugment import AutoAugment, check_batch, gen_device
 from .cutout import Cutout
 from .randaugment import RandAugment
 
@@ -127,18 +127,9 @@ def _parse_name(name: str) -> tuple[str, tuple[str, ...]]:
     return base, extras
 
 
-def _check_batch(x: torch.Tensor) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
-
-
 def _check_pad_mode(pad_mode: object, where: str = "") -> None:
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}; got {pad_mode!r}{where}")
-
-
-def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
-    return generator.device if generator is not None else x.device
 
 
 def random_crop(
@@ -160,7 +151,7 @@ def random_crop(
         pad_mode: ``"reflect"`` (mirror without repeating the edge, the official ISDA
             CIFAR code; needs ``padding`` smaller than ``H`` and ``W``) or ``"zeros"``.
     """
-    _check_batch(x)
+    check_batch(x)
     _check_pad_mode(pad_mode)
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
@@ -171,7 +162,7 @@ def random_crop(
         raise ValueError(f"reflect padding of {padding} pixels needs images larger than that; "
                          f"got {h}x{w} (use pad_mode='zeros' or a smaller padding)")
     offsets = torch.randint(
-        0, 2 * padding + 1, (2, n), generator=generator, device=_gen_device(generator, x)
+        0, 2 * padding + 1, (2, n), generator=generator, device=gen_device(generator, x)
     ).to(x.device)
     pad = (padding, padding, padding, padding)
     padded = F.pad(x, pad, mode="reflect") if pad_mode == "reflect" else F.pad(x, pad)
@@ -193,12 +184,12 @@ def random_flip(
         p: Flip probability.
         generator: Source of randomness (default: the global RNG).
     """
-    _check_batch(x)
+    check_batch(x)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     if x.shape[0] == 0:
         return x
-    flip = torch.rand(x.shape[0], generator=generator, device=_gen_device(generator, x)) < p
+    flip = torch.rand(x.shape[0], generator=generator, device=gen_device(generator, x)) < p
     flip = flip.to(x.device).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(-1), x)
 
@@ -235,7 +226,7 @@ def normalize(
     ``mean``/``std`` are in ``[0, 1]`` pixel units.  ``uint8`` input is first
     scaled by ``1/255``; floating input is assumed to be in ``[0, 1]`` already.
     """
-    _check_batch(x)
+    check_batch(x)
     c = x.shape[1]
     m = _stats_tensor(mean, c, x, dtype)
     s = _stats_tensor(std, c, x, dtype)

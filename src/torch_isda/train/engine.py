@@ -346,9 +346,10 @@ class Engine:
         totals = self._totals(names, sums, seen)
         if totals["nonfinite"] > 0:
             bad = first_bad
-            if self.context is not None:  # the first bad step of any rank
-                bad = all_gather_cat(first_bad).view(-1, 2)
-                bad = bad[bad[:, 0] >= 0].min(0).values if bool((bad[:, 0] >= 0).any()) else bad[0]
+            if self.context is not None:  # the first bad step of any rank, with its value
+                rows = all_gather_cat(first_bad).view(-1, 2)
+                rows = rows[rows[:, 0] >= 0]  # not empty: some rank counted a bad step
+                bad = rows[rows[:, 0].argmin()]
             step, value = bad.tolist()
             raise self._diverged("training loss", epoch + 1, int(step), value)
         task.end_epoch()

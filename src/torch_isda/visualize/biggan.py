@@ -215,7 +215,7 @@ def imagefolder_nearest_neighbours(images: Tensor, split: Any, k: int = 5, chunk
     resize / center crop; ``(indices, distances)``, ``M x k`` each, nearest first."""
     import sys
 
-    from .inversion import nearest_neighbours
+    from .inversion import keep_nearest, nearest_neighbours
 
     size = int(images.shape[-1])
     transform = _pixel_transform(size)
@@ -229,10 +229,7 @@ def imagefolder_nearest_neighbours(images: Tensor, split: Any, k: int = 5, chunk
         stop = min(total, start + chunk_size)
         chunk = torch.stack([transform(split.load(i)) for i in range(start, stop)])
         idx, dist = nearest_neighbours(q, chunk, k)
-        d_all = torch.cat([best_d, dist], 1)
-        i_all = torch.cat([best_i, idx + start], 1)
-        best_d, pos = d_all.topk(min(int(k), d_all.shape[1]), dim=1, largest=False, sorted=True)
-        best_i = i_all.gather(1, pos)
+        best_d, best_i = keep_nearest(best_d, best_i, dist, idx + start, k)
         if progress:
             print(f"[visualize] neighbours: {stop}/{total} training images", file=sys.stderr, flush=True)
     return best_i, best_d

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +52,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from .grid import atomic_write_with
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -298,30 +299,10 @@ def gradient_penalty(
     return (grad.flatten(1).norm(2, dim=1) - 1).square().mean()
 
 
-def _chmod_default(path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``:
     readers see either the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _chmod_default(tmp)  # mkstemp makes 0600 files; use the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
 def _dataset_images(dataset: Any) -> tuple[Tensor, str]:

@@ -67,6 +67,7 @@ __all__ = [
     "augment_step",
     "augment_features",
     "classifier_feature_fn",
+    "keep_nearest",
     "nearest_neighbours",
     "visualize",
     "save_visualization",
@@ -499,11 +500,19 @@ def nearest_neighbours(
     for start in range(0, train_images.shape[0], chunk_size):
         t = _unit(train_images[start : start + chunk_size]).flatten(1).to(q.device)
         d = torch.cdist(q.double(), t.double()).float()
-        d_all = torch.cat([best_d, d], 1)
-        i_all = torch.cat([best_i, torch.arange(start, start + t.shape[0], device=q.device).expand(q.shape[0], -1)], 1)
-        best_d, pos = d_all.topk(k, dim=1, largest=False, sorted=True)
-        best_i = i_all.gather(1, pos)
+        idx = torch.arange(start, start + t.shape[0], device=q.device).expand(q.shape[0], -1)
+        best_d, best_i = keep_nearest(best_d, best_i, d, idx, k)
     return best_i, best_d
+
+
+def keep_nearest(best_d: Tensor, best_i: Tensor, d: Tensor, idx: Tensor, k: int
+                 ) -> tuple[Tensor, Tensor]:
+    """The running ``k`` nearest (``best_d``, ``best_i``, ``M x k'``) merged with the
+    candidates ``d``, ``idx`` (``M x n``): ``(distances, indices)``, nearest first."""
+    d_all = torch.cat([best_d, d], 1)
+    i_all = torch.cat([best_i, idx], 1)
+    best_d, pos = d_all.topk(min(int(k), d_all.shape[1]), dim=1, largest=False, sorted=True)
+    return best_d, i_all.gather(1, pos)
 
 
 # --------------------------------------------------------------------------- high level
