@@ -124,3 +124,36 @@ def test_constructor_errors():
         CovarianceEstimator(3, 2, "lowrank?")
     with pytest.raises(ValueError, match="dtype"):
         CovarianceEstimator(3, 2, dtype=torch.float16)
+
+
+def test_scan_problems_carry_their_category_and_set_the_matching_flag():
+    import copy
+    import pickle
+
+    from torch_isda.batch import PROBLEM_CATEGORIES, Problem
+
+    est = CovarianceEstimator(3, 4)
+    cases = [
+        (torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), "shape", "features must be N x A"),
+        (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), "shape", "features must be a floating"),
+        (torch.zeros(2, 3), torch.zeros(3, dtype=torch.long), "labels", "labels must be a 1-D tensor"),
+        (torch.zeros(2, 3), torch.zeros(2), "labels", "labels must hold integer"),
+        (torch.zeros(2, 3), torch.tensor([0, 4]), "labels", "labels must lie in [0, 4)"),
+        (torch.tensor([[0.0, float("nan"), 0.0], [0, 0, 0]]), torch.tensor([0, 1]), "values", "features contain NaN"),
+    ]
+    for feats, labels, category, text in cases:
+        _, problems = est.scan(feats, labels)
+        assert len(problems) == 1 and problems[0].startswith(text)
+        assert isinstance(problems[0], Problem) and problems[0].category == category
+        flags = est._flags(problems)
+        assert flags.tolist() == [int(c == category) for c in PROBLEM_CATEGORIES]
+        with pytest.raises(ValueError) as err:
+            est.update(feats, labels)
+        assert str(err.value) == f"{problems[0]} (statistics unchanged)"
+        assert int(est.count.sum()) == 0
+    # the category, not the text, decides the flag; the message stays a plain str
+    odd = Problem("labels with NaN in the text", "shape")
+    assert est._flags([odd]).tolist() == [1, 0, 0] and "; ".join([odd, odd]) == f"{odd}; {odd}"
+    assert copy.copy(odd).category == "shape" and pickle.loads(pickle.dumps(odd)).category == "shape"
+    with pytest.raises(ValueError, match="unknown problem category"):
+        Problem("x", "other")

@@ -23,7 +23,33 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BatchClasses", "scan_batch", "valid_indices"]
+__all__ = ["BatchClasses", "Problem", "PROBLEM_CATEGORIES", "scan_batch", "valid_indices"]
+
+#: The categories of a :class:`Problem`, in the order of the distributed validation flags
+#: (see :func:`torch_isda.distributed.all_gather_batch`): shapes/dtypes, labels, values.
+PROBLEM_CATEGORIES: Tuple[str, ...] = ("shape", "labels", "values")
+
+
+class Problem(str):
+    """A validation message (the ``str`` itself, unchanged) tagged with its ``category``.
+
+    ``category`` is one of :data:`PROBLEM_CATEGORIES`: ``"shape"`` (a tensor's shape or
+    dtype), ``"labels"`` (the labels' shape, dtype or range) or ``"values"`` (NaN/Inf
+    features). Being a ``str``, a problem joins, compares and prints as its message.
+    """
+
+    category: str
+
+    def __new__(cls, message: str, category: str) -> "Problem":
+        if category not in PROBLEM_CATEGORIES:
+            raise ValueError(f"unknown problem category {category!r}; expected one of {PROBLEM_CATEGORIES}")
+        self = super().__new__(cls, message)
+        self.category = category
+        return self
+
+    def __getnewargs__(self) -> Tuple[str, str]:  # copy/pickle
+        return str(self), self.category
+
 
 
 class BatchClasses(NamedTuple):
@@ -59,9 +85,9 @@ class BatchClasses(NamedTuple):
         return None if self.host_counts is None else sum(self.host_counts)
 
 
-def _range_message(num_classes: int, ignore_index: Optional[int], lo: int, hi: int) -> str:
+def _range_message(num_classes: int, ignore_index: Optional[int], lo: int, hi: int) -> Problem:
     ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
-    return f"labels must lie in [0, {num_classes}){ignore}; got values in [{lo}, {hi}]"
+    return Problem(f"labels must lie in [0, {num_classes}){ignore}; got values in [{lo}, {hi}]", "labels")
 
 
 def scan_batch(
@@ -73,7 +99,7 @@ def scan_batch(
     validate: bool = True,
     static: bool = False,
     extra: Optional[Tensor] = None,
-) -> Tuple[BatchClasses, List[str]]:
+) -> Tuple[BatchClasses, List[Problem]]:
     """The class set of ``labels`` and the problems found, with at most one host transfer.
 
     Args:
@@ -88,8 +114,8 @@ def scan_batch(
             estimator's per-class counts), returned for the present classes as ``host_extra``.
 
     Returns:
-        ``(batch, problems)``: the :class:`BatchClasses` and a list of messages (empty when
-        the batch is fine). ``batch`` is only meaningful when ``problems`` is empty.
+        ``(batch, problems)``: the :class:`BatchClasses` and a list of :class:`Problem`
+        messages (empty when the batch is fine). ``batch`` is only meaningful when ``problems`` is empty.
     """
     C = int(num_classes)
     y = labels.to(torch.long)
@@ -142,13 +168,13 @@ def _scan_present(y: Tensor, safe: Tensor, valid: Optional[Tensor], C: int, igno
     host = torch.cat(parts).tolist()  # the one synchronization
     host_all = host[:C]
     host_extra_all = host[C : 2 * C] if extra is not None else None
-    problems: List[str] = []
+    problems: List[Problem] = []
     if validate:
         lo, hi, nonfinite = host[-3:]
         if lo <= hi and (lo < 0 or hi >= C):  # lo > hi: no valid sample
             problems.append(_range_message(C, ignore_index, lo, hi))
         if nonfinite:
-            problems.append("features contain NaN or Inf values")
+            problems.append(Problem("features contain NaN or Inf values", "values"))
     host_classes = tuple(c for c in range(C) if host_all[c])
     host_counts = tuple(host_all[c] for c in host_classes)
     U = len(host_classes)

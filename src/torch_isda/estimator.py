@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed as _dist
-from .batch import BatchClasses, scan_batch, valid_indices
+from .batch import PROBLEM_CATEGORIES, BatchClasses, Problem, scan_batch, valid_indices
 from .layouts import KINDS, Fold, get_layout
 
 __all__ = ["CovarianceEstimator"]
@@ -94,21 +94,22 @@ class CovarianceEstimator(nn.Module):
 
     # ------------------------------------------------------------------ validation
 
-    def _shape_problems(self, features: Tensor, labels: Tensor) -> List[str]:
+    def _shape_problems(self, features: Tensor, labels: Tensor) -> List[Problem]:
         """What is wrong with a batch's shapes and dtypes (no data read, no mutation)."""
         A = self.num_features
-        msgs: List[str] = []
+        msgs: List[Problem] = []
         if features.dim() != 2 or features.shape[1] != A:
-            msgs.append(f"features must be N x A with A={A}; got shape {tuple(features.shape)}")
+            msgs.append(Problem(f"features must be N x A with A={A}; got shape {tuple(features.shape)}", "shape"))
         elif not features.is_floating_point():
-            msgs.append(f"features must be a floating-point tensor; got dtype {features.dtype}")
+            msgs.append(Problem(f"features must be a floating-point tensor; got dtype {features.dtype}", "shape"))
         if labels.dim() != 1 or (features.dim() >= 1 and labels.shape[0] != features.shape[0]):
-            msgs.append(
+            msgs.append(Problem(
                 f"labels must be a 1-D tensor with one entry per feature row "
-                f"({features.shape[0] if features.dim() else '?'}); got shape {tuple(labels.shape)}"
-            )
+                f"({features.shape[0] if features.dim() else '?'}); got shape {tuple(labels.shape)}",
+                "labels",
+            ))
         elif labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-            msgs.append(f"labels must hold integer class indices; got dtype {labels.dtype}")
+            msgs.append(Problem(f"labels must hold integer class indices; got dtype {labels.dtype}", "labels"))
         return msgs
 
     def scan(
@@ -120,7 +121,7 @@ class CovarianceEstimator(nn.Module):
         validate: bool = True,
         static: bool = False,
         check_features: bool = True,
-    ) -> Tuple[Optional[BatchClasses], List[str]]:
+    ) -> Tuple[Optional[BatchClasses], List[Problem]]:
         """Check a batch and find its classes with at most one host synchronization.
 
         ``static=True`` (only with ``validate=False``) gives the all-class set without any
@@ -142,10 +143,13 @@ class CovarianceEstimator(nn.Module):
 
     @staticmethod
     def _flags(problems: List[str]) -> Tensor:
-        """Validation flags for the distributed pre-check: shapes/dtypes, labels, values."""
-        flags = torch.zeros(3, dtype=torch.long)
-        for msg in problems:
-            flags[2 if "NaN" in msg else 1 if msg.startswith("labels") else 0] = 1
+        """Validation flags for the distributed pre-check, one per category of
+        :data:`~torch_isda.batch.PROBLEM_CATEGORIES` (shapes/dtypes, labels, values). A
+        message without a category (a plain ``str``) counts as a shape/dtype problem."""
+        flags = torch.zeros(len(PROBLEM_CATEGORIES), dtype=torch.long)
+        for problem in problems:
+            category = getattr(problem, "category", PROBLEM_CATEGORIES[0])
+            flags[PROBLEM_CATEGORIES.index(category)] = 1
         return flags
 
     # ------------------------------------------------------------------ update
