@@ -200,3 +200,24 @@ def test_discovery_errors_are_clear():
         crit(model(torch.randn(2, 5)), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="could not find the final nn.Linear"):
         torch_isda.attach(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten()))
+
+
+@pytest.mark.parametrize("constant", [False, True])
+def test_discovery_schedule_and_progress_check_match_isdaloss_before_and_after_the_first_call(constant):
+    model = CustomName()
+    crit = torch_isda.attach(model, lambda0=0.8, constant_lambda=constant)
+    direct = ISDALoss(8, 3, 0.8, constant_lambda=constant)
+    assert crit.ratio == direct.ratio == (0.8 if constant else 0.0)  # no progress set yet
+    for bad in (-0.1, 1.5, float("nan")):
+        for loss in (crit, direct):
+            with pytest.raises(ValueError, match=r"progress t/T must lie in \[0, 1\]"):
+                loss.set_progress(bad)
+    assert crit.ratio == direct.ratio  # rejected values left the schedule unchanged
+    crit.set_progress(0.25)
+    direct.set_progress(0.25)
+    assert crit.ratio == direct.ratio == (0.8 if constant else 0.8 * 0.25)
+    crit(model(torch.randn(6, 5)), torch.randint(0, 3, (6,)))  # the classifier is found here
+    assert crit.ratio == direct.ratio
+    crit.set_progress(1.0)
+    direct.set_progress(1.0)
+    assert crit.ratio == direct.ratio == pytest.approx(0.8)

@@ -144,3 +144,16 @@ def test_bad_input_names_problem_and_keeps_state():
             crit(*args)
         for k, v in crit.state_dict().items():
             assert torch.equal(v, snap[k]), k
+
+
+def test_schedule_helpers():
+    assert ISDALoss.scheduled_ratio(0.5, 0.3, False) == pytest.approx(0.15)
+    assert ISDALoss.scheduled_ratio(0.5, 0.3, True) == 0.5
+    assert ISDALoss.checked_progress(1) == 1.0 and type(ISDALoss.checked_progress(1)) is float
+    for bad in (-1e-9, 1.0 + 1e-9, float("nan")):
+        with pytest.raises(ValueError, match=r"progress t/T must lie in \[0, 1\]; got"):
+            ISDALoss.checked_progress(bad)
+    crit = ISDALoss(3, 2, 0.5)
+    with pytest.raises(ValueError):
+        crit.set_progress(2.0)
+    assert float(crit.progress) == 0.0 and crit.ratio == 0.0  # a rejected value changes nothing

@@ -209,10 +209,7 @@ class _DiscoveredISDALoss(HookedISDALoss):
 
     def set_progress(self, t_over_T: float) -> None:
         if self.isda is None:
-            value = float(t_over_T)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"progress t/T must lie in [0, 1]; got {t_over_T}")
-            self._pending_progress = value
+            self._pending_progress = ISDALoss.checked_progress(t_over_T)
         else:
             self.isda.set_progress(t_over_T)
 
@@ -229,10 +226,8 @@ class _DiscoveredISDALoss(HookedISDALoss):
     def ratio(self) -> float:
         if self.isda is not None:
             return self.isda.ratio
-        lambda0 = float(self._loss_args[0])
-        if self._loss_kwargs.get("constant_lambda", False):
-            return lambda0
-        return lambda0 * (self._pending_progress or 0.0)
+        return ISDALoss.scheduled_ratio(float(self._loss_args[0]), self._pending_progress or 0.0,
+                                        bool(self._loss_kwargs.get("constant_lambda", False)))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.isda is None:  # applied when the classifier is found

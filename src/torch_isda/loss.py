@@ -107,11 +107,24 @@ class ISDALoss(nn.Module):
             f"validate={self.validate}, static_shapes={self.static_shapes}"
         )
 
-    def set_progress(self, t_over_T: float) -> None:
-        """Set the training progress ``t / T`` in ``[0, 1]`` that drives ``lambda``."""
+    @staticmethod
+    def checked_progress(t_over_T: float) -> float:
+        """``t / T`` as a float, or ``ValueError`` unless it lies in ``[0, 1]``."""
         value = float(t_over_T)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"progress t/T must lie in [0, 1]; got {t_over_T}")
+        return value
+
+    @staticmethod
+    def scheduled_ratio(lambda0: float, progress: float, constant_lambda: bool) -> float:
+        """The paper's schedule: ``lambda0`` when ``constant_lambda``, else ``lambda0 * t / T``."""
+        if constant_lambda:
+            return lambda0
+        return lambda0 * progress
+
+    def set_progress(self, t_over_T: float) -> None:
+        """Set the training progress ``t / T`` in ``[0, 1]`` that drives ``lambda``."""
+        value = self.checked_progress(t_over_T)
         self.progress.fill_(value)
         self._progress = value
 
@@ -123,9 +136,7 @@ class ISDALoss(nn.Module):
     @property
     def ratio(self) -> float:
         """The current ``lambda``: ``lambda0`` or ``lambda0 * t / T`` (a Python float)."""
-        if self.constant_lambda:
-            return self.lambda0
-        return self.lambda0 * self._progress
+        return self.scheduled_ratio(self.lambda0, self._progress, self.constant_lambda)
 
     def _step_ratio(self, ratio: Optional[float]) -> float:
         """This call's ``lambda`` (the schedule's when ``None``), checked before any state moves."""
