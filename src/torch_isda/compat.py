@@ -38,6 +38,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .loss import ISDALoss
+
 __all__ = ["OFFICIAL_KEYS", "convert_official_state", "official_kind", "to_official_state"]
 
 #: Official attribute name -> our buffer name.
@@ -129,9 +131,7 @@ def convert_official_state(state: Any, *, prefix: str = "",
         if not prefix.endswith("estimator."):
             raise ValueError("progress belongs to an ISDALoss state: use prefix='estimator.' "
                              "(or '<module path>.estimator.')")
-        value = float(progress)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"progress t/T must lie in [0, 1]; got {progress}")
+        value = ISDALoss.checked_progress(progress)
         out[prefix[: -len("estimator.")] + "progress"] = torch.tensor(value, dtype=torch.float64)
     return out
 
