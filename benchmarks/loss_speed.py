@@ -13,6 +13,9 @@ For each of the paper's shapes (N, C, A) it times one training-step's worth of I
   for the diagonal kind one ``[U x A] @ [A x C]`` product;
 * ``syncs/step``: host synchronizations of one ``ours`` step (``benchmarks/_syncs.py``:
   ``bool()``, ``.item()``, ``.tolist()``, ``torch.unique``, boolean masks, ...);
+* ``ops/step``: operators dispatched by one step, views excluded (``benchmarks/_ops.py``):
+  the kernel launches of an eager step on an accelerator, for ours (default and static
+  paths) and the dense formulation;
 * ``compiled ms``: ``ours`` with the loss module wrapped in ``torch.compile`` (default
   options; ``--backend``, ``--no-compile`` to skip), timed after its compilation;
 * ``static ms``: ``ours`` on the static all-class path (``validate=False,
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import markdown_table, peak_memory_mb, time_ms  # noqa: E402
+from _ops import count_ops  # noqa: E402
 from _syncs import count_syncs  # noqa: E402
 
 from torch_isda import ISDALoss  # noqa: E402
@@ -164,6 +168,7 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
             weight.grad = logits.grad = None
 
         t_static = time_ms(step_static, device, repeats)
+        ops = f"{count_ops(step_ours).total} / {count_ops(step_static).total}"
         compiled_cell = "-"
         if backend:
             compiled = torch.compile(ours, backend=backend)
@@ -185,13 +190,15 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
             t_dense = time_ms(step_dense, device, max(3, repeats // 3), warmup=1)
             m_dense = peak_memory_mb(step_dense, device)
             dense_cells = [f"{t_dense:.2f}", f"{t_dense / t_ours:.1f}x", f"{m_dense:.1f}"]
+            ops += f" / {count_ops(step_dense).total}"
         else:
             dense_cells = [f"skipped (~{need_gb:.0f} GB)", "-", "-"]
+            ops += " / -"
         rows.append([name, f"({N}, {C}, {A})", kind, U, f"{t_ours:.3f}", f"{t_floor:.3f}",
-                     f"{t_ours / t_floor:.2f}", syncs, compiled_cell, f"{t_static:.3f}", f"{m_ours:.1f}", *dense_cells])
+                     f"{t_ours / t_floor:.2f}", syncs, ops, compiled_cell, f"{t_static:.3f}", f"{m_ours:.1f}", *dense_cells])
         print(f"done {name}", file=sys.stderr, flush=True)
     headers = ["shape", "(N, C, A)", "kind", "U present", "ours ms", "floor ms", "ours/floor", "syncs/step",
-               "compiled ms", "static ms", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
+               "ops/step (ours / static / dense)", "compiled ms", "static ms", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
     return markdown_table(headers, rows)
 
 
