@@ -1,5 +1,5 @@
 """The paper's comparison methods (Tables 4 and 5) as ``isda train`` / ``isda compare``
-choices: the baseline criteria of ``torch_isda.train.criteria_baselines`` and the
+choices: the baseline criteria of ``torch_isda.baselines.criteria`` and the
 non-semantic augmentations through ``--augment``."""
 
 from __future__ import annotations

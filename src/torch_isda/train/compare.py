@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
+from ..semi.config import canonical_semi
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname, split_top_level
@@ -23,7 +24,6 @@ from .engine import DivergenceError, train
 from .reporting import SweepEta, plural
 from .resolve import resolve_config
 from .rundir import RESULT_NAME, config_differences
-from .semi_config import canonical_semi
 from .tasks import task_class
 
 __all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "parse_isda_mode",

@@ -91,7 +91,7 @@ class TrainConfig:
         "'diagonal' for the ImageNet models]", choices=KINDS)
     constant_lambda: bool = _field(False, "use lambda = lambda_0 from the first step "
                                           "(default: lambda = lambda_0 * t / T)")
-    # semi-supervised (Section 5, Eq. 19; see torch_isda.train.semi_config, docs/semi_supervised.md)
+    # semi-supervised (Section 5, Eq. 19; see torch_isda.semi.config, docs/semi_supervised.md)
     semi: str = _field(
         "none", "semi-supervised base method: none (supervised), pi, temporal-ensembling, "
         "mean-teacher or vat; with it --loss isda is Eq. (19) and --loss ce the method alone")

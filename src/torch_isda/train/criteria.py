@@ -7,9 +7,11 @@ The interface of :class:`TrainingCriterion`, the composition rules of
 :class:`CompositeCriterion` and how to register a criterion are described in
 docs/training.md ("Criteria").
 
-Modules holding criteria are imported on first use of the registry: every module
-``torch_isda/train/criteria_*.py`` (e.g. ``criteria_baselines.py``) and those named in
-:data:`CRITERION_MODULES`, so a new file with ``@register_criterion`` needs no other edit.
+Modules holding criteria are imported on first use of the registry (listing, lookup,
+:func:`create_criterion`): those named in :data:`BUILTIN_CRITERION_MODULES` (the paper's
+comparison methods, in :mod:`torch_isda.baselines`) and in :data:`CRITERION_MODULES`
+(plugins). They are named by strings and imported with :mod:`importlib`, so this module
+imports none of them (they import it to register).
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import pkgutil
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from ..loss import ISDALoss
 from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
 
 __all__ = [
+    "BUILTIN_CRITERION_MODULES",
     "CRITERION_MODULES",
     "CompositeCriterion",
     "CriterionModifier",
@@ -49,7 +50,16 @@ __all__ = [
     "unregister_criterion",
 ]
 
-#: Extra modules imported (once) before the registry is first used.
+#: The modules of the built-in criteria beyond ``ce`` and ``isda``, imported (once) before
+#: the registry is first used: the Table 5 baselines, explicit augmentation / learned
+#: covariance (Fig. 10), DistributionNet and GAN augmentation.
+BUILTIN_CRITERION_MODULES: tuple[str, ...] = (
+    "torch_isda.baselines.criteria",
+    "torch_isda.baselines.explicit_augmentation",
+    "torch_isda.baselines.generative_augmentation",
+)
+
+#: Extra (plugin) modules imported (once) before the registry is first used.
 CRITERION_MODULES: list[str] = []
 
 
@@ -254,12 +264,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    names = list(CRITERION_MODULES)
-    package_dir = Path(__file__).resolve().parent
-    for info in pkgutil.iter_modules([str(package_dir)]):
-        if info.name.startswith("criteria_"):
-            names.append(f"{__package__}.{info.name}")
-    for module in names:
+    for module in (*BUILTIN_CRITERION_MODULES, *CRITERION_MODULES):
         importlib.import_module(module)
 
 

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Optional
 
+from ..semi.config import semi_run_name
 from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, ISDA_PRESET_FIELDS, PRESET_FIELDS, TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
-from .semi_config import semi_run_name
 
 __all__ = [
     "DEFAULT_KIND",

@@ -5,7 +5,7 @@
 
 * classification: the model family's preset (:func:`~torch_isda.train.presets.apply_preset`);
 * semi-supervised: the same, then the dataset's semi-supervised defaults
-  (:func:`~torch_isda.train.semi_config.resolve_semi_config`);
+  (:func:`~torch_isda.semi.config.resolve_semi_config`);
 * segmentation: the segmentation presets
   (:func:`~torch_isda.train.segmentation_config.resolve_segmentation_config`).
 
@@ -14,8 +14,8 @@ Explicitly set fields always win; the result is validated.
 
 from __future__ import annotations
 
+from ..semi.config import semi_problems
 from .config import TrainConfig
-from .semi_config import semi_problems
 from .tasks import task_class
 
 __all__ = ["resolve_config"]

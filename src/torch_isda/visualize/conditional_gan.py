@@ -6,7 +6,8 @@ simply required to generate images of all classes. A 100 dimension noise drawn f
 standard normal distribution is adopted as input, generating images corresponding to their
 label. Specially, infoGAN takes additional input with two dimensions, which represent
 specific attributes of the whole training set." The generated images then augment the
-classifier's mini-batches (criterion ``gan_augment``, :mod:`torch_isda.train.criteria_generative`).
+classifier's mini-batches (criterion ``gan_augment``,
+:mod:`torch_isda.baselines.generative_augmentation`).
 
 Kinds (``kind``):
 

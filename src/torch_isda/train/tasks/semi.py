@@ -39,10 +39,7 @@ from ...semi import (
     global_contrast_normalize,
     labeled_split,
 )
-from ..distributed import all_gather_cat, broadcast_buffers, shard_bounds
-from ..metrics import final_error
-from ..presets import apply_preset
-from ..semi_config import (
+from ...semi.config import (
     dataset_semi_defaults,
     default_translate,
     method_kwargs,
@@ -50,6 +47,9 @@ from ..semi_config import (
     resolve_semi_config,
     semi_summary,
 )
+from ..distributed import all_gather_cat, broadcast_buffers, shard_bounds
+from ..metrics import final_error
+from ..presets import apply_preset
 from ..tables_semi import write_semi_comparison
 from .base import StepOut, Task
 

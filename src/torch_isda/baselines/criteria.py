@@ -12,16 +12,14 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..baselines import (
-    CenterLoss,
-    DisturbLabel,
-    FeatureDropout,
-    FocalLoss,
-    LabelSmoothingLoss,
-    LargeMarginSoftmaxLoss,
-    LqLoss,
-)
-from .criteria import CriterionModifier, TrainingCriterion, register_criterion
+from ..train.criteria import CriterionModifier, TrainingCriterion, register_criterion
+from .center import CenterLoss
+from .disturb_label import DisturbLabel
+from .feature_dropout import FeatureDropout
+from .focal import FocalLoss
+from .label_smoothing import LabelSmoothingLoss
+from .large_margin import LargeMarginSoftmaxLoss
+from .lq import LqLoss
 
 __all__ = [
     "CenterCriterion",

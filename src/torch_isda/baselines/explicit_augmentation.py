@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import isda_cross_entropy, sample_augmented_features
-from .criteria import ISDACriterion, TrainingCriterion, register_criterion
+from ..train.criteria import ISDACriterion, TrainingCriterion, register_criterion
 
 __all__ = ["ExplicitSDACriterion", "LearnedCovarianceCriterion", "parse_samples"]
 

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .criteria import CriterionModifier, TrainingCriterion, register_criterion
+from ..train.criteria import CriterionModifier, TrainingCriterion, register_criterion
 
 __all__ = [
     "DistributionNetCriterion",
