@@ -320,3 +320,15 @@ def test_resume_is_exact_with_stateful_baselines(tmp_path):
                 for r in json.loads((run / "metrics.json").read_text())]
 
     assert rows(a) == rows(b) and len(rows(a)) == 2
+
+
+def test_learned_covariance_follows_the_isda_lambda_schedule():
+    from torch_isda.baselines.explicit_augmentation import LearnedCovarianceCriterion
+
+    crit = LearnedCovarianceCriterion(4, 3, lambda0=0.8)
+    crit.set_progress(0.25)
+    assert crit.ratio == pytest.approx(0.2)
+    assert LearnedCovarianceCriterion(4, 3, lambda0=0.8, constant_lambda=True).ratio == 0.8
+    with pytest.raises(ValueError, match=r"progress t/T must lie in \[0, 1\]"):
+        crit.set_progress(1.5)
+    assert crit.ratio == pytest.approx(0.2)  # unchanged by the refused call

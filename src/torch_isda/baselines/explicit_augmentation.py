@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import isda_cross_entropy, sample_augmented_features
+from ..loss import ISDALoss
 from ..train.criteria import ISDACriterion, TrainingCriterion, register_criterion
 
 __all__ = ["ExplicitSDACriterion", "LearnedCovarianceCriterion", "parse_samples"]
@@ -150,11 +151,11 @@ class LearnedCovarianceCriterion(TrainingCriterion):
 
     @property
     def ratio(self) -> float:
-        """``lambda``: ``lambda0`` or ``lambda0 * t / T``."""
-        return self.lambda0 if self.constant_lambda else self.lambda0 * float(self.progress)
+        """``lambda``: ``lambda0`` or ``lambda0 * t / T`` (the schedule of :class:`ISDALoss`)."""
+        return ISDALoss.scheduled_ratio(self.lambda0, float(self.progress), self.constant_lambda)
 
     def set_progress(self, t_over_T: float) -> None:
-        self.progress.fill_(float(t_over_T))
+        self.progress.fill_(ISDALoss.checked_progress(t_over_T))
 
     def covariance(self) -> Tensor:
         """``Sigma_c = D_c D_c^T`` for every class (``C x A x A``, differentiable in ``D``)."""
