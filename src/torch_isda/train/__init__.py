@@ -2,16 +2,7 @@
 
 Not imported by ``import torch_isda`` (the core stays torch-only); needs the ``train``
 extra for the datasets (scikit-learn, ...), progress bars (tqdm) and plots (matplotlib).
-
-::
-
-    from torch_isda.train import TrainConfig, train, run_comparison
-
-    result = train(TrainConfig(dataset="digits", model="digits_cnn", loss="isda", seed=0,
-                               out="runs/digits-isda"))
-    print(result["final_error"])           # mean test error (%) of the last 10 epochs
-
-See docs/training.md and, for the layout of this package, docs/architecture.md.
+Usage: docs/training.md; the layout of this package: docs/architecture.md.
 """
 
 from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig

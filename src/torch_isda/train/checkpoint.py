@@ -1,10 +1,5 @@
-"""Atomic file writes and checkpoint save/load.
-
-Every file of a run directory is written to a temporary file in the same directory,
-flushed and ``fsync``-ed, then moved over the target with :func:`os.replace` (atomic on
-POSIX and Windows): a crash or an exception while writing leaves the previous version
-intact, never a truncated file.
-"""
+"""Atomic file writes (temporary file, ``fsync``, :func:`os.replace`; a crash leaves the
+previous version, never a truncated file) and checkpoint save/load."""
 
 from __future__ import annotations
 
@@ -27,16 +22,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":  # pragma: no cover
         return
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

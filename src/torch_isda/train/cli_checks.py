@@ -1,9 +1,6 @@
 """Checks of what a user typed for ``isda train`` / ``isda compare`` that the resolved
-configuration can no longer tell: options that have no effect, and an explicit model that
-the segmentation defaults would silently replace.
-
-``overrides`` is :func:`~torch_isda.train.config.config_overrides_from_args`: the options
-given on the command line.
+configuration can no longer tell; ``overrides`` are the options given on the command line
+(:func:`~torch_isda.train.config.config_overrides_from_args`).
 """
 
 from __future__ import annotations
@@ -13,8 +10,7 @@ from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["FILELESS_DATASETS", "check_command_line", "check_explicit_options",
-           "ignored_option_notes"]
+__all__ = ["FILELESS_DATASETS", "check_command_line", "ignored_option_notes"]
 
 #: Datasets that read no files: ``--data-dir`` and ``--download`` do nothing for them.
 FILELESS_DATASETS = {
@@ -36,23 +32,17 @@ def ignored_option_notes(overrides: dict[str, Any], config: TrainConfig) -> list
     return notes
 
 
-def check_explicit_options(overrides: dict[str, Any], config: TrainConfig) -> None:
-    """``ValueError`` for an explicit ``--model`` that a segmentation run would replace:
-    the classification default ``digits_cnn`` stands for "the task's default model" only
-    when ``--model`` is not given."""
-    if overrides.get("model") != TrainConfig.model:
-        return
-    from .segmentation_config import DEFAULT_SEGMENTATION_MODEL, infer_task
-
-    if infer_task(config) == "segmentation":
-        raise ValueError(
-            f"--model {TrainConfig.model} is a classification model; segmentation runs need a "
-            f"segmentation model such as {DEFAULT_SEGMENTATION_MODEL} (the default when "
-            f"--model is not given)")
-
-
 def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
-    """:func:`check_explicit_options`, then print the :func:`ignored_option_notes` to stderr."""
-    check_explicit_options(overrides, config)
+    """``ValueError`` for an explicit ``--model`` that a segmentation run would replace (the
+    classification default ``digits_cnn`` stands for "the task's default model" only when
+    ``--model`` is not given); then print the :func:`ignored_option_notes` to stderr."""
+    if overrides.get("model") == TrainConfig.model:
+        from .segmentation_config import DEFAULT_SEGMENTATION_MODEL, infer_task
+
+        if infer_task(config) == "segmentation":
+            raise ValueError(
+                f"--model {TrainConfig.model} is a classification model; segmentation runs "
+                f"need a segmentation model such as {DEFAULT_SEGMENTATION_MODEL} (the default "
+                f"when --model is not given)")
     for note in ignored_option_notes(overrides, config):
         print(note, file=sys.stderr)

@@ -1,9 +1,5 @@
 """``isda compare``: train several criteria (or semi-supervised methods) over several seeds
-and tabulate (Table 2 / 6 / 7 style; the sweep is :mod:`torch_isda.train.compare`).
-
-With no arguments it runs the embedded default: digits + digits_cnn, losses ce,isda,
-5 seeds, into ``runs/compare-digits`` (a few minutes on a 2-core CPU).
-"""
+and tabulate (Table 2 / 6 / 7 style; the sweep is :mod:`torch_isda.train.compare`)."""
 
 from __future__ import annotations
 
@@ -16,9 +12,8 @@ from .reporting import plural
 
 __all__ = ["DEFAULTS", "add_parser", "run"]
 
-#: The embedded default comparison. ``threads=1`` (unless --threads is given) applies to
-#: the default dataset/model only: for this tiny CNN a second thread barely helps on an idle
-#: CPU and slows every step several-fold on a busy one.
+#: The embedded default comparison; its ``threads=1`` (why: docs/training.md) applies to the
+#: default dataset/model only and yields to --threads.
 DEFAULTS = {"dataset": "digits", "model": "digits_cnn", "losses": "ce,isda", "seeds": "5",
             "out": "runs/compare-digits", "threads": 1}
 

@@ -1,15 +1,11 @@
 """Data parallelism for the engine: ``torchrun --nproc-per-node K -m torch_isda.train ...``.
 
-The process group comes from the torchrun environment (NCCL on CUDA, gloo on the CPU,
-``--dist-timeout``; rank ``r`` uses ``cuda:LOCAL_RANK``). ``--batch-size`` is the global
-batch: every rank draws the same batches from the same seeded generator and keeps its
-contiguous slice (:class:`GlobalBatchShards`); uneven last batches are weighted so that the
-averaged gradient is that of the global mean, and one smaller than ``K`` is skipped.
-Gradients are averaged by DDP (classification) or :func:`average_gradients`; the ISDA
-statistics are all-gathered (``--isda-sync on``) and ``--sync-bn`` normalizes with the
-global batch (:class:`~torch_isda.sync_batchnorm.SyncBatchNorm`), else rank 0's BatchNorm
-statistics are broadcast. Rank 0 alone writes files; checkpoints hold every rank's RNG
-state and need the same world size on resume. See docs/training.md.
+The user's side (global batch, ``--isda-sync``, ``--sync-bn``, backends): docs/training.md.
+Every rank keeps its contiguous slice of each global batch (:class:`GlobalBatchShards`);
+uneven last batches are weighted so that the averaged gradient is that of the global mean,
+and one smaller than ``K`` is skipped. Gradients are averaged by DDP (classification) or
+:func:`average_gradients`. Checkpoints hold every rank's RNG state and need the same world
+size on resume.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import dataclasses
 import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,28 +22,9 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "USER_ERRORS",
-    "CountingLoader",
-    "DistributedContext",
-    "GlobalBatchShards",
-    "TrainForward",
-    "all_gather_cat",
-    "all_sum",
-    "average_gradients",
-    "broadcast_buffers",
-    "check_distributed_config",
-    "choose_backend",
-    "decide_on_rank0",
-    "init_distributed",
-    "launched_by_torchrun",
-    "mirrored",
-    "rank_seed",
-    "resolve_device",
-    "shard_bounds",
-    "to_cpu",
-]
+__all__ = ["USER_ERRORS", "GlobalBatchShards", "TrainForward", "average_gradients",
+           "check_distributed_config", "init_distributed", "mirrored", "resolve_device",
+           "shard_bounds"]
 
 #: Default collective timeout (seconds) per backend.
 DEFAULT_TIMEOUT = {"gloo": 300.0, "nccl": 1800.0}
@@ -75,9 +52,7 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def launched_by_torchrun() -> bool:
-    """True in a process started by torchrun (``torch.distributed.run``) or an equivalent
-    launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-    ``MASTER_PORT``."""
+    """True in a process started by torchrun or a launcher that sets its environment."""
     return all(name in os.environ for name in _TORCHRUN_ENV)
 
 
@@ -105,16 +80,13 @@ def mirrored(err: BaseException) -> BaseException:
 
 def _rank_device(spec: str, local_rank: int, local_world: int) -> torch.device:
     """The device of a rank: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is used."""
-    if spec in ("auto", "cuda"):
-        device = resolve_device(spec)
-        if device.type != "cuda":
-            return device
+    device = resolve_device(spec)
+    if spec in ("auto", "cuda") and device.type == "cuda":
         count = torch.cuda.device_count()
         if local_rank >= count:
             raise ValueError(f"local rank {local_rank} has no GPU: only {count} visible; start "
                              f"at most {count} processes per node or use --device cpu")
         return torch.device("cuda", local_rank)
-    device = resolve_device(spec)
     if device.type == "cuda" and device.index is not None and local_world > 1:
         raise ValueError(f"--device {spec} pins every rank to one GPU; use --device cuda (rank r "
                          f"uses cuda:LOCAL_RANK) or --device cpu")
@@ -158,7 +130,7 @@ def check_distributed_config(config: TrainConfig, world_size: int) -> None:
     if config.dist_timeout is not None and not float(config.dist_timeout) > 0:
         problems.append(f"dist_timeout must be a positive number of seconds; got "
                         f"{config.dist_timeout}")
-    if getattr(config, "semi", "none") not in (None, "none") and world_size >= 1:
+    if config.semi not in (None, "none") and world_size >= 1:
         for name in ("labeled_batch_size", "unlabeled_batch_size"):
             value = getattr(config, name, None)
             if value is not None and int(value) % world_size:
@@ -170,37 +142,32 @@ def check_distributed_config(config: TrainConfig, world_size: int) -> None:
 
 
 def init_distributed(config: TrainConfig) -> DistributedContext:
-    """Join (or reuse) the default process group for ``config``.
-
-    An already initialized group (e.g. from :func:`torch.multiprocessing.spawn`) is reused;
-    otherwise the torchrun environment variables are required and the group is created
-    with the backend of ``config.dist_backend`` and the timeout ``config.dist_timeout``.
-    """
+    """Join the default process group for ``config`` (created from the torchrun environment
+    with ``dist_backend`` and ``dist_timeout``), or reuse one already initialized (e.g. by
+    :func:`torch.multiprocessing.spawn`)."""
     if not dist.is_available():
         raise ValueError("torch.distributed is not available in this torch build")
-    if dist.is_initialized():
+    initialized = dist.is_initialized()
+    if initialized:
         rank, world = dist.get_rank(), dist.get_world_size()
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        device = _rank_device(config.device, local_rank, local_world)
-        return DistributedContext(rank, world, local_rank, device, str(dist.get_backend()), False)
-    missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
-    if missing:
-        raise ValueError(
-            f"not started by torchrun (missing environment variables {', '.join(missing)}); "
-            f"launch with 'torchrun --nproc-per-node K -m torch_isda.train ...' or "
-            f"'isda train --nproc K ...'")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
+    else:
+        missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
+        if missing:
+            raise ValueError(
+                f"not started by torchrun (missing environment variables {', '.join(missing)}); "
+                f"launch with 'torchrun --nproc-per-node K -m torch_isda.train ...' or "
+                f"'isda train --nproc K ...'")
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device = _rank_device(config.device, local_rank, local_world)
+    if initialized:
+        return DistributedContext(rank, world, local_rank, device, str(dist.get_backend()), False)
     backend = choose_backend(config.dist_backend, device)
     seconds = float(config.dist_timeout) if config.dist_timeout else DEFAULT_TIMEOUT[backend]
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    kwargs: dict[str, Any] = {}
-    if backend == "nccl":
-        kwargs["device_id"] = device
+    kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=seconds), **kwargs)
     return DistributedContext(rank, world, local_rank, device, backend, True)
@@ -222,35 +189,28 @@ class GlobalBatchShards:
 
     ``batches`` yields global ``(x, y)`` batches identically on every rank (same seeded
     generator); a global batch smaller than ``world_size`` is skipped on all ranks. After
-    each batch, :attr:`global_size` and :attr:`local_size` hold its sizes; :attr:`seen`
-    counts this rank's samples in the current pass.
+    each batch, :attr:`global_size` and :attr:`local_size` hold its sizes.
     """
 
     def __init__(self, batches: Any, rank: int, world_size: int) -> None:
         self.batches, self.rank, self.world_size = batches, int(rank), int(world_size)
-        self.global_size = self.local_size = self.seen = self.skipped = 0
+        self.global_size = self.local_size = 0
 
-    def _last_batch(self) -> Optional[int]:
+    def __len__(self) -> int:
         n = getattr(self.batches, "num_samples", None)
         bs = getattr(self.batches, "batch_size", None)
         if n is None or bs is None or getattr(self.batches, "drop_last", False):
-            return None
-        return int(n) - (len(self.batches) - 1) * int(bs)
-
-    def __len__(self) -> int:
-        last = self._last_batch()
-        return len(self.batches) - (1 if last is not None and last < self.world_size else 0)
+            return len(self.batches)
+        last = int(n) - (len(self.batches) - 1) * int(bs)  # the size of the last batch
+        return len(self.batches) - (1 if last < self.world_size else 0)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        self.seen = self.skipped = 0
         for x, y in self.batches:
             n = int(y.shape[0])
             if n < self.world_size:
-                self.skipped += n
                 continue
             lo, hi = shard_bounds(n, self.rank, self.world_size)
             self.global_size, self.local_size = n, hi - lo
-            self.seen += hi - lo
             yield x[lo:hi], y[lo:hi]
 
 
@@ -260,17 +220,15 @@ class CountingLoader:
 
     def __init__(self, loader: Any, world_size: int) -> None:
         self.loader, self.world_size = loader, int(world_size)
-        self.global_size = self.local_size = self.seen = self.skipped = 0
+        self.global_size = self.local_size = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        self.seen = 0
         for x, y in self.loader:
             self.local_size = int(y.shape[0])
             self.global_size = self.local_size * self.world_size
-            self.seen += self.local_size
             yield x, y
 
 

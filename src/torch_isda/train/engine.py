@@ -1,10 +1,7 @@
 """The training engine: one loop for every task (what it owns: docs/architecture.md).
 
 The task (:class:`~torch_isda.train.tasks.base.Task`) comes from the registry; the engine
-never imports a task class. Metric sums stay on the device (one host sync per epoch). A
-non-finite training or test loss raises :class:`DivergenceError` before anything of that
-epoch is written, so the last good checkpoint stays. On the CPU a resumed run reproduces
-the uninterrupted one.
+never imports a task class.
 """
 
 from __future__ import annotations
@@ -48,39 +45,28 @@ from .schedules import lr_factor
 from .seeding import deterministic_mode, get_rng_state, num_threads, seed_everything, set_rng_state
 from .tasks import task_class
 
-__all__ = ["EVENTS", "Callback", "DivergenceError", "Engine", "Trainer", "train",
-           "train_distributed"]
-
-#: The callback events, in the order they fire within a step / an epoch.
-EVENTS = ("on_step_start", "on_step", "on_after_backward", "on_epoch_end")
+__all__ = ["Callback", "DivergenceError", "Engine", "Trainer", "train", "train_distributed"]
 
 
 class Callback:
     """Base class of engine callbacks (any object with some of these methods works).
 
-    * ``on_step_start(engine, step)``: before the step's forward (``step``: global, 0-based);
-    * ``on_step(engine, step, features, logits, target)``: once the loss is computed,
-      before the backward pass (parameters and criterion state are those the loss used;
-      ``features``/``logits`` carry the graph: detach them);
-    * ``on_after_backward(engine, step)``: gradients computed (averaged over ranks), before
-      the optimizer step;
-    * ``on_epoch_end(engine, epoch, row)``: after the epoch's checkpoint (``epoch``
-      1-based, ``row`` its metrics).
-
-    Callbacks run on every rank of a multi-process run (see :attr:`Engine.is_main`).
+    The events fire in this order; callbacks run on every rank of a multi-process run (see
+    :attr:`Engine.is_main`).
     """
 
     def on_step_start(self, engine: Engine, step: int) -> None:
-        """Before the step."""
+        """Before the step's forward (``step``: global, 0-based)."""
 
     def on_step(self, engine: Engine, step: int, features: Any, logits: Any, target: Any) -> None:
-        """Loss computed, before the backward pass."""
+        """Loss computed, before the backward pass (parameters and criterion state are those
+        the loss used; ``features``/``logits`` carry the graph: detach them)."""
 
     def on_after_backward(self, engine: Engine, step: int) -> None:
-        """Gradients ready, before the optimizer step."""
+        """Gradients computed (averaged over ranks), before the optimizer step."""
 
     def on_epoch_end(self, engine: Engine, epoch: int, row: dict[str, Any]) -> None:
-        """Epoch done and checkpointed."""
+        """After the epoch's checkpoint (``epoch``: 1-based, ``row``: its metrics)."""
 
 
 class DivergenceError(ValueError):
@@ -98,19 +84,16 @@ class DivergenceError(ValueError):
 
 
 class Engine:
-    """Runs one task (see the module docstring). Most users call :func:`train`.
+    """Runs one task; most users call :func:`train`. The task's attributes (``model``,
+    ``criterion``, ``train_batches``, ``num_classes``, ...) are readable on the engine.
 
     Args:
-        config: a config (resolved with :func:`~torch_isda.train.resolve.resolve_config`
-            when it is not).
+        config: resolved with :func:`~torch_isda.train.resolve.resolve_config` if it is not.
         context: the process group of a multi-process run (``None``: one process).
         quiet: no progress bar and no per-epoch lines.
         log: where messages go (default: ``print`` to stdout).
         epoch_log: print one line per epoch (unless ``quiet``).
         callbacks: :class:`Callback`-like objects.
-
-    The task's attributes (``model``, ``criterion``, ``train_batches``, ``num_classes``,
-    ...) are readable on the engine.
     """
 
     def __init__(self, config: TrainConfig, *, context: Optional[DistributedContext] = None,
@@ -155,7 +138,7 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def emit(self, event: str, *args: Any) -> None:
-        """Call ``event`` (one of :data:`EVENTS`) on every callback that has it."""
+        """Call the :class:`Callback` method ``event`` on every callback that has it."""
         for callback in self.callbacks:
             method = getattr(callback, event, None)
             if method is not None:
@@ -164,8 +147,7 @@ class Engine:
     # ------------------------------------------------------------------ setup
 
     def build(self) -> None:
-        """Seed, build the task, then the optimizer, schedule and scaler (and the
-        multi-process pieces)."""
+        """Seed, build the task, the optimizer, schedule and scaler (and the DDP pieces)."""
         cfg, task = self.config, self.task
         seed_everything(cfg.seed)
         task.build()
@@ -499,15 +481,11 @@ def train(config: TrainConfig, *, resume: Any = False, force: bool = False, quie
           stop_after: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
           epoch_log: bool = True, callbacks: Sequence[Any] = (),
           distributed: bool = False) -> dict[str, Any]:
-    """Train one run into ``config.out`` and return its result.
+    """Train one run into ``config.out`` and return its result (the run-directory rules of
+    ``resume`` / ``force``: docs/training.md).
 
-    * A finished run (``result.json`` present, same configuration) is not retrained: its
-      stored result is returned with ``"status": "reused"``. A finished run with a
-      different configuration is an error unless ``force`` (retrain from scratch) or
-      ``resume`` (continue from its checkpoint, e.g. with more epochs).
-    * ``resume=True`` continues from ``checkpoint.pt`` (``FileNotFoundError`` if there is
-      none); ``resume="auto"`` resumes when there is one and starts fresh otherwise.
-      Without it an unfinished run in ``out`` is an error unless ``force``.
+    * ``resume``: ``True`` continues from ``checkpoint.pt`` (``FileNotFoundError`` if there
+      is none), ``"auto"`` resumes when there is one and starts fresh otherwise.
     * ``stop_after``: stop after that many epochs (resumable; ``"status": "stopped"``).
     * ``callbacks``: see :class:`Callback` (not called for a reused run).
     * ``distributed``: one rank of a multi-process run (see :func:`train_distributed`).
@@ -517,17 +495,6 @@ def train(config: TrainConfig, *, resume: Any = False, force: bool = False, quie
     ``stopped``) and ``"out"``.
     """
     cfg, context = _setup(config, distributed)
-    try:
-        return _run(cfg, context, resume=resume, force=force, quiet=quiet, stop_after=stop_after,
-                    log=log, epoch_log=epoch_log, callbacks=callbacks)
-    finally:
-        if context is not None and context.created and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _run(cfg: TrainConfig, context: Optional[DistributedContext], *, resume: Any, force: bool,
-         quiet: bool, stop_after: Optional[int], log: Optional[Callable[[str], None]],
-         epoch_log: bool, callbacks: Sequence[Any]) -> dict[str, Any]:
     out = Path(cfg.out)
     is_main = context is None or context.is_main
     say = (lambda msg: None) if quiet or not is_main else (
@@ -537,37 +504,39 @@ def _run(cfg: TrainConfig, context: Optional[DistributedContext], *, resume: Any
         resuming = wants_resume(out, resume) and not force
         return prepare_run_dir(cfg, resume=resume, force=force, say=say), resuming
 
-    reused, resuming = decide() if context is None else decide_on_rank0(decide, context)
-    if reused is not None:
-        return reused
-    engine = Engine(cfg, context=context, quiet=quiet, log=log, epoch_log=epoch_log,
-                    callbacks=callbacks)
-    with deterministic_mode(cfg.deterministic), num_threads(cfg.threads):
-        engine.build()  # finds the data first: no empty run directory after a data error
+    try:
+        reused, resuming = decide() if context is None else decide_on_rank0(decide, context)
+        if reused is not None:
+            return reused
+        engine = Engine(cfg, context=context, quiet=quiet, log=log, epoch_log=epoch_log,
+                        callbacks=callbacks)
+        with deterministic_mode(cfg.deterministic), num_threads(cfg.threads):
+            engine.build()  # finds the data first: no empty run directory after a data error
+            if is_main:
+                out.mkdir(parents=True, exist_ok=True)
+            if resuming:
+                engine.resume()
+            engine.write_config()
+            engine.log(engine.describe())
+            finished = engine.fit(stop_after=stop_after)
+            result = engine.result()
+        if not finished:  # the caller reports it (isda train: "stopped after ...; continue with")
+            return {**result, "status": "stopped", "out": str(out)}
         if is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        if resuming:
-            engine.resume()
-        engine.write_config()
-        engine.log(engine.describe())
-        finished = engine.fit(stop_after=stop_after)
-        result = engine.result()
-    if not finished:  # the caller reports it (isda train: "stopped after ...; continue with")
-        return {**result, "status": "stopped", "out": str(out)}
-    if is_main:
-        atomic_write_json(out / RESULT_NAME, result)
-    if context is not None:
-        dist.barrier()
-    return {**result, "status": "trained", "out": str(out)}
+            atomic_write_json(out / RESULT_NAME, result)
+        if context is not None:
+            dist.barrier()
+        return {**result, "status": "trained", "out": str(out)}
+    finally:
+        if context is not None and context.created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def train_distributed(config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
-    """:func:`train` for one rank of a data-parallel run (any task).
+    """:func:`train` for one rank of a data-parallel run (any task), called in every process.
 
-    Call it in every process, under torchrun (the process group is created from its
-    environment and destroyed at the end) or with a process group already initialized.
-    Same arguments, run-directory rules and return value as ``train`` (every rank returns
-    the result; rank 0 alone writes files and messages; callbacks run on every rank).
-    ``config.batch_size`` (and the semi-supervised batch sizes) are global.
+    Under torchrun the process group is created from its environment and destroyed at the
+    end; a process group already initialized is used as is. Every rank returns the result;
+    callbacks run on every rank. The batch sizes in ``config`` are global.
     """
     return train(config, distributed=True, **kwargs)

@@ -1,11 +1,6 @@
-"""Per-epoch metrics files and the paper's reporting rule.
-
-Errors are in percent. ``metrics.csv`` / ``metrics.json`` hold one row per finished epoch
-with the columns of :data:`BASE_COLUMNS` (``epoch`` is 1-based; ``lr`` is the learning
-rate the epoch was trained with; ``lambda`` the ISDA strength at the epoch's last step,
-empty for criteria without one) followed by any other values the criterion logs. Both
-files are rewritten atomically from the full list after every epoch, so they always match
-the checkpoint a resumed run starts from.
+"""Per-epoch metrics files (columns: docs/training.md; ``epoch`` is 1-based) and the paper's
+reporting rule. Both files are rewritten atomically from all rows after every epoch, so they
+always match the checkpoint a resumed run starts from.
 """
 
 from __future__ import annotations
@@ -35,11 +30,8 @@ def clean_number(value: Any) -> Any:
 
 
 def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
-    extra: list[str] = []
-    for row in rows:
-        for key in row:
-            if key not in BASE_COLUMNS and key not in extra:
-                extra.append(key)
+    """:data:`BASE_COLUMNS`, then the other keys of ``rows`` in the order they appear."""
+    extra = dict.fromkeys(key for row in rows for key in row if key not in BASE_COLUMNS)
     return [*BASE_COLUMNS, *extra]
 
 

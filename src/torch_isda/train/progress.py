@@ -1,4 +1,4 @@
-"""Progress bars (tqdm when available and wanted) and console messages."""
+"""Progress bars (tqdm when available and wanted)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import Any, Optional
 __all__ = ["ProgressBar", "progress_enabled"]
 
 
-def progress_enabled(quiet: bool, stream: Any = None) -> bool:
-    """A bar is shown unless ``quiet`` or the stream (stderr) is not a terminal."""
+def progress_enabled(quiet: bool) -> bool:
+    """A bar is shown unless ``quiet`` or stderr is not a terminal."""
     if quiet:
         return False
-    stream = sys.stderr if stream is None else stream
     try:
-        return bool(stream.isatty())
+        return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):
         return False
 
@@ -31,10 +30,9 @@ class ProgressBar:
             try:
                 from tqdm.auto import tqdm
             except ImportError:  # pragma: no cover - tqdm is in the train extra
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(iterable, total=total, desc=desc, leave=False,
-                                 dynamic_ncols=True, file=sys.stderr)
+                return
+            self._bar = tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                             file=sys.stderr)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._bar if self._bar is not None else self._iterable)

@@ -1,15 +1,5 @@
-"""Configuration resolution: the one place a :class:`TrainConfig` is completed, in one pass.
-
-``resolve_config(config)`` checks the fields that concern every task, picks the task
-(:func:`~torch_isda.train.tasks.task_class`) and lets it fill its defaults:
-
-* classification: the model family's preset (:func:`~torch_isda.train.presets.apply_preset`);
-* semi-supervised: the same, then the dataset's semi-supervised defaults
-  (:func:`~torch_isda.semi.config.resolve_semi_config`);
-* segmentation: the segmentation presets
-  (:func:`~torch_isda.train.segmentation_config.resolve_segmentation_config`).
-
-Explicitly set fields always win; the result is validated.
+"""Configuration resolution: the one place a :class:`TrainConfig` is completed, in one pass
+(the task fills its defaults; explicitly set fields always win; see docs/architecture.md).
 """
 
 from __future__ import annotations

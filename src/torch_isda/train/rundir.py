@@ -1,7 +1,5 @@
 """The run-directory policy of ``isda train``: fresh, resume, reuse a finished run,
-``--force`` (the rules: :func:`prepare_run_dir`, :func:`~torch_isda.train.engine.train`,
-docs/training.md).
-"""
+``--force`` (the rules: docs/training.md)."""
 
 from __future__ import annotations
 
@@ -66,10 +64,7 @@ def _reuse_or_refuse(cfg: TrainConfig, resume: bool, say: Callable[[str], None]
 
 def prepare_run_dir(cfg: TrainConfig, *, resume: Resume, force: bool,
                     say: Callable[[str], None]) -> Optional[dict[str, Any]]:
-    """The run-directory rules for the resolved ``cfg``: a finished run with the same
-    configuration is reused, with another one refused unless ``force`` or ``resume``; an
-    unfinished run needs ``resume`` or ``force``; ``resume=True`` needs a checkpoint,
-    ``resume="auto"`` resumes only when there is one.
+    """Apply the run-directory rules (docs/training.md) to the resolved ``cfg``.
 
     Returns the stored result (``"status": "reused"``) of a finished run with the same
     configuration, else ``None`` (with ``force``, after removing the run's files). Raises

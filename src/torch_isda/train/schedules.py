@@ -37,12 +37,9 @@ class CosineFactor:
 
 
 class PolyFactor:
-    """The "poly" schedule of DeepLab / PSPNet: factor ``(1 - t / total) ** power``.
-
+    """The "poly" schedule of DeepLab / PSPNet: factor ``max(0, 1 - t / total) ** power``;
     ``t`` counts iterations in segmentation runs (the official recipe,
-    ``lr_poly(base_lr, iter, max_iter, 0.9)``) and epochs in classification runs.
-    ``t >= total`` gives 0.
-    """
+    ``lr_poly(base_lr, iter, max_iter, 0.9)``) and epochs in classification runs."""
 
     def __init__(self, total: int, power: float = 0.9) -> None:
         if int(total) < 1:

@@ -87,23 +87,14 @@ def _set_numpy_state(state: Optional[dict[str, Any]]) -> None:
                          state["has_gauss"], state["cached_gaussian"]))
 
 
-def _python_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_python_state(state: list) -> None:
-    version, internal, gauss = state
-    random.setstate((version, tuple(internal), gauss))
-
-
 def get_rng_state(generators: Optional[dict[str, Optional[torch.Generator]]] = None,
                   cuda: bool = False) -> dict[str, Any]:
     """Every RNG state: torch CPU, CUDA (all devices, if ``cuda``), python, numpy and the
     named extra ``generators`` (e.g. the data generator)."""
+    version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "python": _python_state(),
+        "python": [version, list(internal), gauss],
         "numpy": _numpy_state(),
         "generators": {k: g.get_state() for k, g in (generators or {}).items() if g is not None},
     }
@@ -116,7 +107,8 @@ def set_rng_state(state: dict[str, Any],
                   generators: Optional[dict[str, Optional[torch.Generator]]] = None) -> None:
     """Restore what :func:`get_rng_state` captured."""
     torch.set_rng_state(state["torch"].cpu())
-    _set_python_state(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     _set_numpy_state(state.get("numpy"))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
