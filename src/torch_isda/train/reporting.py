@@ -1,16 +1,16 @@
 """Reporting rules shared by ``isda train``, ``isda compare`` and the analyses: the
-final-error window (:func:`final_window`), the bold rule of tables (:func:`clear_best`),
-counts and ETAs in words.
+final-error window, mean ± std, the bold rule of tables, counts and ETAs in words.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Optional
 
 __all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text",
-           "final_window", "format_eta", "plural", "window_text"]
+           "final_window", "fmt_pm", "format_eta", "mean_std", "plural", "window_text"]
 
 #: Section 6.1: "the average test error of the last 10 epochs is ... reported".
 PAPER_FINAL_EPOCHS = 10
@@ -30,6 +30,23 @@ def final_window(epochs: int, final_epochs: Optional[int] = None) -> int:
             raise ValueError(f"--final-epochs {k} exceeds the run's {plural(epochs, 'epoch')}")
         return k
     return max(1, min(PAPER_FINAL_EPOCHS, epochs // 10))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (n - 1; ``None`` for a single value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values to average")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_pm(mean: Optional[float], std: Optional[float], digits: int = 2, unit: str = "") -> str:
+    """``"1.23 ± 0.45"`` + ``unit`` (``"1.23"`` without a std, ``"-"`` without a mean)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None:
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
 
 
 def window_text(k: int) -> str:

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import TrainConfig
-from .reporting import clear_best, counts_text, plural
+from .reporting import clear_best, counts_text, fmt_pm, plural
 from .rundir import RESULT_NAME
 from .segmentation_config import TABLE7_COLUMNS
-from .tables import (MethodSummary, format_params, plot_band, pm, pyplot, save_figure,
-                     stats_cells, write_table_files)
+from .tables import (MethodSummary, format_params, markdown_table, plot_band, pyplot,
+                     save_figure, stats_cells, write_table_files)
 
 __all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves",
            "render_segmentation_table", "single_class_warning", "summarize_segmentation_method",
-           "write_segmentation_comparison", "write_segmentation_tables"]
+           "write_segmentation_comparison"]
 
 COLUMN_KEYS = tuple(key for key, *_ in TABLE7_COLUMNS)
 
@@ -38,7 +38,7 @@ class SegmentationMethodSummary(MethodSummary):
     predicted_classes: list[Optional[int]] = field(default_factory=list)  # per seed
 
     def column(self, key: str) -> tuple[float, Optional[float]]:
-        return self.mean_std(self.miou[key])
+        return self.stats(self.miou[key])
 
 
 def _number(value: Any) -> float:
@@ -112,49 +112,29 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
         f"of every other by more than one standard deviation of both"
         f"{'' if any(v is not None for v in marked.values()) else ' (none here)'}.",
         "",
-        "| Method | Spec | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(COLUMN_KEYS),
     ]
+    rows = []
     for i, m in enumerate(methods):
         cells = []
         for key in COLUMN_KEYS:
             mean, std = m.column(key)
-            text = pm(mean, std, unit="")
+            text = fmt_pm(mean, std)
             if i == marked[key]:
                 text = f"**{text}**"
             if m is not baseline:
                 delta = mean - baseline.column(key)[0]
                 text += f" ({'↑' if delta >= 0 else '↓'} {abs(delta):.2f})"
             cells.append(text)
-        lines.append(f"| {m.display} | `{m.loss}` | {format_params(m.num_parameters)} | "
-                     + " | ".join(cells) + " |")
+        rows.append([m.display, f"`{m.loss}`", format_params(m.num_parameters), *cells])
+    lines += markdown_table(["Method", "Spec", "Params", *(h for _, h, *_ in TABLE7_COLUMNS)], rows)
     warnings = degenerate_runs(methods)
     if warnings:
         lines += ["", *(f"**Warning**: {w}" for w in warnings)]
-    lines += ["", "| Method | Spec | Seeds | "
-              + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
-              + " |", "|---|---|---|" + "---|" * len(COLUMN_KEYS)]
-    for m in methods:
-        per_seed = [", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS]
-        seeds = ", ".join(map(str, m.seeds))
-        lines.append(f"| {m.display} | `{m.loss}` | {seeds} | " + " | ".join(per_seed) + " |")
+    lines += ["", *markdown_table(
+        ["Method", "Spec", "Seeds", *(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)],
+        [[m.display, f"`{m.loss}`", ", ".join(map(str, m.seeds)),
+          *(", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS)] for m in methods])]
     return "\n".join(lines) + "\n"
-
-
-def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSummary],
-                              config: TrainConfig) -> str:
-    """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    header = ["method", "name", "dataset", "model", "epochs", "n_seeds",
-              *(f"{key}_{stat}" for key in COLUMN_KEYS for stat in ("mean", "std")),
-              "eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
-    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, len(m.seeds),
-             *(cell for key in COLUMN_KEYS for cell in stats_cells(*m.column(key))),
-             ";".join(f"{s:g}" for s in m.eval_scales),
-             "" if m.num_parameters is None else m.num_parameters,
-             ";".join(str(s) for s in m.seeds),
-             *(";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS)]
-            for m in methods]
-    return write_table_files(out, render_segmentation_table(methods, config), header, rows)
 
 
 def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
@@ -162,7 +142,7 @@ def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
     """Single-scale test mIoU vs. epoch per method: mean over seeds with a ±std band."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
     for m in [m for m in methods if m.miou_curves]:  # runs that diverged have none
-        plot_band(ax, m.miou_curves, f"{m.display} ({pm(*m.column('miou_single'), unit='')}%)")
+        plot_band(ax, m.miou_curves, f"{m.display} ({fmt_pm(*m.column('miou_single'))}%)")
     n = sorted({len(m.seeds) for m in methods})
     ax.set(xlabel="epoch", ylabel="test mIoU (%), single scale",
            title=f"{config.model} on {config.dataset}: mean ± std over {counts_text(n, 'seed')}")
@@ -178,7 +158,17 @@ def write_segmentation_comparison(out: Path, variants: Sequence[Any],
     """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a segmentation
     comparison; returns ``(methods, markdown, curves path)``."""
     methods = [summarize_segmentation_method(v.loss, runs[v.key]) for v in variants]
-    table = write_segmentation_tables(out, methods, config)
+    header = ["method", "name", "dataset", "model", "epochs", "n_seeds",
+              *(f"{key}_{stat}" for key in COLUMN_KEYS for stat in ("mean", "std")),
+              "eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
+    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, len(m.seeds),
+             *(cell for key in COLUMN_KEYS for cell in stats_cells(*m.column(key))),
+             ";".join(f"{s:g}" for s in m.eval_scales), m.num_parameters,
+             ";".join(str(s) for s in m.seeds),
+             *(";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS)]
+            for m in methods]
+    table = render_segmentation_table(methods, config)
+    write_table_files(out, table, header, rows)
     curves = out / "curves.png"
     plot_miou_curves(curves, methods, config)
     return methods, table, curves
