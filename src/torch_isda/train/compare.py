@@ -41,25 +41,18 @@ ISDA_MODES = {"off": ("ce",), "on": ("isda",), "both": ("ce", "isda")}
 def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
     """``5`` or ``"5"`` -> seeds 0..4; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds; a
     single seed is ``"3,"`` (or ``[3]``)."""
-    if isinstance(value, int):
-        if value < 1:
-            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value}: a count must be "
-                             f"at least 1")
-        return list(range(value))
+    seeds: Any = value
     if isinstance(value, str):
-        text = value.strip()
-        if "," not in text:
-            try:
-                count = int(text)
-            except ValueError:
-                raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
-            return parse_seeds(count)
         try:
-            seeds = [int(v) for v in text.split(",") if v.strip()]
+            seeds = [int(v) for v in value.split(",") if v.strip()] if "," in value else int(value)
         except ValueError:
             raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
-    else:
-        seeds = [int(v) for v in value]
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {seeds}: a count must be "
+                             f"at least 1")
+        return list(range(seeds))
+    seeds = [int(v) for v in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list without repeats; got {value!r}")
     return seeds
@@ -168,13 +161,6 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     return result, note
 
 
-def _score(result: dict[str, Any]) -> str:
-    if result.get("task") == "segmentation":
-        return (f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
-                f"{result['miou_multiscale_flip']:.2f}%)")
-    return f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
-
-
 def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
                    isda: Optional[str] = None, force: bool = False, quiet: bool = False,
@@ -190,6 +176,7 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     first = variants[-1]
     resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
                                            out=str(out)))
+    task = task_class(resolved)
     say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
         f"{resolved.model} over seeds {', '.join(map(str, seeds))} "
         f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
@@ -212,12 +199,11 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
         counts["reused" if result["status"] == "reused" else "trained"] += 1
         seconds = time.perf_counter() - t0
         left = eta.update(seconds, worked=result["status"] != "reused")
-        say(f"[{done}/{total}] {variant.key} seed {seed}: {_score(result)}, {note} in "
+        say(f"[{done}/{total}] {variant.key} seed {seed}: {task.result_line(result)}, {note} in "
             f"{seconds:.1f}s{left}")
-        if result.get("predicted_classes") == 1:  # a degenerate segmentation model
-            from .tables_segmentation import single_class_warning
-
-            print(single_class_warning(result, f"{variant.key} seed {seed}"), file=sys.stderr)
-    methods, table, curves = task_class(resolved).write_comparison(out, variants, runs, resolved)
+        warning = task.result_warning(result, f"{variant.key} seed {seed}")
+        if warning:
+            print(warning, file=sys.stderr)
+    methods, table, curves = task.write_comparison(out, variants, runs, resolved)
     return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
                             curves, counts["trained"], counts["reused"], failed)
