@@ -1,10 +1,6 @@
-"""One comparison sweep for every task (``isda compare``, docs/training.md).
-
-Variants x seeds are trained sequentially in this process: one variant per ``--losses``
-spec (runs in ``OUT/<loss>/seed<k>/``), or per ``--semi`` method and ``--isda`` column
-(``OUT/<method>/<loss>/seed<k>/``). Finished runs are reused and interrupted ones resumed;
-a run that diverges is marked failed and the sweep goes on. Then the task writes
-``OUT/table.md``, ``OUT/table.csv`` and ``OUT/curves.png`` (``Task.write_comparison``).
+"""One comparison sweep for every task (``isda compare``, docs/training.md): variants x seeds
+trained sequentially in this process (``OUT/<loss>/seed<k>/``, with ``--semi``
+``OUT/<method>/<loss>/seed<k>/``), then ``Task.write_comparison`` writes the table and curves.
 """
 
 from __future__ import annotations
@@ -165,10 +161,9 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
                    isda: Optional[str] = None, force: bool = False, quiet: bool = False,
                    log: Optional[Callable[[str], None]] = None) -> ComparisonResult:
-    """Train every variant (:func:`variants_for`) and seed into ``out`` and write the
-    task's table and curves (see the module docstring). ``base`` supplies everything
-    else; with ``base.semi`` naming methods, ``isda`` picks the columns and ``losses`` is
-    ignored."""
+    """Train every variant (:func:`variants_for`) and seed into ``out``, then write the task's
+    table and curves. With ``base.semi`` naming methods, ``isda`` picks the columns and
+    ``losses`` is ignored."""
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     variants = variants_for(base, losses, isda)
     seeds = parse_seeds(seeds)
@@ -186,22 +181,21 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     total = len(variants) * len(seeds)
     eta = SweepEta(total)
     for done, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
-        run_dir = out / variant.key / f"seed{seed}"
+        run_dir, name = out / variant.key / f"seed{seed}", f"{variant.key} seed {seed}"
         cfg = base.replace(loss=variant.loss, semi=variant.semi, seed=seed, out=str(run_dir))
         t0 = time.perf_counter()
         runs.setdefault(variant.key, []).append((seed, run_dir))
         try:
             result, note = train_or_reuse(cfg, force=force, quiet=quiet)
         except DivergenceError as err:
-            failed[f"{variant.key} seed {seed}"] = str(err)
-            say(f"[{done}/{total}] {variant.key} seed {seed}: FAILED ({err})")
+            failed[name] = str(err)
+            say(f"[{done}/{total}] {name}: FAILED ({err})")
             continue
         counts["reused" if result["status"] == "reused" else "trained"] += 1
         seconds = time.perf_counter() - t0
         left = eta.update(seconds, worked=result["status"] != "reused")
-        say(f"[{done}/{total}] {variant.key} seed {seed}: {task.result_line(result)}, {note} in "
-            f"{seconds:.1f}s{left}")
-        warning = task.result_warning(result, f"{variant.key} seed {seed}")
+        say(f"[{done}/{total}] {name}: {task.result_line(result)}, {note} in {seconds:.1f}s{left}")
+        warning = task.result_warning(result, name)
         if warning:
             print(warning, file=sys.stderr)
     methods, table, curves = task.write_comparison(out, variants, runs, resolved)

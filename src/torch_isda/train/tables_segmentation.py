@@ -1,7 +1,5 @@
-"""``isda compare`` for segmentation runs: Table-7-style ``OUT/table.md`` (mIoU in the
-three columns single scale, multi-scale, multi-scale + flip, with the change relative to
-the first method), ``OUT/table.csv`` and ``OUT/curves.png`` (single-scale mIoU per epoch);
-the files are described in docs/segmentation.md.
+"""``isda compare`` for segmentation runs: Table-7-style ``OUT/table.md``, ``OUT/table.csv``
+and ``OUT/curves.png`` (described in docs/segmentation.md), and one run's summary lines.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Semi-supervised comparisons in the form of Table 6 (``isda compare --semi ...``): runs in
-``OUT/<method>/<loss>/seed<k>/``, one row per base method with the columns "without ISDA"
-(``--loss ce``) and "with ISDA" (``--loss isda``, Eq. 19), their difference paired by seed
-(a seed fixes the labeled split and the initialization of both columns) and, when the
-dataset and label count are those of a Table 6 column, the paper's numbers
-(docs/semi_supervised.md describes the files).
+"""Table-6-style files of ``isda compare --semi ...`` (described in docs/semi_supervised.md):
+one row per base method, the columns "without ISDA" (``--loss ce``) and "with ISDA"
+(``--loss isda``, Eq. 19), their difference paired by seed and the paper's numbers.
 """
 
 from __future__ import annotations
@@ -42,7 +39,7 @@ def _failed(summary: MethodSummary) -> str:
 
 def _paired_difference(base: MethodSummary, isda: MethodSummary) -> str:
     """``with - without``: mean ± std of the per-seed differences when both columns ran
-    the same seeds (same labeled split and initialization), else the difference of means."""
+    the same seeds, else the difference of means."""
     if base.seeds != isda.seeds:
         return f"{isda.final[0] - base.final[0]:+.2f}"
     mean, std = mean_std([b - a for a, b in zip(base.final_errors, isda.final_errors)])
