@@ -94,8 +94,7 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
                               config: TrainConfig) -> str:
     """The markdown of ``table.md`` (Table 7 layout)."""
     n_seeds = counts_text([len(m.seeds) for m in methods], "seed")
-    scales = methods[0].eval_scales or []
-    scale_text = ", ".join(f"{s:g}" for s in scales)
+    scale_text = ", ".join(f"{s:g}" for s in methods[0].eval_scales)
     marked = {key: clear_best([m.column(key)[0] for m in methods],
                               [m.column(key)[1] for m in methods], lower_is_better=False)
               for key in COLUMN_KEYS}
@@ -174,10 +173,8 @@ def write_segmentation_comparison(out: Path, variants: Sequence[Any],
 
 def format_segmentation_result(result: dict[str, Any]) -> str:
     """The one-run summary line of ``isda train`` for segmentation (Table 7 columns)."""
-    cells = []
-    for key, header, *_ in TABLE7_COLUMNS:
-        value = result.get(key)
-        cells.append(f"{header.lower()} {'-' if value is None else f'{value:.2f}%'}")
+    cells = [f"{header.lower()} {'-' if result.get(key) is None else f'{result[key]:.2f}%'}"
+             for key, header, *_ in TABLE7_COLUMNS]
     scales = ",".join(f"{s:g}" for s in result.get("eval_scales") or [])
     return f"test mIoU: {'  '.join(cells)}" + (f"  (scales {scales})" if scales else "")
 
