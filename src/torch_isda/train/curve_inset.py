@@ -20,8 +20,7 @@ def zoom_start(longest: int, window: int) -> int:
     return max(1, longest - span + 1)
 
 
-def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], window: int,
-                          bounds: Sequence[float] = (0.5, 0.47, 0.47, 0.48)) -> Any:
+def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], window: int) -> Any:
     """Add the inset to ``ax`` (upper right, where falling error curves leave room; y-range
     fitted to the zoomed region); ``series``: :func:`~torch_isda.train.tables.plot_band`'s
     results. Returns the inset axes (``None`` when the run is too short)."""
@@ -31,7 +30,7 @@ def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], 
     start = zoom_start(longest, window)
     if longest - start < 1:
         return None
-    inset = ax.inset_axes(list(bounds))
+    inset = ax.inset_axes([0.5, 0.47, 0.47, 0.48])
     ranges = []
     for epochs, mean, std, color in series:
         keep = epochs >= start

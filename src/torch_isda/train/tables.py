@@ -63,9 +63,9 @@ class MethodSummary:
 
 def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
                      final_epochs: Optional[int] = None) -> MethodSummary:
-    """Read ``result.json`` and ``metrics.json`` of a method's runs; each final error is
-    the mean test error of the run's last :func:`~torch_isda.train.reporting.final_window`
-    epochs. A run without ``result.json`` diverged: its seed is listed in ``failed``."""
+    """Read a method's runs; each final error is the mean test error of the run's last
+    :func:`~torch_isda.train.reporting.final_window` epochs; runs without ``result.json``
+    diverged (``failed``)."""
     finals, bests, curves, params, seeds, failed = [], [], [], None, [], []
     windows = set()
     for seed, run_dir in run_dirs:
@@ -147,10 +147,8 @@ def write_table_files(out: Path, markdown: str, header: Sequence[str],
     md, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
     atomic_write_text(md, markdown)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    csv.writer(buf, lineterminator="\n").writerows(
+        [header, *([f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows)])
     atomic_write_text(csv_path, buf.getvalue())
     return md, csv_path
 
@@ -208,8 +206,8 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig
                 ) -> tuple[str, list[str]]:
-    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style).
-    Returns the legend's title and entries (the names and window of the table)."""
+    """Test error vs. epoch per method, mean over seeds with a ±std band (Fig. 5 style);
+    returns the legend's title and entries."""
     inset = len(methods) >= INSET_MIN_METHODS  # a zoom on the last epochs, legend outside
     fig, ax = pyplot().subplots(figsize=(9.2 if inset else 6.4, 4.6 if inset else 4.2), dpi=120)
     series = [plot_band(ax, m.curves, f"{m.display} ({fmt_pm(*m.final, unit='%')})")
