@@ -46,10 +46,7 @@ def _number(value: Any) -> float:
 def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]]
                                   ) -> SegmentationMethodSummary:
     """Read ``result.json`` and ``metrics.json`` of a method's segmentation runs."""
-    miou: dict[str, list[float]] = {key: [] for key in COLUMN_KEYS}
-    finals, bests, curves, error_curves, seeds, predicted = [], [], [], [], [], []
-    params: Optional[int] = None
-    scales: list[float] = []
+    summary = SegmentationMethodSummary(loss, [], [], [], None, miou={k: [] for k in COLUMN_KEYS})
     for seed, run_dir in run_dirs:
         if not (run_dir / RESULT_NAME).is_file():  # diverged
             continue
@@ -58,18 +55,16 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
         if result.get("task") != "segmentation":
             raise ValueError(f"'{run_dir}' does not hold a segmentation run")
         for key in COLUMN_KEYS:
-            miou[key].append(_number(result.get(key)))
-        finals.append(_number(result.get("final_error")))
-        bests.append(_number(result.get("best_error")))
-        curves.append([_number(r.get("test_miou")) for r in rows])
-        error_curves.append([_number(r.get("test_error")) for r in rows])
-        params = result.get("num_parameters", params)
-        scales = list(result.get("eval_scales") or scales)
-        predicted.append(result.get("predicted_classes"))
-        seeds.append(seed)
-    return SegmentationMethodSummary(loss, seeds, finals, bests, params, error_curves, miou=miou,
-                                     miou_curves=curves, eval_scales=scales,
-                                     predicted_classes=predicted)
+            summary.miou[key].append(_number(result.get(key)))
+        summary.final_errors.append(_number(result.get("final_error")))
+        summary.best_errors.append(_number(result.get("best_error")))
+        summary.miou_curves.append([_number(r.get("test_miou")) for r in rows])
+        summary.curves.append([_number(r.get("test_error")) for r in rows])
+        summary.num_parameters = result.get("num_parameters", summary.num_parameters)
+        summary.eval_scales = list(result.get("eval_scales") or summary.eval_scales)
+        summary.predicted_classes.append(result.get("predicted_classes"))
+        summary.seeds.append(seed)
+    return summary
 
 
 def _model_text(config: TrainConfig) -> str:
