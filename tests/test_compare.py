@@ -68,3 +68,17 @@ def test_interrupted_run_with_other_config_is_refused(tmp_path):
           stop_after=1)
     with pytest.raises(FileExistsError, match="unfinished run with a different configuration"):
         run_comparison(base.replace(epochs=3), "ce", 1, tmp_path, quiet=True)
+
+
+def test_task_result_line_and_warning_of_the_progress_log():
+    from torch_isda.train.tasks import task_class
+
+    seg, cls = task_class("segmentation"), task_class("classification")
+    result = {"miou_single": 20.5, "miou_multiscale_flip": 21.25, "final_error": 3.5,
+              "best_error": 3.25, "predicted_classes": 1}
+    assert seg.result_line(result) == "mIoU 20.50% (multi-scale + flip 21.25%)"
+    assert cls.result_line(result) == "final error 3.50% (best 3.25%)"
+    assert seg.result_warning(result, "ce seed 1").startswith(
+        "warning: ce seed 1 predicts a single class for every test pixel")
+    assert seg.result_warning({**result, "predicted_classes": 3}, "ce seed 1") is None
+    assert cls.result_warning(result, "ce seed 1") is None

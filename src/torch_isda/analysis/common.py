@@ -10,18 +10,14 @@ markdown and CSV with :func:`write_table`, figures with :func:`save_figure` (ato
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..train.checkpoint import atomic_write_text
 from ..train.config import TrainConfig
-from ..train.tables import pyplot, save_figure  # re-exported for the analyses
+from ..train.reporting import fmt_pm, mean_std  # re-exported for the analyses
+from ..train.tables import markdown_table, pyplot, save_figure, write_table_files
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -73,23 +69,6 @@ def default_seeds(config: TrainConfig, digits: int = 2, other: int = 5) -> int:
     return digits if is_default_setting(config) else other
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
-    """Mean and sample standard deviation (``None`` for a single value)."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("no values to average")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def fmt_pm(mean: float, std: Optional[float], digits: int = 2, unit: str = "") -> str:
-    """``"1.23 ± 0.45"`` (or ``"1.23"`` without a std)."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    if std is None:
-        return f"{mean:.{digits}f}{unit}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
-
-
 @dataclass
 class Table:
     """A table written as ``<stem>.md`` (caption + markdown table + notes) and
@@ -103,33 +82,18 @@ class Table:
     notes: str = ""
 
     def markdown(self) -> str:
-        lines = [self.caption, "", "| " + " | ".join(self.headers) + " |",
-                 "|" + "---|" * len(self.headers)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
+        lines = [self.caption, "", *markdown_table(self.headers, self.rows)]
         if self.notes:
             lines += ["", self.notes]
         return "\n".join(lines) + "\n"
-
-    def csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(self.csv_headers)
-        for row in self.csv_rows:
-            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
-                             for v in row])
-        return buf.getvalue()
 
 
 def write_table(out: Union[str, Path], stem: str, table: Table,
                 markdown: Optional[str] = None) -> tuple[Path, Path, str]:
     """Write ``out/<stem>.md`` (``markdown``, default ``table.markdown()``) and
     ``out/<stem>.csv``; returns both paths and the markdown."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     text = table.markdown() if markdown is None else markdown
-    md, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
-    atomic_write_text(md, text)
-    atomic_write_text(csv_path, table.csv())
+    md, csv_path = write_table_files(Path(out), text, table.csv_headers, table.csv_rows, stem)
     return md, csv_path, text
 
 

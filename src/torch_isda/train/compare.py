@@ -1,10 +1,6 @@
-"""One comparison sweep for every task (``isda compare``, docs/training.md).
-
-Variants x seeds are trained sequentially in this process: one variant per ``--losses``
-spec (runs in ``OUT/<loss>/seed<k>/``), or per ``--semi`` method and ``--isda`` column
-(``OUT/<method>/<loss>/seed<k>/``). Finished runs are reused and interrupted ones resumed;
-a run that diverges is marked failed and the sweep goes on. Then the task writes
-``OUT/table.md``, ``OUT/table.csv`` and ``OUT/curves.png`` (``Task.write_comparison``).
+"""One comparison sweep for every task (``isda compare``, docs/training.md): variants x seeds
+trained sequentially in this process (``OUT/<loss>/seed<k>/``, with ``--semi``
+``OUT/<method>/<loss>/seed<k>/``), then ``Task.write_comparison`` writes the table and curves.
 """
 
 from __future__ import annotations
@@ -41,25 +37,18 @@ ISDA_MODES = {"off": ("ce",), "on": ("isda",), "both": ("ce", "isda")}
 def parse_seeds(value: Union[int, str, Sequence[int]]) -> list[int]:
     """``5`` or ``"5"`` -> seeds 0..4; ``"0,3,7"`` or ``[0, 3, 7]`` -> those seeds; a
     single seed is ``"3,"`` (or ``[3]``)."""
-    if isinstance(value, int):
-        if value < 1:
-            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value}: a count must be "
-                             f"at least 1")
-        return list(range(value))
+    seeds: Any = value
     if isinstance(value, str):
-        text = value.strip()
-        if "," not in text:
-            try:
-                count = int(text)
-            except ValueError:
-                raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
-            return parse_seeds(count)
         try:
-            seeds = [int(v) for v in text.split(",") if v.strip()]
+            seeds = [int(v) for v in value.split(",") if v.strip()] if "," in value else int(value)
         except ValueError:
             raise ValueError(f"--seeds expects {SEEDS_HELP}; got {value!r}") from None
-    else:
-        seeds = [int(v) for v in value]
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"--seeds expects {SEEDS_HELP}; got {seeds}: a count must be "
+                             f"at least 1")
+        return list(range(seeds))
+    seeds = [int(v) for v in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list without repeats; got {value!r}")
     return seeds
@@ -168,21 +157,13 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     return result, note
 
 
-def _score(result: dict[str, Any]) -> str:
-    if result.get("task") == "segmentation":
-        return (f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
-                f"{result['miou_multiscale_flip']:.2f}%)")
-    return f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
-
-
 def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
                    isda: Optional[str] = None, force: bool = False, quiet: bool = False,
                    log: Optional[Callable[[str], None]] = None) -> ComparisonResult:
-    """Train every variant (:func:`variants_for`) and seed into ``out`` and write the
-    task's table and curves (see the module docstring). ``base`` supplies everything
-    else; with ``base.semi`` naming methods, ``isda`` picks the columns and ``losses`` is
-    ignored."""
+    """Train every variant (:func:`variants_for`) and seed into ``out``, then write the task's
+    table and curves. With ``base.semi`` naming methods, ``isda`` picks the columns and
+    ``losses`` is ignored."""
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     variants = variants_for(base, losses, isda)
     seeds = parse_seeds(seeds)
@@ -190,6 +171,7 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     first = variants[-1]
     resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
                                            out=str(out)))
+    task = task_class(resolved)
     say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
         f"{resolved.model} over seeds {', '.join(map(str, seeds))} "
         f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
@@ -199,25 +181,23 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     total = len(variants) * len(seeds)
     eta = SweepEta(total)
     for done, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
-        run_dir = out / variant.key / f"seed{seed}"
+        run_dir, name = out / variant.key / f"seed{seed}", f"{variant.key} seed {seed}"
         cfg = base.replace(loss=variant.loss, semi=variant.semi, seed=seed, out=str(run_dir))
         t0 = time.perf_counter()
         runs.setdefault(variant.key, []).append((seed, run_dir))
         try:
             result, note = train_or_reuse(cfg, force=force, quiet=quiet)
         except DivergenceError as err:
-            failed[f"{variant.key} seed {seed}"] = str(err)
-            say(f"[{done}/{total}] {variant.key} seed {seed}: FAILED ({err})")
+            failed[name] = str(err)
+            say(f"[{done}/{total}] {name}: FAILED ({err})")
             continue
         counts["reused" if result["status"] == "reused" else "trained"] += 1
         seconds = time.perf_counter() - t0
         left = eta.update(seconds, worked=result["status"] != "reused")
-        say(f"[{done}/{total}] {variant.key} seed {seed}: {_score(result)}, {note} in "
-            f"{seconds:.1f}s{left}")
-        if result.get("predicted_classes") == 1:  # a degenerate segmentation model
-            from .tables_segmentation import single_class_warning
-
-            print(single_class_warning(result, f"{variant.key} seed {seed}"), file=sys.stderr)
-    methods, table, curves = task_class(resolved).write_comparison(out, variants, runs, resolved)
+        say(f"[{done}/{total}] {name}: {task.result_line(result)}, {note} in {seconds:.1f}s{left}")
+        warning = task.result_warning(result, name)
+        if warning:
+            print(warning, file=sys.stderr)
+    methods, table, curves = task.write_comparison(out, variants, runs, resolved)
     return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
                             curves, counts["trained"], counts["reused"], failed)

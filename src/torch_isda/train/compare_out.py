@@ -1,10 +1,6 @@
-"""Default output directories of ``isda compare``, keyed by configuration (docs/training.md).
-
-The default ``OUT`` is the command's base name followed by the settings in which the
-configuration differs from that command's defaults (``runs/compare-digits-epochs10``), so a
-reduced run never leaves runs that the full one refuses to overwrite; a long difference
-becomes the names of the fields and a hash of their values. Settings that do not change
-what a run computes (:data:`~torch_isda.train.rundir.COMPARED_IGNORED_FIELDS`) are left out.
+"""Default output directories of ``isda compare``, keyed by configuration (docs/training.md):
+the command's base name followed by the settings that differ from its defaults; a long
+difference becomes the names of the fields and a hash of their values.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ def _slug(value: Any) -> str:
 def config_suffix(config: TrainConfig, reference: TrainConfig,
                   ignore: Iterable[str] = ()) -> str:
     """``"epochs10-lr0.1"``: the resolved fields in which ``config`` differs from
-    ``reference`` (both resolved here), minus ignored and per-run fields; ``""`` if none."""
+    ``reference``, minus ignored and per-run fields; ``""`` if none."""
     skip = (*COMPARED_IGNORED_FIELDS, *PER_RUN_FIELDS, *ignore)
     a = resolve_config(reference.replace(loss=config.loss, seed=config.seed, out="-"))
     b = resolve_config(config.replace(out="-"))
@@ -70,17 +66,15 @@ def config_suffix(config: TrainConfig, reference: TrainConfig,
 
 def default_comparison_out(prefix: str, config: TrainConfig, reference: TrainConfig,
                            ignore: Iterable[str] = ()) -> str:
-    """``prefix`` plus ``-`` and :func:`config_suffix` when the configuration differs from
-    ``reference`` (the command's defaults)."""
+    """``prefix``, then ``-`` and :func:`config_suffix` if ``config`` differs from ``reference``."""
     suffix = config_suffix(config, reference, ignore)
     return f"{prefix}-{suffix}" if suffix else prefix
 
 
 def comparison_dir(config: TrainConfig, default_out: str = "runs/compare-digits",
                    default: tuple[str, str] = ("digits", "digits_cnn")) -> str:
-    """The default ``--out`` of ``isda compare`` for ``config``: ``default_out`` for the
-    default dataset and model, else ``runs/compare-<dataset>-<resolved model>``, followed by
-    :func:`config_suffix` (``config.loss``/``seed``/``out`` do not matter)."""
+    """The default ``--out`` of ``isda compare``: ``default_out`` for the default dataset and
+    model, else ``runs/compare-<dataset>-<resolved model>``, plus :func:`config_suffix`."""
     is_default = (config.dataset, config.model) == tuple(default)
     model = resolve_config(config.replace(out="-")).model  # segmentation replaces the default
     prefix = default_out if is_default else f"runs/compare-{config.dataset}-{model}"

@@ -15,36 +15,32 @@ INSET_MIN_METHODS = 5
 
 
 def zoom_start(longest: int, window: int) -> int:
-    """The first epoch shown in the inset: the last ``max(window, a quarter of the run,
-    3)`` epochs (never before epoch 1)."""
+    """The inset's first epoch: it shows the last ``max(window, a quarter of the run, 3)``."""
     span = max(int(window), int(math.ceil(0.25 * longest)), 3)
     return max(1, longest - span + 1)
 
 
-def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], window: int,
-                          bounds: Sequence[float] = (0.5, 0.47, 0.47, 0.48)) -> Any:
+def add_last_epochs_inset(ax: Any, series: Sequence[tuple[Any, Any, Any, Any]], window: int) -> Any:
     """Add the inset to ``ax`` (upper right, where falling error curves leave room; y-range
-    fitted to the zoomed region, which is marked on ``ax``); ``series`` holds ``(epochs,
-    mean, std, color)`` numpy arrays per method. Returns the inset axes (``None`` when the
-    run is too short)."""
+    fitted to the zoomed region); ``series``: :func:`~torch_isda.train.tables.plot_band`'s
+    results. Returns the inset axes (``None`` when the run is too short)."""
     import numpy as np
 
     longest = max(int(s[0][-1]) for s in series if len(s[0]))
     start = zoom_start(longest, window)
     if longest - start < 1:
         return None
-    inset = ax.inset_axes(list(bounds))
-    lows, highs = [], []
+    inset = ax.inset_axes([0.5, 0.47, 0.47, 0.48])
+    ranges = []
     for epochs, mean, std, color in series:
         keep = epochs >= start
         if not keep.any():
             continue
+        low, high = (mean - std)[keep], (mean + std)[keep]
         inset.plot(epochs[keep], mean[keep], lw=1.3, color=color)
-        inset.fill_between(epochs[keep], (mean - std)[keep], (mean + std)[keep], color=color,
-                           alpha=0.2, lw=0)
-        lows.append(float(np.nanmin((mean - std)[keep])))
-        highs.append(float(np.nanmax((mean + std)[keep])))
-    finite = [(lo, hi) for lo, hi in zip(lows, highs) if math.isfinite(lo) and math.isfinite(hi)]
+        inset.fill_between(epochs[keep], low, high, color=color, alpha=0.2, lw=0)
+        ranges.append((float(np.nanmin(low)), float(np.nanmax(high))))
+    finite = [(lo, hi) for lo, hi in ranges if math.isfinite(lo) and math.isfinite(hi)]
     if finite:
         lo, hi = min(v[0] for v in finite), max(v[1] for v in finite)
         pad = 0.08 * (hi - lo) + 1e-6

@@ -1,12 +1,5 @@
-"""One display name per training criterion: the paper's names, used by every table and
-legend (the criterion spec, e.g. ``ce+center``, goes in a column of its own).
-
-:func:`display_name` names a spec: the paper's name of its primary loss (Table 5: "Basic",
-"ISDA", "Focal Loss", "L_q Loss", "Label Smoothing", "Large Margin"), then ``" + "`` and the
-name of each modifier ("Dropout"); a loss modifier added to plain cross-entropy is named
-alone, as in Table 5 ("ce+center" is "Center Loss", "ce+disturb_label" "Disturb Label").
-Arguments are kept: ``isda(lambda0=0.25)`` is "ISDA (lambda0=0.25)". Unknown names are
-shown as written.
+"""One display name per training criterion spec, the paper's (TPAMI Table 5; naming rules in
+docs/training.md), used by every table and legend.
 """
 
 from __future__ import annotations
@@ -43,7 +36,7 @@ def _term(name: str, kwargs: dict) -> str:
 
 
 def display_name(spec: str) -> str:
-    """The paper's name of a criterion spec (see the module docstring)."""
+    """The paper's name of a criterion spec: ``"ISDA + Dropout"``, ``"Center Loss"``."""
     from .criteria import parse_criterion_spec
 
     try:

@@ -1,26 +1,25 @@
 """Reporting rules shared by ``isda train``, ``isda compare`` and the analyses: the
-final-error window (:func:`final_window`), the bold rule of tables (:func:`clear_best`),
-counts and ETAs in words.
+final-error window, mean ± std, the bold rule of tables, counts and ETAs in words.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Optional
 
 __all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text",
-           "final_window", "format_eta", "plural", "window_text"]
+           "final_window", "fmt_pm", "format_eta", "mean_std", "plural", "window_text"]
 
 #: Section 6.1: "the average test error of the last 10 epochs is ... reported".
 PAPER_FINAL_EPOCHS = 10
 
 
 def final_window(epochs: int, final_epochs: Optional[int] = None) -> int:
-    """The number of last epochs averaged into the final error of a run of ``epochs``:
-    ``final_epochs`` when given (``ValueError`` unless ``1 <= final_epochs <= epochs``),
-    else the paper's 10, but at most a tenth of the run (a 10-epoch average of a short run
-    would reach back into its first epochs) and at least 1."""
+    """The number of last epochs averaged into a run's final error: ``final_epochs`` (1 to
+    ``epochs``), else the paper's 10 but at most a tenth of the run (a short run's first
+    epochs stay out) and at least 1."""
     epochs = int(epochs)
     if final_epochs is not None:
         k = int(final_epochs)
@@ -30,6 +29,23 @@ def final_window(epochs: int, final_epochs: Optional[int] = None) -> int:
             raise ValueError(f"--final-epochs {k} exceeds the run's {plural(epochs, 'epoch')}")
         return k
     return max(1, min(PAPER_FINAL_EPOCHS, epochs // 10))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (n - 1; ``None`` for a single value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values to average")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_pm(mean: Optional[float], std: Optional[float], digits: int = 2, unit: str = "") -> str:
+    """``"1.23 ± 0.45"`` + ``unit`` (``"1.23"`` without a std, ``"-"`` without a mean)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None:
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
 
 
 def window_text(k: int) -> str:
@@ -61,9 +77,8 @@ def format_eta(seconds: float) -> str:
 
 
 class SweepEta:
-    """The estimated time left in a sweep of ``total`` items (runs of a comparison, GAN
-    iterations): the mean time of the items that did work so far (reused runs cost nothing
-    and are not counted) times the items left."""
+    """The time left in a sweep of ``total`` items (runs, GAN iterations): the mean time of
+    the items that did work so far (reused runs are not counted) times the items left."""
 
     def __init__(self, total: int) -> None:
         self.total = int(total)
@@ -72,8 +87,8 @@ class SweepEta:
         self.seconds = 0.0
 
     def update(self, seconds: float, worked: bool = True, count: int = 1) -> str:
-        """Record ``count`` finished items that took ``seconds``; returns ``", about 1m05s
-        left"`` (empty when nothing is left or nothing has been timed yet)."""
+        """Record ``count`` items that took ``seconds``; returns ``", about 1m05s left"`` or
+        ``""`` (nothing left or nothing timed yet)."""
         self.done += int(count)
         if worked:
             self.worked += int(count)
@@ -86,14 +101,8 @@ class SweepEta:
 
 def clear_best(means: Sequence[float], stds: Sequence[Optional[float]], *,
                lower_is_better: bool = True) -> Optional[int]:
-    """The index of the entry to print in bold, or ``None``.
-
-    An entry is marked only when it is the best mean and its lead over every other entry
-    exceeds the standard deviation of both (a difference within one standard deviation is
-    not a clear difference). Without a standard deviation (a single seed) nothing is marked.
-    """
-    if len(means) < 2:
-        return None
+    """The index of the entry to print in bold, or ``None``: the best mean, when its lead
+    over every other entry exceeds the standard deviation of both (none without a std)."""
     sign = 1.0 if lower_is_better else -1.0
     finite = [i for i, m in enumerate(means) if math.isfinite(m)]
     if len(finite) < 2:
@@ -111,8 +120,7 @@ def clear_best(means: Sequence[float], stds: Sequence[Optional[float]], *,
 
 
 def bold_note(marked: Optional[int], count: int, spread: bool = True) -> str:
-    """The sentence a table caption adds about :func:`clear_best`'s choice (``spread``:
-    whether standard deviations exist, i.e. more than one seed)."""
+    """The caption's sentence about :func:`clear_best`'s choice (``spread``: stds exist)."""
     if count < 2:
         return ""
     if not spread:

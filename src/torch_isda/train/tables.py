@@ -1,11 +1,7 @@
 """Tables and curves of an ``isda compare`` sweep of classification runs (Table 2 / Table 5;
-the files are described in docs/training.md).
-
-Each run's final error is recomputed from its ``metrics.json`` with the requested window
-(:func:`~torch_isda.train.reporting.final_window`), so finished runs are re-summarized
-without retraining; runs that diverged are marked failed and left out of the statistics.
-:class:`MethodSummary`, :func:`summarize_method`, the file writer and the plotting helpers
-are shared with the semi-supervised and segmentation tables.
+docs/training.md). Each run's final error is recomputed from its ``metrics.json`` with the
+requested window; runs that diverged are marked failed and left out of the statistics. The
+summaries, the file writer and the plotting helpers serve the other tasks' tables too.
 """
 
 from __future__ import annotations
@@ -14,7 +10,6 @@ import csv
 import io
 import json
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +20,12 @@ from .config import TrainConfig
 from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
 from .method_names import display_name
 from .metrics import final_error
-from .reporting import bold_note, clear_best, counts_text, final_window, window_text
+from .reporting import bold_note, clear_best, counts_text, final_window, fmt_pm, mean_std, window_text
 from .rundir import RESULT_NAME
 
-__all__ = ["WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params", "plot_band",
-           "plot_curves", "pm", "pyplot", "render_table", "save_figure", "stats_cells",
-           "summarize_method", "write_classification_comparison", "write_table_files",
-           "write_tables", "zoom_top"]
+__all__ = ["WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params", "markdown_table",
+           "plot_band", "plot_curves", "pyplot", "render_table", "save_figure", "stats_cells",
+           "summarize_method", "write_classification_comparison", "write_table_files", "zoom_top"]
 
 #: Up to this many methods the summary is one row with a column per method (Table 2
 #: style); with more, one row per method named by its spec (Table 5 style).
@@ -54,28 +48,24 @@ class MethodSummary:
         return display_name(self.loss)
 
     @staticmethod
-    def mean_std(values: list[float]) -> tuple[float, Optional[float]]:
-        if not values:
-            return math.nan, None
-        mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else None  # sample std (n - 1)
-        return mean, std
+    def stats(values: list[float]) -> tuple[float, Optional[float]]:
+        """:func:`~torch_isda.train.reporting.mean_std`, ``(nan, None)`` without values."""
+        return mean_std(values) if values else (math.nan, None)
 
     @property
     def final(self) -> tuple[float, Optional[float]]:
-        return self.mean_std(self.final_errors)
+        return self.stats(self.final_errors)
 
     @property
     def best(self) -> tuple[float, Optional[float]]:
-        return self.mean_std(self.best_errors)
+        return self.stats(self.best_errors)
 
 
 def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
                      final_epochs: Optional[int] = None) -> MethodSummary:
-    """Read ``result.json`` and ``metrics.json`` of a method's runs; each final error is
-    the mean test error of the run's last :func:`~torch_isda.train.reporting.final_window`
-    epochs (``final_epochs`` or the default window). A run without ``result.json``
-    diverged: its seed is listed in ``failed``."""
+    """Read a method's runs; each final error is the mean test error of the run's last
+    :func:`~torch_isda.train.reporting.final_window` epochs; runs without ``result.json``
+    diverged (``failed``)."""
     finals, bests, curves, params, seeds, failed = [], [], [], None, [], []
     windows = set()
     for seed, run_dir in run_dirs:
@@ -95,10 +85,6 @@ def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
                          window=max(windows, default=1), failed=failed)
 
 
-def pm(mean: float, std: Optional[float], unit: str = "%") -> str:
-    return f"{mean:.2f}{unit}" if std is None else f"{mean:.2f} ± {std:.2f}{unit}"
-
-
 def format_params(n: Optional[int]) -> str:
     if n is None:
         return "-"
@@ -109,6 +95,12 @@ def format_params(n: Optional[int]) -> str:
     return str(n)
 
 
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table."""
+    return ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
 def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     """The markdown of ``table.md``."""
     seeds_text = counts_text([len(m.seeds) for m in methods], "seed")
@@ -116,7 +108,7 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     spread = all(m.final[1] is not None for m in methods)
     cells = []
     for i, m in enumerate(methods):
-        text = pm(*m.final) if m.seeds else "failed"
+        text = fmt_pm(*m.final, unit="%") if m.seeds else "failed"
         text = f"**{text}**" if i == marked else text
         cells.append(text + (f" ({len(m.failed)} failed)" if m.failed and m.seeds else ""))
     params = format_params(methods[0].num_parameters)
@@ -128,25 +120,17 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
         "",
     ]
     if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
-        lines += [
-            "| Network | Params | " + " | ".join(m.display for m in methods) + " |",
-            "|---|---|" + "---|" * len(methods),
-            f"| {config.model} | {params} | " + " | ".join(cells) + " |",
-        ]
+        lines += markdown_table(["Network", "Params", *(m.display for m in methods)],
+                                [[config.model, params, *cells]])
     else:  # Table 5 style: one row per method
-        lines += [f"| Method | Spec | {config.model} ({params}) on {config.dataset} |",
-                  "|---|---|---|"]
-        lines += [f"| {m.display} | `{m.loss}` | {cell} |" for m, cell in zip(methods, cells)]
-    lines += [
-        "",
-        "| Method | Spec | Final error (%) | Best error (%) | Seeds | Final error per seed (%) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in methods:
-        per_seed = ", ".join([f"{e:.2f}" for e in m.final_errors]
-                             + [f"seed {s} failed (diverged)" for s in m.failed])
-        lines.append(f"| {m.display} | `{m.loss}` | {pm(*m.final, unit='')} | "
-                     f"{pm(*m.best, unit='')} | {len(m.seeds)} | {per_seed} |")
+        lines += markdown_table(["Method", "Spec", f"{config.model} ({params}) on {config.dataset}"],
+                                [[m.display, f"`{m.loss}`", cell] for m, cell in zip(methods, cells)])
+    per_seed = [", ".join([f"{e:.2f}" for e in m.final_errors]
+                          + [f"seed {s} failed (diverged)" for s in m.failed]) for m in methods]
+    lines += ["", *markdown_table(
+        ["Method", "Spec", "Final error (%)", "Best error (%)", "Seeds", "Final error per seed (%)"],
+        [[m.display, f"`{m.loss}`", fmt_pm(*m.final), fmt_pm(*m.best), len(m.seeds), text]
+         for m, text in zip(methods, per_seed)])]
     return "\n".join(lines) + "\n"
 
 
@@ -156,26 +140,17 @@ def stats_cells(mean: float, std: Optional[float]) -> list[str]:
 
 
 def write_table_files(out: Path, markdown: str, header: Sequence[str],
-                      rows: Sequence[Sequence[Any]]) -> str:
-    """Write ``table.md`` and ``table.csv`` (``header``, then ``rows``); returns the markdown."""
-    atomic_write_text(out / "table.md", markdown)
+                      rows: Sequence[Sequence[Any]], stem: str = "table") -> tuple[Path, Path]:
+    """Write ``out/<stem>.md`` (``markdown``) and ``out/<stem>.csv`` (``header``, then
+    ``rows``; float cells as ``%.6g``, ``None`` empty); returns both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
+    atomic_write_text(md, markdown)
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
-    atomic_write_text(out / "table.csv", buf.getvalue())
-    return markdown
-
-
-def write_tables(out: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> str:
-    """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    header = ["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
-              "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
-              "num_parameters", "seeds", "final_errors", "failed_seeds"]
-    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, m.window,
-             len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best),
-             "" if m.num_parameters is None else m.num_parameters,
-             ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
-             ";".join(str(s) for s in m.failed)] for m in methods]
-    return write_table_files(out, render_table(methods, config), header, rows)
+    csv.writer(buf, lineterminator="\n").writerows(
+        [header, *([f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows)])
+    atomic_write_text(csv_path, buf.getvalue())
+    return md, csv_path
 
 
 def pyplot() -> Any:
@@ -231,11 +206,11 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig
                 ) -> tuple[str, list[str]]:
-    """Test error vs. epoch per method: mean over seeds with a ±std band (Fig. 5 style).
-    Returns the legend's title and entries (the names and window of the table)."""
+    """Test error vs. epoch per method, mean over seeds with a ±std band (Fig. 5 style);
+    returns the legend's title and entries."""
     inset = len(methods) >= INSET_MIN_METHODS  # a zoom on the last epochs, legend outside
     fig, ax = pyplot().subplots(figsize=(9.2 if inset else 6.4, 4.6 if inset else 4.2), dpi=120)
-    series = [plot_band(ax, m.curves, f"{m.display} ({pm(*m.final)})")
+    series = [plot_band(ax, m.curves, f"{m.display} ({fmt_pm(*m.final, unit='%')})")
               for m in methods if m.curves]
     zoom_top(ax, series)
     longest = max((len(c) for m in methods for c in m.curves), default=0)
@@ -262,7 +237,15 @@ def write_classification_comparison(out: Path, variants: Sequence[Any],
     """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a sweep over criteria;
     returns ``(methods, markdown, curves path)``."""
     methods = [summarize_method(v.loss, runs[v.key], config.final_epochs) for v in variants]
-    table = write_tables(out, methods, config)
+    header = ["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
+              "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
+              "num_parameters", "seeds", "final_errors", "failed_seeds"]
+    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, m.window,
+             len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best), m.num_parameters,
+             ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
+             ";".join(str(s) for s in m.failed)] for m in methods]
+    table = render_table(methods, config)
+    write_table_files(out, table, header, rows)
     curves = out / "curves.png"
     plot_curves(curves, methods, config)
     return methods, table, curves

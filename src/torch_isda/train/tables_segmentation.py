@@ -1,7 +1,5 @@
-"""``isda compare`` for segmentation runs: Table-7-style ``OUT/table.md`` (mIoU in the
-three columns single scale, multi-scale, multi-scale + flip, with the change relative to
-the first method), ``OUT/table.csv`` and ``OUT/curves.png`` (single-scale mIoU per epoch);
-the files are described in docs/segmentation.md.
+"""``isda compare`` for segmentation runs: Table-7-style ``OUT/table.md``, ``OUT/table.csv``
+and ``OUT/curves.png`` (described in docs/segmentation.md), and one run's summary lines.
 """
 
 from __future__ import annotations
@@ -14,15 +12,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import TrainConfig
-from .reporting import clear_best, counts_text, plural
+from .reporting import clear_best, counts_text, fmt_pm, plural
 from .rundir import RESULT_NAME
 from .segmentation_config import TABLE7_COLUMNS
-from .tables import (MethodSummary, format_params, plot_band, pm, pyplot, save_figure,
-                     stats_cells, write_table_files)
+from .tables import (MethodSummary, format_params, markdown_table, plot_band, pyplot,
+                     save_figure, stats_cells, write_table_files)
 
 __all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves",
            "render_segmentation_table", "single_class_warning", "summarize_segmentation_method",
-           "write_segmentation_comparison", "write_segmentation_tables"]
+           "write_segmentation_comparison"]
 
 COLUMN_KEYS = tuple(key for key, *_ in TABLE7_COLUMNS)
 
@@ -38,7 +36,7 @@ class SegmentationMethodSummary(MethodSummary):
     predicted_classes: list[Optional[int]] = field(default_factory=list)  # per seed
 
     def column(self, key: str) -> tuple[float, Optional[float]]:
-        return self.mean_std(self.miou[key])
+        return self.stats(self.miou[key])
 
 
 def _number(value: Any) -> float:
@@ -48,10 +46,7 @@ def _number(value: Any) -> float:
 def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]]
                                   ) -> SegmentationMethodSummary:
     """Read ``result.json`` and ``metrics.json`` of a method's segmentation runs."""
-    miou: dict[str, list[float]] = {key: [] for key in COLUMN_KEYS}
-    finals, bests, curves, error_curves, seeds, predicted = [], [], [], [], [], []
-    params: Optional[int] = None
-    scales: list[float] = []
+    summary = SegmentationMethodSummary(loss, [], [], [], None, miou={k: [] for k in COLUMN_KEYS})
     for seed, run_dir in run_dirs:
         if not (run_dir / RESULT_NAME).is_file():  # diverged
             continue
@@ -60,18 +55,16 @@ def summarize_segmentation_method(loss: str, run_dirs: Sequence[tuple[int, Path]
         if result.get("task") != "segmentation":
             raise ValueError(f"'{run_dir}' does not hold a segmentation run")
         for key in COLUMN_KEYS:
-            miou[key].append(_number(result.get(key)))
-        finals.append(_number(result.get("final_error")))
-        bests.append(_number(result.get("best_error")))
-        curves.append([_number(r.get("test_miou")) for r in rows])
-        error_curves.append([_number(r.get("test_error")) for r in rows])
-        params = result.get("num_parameters", params)
-        scales = list(result.get("eval_scales") or scales)
-        predicted.append(result.get("predicted_classes"))
-        seeds.append(seed)
-    return SegmentationMethodSummary(loss, seeds, finals, bests, params, error_curves, miou=miou,
-                                     miou_curves=curves, eval_scales=scales,
-                                     predicted_classes=predicted)
+            summary.miou[key].append(_number(result.get(key)))
+        summary.final_errors.append(_number(result.get("final_error")))
+        summary.best_errors.append(_number(result.get("best_error")))
+        summary.miou_curves.append([_number(r.get("test_miou")) for r in rows])
+        summary.curves.append([_number(r.get("test_error")) for r in rows])
+        summary.num_parameters = result.get("num_parameters", summary.num_parameters)
+        summary.eval_scales = list(result.get("eval_scales") or summary.eval_scales)
+        summary.predicted_classes.append(result.get("predicted_classes"))
+        summary.seeds.append(seed)
+    return summary
 
 
 def _model_text(config: TrainConfig) -> str:
@@ -96,8 +89,7 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
                               config: TrainConfig) -> str:
     """The markdown of ``table.md`` (Table 7 layout)."""
     n_seeds = counts_text([len(m.seeds) for m in methods], "seed")
-    scales = methods[0].eval_scales or []
-    scale_text = ", ".join(f"{s:g}" for s in scales)
+    scale_text = ", ".join(f"{s:g}" for s in methods[0].eval_scales)
     marked = {key: clear_best([m.column(key)[0] for m in methods],
                               [m.column(key)[1] for m in methods], lower_is_better=False)
               for key in COLUMN_KEYS}
@@ -112,49 +104,29 @@ def render_segmentation_table(methods: Sequence[SegmentationMethodSummary],
         f"of every other by more than one standard deviation of both"
         f"{'' if any(v is not None for v in marked.values()) else ' (none here)'}.",
         "",
-        "| Method | Spec | Params | " + " | ".join(h for _, h, *_ in TABLE7_COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(COLUMN_KEYS),
     ]
+    rows = []
     for i, m in enumerate(methods):
         cells = []
         for key in COLUMN_KEYS:
             mean, std = m.column(key)
-            text = pm(mean, std, unit="")
+            text = fmt_pm(mean, std)
             if i == marked[key]:
                 text = f"**{text}**"
             if m is not baseline:
                 delta = mean - baseline.column(key)[0]
                 text += f" ({'↑' if delta >= 0 else '↓'} {abs(delta):.2f})"
             cells.append(text)
-        lines.append(f"| {m.display} | `{m.loss}` | {format_params(m.num_parameters)} | "
-                     + " | ".join(cells) + " |")
+        rows.append([m.display, f"`{m.loss}`", format_params(m.num_parameters), *cells])
+    lines += markdown_table(["Method", "Spec", "Params", *(h for _, h, *_ in TABLE7_COLUMNS)], rows)
     warnings = degenerate_runs(methods)
     if warnings:
         lines += ["", *(f"**Warning**: {w}" for w in warnings)]
-    lines += ["", "| Method | Spec | Seeds | "
-              + " | ".join(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)
-              + " |", "|---|---|---|" + "---|" * len(COLUMN_KEYS)]
-    for m in methods:
-        per_seed = [", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS]
-        seeds = ", ".join(map(str, m.seeds))
-        lines.append(f"| {m.display} | `{m.loss}` | {seeds} | " + " | ".join(per_seed) + " |")
+    lines += ["", *markdown_table(
+        ["Method", "Spec", "Seeds", *(f"{h} per seed" for _, h, *_ in TABLE7_COLUMNS)],
+        [[m.display, f"`{m.loss}`", ", ".join(map(str, m.seeds)),
+          *(", ".join(f"{v:.2f}" for v in m.miou[key]) for key in COLUMN_KEYS)] for m in methods])]
     return "\n".join(lines) + "\n"
-
-
-def write_segmentation_tables(out: Path, methods: Sequence[SegmentationMethodSummary],
-                              config: TrainConfig) -> str:
-    """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    header = ["method", "name", "dataset", "model", "epochs", "n_seeds",
-              *(f"{key}_{stat}" for key in COLUMN_KEYS for stat in ("mean", "std")),
-              "eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
-    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, len(m.seeds),
-             *(cell for key in COLUMN_KEYS for cell in stats_cells(*m.column(key))),
-             ";".join(f"{s:g}" for s in m.eval_scales),
-             "" if m.num_parameters is None else m.num_parameters,
-             ";".join(str(s) for s in m.seeds),
-             *(";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS)]
-            for m in methods]
-    return write_table_files(out, render_segmentation_table(methods, config), header, rows)
 
 
 def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
@@ -162,7 +134,7 @@ def plot_miou_curves(path: Path, methods: Sequence[SegmentationMethodSummary],
     """Single-scale test mIoU vs. epoch per method: mean over seeds with a ±std band."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
     for m in [m for m in methods if m.miou_curves]:  # runs that diverged have none
-        plot_band(ax, m.miou_curves, f"{m.display} ({pm(*m.column('miou_single'), unit='')}%)")
+        plot_band(ax, m.miou_curves, f"{m.display} ({fmt_pm(*m.column('miou_single'))}%)")
     n = sorted({len(m.seeds) for m in methods})
     ax.set(xlabel="epoch", ylabel="test mIoU (%), single scale",
            title=f"{config.model} on {config.dataset}: mean ± std over {counts_text(n, 'seed')}")
@@ -178,7 +150,17 @@ def write_segmentation_comparison(out: Path, variants: Sequence[Any],
     """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a segmentation
     comparison; returns ``(methods, markdown, curves path)``."""
     methods = [summarize_segmentation_method(v.loss, runs[v.key]) for v in variants]
-    table = write_segmentation_tables(out, methods, config)
+    header = ["method", "name", "dataset", "model", "epochs", "n_seeds",
+              *(f"{key}_{stat}" for key in COLUMN_KEYS for stat in ("mean", "std")),
+              "eval_scales", "num_parameters", "seeds", *COLUMN_KEYS]
+    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, len(m.seeds),
+             *(cell for key in COLUMN_KEYS for cell in stats_cells(*m.column(key))),
+             ";".join(f"{s:g}" for s in m.eval_scales), m.num_parameters,
+             ";".join(str(s) for s in m.seeds),
+             *(";".join(f"{v:.4f}" for v in m.miou[key]) for key in COLUMN_KEYS)]
+            for m in methods]
+    table = render_segmentation_table(methods, config)
+    write_table_files(out, table, header, rows)
     curves = out / "curves.png"
     plot_miou_curves(curves, methods, config)
     return methods, table, curves
@@ -186,10 +168,8 @@ def write_segmentation_comparison(out: Path, variants: Sequence[Any],
 
 def format_segmentation_result(result: dict[str, Any]) -> str:
     """The one-run summary line of ``isda train`` for segmentation (Table 7 columns)."""
-    cells = []
-    for key, header, *_ in TABLE7_COLUMNS:
-        value = result.get(key)
-        cells.append(f"{header.lower()} {'-' if value is None else f'{value:.2f}%'}")
+    cells = [f"{header.lower()} {'-' if result.get(key) is None else f'{result[key]:.2f}%'}"
+             for key, header, *_ in TABLE7_COLUMNS]
     scales = ",".join(f"{s:g}" for s in result.get("eval_scales") or [])
     return f"test mIoU: {'  '.join(cells)}" + (f"  (scales {scales})" if scales else "")
 

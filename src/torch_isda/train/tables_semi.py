@@ -1,26 +1,21 @@
-"""Semi-supervised comparisons in the form of Table 6 (``isda compare --semi ...``): runs in
-``OUT/<method>/<loss>/seed<k>/``, one row per base method with the columns "without ISDA"
-(``--loss ce``) and "with ISDA" (``--loss isda``, Eq. 19), their difference paired by seed
-(a seed fixes the labeled split and the initialization of both columns) and, when the
-dataset and label count are those of a Table 6 column, the paper's numbers
-(docs/semi_supervised.md describes the files).
+"""Table-6-style files of ``isda compare --semi ...`` (described in docs/semi_supervised.md):
+one row per base method, the columns "without ISDA" (``--loss ce``) and "with ISDA"
+(``--loss isda``, Eq. 19), their difference paired by seed and the paper's numbers.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import TrainConfig
-from .reporting import clear_best, counts_text, plural, window_text
-from .tables import (MethodSummary, plot_band, pm, pyplot, save_figure, stats_cells,
+from .reporting import clear_best, counts_text, fmt_pm, mean_std, plural, window_text
+from .tables import (MethodSummary, markdown_table, plot_band, pyplot, save_figure, stats_cells,
                      summarize_method, write_table_files, zoom_top)
 
-__all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison",
-           "write_semi_tables"]
+__all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison"]
 
 #: Row names of Table 6.
 METHOD_NAMES = {"pi": "Π-model", "temporal-ensembling": "Temp-ensemble",
@@ -35,8 +30,7 @@ def _paper(method: str, config: TrainConfig) -> Optional[str]:
     entry = PAPER_TABLE6.get((method, config.dataset, int(config.labels)))
     if entry is None:
         return None
-    (bm, bs), (im, is_) = entry
-    return f"{bm:.2f} ± {bs:.2f} / {im:.2f} ± {is_:.2f}"
+    return f"{fmt_pm(*entry[0])} / {fmt_pm(*entry[1])}"
 
 
 def _failed(summary: MethodSummary) -> str:
@@ -45,14 +39,11 @@ def _failed(summary: MethodSummary) -> str:
 
 def _paired_difference(base: MethodSummary, isda: MethodSummary) -> str:
     """``with - without``: mean ± std of the per-seed differences when both columns ran
-    the same seeds (same labeled split and initialization), else the difference of means."""
+    the same seeds, else the difference of means."""
     if base.seeds != isda.seeds:
         return f"{isda.final[0] - base.final[0]:+.2f}"
-    diffs = [b - a for a, b in zip(base.final_errors, isda.final_errors)]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return f"{mean:+.2f}"
-    return f"{mean:+.2f} ± {statistics.stdev(diffs):.2f}"
+    mean, std = mean_std([b - a for a, b in zip(base.final_errors, isda.final_errors)])
+    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
 
 
 def render_semi_table(methods: Sequence[str], losses: Sequence[str],
@@ -68,6 +59,23 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         header.append("Δ (with − without, paired by seed)")
     if show_paper:
         header.append(f"paper Table 6 ({config.dataset}, {config.labels} labels)")
+    rows, seed_rows = [], []
+    for m in methods:
+        cells = [fmt_pm(*summaries[(m, loss)].final, unit="%") + _failed(summaries[(m, loss)])
+                 for loss in losses]
+        if both:
+            base, isda = summaries[(m, "ce")], summaries[(m, "isda")]
+            marked = clear_best([base.final[0], isda.final[0]], [base.final[1], isda.final[1]])
+            cells = [f"**{c}**" if i == marked else c for i, c in enumerate(cells)]
+            cells.append(_paired_difference(base, isda))
+        if show_paper:
+            cells.append(papers[m] or "-")
+        rows.append([METHOD_NAMES.get(m, m), *cells])
+        for loss in losses:
+            s = summaries[(m, loss)]
+            seed_rows.append([METHOD_NAMES.get(m, m), _COLUMNS[loss], f"`--semi {m} --loss {loss}`",
+                              fmt_pm(*s.final), fmt_pm(*s.best), len(s.seeds),
+                              ", ".join(f"{e:.2f}" for e in s.final_errors)])
     lines = [
         f"Test error (%) of {config.model} on {config.dataset} with {config.labels} labels "
         f"(semi-supervised, Table 6 style): mean ± std (sample std) over "
@@ -79,49 +87,12 @@ def render_semi_table(methods: Sequence[str], losses: Sequence[str],
         + (" In bold: the better column of a row, where the difference exceeds one standard "
            "deviation of both." if both else ""),
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        *markdown_table(header, rows),
+        "",
+        *markdown_table(["Method", "Column", "Spec", "Final error (%)", "Best error (%)", "Seeds",
+                         "Final error per seed (%)"], seed_rows),
     ]
-    for m in methods:
-        cells = [pm(*summaries[(m, loss)].final) + _failed(summaries[(m, loss)])
-                 for loss in losses]
-        if both:
-            base, isda = summaries[(m, "ce")], summaries[(m, "isda")]
-            marked = clear_best([base.final[0], isda.final[0]], [base.final[1], isda.final[1]])
-            cells = [f"**{c}**" if i == marked else c for i, c in enumerate(cells)]
-            cells.append(_paired_difference(base, isda))
-        if show_paper:
-            cells.append(papers[m] or "-")
-        lines.append(f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
-    lines += ["", "| Method | Column | Spec | Final error (%) | Best error (%) | Seeds | "
-                  "Final error per seed (%) |", "|---|---|---|---|---|---|---|"]
-    for m in methods:
-        for loss in losses:
-            s = summaries[(m, loss)]
-            per_seed = ", ".join(f"{e:.2f}" for e in s.final_errors)
-            lines.append(f"| {METHOD_NAMES.get(m, m)} | {_COLUMNS[loss]} | `--semi {m} --loss "
-                         f"{loss}` | {pm(*s.final, unit='')} | "
-                         f"{pm(*s.best, unit='')} | {len(s.seeds)} | {per_seed} |")
     return "\n".join(lines) + "\n"
-
-
-def write_semi_tables(out: Path, methods: Sequence[str], losses: Sequence[str],
-                      summaries: dict[tuple[str, str], MethodSummary], config: TrainConfig) -> str:
-    """Write ``table.md`` and ``table.csv``; returns the markdown."""
-    header = ["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
-              "final_epochs", "n_seeds", "final_error_mean", "final_error_std",
-              "best_error_mean", "best_error_std", "seeds", "final_errors"]
-    rows = []
-    for m in methods:
-        for loss in losses:
-            s = summaries[(m, loss)]
-            rows.append([m, METHOD_NAMES.get(m, m), loss, int(loss == "isda"), config.dataset,
-                         config.model, config.labels, config.epochs, s.window, len(s.seeds),
-                         *stats_cells(*s.final), *stats_cells(*s.best),
-                         ";".join(str(k) for k in s.seeds),
-                         ";".join(f"{e:.4f}" for e in s.final_errors)])
-    return write_table_files(out, render_semi_table(methods, losses, summaries, config), header,
-                             rows)
 
 
 def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
@@ -133,8 +104,8 @@ def plot_semi_curves(path: Path, methods: Sequence[str], losses: Sequence[str],
                                   squeeze=False)
     for ax, m in zip(axes.flat, methods):
         runs = [(loss, summaries[(m, loss)]) for loss in losses if summaries[(m, loss)].curves]
-        zoom_top(ax, [plot_band(ax, s.curves, f"{_COLUMNS[loss]} ({pm(*s.final)})", lw=1.5)
-                      for loss, s in runs])
+        zoom_top(ax, [plot_band(ax, s.curves, f"{_COLUMNS[loss]} ({fmt_pm(*s.final, unit='%')})",
+                                lw=1.5) for loss, s in runs])
         ax.set(title=METHOD_NAMES.get(m, m), xlabel="epoch", ylabel="test error (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, title=f"final error ({window_text(runs[0][1].window)})"
@@ -157,7 +128,20 @@ def write_semi_comparison(out: Path, variants: Sequence[Any],
     losses = list(dict.fromkeys(v.loss for v in variants))
     summaries = {(v.semi, v.loss): summarize_method(v.loss, runs[v.key], config.final_epochs)
                  for v in variants}
-    table = write_semi_tables(out, methods, losses, summaries, config)
+    header = ["method", "name", "loss", "isda", "dataset", "model", "labels", "epochs",
+              "final_epochs", "n_seeds", "final_error_mean", "final_error_std",
+              "best_error_mean", "best_error_std", "seeds", "final_errors"]
+    rows = []
+    for m in methods:
+        for loss in losses:
+            s = summaries[(m, loss)]
+            rows.append([m, METHOD_NAMES.get(m, m), loss, int(loss == "isda"), config.dataset,
+                         config.model, config.labels, config.epochs, s.window, len(s.seeds),
+                         *stats_cells(*s.final), *stats_cells(*s.best),
+                         ";".join(str(k) for k in s.seeds),
+                         ";".join(f"{e:.4f}" for e in s.final_errors)])
+    table = render_semi_table(methods, losses, summaries, config)
+    write_table_files(out, table, header, rows)
     curves = out / "curves.png"
     plot_semi_curves(curves, methods, losses, summaries, config)
     return list(summaries.values()), table, curves

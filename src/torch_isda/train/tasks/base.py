@@ -25,6 +25,8 @@ and then answers:
 ``result_fields(rows)``         the task's columns of ``result.json``
 ``resolved_fields()``           the task's entries of ``config.json``'s ``"resolved"``
 ``generators()``                the task's RNGs to checkpoint
+``result_line(result)``         (static) a finished run's score in ``isda compare``'s log
+``result_warning(...)``         (static) a warning about a finished run, or ``None``
 =============================== =============================================================
 """
 
@@ -200,6 +202,14 @@ class Task:
 
     def generators(self) -> dict[str, Optional[torch.Generator]]:
         return {"data": self.data_generator}
+
+    @staticmethod
+    def result_line(result: dict[str, Any]) -> str:
+        return f"final error {result['final_error']:.2f}% (best {result['best_error']:.2f}%)"
+
+    @staticmethod
+    def result_warning(result: dict[str, Any], name: str = "the model") -> Optional[str]:
+        return None
 
     @classmethod
     def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:

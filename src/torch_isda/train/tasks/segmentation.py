@@ -35,7 +35,7 @@ from ..segmentation_config import (
     parse_segmentation_loss,
     resolve_segmentation_config,
 )
-from ..tables_segmentation import write_segmentation_comparison
+from ..tables_segmentation import single_class_warning, write_segmentation_comparison
 from .base import StepOut, Task
 
 __all__ = ["DeviceSegmentationBatches", "SegmentationTask", "create_segmentation_criterion"]
@@ -81,6 +81,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     write_comparison = staticmethod(write_segmentation_comparison)
+    result_warning = staticmethod(single_class_warning)
     schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
 
     def __init__(self, config: Any, engine: Any) -> None:
@@ -271,6 +272,11 @@ class SegmentationTask(Task):
     def summary(self, row: dict[str, Any]) -> str:
         return (f"train loss {row['train_loss']:.4f} pixel err {row['train_error']:6.2f}%  "
                 f"test loss {row['test_loss']:.4f} mIoU {row['test_miou']:6.2f}%")
+
+    @staticmethod
+    def result_line(result: dict[str, Any]) -> str:
+        return (f"mIoU {result['miou_single']:.2f}% (multi-scale + flip "
+                f"{result['miou_multiscale_flip']:.2f}%)")
 
     # ------------------------------------------------------------------ state and outputs
 
