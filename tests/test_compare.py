@@ -82,3 +82,21 @@ def test_task_result_line_and_warning_of_the_progress_log():
         "warning: ce seed 1 predicts a single class for every test pixel")
     assert seg.result_warning({**result, "predicted_classes": 3}, "ce seed 1") is None
     assert cls.result_warning(result, "ce seed 1") is None
+
+
+def test_semi_table_with_a_method_whose_runs_all_failed():
+    from torch_isda.train import TrainConfig
+    from torch_isda.train.tables import MethodSummary
+    from torch_isda.train.tables_semi import render_semi_table
+
+    config = TrainConfig(semi="pi", labels=100, epochs=30, preset="small_cnn", lambda0=0.5)
+    ok = {"ce": MethodSummary("ce", [0, 1], [9.0, 8.0], [8.5, 7.5], None, window=3),
+          "isda": MethodSummary("isda", [0, 1], [7.0, 7.5], [6.9, 7.0], None, window=3)}
+    failed = {loss: MethodSummary(loss, [], [], [], None, failed=[0, 1]) for loss in ("ce", "isda")}
+    summaries = {("pi", "ce"): failed["ce"], ("pi", "isda"): failed["isda"],
+                 ("vat", "ce"): ok["ce"], ("vat", "isda"): ok["isda"]}
+    table = render_semi_table(["pi", "vat"], ["ce", "isda"], summaries, config)
+    pi_row = next(line for line in table.splitlines() if line.startswith("| Π-model |"))
+    assert pi_row.count("- (2 failed)") == 2 and pi_row.rstrip(" |").endswith("-")
+    vat_row = next(line for line in table.splitlines() if line.startswith("| VAT |"))
+    assert "-1.25 ± 1.06" in vat_row  # paired differences -2.0 and -0.5

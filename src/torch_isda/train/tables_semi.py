@@ -39,7 +39,9 @@ def _failed(summary: MethodSummary) -> str:
 
 def _paired_difference(base: MethodSummary, isda: MethodSummary) -> str:
     """``with - without``: mean ± std of the per-seed differences when both columns ran
-    the same seeds, else the difference of means."""
+    the same seeds, else the difference of means; ``-`` when a column has no finished run."""
+    if not base.seeds or not isda.seeds:
+        return "-"
     if base.seeds != isda.seeds:
         return f"{isda.final[0] - base.final[0]:+.2f}"
     mean, std = mean_std([b - a for a, b in zip(base.final_errors, isda.final_errors)])
