@@ -1,31 +1,8 @@
 """The :class:`Task` protocol: what the :class:`~torch_isda.train.engine.Engine` asks of a task.
 
 A task is built with ``Task(config, engine)`` (``config`` resolved; ``engine`` gives
-``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``)
-and then answers:
-
-=============================== =============================================================
-``resolve(config)``             (static) fill the task's defaults: one pass, one place
-``build()``                     data, model, criterion (seeded by the engine); sets
-                                ``model``, ``criterion``, ``train_batches``, ``num_classes``,
-                                ``image_size``, ``train_size``, ``test_size``, ``augment``
-``param_groups()``              the optimizer's parameter groups
-``prepare_distributed(ctx)``    after SyncBatchNorm: DDP wrapping etc.; ``True`` when DDP
-                                averages the model's gradients
-``train_mode(epoch)``           before an epoch (``model.train()``, sampler epoch)
-``train_step(batch, progress)`` one step under the engine's AMP: a :class:`StepOut`
-``after_step(step)``            after the optimizer step (mean teacher's EMA)
-``end_epoch()``                 after the last step of an epoch
-``epoch_values(totals)``        ``(train_loss, train_error, extras)`` from the summed logs
-``evaluate(final)``             ``{"test_loss", "test_error", ...}`` (``final``: last epoch)
-``log_values()``                criterion values of the metrics row (``"lambda"``, ...)
-``summary(row)``                the epoch line's metrics
-``state_dict()``                task-owned checkpoint entries (ZCA, split, ensemble, ...)
-``load_state_dict(state)``      restore them (before the engine restores the rest)
-``result_fields(rows)``         the task's columns of ``result.json``
-``resolved_fields()``           the task's entries of ``config.json``'s ``"resolved"``
-``generators()``                the task's RNGs to checkpoint
-=============================== =============================================================
+``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``);
+the methods it answers are tabulated in docs/architecture.md ("Tasks").
 """
 
 from __future__ import annotations
@@ -34,6 +11,7 @@ import dataclasses
 from typing import Any, ClassVar, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -111,30 +89,34 @@ class Task:
         self.classifier = model.get_classifier()
         return model
 
+    def channels_last(self, x: Tensor) -> Tensor:
+        """``x`` in the channels-last memory format when ``--channels-last`` is on."""
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """A batch on the device (``channels_last`` images if asked)."""
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=non_blocking)
-        y = y.to(self.device, non_blocking=non_blocking)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return self.channels_last(x), y.to(self.device, non_blocking=non_blocking)
 
     @torch.no_grad()
-    def cross_entropy_error(self, net: Any, batches: Any) -> tuple[float, float, int]:
+    def cross_entropy_error(self, net: Any, batches: Any, sharded: bool = False
+                            ) -> tuple[float, float, float]:
         """Summed cross-entropy, wrong predictions and samples of ``net`` (a callable from
-        images to logits, run under the engine's AMP) over ``(x, y)`` ``batches``."""
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        images to logits, run under the engine's AMP) over ``(x, y)`` ``batches``, summed
+        over ranks when ``sharded``; one host sync."""
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in batches:
             x, y = self.to_device(x, y)
             with self.engine.autocast():
                 logits = net(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            wrong += (logits.argmax(1) != y).sum()
-            seen += int(y.shape[0])
-        return float(loss_sum), float(wrong), seen
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) != y).sum()
+            sums[2] += y.shape[0]
+        if sharded and self.context is not None:
+            dist.all_reduce(sums)
+        loss, wrong, seen = sums.tolist()
+        return loss, wrong, seen
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The model's trainable parameters (plus the criterion's, in its own groups when

@@ -1,12 +1,6 @@
 """Semantic segmentation (``isda train --task segmentation``, Section 6.4, Table 7).
 
-One step is the official ``train_isda.py`` recipe (docs/segmentation.md): one ISDA loss per
-head (:class:`~torch_isda.segmentation_criterion.SegmentationCriterion`), ``lambda`` and
-the poly schedule per iteration. After every epoch the test split is evaluated single-scale (``test_miou``, ``test_error =
-100 - mIoU``); after the last one the final model is evaluated as in Table 7 (single-scale,
-multi-scale ``eval_scales``, + flip) into ``result.json`` with ``predicted_classes`` (1: a
-model predicting one class everywhere, reported as a warning). ``synthetic_segmentation``
-lives on the device; ``cityscapes`` uses DataLoaders (docs/segmentation.md). Callbacks'
+The step, the data and the evaluation are described in docs/segmentation.md. Callbacks'
 ``on_step`` gets the main head's features/logits and the full-resolution labels. Under
 torchrun each rank keeps its slice of every global batch, both heads' per-pixel statistics
 are all-gathered, the loss is weighted by the rank's share of valid pixels and the test set
@@ -63,12 +57,10 @@ class DeviceSegmentationBatches:
                  generator: Optional[torch.Generator] = None) -> None:
         self.data, self.split, self.batch_size = data, split, int(batch_size)
         self.train, self.flip, self.generator = train, flip, generator
-        n = data.train_size if split == "train" else data.test_size
-        self.size = n
-        self.steps = n // self.batch_size if train else -(-n // self.batch_size)
 
     def __len__(self) -> int:
-        return self.steps
+        n = self.data.train_size if self.split == "train" else self.data.test_size
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def __iter__(self) -> Any:
         return self.data.batches(self.split, self.batch_size, shuffle=self.train,
@@ -145,9 +137,10 @@ class SegmentationTask(Task):
 
         world = ctx.world_size if ctx else 1
         shard = {"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {}
+        crop = cfg.crop_size or 769
         try:
             loaders = create_cityscapes_loaders(
-                cfg.data_dir, cfg.batch_size // world, cfg.workers, cfg.crop_size or 769,
+                cfg.data_dir, cfg.batch_size // world, cfg.workers, crop,
                 val_batch_size=1, distributed=ctx is not None, seed=cfg.seed, **shard,
                 **cfg.dataset_kwargs)
         except TypeError as err:
@@ -157,13 +150,9 @@ class SegmentationTask(Task):
         self.test_sharded = ctx is not None
         self.data_generator = loaders.train.generator
         self.num_classes, self.ignore_index = loaders.num_classes, loaders.ignore_index
-        crop = cfg.crop_size or 769
         self.image_size = (3, crop, crop)
         self.augment = "random_scale_crop_flip"
         self.train_size, self.test_size = len(loaders.train.dataset), len(loaders.val.dataset)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     # ------------------------------------------------------------------ steps
 

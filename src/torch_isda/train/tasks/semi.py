@@ -1,25 +1,9 @@
-"""Semi-supervised classification (``isda train --semi METHOD``, Section 5, Table 6).
+"""Semi-supervised classification (``isda train --semi METHOD``, Section 5, Eq. 19, Table 6).
 
-The labeled split, the unlabeled pool, ZCA / standardization and the translation (+ flip)
-augmentation are described in docs/semi_supervised.md. Every step takes
-``labeled_batch_size`` labeled and ``unlabeled_batch_size`` unlabeled samples
-(:class:`~torch_isda.semi.SemiBatchSampler`); an epoch is one pass over the unlabeled pool.
-One step (Eq. 19)::
-
-    criterion.set_progress(t / T)                              # lambda = lambda0 t / T
-    features = model.forward_features(x_l); logits = fc(features)
-    out = method.consistency(model, unlabeled_views, indices=idx)
-    loss = criterion(features, logits, y_l, fc.weight, out.logits, out.target_probs,
-                     out.loss, eta2=method.weight(epoch + i / steps, M / N))
-    ... optimizer step; method.after_step(model, global_step)   ... method.end_epoch()
-
-``--loss isda``: :class:`~torch_isda.semi.SemiISDALoss`; ``--loss ce``: the base method
-alone. The test error is that of ``method.eval_model(model)`` (the mean teacher's teacher;
-its student's is ``student_test_error``). Under torchrun each rank keeps its slice of the
-labeled and of the unlabeled part of every global batch; the estimator all-gathers the
-labeled features and the temporal ensemble records the whole global batch, so every rank
-holds the statistics of one process. The checkpoint adds the method's state, the
-sampler's streams, the ZCA whitening and the labeled split (exact resume on the CPU).
+Data protocol, loss, evaluation and checkpoint contents: docs/semi_supervised.md. Under
+torchrun each rank keeps its slice of the labeled and of the unlabeled part of every global
+batch; the estimator all-gathers the labeled features and the temporal ensemble records the
+whole global batch, so every rank holds the statistics of one process.
 """
 
 from __future__ import annotations
@@ -142,25 +126,16 @@ class SemiTask(Task):
 
     def preprocess(self) -> None:
         """Images as float32 on the device: GCN + ZCA, or per-channel standardization."""
-        raw_train, raw_test = self.raw
-        if self.zca is not None:
-            self.train_x = self.zca.transform(global_contrast_normalize(raw_train))
-            self.test_x = self.zca.transform(global_contrast_normalize(raw_test))
-        else:
-            mean = torch.tensor(self.stats[0], device=self.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.stats[1], device=self.device).view(1, -1, 1, 1)
-            self.train_x = (raw_train.float() / 255.0 - mean) / std
-            self.test_x = (raw_test.float() / 255.0 - mean) / std
-        self.train_x = self.channels_last(self.train_x)
-        self.test_x = self.channels_last(self.test_x)
+        mean, std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in self.stats)
+
+        def prepare(raw: Tensor) -> Tensor:
+            if self.zca is not None:
+                return self.channels_last(self.zca.transform(global_contrast_normalize(raw)))
+            return self.channels_last((raw.float() / 255.0 - mean) / std)
+
+        self.train_x, self.test_x = (prepare(raw) for raw in self.raw)
         if hasattr(self, "train_batches"):
             self.train_batches.images = self.train_x
-
-    def channels_last(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     def prepare_distributed(self, context: Any) -> bool:
         """The temporal ensemble records the predictions of the whole global batch."""
