@@ -1,11 +1,9 @@
 """Training criteria: a timm-style registry and ``+`` composition.
 
-A *spec* names one **primary** loss (``ce``, ``isda``, ...) and any number of
-**modifiers** (``dropout``, ``center``, ...) joined by ``+``, each term optionally with
-keyword arguments: ``create_criterion("isda(lambda0=0.75)+dropout(p=0.3)", A, C, config)``.
-The interface of :class:`TrainingCriterion`, the composition rules of
-:class:`CompositeCriterion` and how to register a criterion are described in
-docs/training.md ("Criteria").
+A *spec* names one **primary** loss and any number of **modifiers** joined by ``+``, each
+optionally with keyword arguments: ``create_criterion("isda(lambda0=0.75)+dropout(p=0.3)",
+A, C, config)``. The interface, the composition rules and how to register a criterion are
+described in docs/training.md ("Criteria").
 
 Modules holding criteria are imported on first use of the registry: every module
 ``torch_isda/train/criteria_*.py`` (e.g. ``criteria_baselines.py``) and those named in
@@ -54,11 +52,8 @@ CRITERION_MODULES: list[str] = []
 
 
 class TrainingCriterion(nn.Module):
-    """Base class of training criteria (the interface: docs/training.md, "Criteria").
-
-    Subclasses implement :meth:`forward` and override hooks as needed; every hook has an
-    identity/no-op default.
-    """
+    """Base class of training criteria (docs/training.md, "Criteria"): subclasses implement
+    :meth:`forward`; every hook has an identity/no-op default."""
 
     #: ``True`` for a loss that produces the classification loss (exactly one per spec),
     #: ``False`` for a modifier (hooks and/or an additive term).
@@ -85,9 +80,8 @@ class TrainingCriterion(nn.Module):
         """Training progress ``t / T`` in ``[0, 1)``, set before every iteration."""
 
     def transform_batch(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Applied to each training mini-batch (already on the device and normalised)
-        before the forward pass, e.g. to mix in generated images (``gan_augment``); the
-        training loss and error are those of the returned batch. Training only."""
+        """Applied to each training mini-batch (on the device, normalised) before the
+        forward pass (training only); the training loss and error are those of its result."""
         return images, labels
 
     def transform_features(self, features: Tensor) -> Tensor:
@@ -95,16 +89,11 @@ class TrainingCriterion(nn.Module):
         return features
 
     def transform_target(self, target: Tensor) -> Tensor:
-        """Applied to the training targets passed to :meth:`forward` (training only; the
-        training error is measured on the true labels)."""
+        """Applied to the training targets passed to :meth:`forward` (training only)."""
         return target
 
     def parameter_groups(self, config: Any) -> list[dict[str, Any]]:
-        """Extra optimizer parameter groups, e.g. ``[{"params": [centers], "lr": 0.5}]``.
-
-        Trainable parameters of the criterion not listed here are optimized with the
-        model's settings.
-        """
+        """Extra optimizer parameter groups (others join the model's group)."""
         return []
 
     def log_values(self) -> dict[str, float]:
@@ -204,15 +193,11 @@ def _qualname(obj: Any) -> tuple[str, str]:
 
 def register_criterion(name: Union[str, Callable, None] = None, *, primary: Optional[bool] = None
                        ) -> Any:
-    """Register a criterion class or factory under ``name``.
+    """Register a criterion class or factory under ``name`` (docs/training.md, "Criteria").
 
-    ``@register_criterion("focal")`` on a :class:`TrainingCriterion` subclass (its role
-    comes from the class attribute ``primary``) or on a function
-    ``factory(num_features, num_classes, config, **kwargs)`` (role from ``primary=``,
-    default primary). Bare ``@register_criterion`` uses the function/class name in lower
-    case. Names must be lower-case identifiers (``[a-z][a-z0-9_]*``). Registering another
-    object under a taken name raises ``ValueError``; re-registering the same one (module
-    reload) replaces it.
+    Bare ``@register_criterion`` uses the lower-cased function/class name; names must match
+    ``[a-z][a-z0-9_]*``. Registering another object under a taken name raises
+    ``ValueError``; re-registering the same one (module reload) replaces it.
     """
     if callable(name) and not isinstance(name, str):
         return register_criterion(None, primary=primary)(name)
@@ -410,17 +395,10 @@ def spec_dirname(spec: str) -> str:
 
 def create_criterion(spec: str, num_features: int, num_classes: int, config: Any = None
                      ) -> TrainingCriterion:
-    """Build the criterion named by ``spec`` for a model with ``num_features``-dimensional
-    features and ``num_classes`` classes.
-
-    ``config`` is the :class:`~torch_isda.train.config.TrainConfig` of the run (defaults
-    when ``None``). A single term returns that criterion; several return a
-    :class:`CompositeCriterion`.
-
-    Raises:
-        ValueError: unknown names (the message lists the available criteria), not exactly
-            one primary loss, or bad arguments.
-    """
+    """The criterion of ``spec`` for ``num_features``-dimensional features and
+    ``num_classes`` classes under the run's ``config`` (default: ``TrainConfig()``): a
+    single term's criterion, or a :class:`CompositeCriterion`. ``ValueError`` for unknown
+    names, not exactly one primary loss or bad arguments."""
     if config is None:
         config = TrainConfig()
     if getattr(config, "lambda0", 0) is None or getattr(config, "kind", "") is None:
@@ -450,13 +428,11 @@ def create_criterion(spec: str, num_features: int, num_classes: int, config: Any
         built.append((entry.primary, criterion))
     if len(built) == 1:
         return built[0][1]
-    main_index = next(i for i, (p, _) in enumerate(built) if p)
-    main = built[main_index][1]
-    modifiers = [c for i, (_, c) in enumerate(built) if i != main_index]
-    # spec positions: index 0 of the composite is the primary, then modifiers in order
+    main_index = next(i for i, (primary, _) in enumerate(built) if primary)
+    # the composite holds the primary first, then the modifiers in spec order
     positions = [main_index] + [i for i in range(len(built)) if i != main_index]
-    order = [positions.index(i) for i in range(len(built))]
-    return CompositeCriterion(main, modifiers, order)
+    main, *modifiers = [built[i][1] for i in positions]
+    return CompositeCriterion(main, modifiers, [positions.index(i) for i in range(len(built))])
 
 
 # ---------------------------------------------------------------------------- built-ins
@@ -477,12 +453,8 @@ class CrossEntropyCriterion(TrainingCriterion):
 
 @register_criterion("isda")
 class ISDACriterion(TrainingCriterion):
-    """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T.
-
-    Defaults come from the run config (``lambda0``, ``kind``, ``constant_lambda``); spec
-    arguments override them, e.g. ``isda(lambda0=0.75,kind=diagonal)``; ``rank`` is passed
-    to :class:`~torch_isda.ISDALoss` for ``kind=lowrank``.
-    """
+    """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T; the
+    run's ``lambda0``, ``kind``, ``constant_lambda`` unless the spec overrides them."""
 
     def __init__(self, num_features: int, num_classes: int, lambda0: float = 0.5,
                  kind: str = "full", constant_lambda: bool = False,
@@ -497,8 +469,7 @@ class ISDACriterion(TrainingCriterion):
     def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
                     ) -> ISDACriterion:
         args = {"lambda0": config.lambda0, "kind": config.kind,
-                "constant_lambda": config.constant_lambda}
-        args.update(kwargs)
+                "constant_lambda": config.constant_lambda, **kwargs}
         return cls(num_features, num_classes, **args)
 
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
