@@ -49,10 +49,7 @@ def _field(default: Any = None, help: str = "", *, factory: Any = None, choices:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that defines a training run (JSON-serializable).
-
-    ``None`` in a preset field means "take it from the model family's preset".
-    """
+    """Everything that defines a training run (JSON-serializable; ``None``: from the preset)."""
 
     # data
     dataset: str = _field("digits", "dataset name (see torch_isda.data.list_datasets())")

@@ -93,12 +93,8 @@ class Preset:
 
     def values(self) -> dict[str, Any]:
         """The :data:`~torch_isda.train.config.PRESET_FIELDS` of this preset."""
-        return {
-            "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-            "momentum": self.momentum, "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay, "lr_schedule": self.lr_schedule,
-            "milestones": list(self.milestones), "gamma": self.gamma,
-        }
+        return {f: list(self.milestones) if f == "milestones" else getattr(self, f)
+                for f in PRESET_FIELDS}
 
     def describe_schedule(self) -> str:
         if self.lr_schedule == "cosine":
@@ -247,16 +243,11 @@ def _check_names(config: TrainConfig) -> None:
 
 
 def apply_preset(config: TrainConfig) -> TrainConfig:
-    """Fill the ``None`` preset fields of a classification config from ``config.preset`` or
-    the dataset's / model family's preset, default ``out``, and check the dataset, model
-    and loss names early (the classification part of
-    :func:`~torch_isda.train.resolve.resolve_config`).
-
-    ``lambda0`` and ``kind`` come from the same preset's :meth:`Preset.isda_defaults`
-    (``0.5`` / ``"full"`` without a preset), a non-zero ``lr_offset`` from the preset used
-    or else the family's (``None`` means 0). The result's ``preset`` is the preset used
-    (``None`` when every preset field was given explicitly).
-    """
+    """Fill the ``None`` fields of a classification config from ``config.preset`` or the
+    dataset's / model family's preset (``lambda0``/``kind`` by :meth:`Preset.isda_defaults`;
+    a non-zero ``lr_offset`` from the preset used, else the family's) and ``out``; check the
+    dataset, model and loss names early. ``preset`` becomes the preset used (``None`` when
+    every preset field was given)."""
     if config.task is not None:  # classification is stored as None (older configs match)
         config = dataclasses.replace(config, task=None)
     _check_names(config)

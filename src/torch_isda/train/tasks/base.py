@@ -8,6 +8,7 @@ the methods it answers are tabulated in docs/architecture.md ("Tasks").
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -67,6 +68,20 @@ class Task:
 
     def log(self, message: str) -> None:
         self.engine.log(message)
+
+    def load_dataset(self, usable: Callable[[Any], bool], supported: str) -> Any:
+        """The configured dataset (``ValueError`` saying what is ``supported`` unless
+        ``usable(data)``); sets ``num_classes``, ``image_size``, ``train_size``, ``test_size``."""
+        from ...data import create_dataset
+
+        cfg = self.config
+        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
+                              **cfg.dataset_kwargs)
+        if not usable(data):
+            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; {supported}")
+        self.num_classes, self.image_size = data.num_classes, tuple(data.image_size)
+        self.train_size, self.test_size = data.train_size, data.test_size
+        return data
 
     def create_model(self, required: tuple[str, ...] = ("forward_features", "get_classifier"),
                      in_channels: Optional[int] = None) -> nn.Module:

@@ -27,9 +27,7 @@ class ClassificationTask(Task):
     name = "classification"
     write_comparison = staticmethod(write_classification_comparison)
 
-    @staticmethod
-    def resolve(config: Any) -> Any:
-        return apply_preset(config)
+    resolve = staticmethod(apply_preset)
 
     # ------------------------------------------------------------------ setup
 
@@ -46,26 +44,19 @@ class ClassificationTask(Task):
     def build_data(self) -> None:
         """Training and test batches (this rank's share under torchrun)."""
         cfg = self.config
-        from ...data import DeviceBatchIterator, ImageDataset, build_augment, create_dataset
+        from ...data import DeviceBatchIterator, ImageDataset, build_augment
 
         if cfg.dataset == "imagefolder":
             self._imagefolder()
             return
-        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
-                              **cfg.dataset_kwargs)
-        if not isinstance(data, ImageDataset):
-            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; the "
-                             f"trainer supports in-memory ImageDataset datasets and imagefolder")
-        data = data.to(self.device)
+        data = self.load_dataset(lambda d: isinstance(d, ImageDataset), "the trainer supports "
+                                 "in-memory ImageDataset datasets and imagefolder").to(self.device)
         self.augment = cfg.augment or data.default_augment
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.train_batches = DeviceBatchIterator(
             data.train_images, data.train_labels, cfg.batch_size, shuffle=True,
             generator=self.data_generator,
             transform=build_augment(self.augment, data.mean, data.std))
-        self.num_classes = data.num_classes
-        self.image_size = tuple(data.image_size)
-        self.train_size, self.test_size = data.train_size, data.test_size
         lo, hi, per_rank = 0, data.test_size, cfg.eval_batch_size
         if self.context is not None:  # global batches sliced per rank, sharded test set
             self.train_batches = self._shards(self.train_batches)

@@ -38,15 +38,14 @@ __all__ = ["DeviceSegmentationBatches", "SegmentationTask", "create_segmentation
 def create_segmentation_criterion(config: TrainConfig, model: nn.Module, num_classes: int,
                                   ignore_index: int = 255) -> SegmentationCriterion:
     """The criterion of a resolved config (spec arguments, e.g. ``isda(lambda0=5)``, win)."""
-    name, kwargs = parse_segmentation_loss(config.loss)
-    args: dict[str, Any] = {"lambda0": config.lambda0, "kind": config.kind,
-                            "constant_lambda": config.constant_lambda, **kwargs}
-    if name == "ce":
-        args = {"label_smoothing": kwargs.get("label_smoothing", 0.0)}
+    name, kwargs = parse_segmentation_loss(config.loss)  # ce takes label_smoothing only
+    if name == "isda":
+        kwargs = {"lambda0": config.lambda0, "kind": config.kind,
+                  "constant_lambda": config.constant_lambda, **kwargs}
     aux = int(getattr(model, "aux_num_features", 0) or 0) if getattr(model, "has_aux", False) else 0
     return SegmentationCriterion(name, int(model.num_features), aux, num_classes,
                                  loss_at=config.seg_loss_at, aux_weight=config.aux_weight,
-                                 ignore_index=ignore_index, **args)
+                                 ignore_index=ignore_index, **kwargs)
 
 
 class DeviceSegmentationBatches:
@@ -80,9 +79,7 @@ class SegmentationTask(Task):
         self.scales = parse_scales(config.eval_scales)
         self.final_eval: Optional[dict[str, Any]] = None
 
-    @staticmethod
-    def resolve(config: Any) -> Any:
-        return resolve_segmentation_config(config)
+    resolve = staticmethod(resolve_segmentation_config)
 
     def final_window(self) -> int:
         return 1  # final_error = 100 - mIoU of the final model
@@ -107,13 +104,8 @@ class SegmentationTask(Task):
         if cfg.dataset == "cityscapes":
             self._cityscapes()
             return
-        from ...data import create_dataset
-
-        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
-                              **cfg.dataset_kwargs)
-        if not hasattr(data, "batches") or not hasattr(data, "train_masks"):
-            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; the "
-                             f"segmentation trainer needs SegmentationData or cityscapes")
+        data = self.load_dataset(lambda d: hasattr(d, "batches") and hasattr(d, "train_masks"),
+                                 "the segmentation trainer needs SegmentationData or cityscapes")
         if cfg.crop_size is not None:
             self.log(f"note: --crop-size applies to cityscapes only; {cfg.dataset} trains on "
                      f"whole images")
@@ -127,9 +119,7 @@ class SegmentationTask(Task):
             self.train_batches = GlobalBatchShards(self.train_batches, ctx.rank, ctx.world_size)
         self.test_batches = DeviceSegmentationBatches(data, "test", cfg.eval_batch_size,
                                                       train=False, flip=False)
-        self.num_classes, self.ignore_index = data.num_classes, data.ignore_index
-        self.image_size = tuple(data.image_size)
-        self.train_size, self.test_size = data.train_size, data.test_size
+        self.ignore_index = data.ignore_index
 
     def _cityscapes(self) -> None:
         cfg, ctx = self.config, self.context

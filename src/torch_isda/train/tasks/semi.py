@@ -8,7 +8,7 @@ whole global batch, so every rank holds the statistics of one process.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -94,27 +94,19 @@ class SemiTask(Task):
 
     def build_data(self) -> None:
         cfg, device = self.config, self.device
-        from ...data import ImageDataset, create_dataset
+        from ...data import ImageDataset
 
-        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
-                              **cfg.dataset_kwargs)
-        if not isinstance(data, ImageDataset):
-            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; "
-                             f"--semi supports in-memory ImageDataset datasets")
-        self.num_classes = data.num_classes
-        self.image_size = tuple(data.image_size)
-        self.train_size, self.test_size = data.train_size, data.test_size
+        data = self.load_dataset(lambda d: isinstance(d, ImageDataset),
+                                 "--semi supports in-memory ImageDataset datasets")
         split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
         self.split = labeled_split(data.train_labels, cfg.labels, data.num_classes, split_seed,
                                    cfg.val_fraction)
         # the unlabeled pool: every training image except the validation set (reference code)
         self.unlabeled_pool = torch.cat([self.split.labeled, self.split.unlabeled]).sort().values
         data = data.to(device)
-        self.zca: Optional[ZCA] = None
+        self.zca = ZCA().fit(global_contrast_normalize(data.train_images)) if cfg.zca else None
         self.stats = (data.mean, data.std)
         self.raw = (data.train_images, data.test_images)
-        if cfg.zca:
-            self.zca = ZCA().fit(global_contrast_normalize(data.train_images))
         self.preprocess()
         self.train_y, self.test_y = data.train_labels, data.test_labels
         translate = cfg.semi_translate if cfg.semi_translate is not None else default_translate(
