@@ -272,13 +272,6 @@ def _parse_int_list(text: str) -> list:
             f"expected comma-separated integers such as 80,120; got {text!r}") from None
 
 
-def _parse_scalar(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_kwargs(text: str) -> dict:
     """``'{"a": 1}'`` (JSON) or ``'a=1,b=x'`` (values parsed as JSON when possible)."""
     text = text.strip()
@@ -299,8 +292,11 @@ def parse_kwargs(text: str) -> dict:
         if "=" not in item:
             raise argparse.ArgumentTypeError(
                 f"expected key=value pairs separated by commas, got {item!r} in {text!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _parse_scalar(value.strip())
+        key, value = (v.strip() for v in item.split("=", 1))
+        try:  # values parsed as JSON when possible
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
     return out
 
 

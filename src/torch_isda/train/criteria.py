@@ -270,10 +270,8 @@ def _available() -> str:
 def criterion_info(name: str) -> CriterionEntry:
     """The registry entry of ``name`` (``ValueError`` listing the criteria if unknown)."""
     _load_plugins()
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        pass
     message = f"Unknown criterion {name!r}."
     close = difflib.get_close_matches(str(name).lower(), list(_REGISTRY), n=1)
     if close:

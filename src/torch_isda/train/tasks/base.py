@@ -43,8 +43,6 @@ class StepOut:
 class Task:
     """Base class with the defaults of the protocol (see the module docstring)."""
 
-    #: The registry name (``--task`` / ``--semi``).
-    name: ClassVar[str] = ""
     #: The lr schedule counts iterations (segmentation) instead of epochs.
     schedule_per_step: ClassVar[bool] = False
 
@@ -136,10 +134,9 @@ class Task:
     def param_groups(self) -> list[dict[str, Any]]:
         """The model's trainable parameters (plus the criterion's, in its own groups when
         it defines ``parameter_groups(config)``)."""
-        extra = []
         groups_fn = getattr(self.criterion, "parameter_groups", None)
-        for group in (groups_fn(self.config) if groups_fn else []):
-            extra.append({**group, "params": list(group["params"])})
+        groups = groups_fn(self.config) if groups_fn else []
+        extra = [{**group, "params": list(group["params"])} for group in groups]
         listed = {id(p) for g in extra for p in g["params"]}
         rest = [p for p in self.criterion.parameters() if p.requires_grad and id(p) not in listed]
         return [{"params": [p for p in self.model.parameters() if p.requires_grad] + rest},

@@ -24,7 +24,6 @@ __all__ = ["ClassificationTask"]
 class ClassificationTask(Task):
     """Supervised classification with a training criterion (``--loss``)."""
 
-    name = "classification"
     write_comparison = staticmethod(write_classification_comparison)
 
     resolve = staticmethod(apply_preset)

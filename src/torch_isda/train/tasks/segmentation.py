@@ -70,7 +70,6 @@ class DeviceSegmentationBatches:
 class SegmentationTask(Task):
     """Segmentation runs (see the module docstring)."""
 
-    name = "segmentation"
     write_comparison = staticmethod(write_segmentation_comparison)
     schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
 
@@ -202,10 +201,9 @@ class SegmentationTask(Task):
                                       output_size=y.shape[-2:], align_corners=ALIGN_CORNERS)
             probs = probs.float()
             cm.update(probs.argmax(1), y)
-            keep = y != self.ignore_index
             nll[0] += F.nll_loss(probs.clamp_min(1e-12).log(), y, ignore_index=self.ignore_index,
                                  reduction="sum").double()
-            nll[1] += keep.sum()
+            nll[1] += (y != self.ignore_index).sum()
         if self.context is not None:
             cm.all_reduce()
             dist.all_reduce(nll)

@@ -43,7 +43,6 @@ __all__ = ["SemiTask"]
 class SemiTask(Task):
     """Semi-supervised training (see the module docstring)."""
 
-    name = "semi"
     write_comparison = staticmethod(write_semi_comparison)
 
     def __init__(self, config: Any, engine: Any) -> None:
