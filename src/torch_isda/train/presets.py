@@ -1,5 +1,5 @@
 """Training presets of the paper, chosen by dataset (:data:`DATASET_PRESETS`), else by
-model family (:data:`FAMILY_PRESETS`); any preset can be forced with ``--preset NAME``.
+model family (:func:`preset_name_for_family`); any preset can be forced with ``--preset``.
 
 The presets, their sources, their LR timing (:attr:`Preset.lr_offset`) and their ISDA
 defaults per family and model are tabulated in docs/training.md ("Presets"); the
@@ -26,7 +26,6 @@ __all__ = [
     "PRESETS",
     "Preset",
     "DATASET_PRESETS",
-    "FAMILY_PRESETS",
     "apply_preset",
     "default_out_dir",
     "get_preset",
@@ -156,22 +155,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-#: Families whose preset has another name.
-FAMILY_PRESETS = {
-    "resnet_imagenet": "imagenet",
-    "densenet_imagenet": "imagenet",
-    "resnext_imagenet": "imagenet",
-}
-
-
 #: Datasets whose preset is chosen by the dataset rather than by the model family.
 DATASET_PRESETS = {"mnist": "mnist", "fashion_mnist": "mnist", "kmnist": "mnist"}
 
 
 def preset_name_for_family(family: str) -> Optional[str]:
-    """The preset chosen for a model family (``None`` if there is none)."""
-    if family in FAMILY_PRESETS:
-        return FAMILY_PRESETS[family]
+    """The preset chosen for a model family: its namesake, ``imagenet`` for the ``*_imagenet``
+    families, else ``None``."""
     if family in PRESETS:
         return family
     if family.endswith("_imagenet"):
