@@ -337,15 +337,14 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
                 f"'name' or 'name(key=value, ...)' terms joined by '+'")
         name, arg_text = match.group(1).lower(), match.group(2)
         kwargs: dict[str, Any] = {}
-        if arg_text and arg_text.strip():
-            for item in split_top_level(arg_text, ","):
-                if not item.strip():
-                    continue
-                if "=" not in item:
-                    raise ValueError(
-                        f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
-                key, value = item.split("=", 1)
-                kwargs[key.strip()] = _parse_value(value)
+        for item in split_top_level(arg_text or "", ","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise ValueError(
+                    f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
+            key, value = item.split("=", 1)
+            kwargs[key.strip()] = _parse_value(value)
         terms.append((name, kwargs))
     if check_registered:
         entries = [criterion_info(name) for name, _ in terms]
