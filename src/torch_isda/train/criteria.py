@@ -112,9 +112,8 @@ class CriterionModifier(TrainingCriterion):
 
 
 class CompositeCriterion(TrainingCriterion):
-    """One primary criterion plus modifiers (built by :func:`create_criterion` from a spec
-    with ``+``). ``components`` lists them in spec order, the order in which their hooks
-    chain; the loss is the primary's plus the modifiers' terms (``None``: none)."""
+    """One primary criterion plus modifiers; ``components`` lists them in spec order, the
+    order in which their hooks chain (docs/training.md, "Criteria")."""
 
     def __init__(self, main: TrainingCriterion, modifiers: list[TrainingCriterion],
                  order: Optional[list[int]] = None) -> None:
@@ -250,15 +249,10 @@ def _load_plugins() -> None:
 
 def list_criteria(kind: Optional[str] = None) -> list[str]:
     """Sorted registered names; ``kind`` ``"primary"`` or ``"modifier"`` filters."""
-    _load_plugins()
-    names = sorted(_REGISTRY)
-    if kind == "primary":
-        return [n for n in names if _REGISTRY[n].primary]
-    if kind == "modifier":
-        return [n for n in names if not _REGISTRY[n].primary]
-    if kind is not None:
+    if kind not in (None, "primary", "modifier"):
         raise ValueError(f"kind must be 'primary', 'modifier' or None; got {kind!r}")
-    return names
+    _load_plugins()
+    return [n for n in sorted(_REGISTRY) if kind is None or _REGISTRY[n].primary == (kind == "primary")]
 
 
 def _available() -> str:

@@ -148,21 +148,11 @@ def _segmentation_model(config: TrainConfig, extras: SegmentationExtras
     return model, model_kwargs, family
 
 
-def _check_resolved(resolved: TrainConfig) -> None:
-    from ..functional import KINDS
-
-    _, loss_kwargs = parse_segmentation_loss(resolved.loss)
-    if loss_kwargs.get("kind", resolved.kind) not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {loss_kwargs['kind']!r}")
-    if resolved.augment not in (None, "none", "flip"):
-        raise ValueError(f"segmentation runs accept --augment flip (the default: random "
-                         f"horizontal flips) or none; got {resolved.augment!r}")
-
-
 def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
     """Fill a segmentation config (see the module docstring); the ``resolve`` of the
     segmentation task (:func:`~torch_isda.train.resolve.resolve_config`)."""
     from ..data import dataset_entrypoint
+    from ..functional import KINDS
     from .presets import default_out_dir, get_preset
 
     config.validate()
@@ -183,7 +173,12 @@ def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
                                                    "seg_loss_at") if getattr(config, k) is None})
     resolved = dataclasses.replace(config, **changes)
     resolved.eval_scales = ",".join(f"{s:g}" for s in parse_scales(resolved.eval_scales))
-    _check_resolved(resolved)
+    _, loss_kwargs = parse_segmentation_loss(resolved.loss)
+    if loss_kwargs.get("kind", resolved.kind) not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {loss_kwargs['kind']!r}")
+    if resolved.augment not in (None, "none", "flip"):
+        raise ValueError(f"segmentation runs accept --augment flip (the default: random "
+                         f"horizontal flips) or none; got {resolved.augment!r}")
     if resolved.lr_schedule == "step" and resolved.milestones is None:
         resolved.milestones = []
     if resolved.milestones is not None:

@@ -171,8 +171,7 @@ class SegmentationTask(Task):
         return loss * (self.context.world_size * counts / total.clamp_min(1.0)).squeeze(0)
 
     def epoch_values(self, totals: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
-        """(mean loss, pixel error % of the main head at feature resolution, labels resized
-        by nearest neighbour)."""
+        """(mean loss, pixel error % of the main head at feature resolution, no extras)."""
         return (totals["loss"] / max(totals["n"], 1.0),
                 100.0 * round(totals["wrong"]) / max(round(totals["valid"]), 1), {})
 
@@ -233,8 +232,7 @@ class SegmentationTask(Task):
         return result
 
     def evaluate(self, final: bool) -> dict[str, Any]:
-        """Single-scale test loss, error (``100 - mIoU``, %), mIoU and pixel accuracy; after
-        the last epoch also the Table 7 columns (kept for ``result.json``)."""
+        """Single-scale test metrics; after the last epoch also the Table 7 columns."""
         t0 = time.perf_counter()
         metrics = self.evaluate_miou()
         if final:  # the single-scale column is this evaluation (counted in eval_seconds)
@@ -259,8 +257,7 @@ class SegmentationTask(Task):
         self.final_eval = state.get("final_eval") if finished else None
 
     def result_fields(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """``final_error = 100 - miou_single`` of the final model plus the Table 7 columns
-        once all epochs are done."""
+        """The Table 7 columns of the final model once all epochs are done."""
         cfg = self.config
         if len(rows) >= cfg.epochs and self.final_eval is None:  # resumed after the last epoch
             self.final_eval = self.evaluate_table7()

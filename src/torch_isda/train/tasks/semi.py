@@ -202,8 +202,7 @@ class SemiTask(Task):
         return loss / max(n, 1), 100.0 * round(wrong) / max(n, 1)
 
     def evaluate(self, final: bool) -> dict[str, Any]:
-        """Test loss and error (%) of ``method.eval_model(model)``, the student's test error
-        (mean teacher) and the validation error."""
+        """Test metrics of ``method.eval_model(model)``, the student's and the validation error."""
         if self.context is not None and not self.config.sync_bn:
             broadcast_buffers(self.method)  # e.g. the teacher's BatchNorm statistics
         net = self.method.eval_model(self.model)
