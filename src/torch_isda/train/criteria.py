@@ -122,12 +122,7 @@ class CompositeCriterion(TrainingCriterion):
         self.modifiers = nn.ModuleList(modifiers)
         parts = [main, *modifiers]
         # spec order of the components (the primary need not come first in the spec)
-        self._order = list(range(len(parts))) if order is None else list(order)
-        self._parts = parts
-
-    @property
-    def components(self) -> list[TrainingCriterion]:
-        return [self._parts[i] for i in self._order]
+        self.components = [parts[i] for i in (range(len(parts)) if order is None else order)]
 
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
                 ) -> Tensor:
