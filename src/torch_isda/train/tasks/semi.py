@@ -86,10 +86,11 @@ class SemiTask(Task):
             self.train_x, self.train_y, self.sampler, augment=self.augment_fn,
             num_views=self.method.num_views, generator=self.data_generator)
         self.labeled_fraction = self.split.labeled.numel() / self.unlabeled_pool.numel()
-        self.log(f"{semi_summary(cfg)}; {self.split.labeled.numel()} labeled / "
-                 f"{self.unlabeled_pool.numel()} unlabeled-pool / {self.split.validation.numel()} "
-                 f"validation images, {self.steps_per_epoch} steps per epoch, augmentation "
-                 f"{self.augment}; {cfg.semi} options {self.method_kwargs}")
+        sizes = self.sizes
+        self.log(f"{semi_summary(cfg)}; {sizes['labeled']} labeled / {sizes['unlabeled_pool']} "
+                 f"unlabeled-pool / {sizes['validation']} validation images, "
+                 f"{self.steps_per_epoch} steps per epoch, augmentation {self.augment}; "
+                 f"{cfg.semi} options {self.method_kwargs}")
 
     def build_data(self) -> None:
         cfg, device = self.config, self.device
@@ -102,6 +103,9 @@ class SemiTask(Task):
                                    cfg.val_fraction)
         # the unlabeled pool: every training image except the validation set (reference code)
         self.unlabeled_pool = torch.cat([self.split.labeled, self.split.unlabeled]).sort().values
+        self.sizes = {"labeled": int(self.split.labeled.numel()),
+                      "validation": int(self.split.validation.numel()),
+                      "unlabeled_pool": int(self.unlabeled_pool.numel())}
         data = data.to(device)
         self.zca = ZCA().fit(global_contrast_normalize(data.train_images)) if cfg.zca else None
         self.stats = (data.mean, data.std)
@@ -263,11 +267,8 @@ class SemiTask(Task):
     def result_fields(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         result = {
-            "semi": cfg.semi, "isda": self.use_isda, "labels": cfg.labels,
-            "labeled": int(self.split.labeled.numel()),
-            "validation": int(self.split.validation.numel()),
-            "unlabeled_pool": int(self.unlabeled_pool.numel()), "eta1": cfg.eta1,
-            "labeled_seen": self.labeled_seen,
+            "semi": cfg.semi, "isda": self.use_isda, "labels": cfg.labels, **self.sizes,
+            "eta1": cfg.eta1, "labeled_seen": self.labeled_seen,
         }
         vals = [r.get("val_error") for r in rows]
         if any(v is not None for v in vals):
@@ -276,10 +277,7 @@ class SemiTask(Task):
 
     def resolved_fields(self) -> dict[str, Any]:
         return {"semi": {
-            "method": self.config.semi, "isda": self.use_isda,
-            "labeled": int(self.split.labeled.numel()),
-            "validation": int(self.split.validation.numel()),
-            "unlabeled_pool": int(self.unlabeled_pool.numel()),
+            "method": self.config.semi, "isda": self.use_isda, **self.sizes,
             "labeled_fraction": self.labeled_fraction,
             "steps_per_epoch": self.steps_per_epoch,
             "preprocessing": "gcn+zca" if self.zca is not None else "standardize",
