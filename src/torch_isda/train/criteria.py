@@ -1,11 +1,9 @@
 """Training criteria: a timm-style registry and ``+`` composition.
 
-A *spec* names one **primary** loss (``ce``, ``isda``, ...) and any number of
-**modifiers** (``dropout``, ``center``, ...) joined by ``+``, each term optionally with
-keyword arguments: ``create_criterion("isda(lambda0=0.75)+dropout(p=0.3)", A, C, config)``.
-The interface of :class:`TrainingCriterion`, the composition rules of
-:class:`CompositeCriterion` and how to register a criterion are described in
-docs/training.md ("Criteria").
+A *spec* names one **primary** loss and any number of **modifiers** joined by ``+``, each
+optionally with keyword arguments: ``create_criterion("isda(lambda0=0.75)+dropout(p=0.3)",
+A, C, config)``. The interface, the composition rules and how to register a criterion are
+described in docs/training.md ("Criteria").
 
 Modules holding criteria are imported on first use of the registry (listing, lookup,
 :func:`create_criterion`): those named in :data:`BUILTIN_CRITERION_MODULES` (the paper's
@@ -64,11 +62,8 @@ CRITERION_MODULES: list[str] = []
 
 
 class TrainingCriterion(nn.Module):
-    """Base class of training criteria (the interface: docs/training.md, "Criteria").
-
-    Subclasses implement :meth:`forward` and override hooks as needed; every hook has an
-    identity/no-op default.
-    """
+    """Base class of training criteria (docs/training.md, "Criteria"): subclasses implement
+    :meth:`forward`; every hook has an identity/no-op default."""
 
     #: ``True`` for a loss that produces the classification loss (exactly one per spec),
     #: ``False`` for a modifier (hooks and/or an additive term).
@@ -95,9 +90,8 @@ class TrainingCriterion(nn.Module):
         """Training progress ``t / T`` in ``[0, 1)``, set before every iteration."""
 
     def transform_batch(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Applied to each training mini-batch (already on the device and normalised)
-        before the forward pass, e.g. to mix in generated images (``gan_augment``); the
-        training loss and error are those of the returned batch. Training only."""
+        """Applied to each training mini-batch (on the device, normalised) before the
+        forward pass (training only); the training loss and error are those of its result."""
         return images, labels
 
     def transform_features(self, features: Tensor) -> Tensor:
@@ -105,16 +99,11 @@ class TrainingCriterion(nn.Module):
         return features
 
     def transform_target(self, target: Tensor) -> Tensor:
-        """Applied to the training targets passed to :meth:`forward` (training only; the
-        training error is measured on the true labels)."""
+        """Applied to the training targets passed to :meth:`forward` (training only)."""
         return target
 
     def parameter_groups(self, config: Any) -> list[dict[str, Any]]:
-        """Extra optimizer parameter groups, e.g. ``[{"params": [centers], "lr": 0.5}]``.
-
-        Trainable parameters of the criterion not listed here are optimized with the
-        model's settings.
-        """
+        """Extra optimizer parameter groups (others join the model's group)."""
         return []
 
     def log_values(self) -> dict[str, float]:
@@ -133,9 +122,8 @@ class CriterionModifier(TrainingCriterion):
 
 
 class CompositeCriterion(TrainingCriterion):
-    """One primary criterion plus modifiers (built by :func:`create_criterion` from a spec
-    with ``+``). ``components`` lists them in spec order, the order in which their hooks
-    chain; the loss is the primary's plus the modifiers' terms (``None``: none)."""
+    """One primary criterion plus modifiers; ``components`` lists them in spec order, the
+    order in which their hooks chain (docs/training.md, "Criteria")."""
 
     def __init__(self, main: TrainingCriterion, modifiers: list[TrainingCriterion],
                  order: Optional[list[int]] = None) -> None:
@@ -144,12 +132,7 @@ class CompositeCriterion(TrainingCriterion):
         self.modifiers = nn.ModuleList(modifiers)
         parts = [main, *modifiers]
         # spec order of the components (the primary need not come first in the spec)
-        self._order = list(range(len(parts))) if order is None else list(order)
-        self._parts = parts
-
-    @property
-    def components(self) -> list[TrainingCriterion]:
-        return [self._parts[i] for i in self._order]
+        self.components = [parts[i] for i in (range(len(parts)) if order is None else order)]
 
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
                 ) -> Tensor:
@@ -214,15 +197,11 @@ def _qualname(obj: Any) -> tuple[str, str]:
 
 def register_criterion(name: Union[str, Callable, None] = None, *, primary: Optional[bool] = None
                        ) -> Any:
-    """Register a criterion class or factory under ``name``.
+    """Register a criterion class or factory under ``name`` (docs/training.md, "Criteria").
 
-    ``@register_criterion("focal")`` on a :class:`TrainingCriterion` subclass (its role
-    comes from the class attribute ``primary``) or on a function
-    ``factory(num_features, num_classes, config, **kwargs)`` (role from ``primary=``,
-    default primary). Bare ``@register_criterion`` uses the function/class name in lower
-    case. Names must be lower-case identifiers (``[a-z][a-z0-9_]*``). Registering another
-    object under a taken name raises ``ValueError``; re-registering the same one (module
-    reload) replaces it.
+    Bare ``@register_criterion`` uses the lower-cased function/class name; names must match
+    ``[a-z][a-z0-9_]*``. Registering another object under a taken name raises
+    ``ValueError``; re-registering the same one (module reload) replaces it.
     """
     if callable(name) and not isinstance(name, str):
         return register_criterion(None, primary=primary)(name)
@@ -270,15 +249,10 @@ def _load_plugins() -> None:
 
 def list_criteria(kind: Optional[str] = None) -> list[str]:
     """Sorted registered names; ``kind`` ``"primary"`` or ``"modifier"`` filters."""
-    _load_plugins()
-    names = sorted(_REGISTRY)
-    if kind == "primary":
-        return [n for n in names if _REGISTRY[n].primary]
-    if kind == "modifier":
-        return [n for n in names if not _REGISTRY[n].primary]
-    if kind is not None:
+    if kind not in (None, "primary", "modifier"):
         raise ValueError(f"kind must be 'primary', 'modifier' or None; got {kind!r}")
-    return names
+    _load_plugins()
+    return [n for n in sorted(_REGISTRY) if kind is None or _REGISTRY[n].primary == (kind == "primary")]
 
 
 def _available() -> str:
@@ -290,10 +264,8 @@ def _available() -> str:
 def criterion_info(name: str) -> CriterionEntry:
     """The registry entry of ``name`` (``ValueError`` listing the criteria if unknown)."""
     _load_plugins()
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        pass
     message = f"Unknown criterion {name!r}."
     close = difflib.get_close_matches(str(name).lower(), list(_REGISTRY), n=1)
     if close:
@@ -359,15 +331,14 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
                 f"'name' or 'name(key=value, ...)' terms joined by '+'")
         name, arg_text = match.group(1).lower(), match.group(2)
         kwargs: dict[str, Any] = {}
-        if arg_text and arg_text.strip():
-            for item in split_top_level(arg_text, ","):
-                if not item.strip():
-                    continue
-                if "=" not in item:
-                    raise ValueError(
-                        f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
-                key, value = item.split("=", 1)
-                kwargs[key.strip()] = _parse_value(value)
+        for item in split_top_level(arg_text or "", ","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise ValueError(
+                    f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
+            key, value = item.split("=", 1)
+            kwargs[key.strip()] = _parse_value(value)
         terms.append((name, kwargs))
     if check_registered:
         entries = [criterion_info(name) for name, _ in terms]
@@ -415,17 +386,10 @@ def spec_dirname(spec: str) -> str:
 
 def create_criterion(spec: str, num_features: int, num_classes: int, config: Any = None
                      ) -> TrainingCriterion:
-    """Build the criterion named by ``spec`` for a model with ``num_features``-dimensional
-    features and ``num_classes`` classes.
-
-    ``config`` is the :class:`~torch_isda.train.config.TrainConfig` of the run (defaults
-    when ``None``). A single term returns that criterion; several return a
-    :class:`CompositeCriterion`.
-
-    Raises:
-        ValueError: unknown names (the message lists the available criteria), not exactly
-            one primary loss, or bad arguments.
-    """
+    """The criterion of ``spec`` for ``num_features``-dimensional features and
+    ``num_classes`` classes under the run's ``config`` (default: ``TrainConfig()``): a
+    single term's criterion, or a :class:`CompositeCriterion`. ``ValueError`` for unknown
+    names, not exactly one primary loss or bad arguments."""
     if config is None:
         config = TrainConfig()
     if getattr(config, "lambda0", 0) is None or getattr(config, "kind", "") is None:
@@ -455,13 +419,11 @@ def create_criterion(spec: str, num_features: int, num_classes: int, config: Any
         built.append((entry.primary, criterion))
     if len(built) == 1:
         return built[0][1]
-    main_index = next(i for i, (p, _) in enumerate(built) if p)
-    main = built[main_index][1]
-    modifiers = [c for i, (_, c) in enumerate(built) if i != main_index]
-    # spec positions: index 0 of the composite is the primary, then modifiers in order
+    main_index = next(i for i, (primary, _) in enumerate(built) if primary)
+    # the composite holds the primary first, then the modifiers in spec order
     positions = [main_index] + [i for i in range(len(built)) if i != main_index]
-    order = [positions.index(i) for i in range(len(built))]
-    return CompositeCriterion(main, modifiers, order)
+    main, *modifiers = [built[i][1] for i in positions]
+    return CompositeCriterion(main, modifiers, [positions.index(i) for i in range(len(built))])
 
 
 # ---------------------------------------------------------------------------- built-ins
@@ -482,12 +444,8 @@ class CrossEntropyCriterion(TrainingCriterion):
 
 @register_criterion("isda")
 class ISDACriterion(TrainingCriterion):
-    """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T.
-
-    Defaults come from the run config (``lambda0``, ``kind``, ``constant_lambda``); spec
-    arguments override them, e.g. ``isda(lambda0=0.75,kind=diagonal)``; ``rank`` is passed
-    to :class:`~torch_isda.ISDALoss` for ``kind=lowrank``.
-    """
+    """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T; the
+    run's ``lambda0``, ``kind``, ``constant_lambda`` unless the spec overrides them."""
 
     def __init__(self, num_features: int, num_classes: int, lambda0: float = 0.5,
                  kind: str = "full", constant_lambda: bool = False,
@@ -502,8 +460,7 @@ class ISDACriterion(TrainingCriterion):
     def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
                     ) -> ISDACriterion:
         args = {"lambda0": config.lambda0, "kind": config.kind,
-                "constant_lambda": config.constant_lambda}
-        args.update(kwargs)
+                "constant_lambda": config.constant_lambda, **kwargs}
         return cls(num_features, num_classes, **args)
 
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module

@@ -1,21 +1,10 @@
 """Training presets of the paper, chosen by dataset (:data:`DATASET_PRESETS`), else by
-model family (:data:`FAMILY_PRESETS`); any preset can be forced with ``--preset NAME``.
+model family (:func:`preset_name_for_family`); any preset can be forced with ``--preset``.
 
-The presets, their sources (TPAMI Table 9 and Appendices A/B, NeurIPS Appendix B) and the
-ISDA defaults per model are tabulated in docs/training.md ("Presets"); the segmentation
-presets are chosen in :mod:`torch_isda.train.segmentation_config`.
-
-LR timing (:attr:`Preset.lr_offset`): the CIFAR presets of the paper's tables follow the
-official CIFAR code, which calls ``adjust_learning_rate(optimizer, epoch + 1)`` before
-0-based epoch ``epoch``, so their milestones are 1-based and their cosine is 0 in the last
-epoch (``lr_offset=1``); the others (the ImageNet presets, as ``imagenet_DDP.py``,
-``small_cnn``, ``cnn13``, segmentation) use PyTorch's convention (``lr_offset=0``).
-
-ISDA defaults: ``lambda0`` and ``kind`` are ``0.5`` and ``"full"`` (:data:`DEFAULT_LAMBDA0`,
-:data:`DEFAULT_KIND`) unless the preset sets its own (:attr:`Preset.lambda0`,
-:attr:`Preset.kind`), refined per family and then per model by
-:attr:`Preset.isda_overrides` (TPAMI Appendix A). Values given explicitly (``--lambda0``,
-``--kind``, ``isda(lambda0=...)``) always win.
+The presets, their sources, their LR timing (:attr:`Preset.lr_offset`) and their ISDA
+defaults per family and model are tabulated in docs/training.md ("Presets"); the
+segmentation presets are chosen in :mod:`torch_isda.train.segmentation_config`. Values
+given explicitly (``--lambda0``, ``isda(lambda0=...)``, ...) always win.
 """
 
 from __future__ import annotations
@@ -37,14 +26,12 @@ __all__ = [
     "PRESETS",
     "Preset",
     "DATASET_PRESETS",
-    "FAMILY_PRESETS",
     "apply_preset",
     "default_out_dir",
     "get_preset",
     "isda_defaults",
     "list_presets",
     "model_family",
-    "preset_name_for_dataset",
     "preset_name_for_family",
 ]
 
@@ -70,8 +57,7 @@ class Preset:
     nesterov: bool = True
     source: str = ""
     #: Added to the 0-based epoch when the step/cosine schedule is evaluated: 1 for the
-    #: presets of the official ISDA CIFAR code (``adjust_learning_rate(optimizer, epoch +
-    #: 1)``), 0 otherwise (see the module docstring).
+    #: presets of the official ISDA CIFAR code, 0 otherwise (docs/training.md).
     lr_offset: int = 0
     #: ISDA defaults of the preset (``None``: :data:`DEFAULT_LAMBDA0` / :data:`DEFAULT_KIND`).
     lambda0: Optional[float] = None
@@ -106,12 +92,8 @@ class Preset:
 
     def values(self) -> dict[str, Any]:
         """The :data:`~torch_isda.train.config.PRESET_FIELDS` of this preset."""
-        return {
-            "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-            "momentum": self.momentum, "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay, "lr_schedule": self.lr_schedule,
-            "milestones": list(self.milestones), "gamma": self.gamma,
-        }
+        return {f: list(self.milestones) if f == "milestones" else getattr(self, f)
+                for f in PRESET_FIELDS}
 
     def describe_schedule(self) -> str:
         if self.lr_schedule == "cosine":
@@ -122,7 +104,7 @@ class Preset:
 
 
 _T9 = "TPAMI Table 9 / NeurIPS Table 1"
-#: The official CIFAR script's LR timing (module docstring).
+#: The official CIFAR script's LR timing (``adjust_learning_rate(optimizer, epoch + 1)``).
 _CIFAR = {"lr_offset": 1}
 
 #: TPAMI Appendix A: lambda_0 = 7.5 for ResNets and ResNeXts, 5 for ResNet-101, 1 for
@@ -173,27 +155,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-#: Families whose preset has another name.
-FAMILY_PRESETS = {
-    "resnet_imagenet": "imagenet",
-    "densenet_imagenet": "imagenet",
-    "resnext_imagenet": "imagenet",
-}
-
-
 #: Datasets whose preset is chosen by the dataset rather than by the model family.
 DATASET_PRESETS = {"mnist": "mnist", "fashion_mnist": "mnist", "kmnist": "mnist"}
 
 
-def preset_name_for_dataset(dataset: str) -> Optional[str]:
-    """The preset chosen for a dataset regardless of the model (``None``: by family)."""
-    return DATASET_PRESETS.get(dataset)
-
-
 def preset_name_for_family(family: str) -> Optional[str]:
-    """The preset chosen for a model family (``None`` if there is none)."""
-    if family in FAMILY_PRESETS:
-        return FAMILY_PRESETS[family]
+    """The preset chosen for a model family: its namesake, ``imagenet`` for the ``*_imagenet``
+    families, else ``None``."""
     if family in PRESETS:
         return family
     if family.endswith("_imagenet"):
@@ -265,28 +233,21 @@ def _check_names(config: TrainConfig) -> None:
 
 
 def apply_preset(config: TrainConfig) -> TrainConfig:
-    """Fill the ``None`` preset fields of a classification config from the preset
-    (``config.preset`` or the model family's), default ``out``, and check dataset, model
-    and loss names early (the classification part of
-    :func:`~torch_isda.train.resolve.resolve_config`).
-
-    ``lambda0`` and ``kind`` left at ``None`` come from the same preset's ISDA defaults,
-    refined per family and per model (:meth:`Preset.isda_defaults`); ``0.5`` / ``"full"``
-    when there is no preset. ``lr_offset`` left at ``None`` comes from the same preset
-    (:attr:`Preset.lr_offset`) when that is non-zero; ``None`` means 0.
-
-    Explicitly set fields are kept. The returned config has ``preset`` set to the preset
-    used (or ``None`` when every preset field was given explicitly).
-    """
+    """Fill the ``None`` fields of a classification config from ``config.preset`` or the
+    dataset's / model family's preset (``lambda0``/``kind`` by :meth:`Preset.isda_defaults`;
+    a non-zero ``lr_offset`` from the preset used, else the family's) and ``out``; check the
+    dataset, model and loss names early. ``preset`` becomes the preset used (``None`` when
+    every preset field was given)."""
     if config.task is not None:  # classification is stored as None (older configs match)
         config = dataclasses.replace(config, task=None)
     _check_names(config)
     family = model_family(config.model, config.model_kwargs)
+    automatic = DATASET_PRESETS.get(config.dataset) or preset_name_for_family(family)
     changes: dict[str, Any] = {}
     missing = [f for f in PRESET_FIELDS if getattr(config, f) is None]
     preset_name = config.preset
     if preset_name is None and missing:
-        preset_name = preset_name_for_dataset(config.dataset) or preset_name_for_family(family)
+        preset_name = automatic
         if preset_name is None:
             raise ValueError(
                 f"no training preset for model family {family!r} (model {config.model!r}); "
@@ -298,12 +259,11 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
         changes["preset"] = preset_name
     missing_isda = [f for f in ISDA_PRESET_FIELDS if getattr(config, f) is None]
     if missing_isda:
-        isda_preset = preset_name if preset_name is not None else (
-            preset_name_for_dataset(config.dataset) or preset_name_for_family(family))
+        isda_preset = automatic if preset_name is None else preset_name
         defaults = ({"lambda0": DEFAULT_LAMBDA0, "kind": DEFAULT_KIND} if isda_preset is None
                     else get_preset(isda_preset).isda_defaults(config.model, family))
         changes.update({f: defaults[f] for f in missing_isda})
-    if config.lr_offset is None:  # the LR timing of the preset (module docstring)
+    if config.lr_offset is None:  # the LR timing of the preset (docs/training.md)
         timing_preset = preset_name if preset_name is not None else preset_name_for_family(family)
         if timing_preset is not None and get_preset(timing_preset).lr_offset:
             # only a non-zero offset is recorded: None (= 0) keeps the configs of earlier

@@ -1,17 +1,9 @@
 """Configuration of the segmentation task (Section 6.4, Table 7): task detection, the
-segmentation presets' extra defaults and :func:`resolve_segmentation_config`.
-
-A run is a segmentation run when ``config.task == "segmentation"`` or, with ``task`` left
-at ``None``, when the dataset is a segmentation dataset (:data:`SEGMENTATION_DATASETS`).
-:func:`~torch_isda.train.resolve.resolve_config` hands such configs to
-:func:`resolve_segmentation_config`, which fills every ``None`` field from the segmentation
-presets (tabulated, with their sources in the official code, in docs/segmentation.md;
-``segmentation_synthetic``, for the ``synthetic_segmentation`` dataset, also supplies the
-tiny model, :data:`SYNTHETIC_MODEL_KWARGS`, merged under any ``--model-kwargs`` given).
-
-Values given explicitly always win. The resolved config has ``task="segmentation"``;
-classification configs keep ``task=None`` (so configs saved before the field existed
-still match).
+segmentation presets' extra defaults and :func:`resolve_segmentation_config`, which fills
+every ``None`` field (presets tabulated in docs/segmentation.md; the synthetic preset's
+model options go under any ``--model-kwargs`` given). The resolved config has
+``task="segmentation"``; classification configs keep ``task=None`` (so configs saved
+before the field existed still match).
 """
 
 from __future__ import annotations
@@ -19,22 +11,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from .config import SEG_LOSS_AT, TrainConfig
+from .config import TrainConfig
 
 __all__ = [
     "TABLE7_COLUMNS",
     "DEFAULT_SEGMENTATION_MODEL",
     "SEGMENTATION_DATASETS",
-    "SEGMENTATION_EXTRAS",
     "SYNTHETIC_MODEL_KWARGS",
-    "SegmentationExtras",
     "infer_task",
-    "is_segmentation_dataset",
     "parse_scales",
     "parse_segmentation_loss",
     "register_segmentation_dataset",
     "resolve_segmentation_config",
-    "segmentation_preset_name",
 ]
 
 #: The Table 7 columns: (result key, header, scales?, flip).
@@ -56,10 +44,6 @@ SYNTHETIC_MODEL_KWARGS = {"depth": 10, "width": 8, "head_channels": 32, "aux_cha
 def register_segmentation_dataset(name: str) -> None:
     """Mark a registered dataset as a segmentation dataset (``task`` auto-detection)."""
     SEGMENTATION_DATASETS.add(str(name))
-
-
-def is_segmentation_dataset(name: str) -> bool:
-    return name in SEGMENTATION_DATASETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +70,7 @@ SEGMENTATION_EXTRAS: dict[str, SegmentationExtras] = {
 def infer_task(config: TrainConfig) -> str:
     """``"segmentation"`` or ``"classification"``: ``config.task``, or (when ``None``)
     from the dataset. A task that contradicts the dataset raises ``ValueError``."""
-    seg_data = is_segmentation_dataset(config.dataset)
+    seg_data = config.dataset in SEGMENTATION_DATASETS
     task = config.task
     semi = getattr(config, "semi", "none")
     if semi != "none" and (task == "segmentation" or (task is None and seg_data)):
@@ -141,7 +125,8 @@ def parse_segmentation_loss(spec: str) -> tuple[str, dict[str, Any]]:
     return parse_single_loss(spec, "segmentation runs")
 
 
-def _segmentation_model(config: TrainConfig) -> tuple[str, dict, str]:
+def _segmentation_model(config: TrainConfig, extras: SegmentationExtras
+                        ) -> tuple[str, dict, str]:
     """``(model, model_kwargs, family)``: the default model replaced by the segmentation one,
     the preset's model options under the given ones; ``ValueError`` for other families."""
     from .presets import model_family
@@ -149,15 +134,13 @@ def _segmentation_model(config: TrainConfig) -> tuple[str, dict, str]:
     model = config.model
     if model == TrainConfig.model:  # the classification default: use the segmentation one
         model = DEFAULT_SEGMENTATION_MODEL
-    extras = SEGMENTATION_EXTRAS.get(segmentation_preset_name(config),
-                                     SEGMENTATION_EXTRAS["segmentation"])
     model_kwargs = {**extras.model_kwargs, **config.model_kwargs}
     try:
         family = model_family(model, model_kwargs)  # also checks the model_kwargs
     except ValueError:
-        if model_family(model, config.model_kwargs) == "segmentation":
-            raise
         family = model_family(model, config.model_kwargs)
+        if family == "segmentation":
+            raise
     if family != "segmentation":
         raise ValueError(
             f"model {model!r} (family {family!r}) is not a segmentation model; use "
@@ -165,35 +148,20 @@ def _segmentation_model(config: TrainConfig) -> tuple[str, dict, str]:
     return model, model_kwargs, family
 
 
-def _check_resolved(resolved: TrainConfig) -> None:
-    from ..functional import KINDS
-
-    _, loss_kwargs = parse_segmentation_loss(resolved.loss)
-    if loss_kwargs.get("kind", resolved.kind) not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {loss_kwargs['kind']!r}")
-    if resolved.seg_loss_at not in SEG_LOSS_AT:
-        raise ValueError(f"seg_loss_at must be one of {', '.join(SEG_LOSS_AT)}")
-    if resolved.augment not in (None, "none", "flip"):
-        raise ValueError(f"segmentation runs accept --augment flip (the default: random "
-                         f"horizontal flips) or none; got {resolved.augment!r}")
-
-
 def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
     """Fill a segmentation config (see the module docstring); the ``resolve`` of the
     segmentation task (:func:`~torch_isda.train.resolve.resolve_config`)."""
     from ..data import dataset_entrypoint
+    from ..functional import KINDS
     from .presets import default_out_dir, get_preset
 
     config.validate()
-    infer_task(config)
-    if getattr(config, "semi", "none") not in (None, "none"):
-        raise ValueError(f"semi-supervised training (--semi {config.semi}) is not available "
-                         f"for segmentation")
+    infer_task(config)  # refuses --semi and a task the dataset contradicts
     dataset_entrypoint(config.dataset)  # ValueError listing the datasets
-    model, model_kwargs, family = _segmentation_model(config)
     preset_name = segmentation_preset_name(config)
-    preset = get_preset(preset_name)
     extras = SEGMENTATION_EXTRAS.get(preset_name, SEGMENTATION_EXTRAS["segmentation"])
+    model, model_kwargs, family = _segmentation_model(config, extras)
+    preset = get_preset(preset_name)
     changes: dict[str, Any] = {"task": "segmentation", "model": model,
                                "model_kwargs": model_kwargs, "preset": preset_name}
     changes.update({k: v for k, v in preset.values().items() if getattr(config, k) is None})
@@ -205,12 +173,16 @@ def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
                                                    "seg_loss_at") if getattr(config, k) is None})
     resolved = dataclasses.replace(config, **changes)
     resolved.eval_scales = ",".join(f"{s:g}" for s in parse_scales(resolved.eval_scales))
-    _check_resolved(resolved)
+    _, loss_kwargs = parse_segmentation_loss(resolved.loss)
+    if loss_kwargs.get("kind", resolved.kind) not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {loss_kwargs['kind']!r}")
+    if resolved.augment not in (None, "none", "flip"):
+        raise ValueError(f"segmentation runs accept --augment flip (the default: random "
+                         f"horizontal flips) or none; got {resolved.augment!r}")
     if resolved.lr_schedule == "step" and resolved.milestones is None:
         resolved.milestones = []
     if resolved.milestones is not None:
         resolved.milestones = sorted(int(m) for m in resolved.milestones)
     if config.out is None:
         resolved.out = default_out_dir(resolved)
-    resolved.validate()
-    return resolved
+    return resolved  # validated by resolve_config

@@ -1,14 +1,7 @@
 """The task registry: ``--task`` / ``--semi`` -> a :class:`~torch_isda.train.tasks.base.Task`.
 
 Entries are ``"module:Class"`` strings imported on first use, so neither the engine nor
-the configuration code imports a task class::
-
-    task_class(config)               # SegmentationTask, SemiTask or ClassificationTask
-    register_task("mytask", "my_package.tasks:MyTask")
-
-A config is a segmentation run when its ``task`` or its dataset says so
-(:func:`~torch_isda.train.segmentation_config.infer_task`), a semi-supervised run when
-``semi != "none"``, else classification.
+the configuration code imports a task class (``register_task("mytask", "pkg.tasks:MyTask")``).
 """
 
 from __future__ import annotations
@@ -37,7 +30,9 @@ def register_task(name: str, target: str) -> None:
 
 
 def task_name(config: Any) -> str:
-    """The registry name of the task that runs ``config``."""
+    """The registry name of the task that runs ``config``: segmentation when its ``task`` or
+    its dataset says so (:func:`~torch_isda.train.segmentation_config.infer_task`),
+    semi-supervised when ``semi != "none"``, else classification."""
     if infer_task(config) == "segmentation":
         return "segmentation"
     if str(getattr(config, "semi", "none") or "none").strip().lower() != "none":

@@ -1,10 +1,6 @@
 """The :class:`Task` protocol: what the :class:`~torch_isda.train.engine.Engine` asks of a task.
 
 A task is built with ``Task(config, engine)`` (``config`` resolved; ``engine`` gives
-``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``)
-and then answers:
-
-=============================== =============================================================
 ``resolve(config)``             (static) fill the task's defaults: one pass, one place
 ``build()``                     data, model, criterion (seeded by the engine); sets
                                 ``model``, ``criterion``, ``train_batches``, ``num_classes``,
@@ -28,14 +24,19 @@ and then answers:
 ``result_line(result)``         (static) a finished run's score in ``isda compare``'s log
 ``result_warning(...)``         (static) a warning about a finished run, or ``None``
 =============================== =============================================================
+=======
+``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``);
+the methods it answers are tabulated in docs/architecture.md ("Tasks").
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -66,8 +67,6 @@ class StepOut:
 class Task:
     """Base class with the defaults of the protocol (see the module docstring)."""
 
-    #: The registry name (``--task`` / ``--semi``).
-    name: ClassVar[str] = ""
     #: The lr schedule counts iterations (segmentation) instead of epochs.
     schedule_per_step: ClassVar[bool] = False
 
@@ -92,6 +91,20 @@ class Task:
     def log(self, message: str) -> None:
         self.engine.log(message)
 
+    def load_dataset(self, usable: Callable[[Any], bool], supported: str) -> Any:
+        """The configured dataset (``ValueError`` saying what is ``supported`` unless
+        ``usable(data)``); sets ``num_classes``, ``image_size``, ``train_size``, ``test_size``."""
+        from ...data import create_dataset
+
+        cfg = self.config
+        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
+                              **cfg.dataset_kwargs)
+        if not usable(data):
+            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; {supported}")
+        self.num_classes, self.image_size = data.num_classes, tuple(data.image_size)
+        self.train_size, self.test_size = data.train_size, data.test_size
+        return data
+
     def create_model(self, required: tuple[str, ...] = ("forward_features", "get_classifier"),
                      in_channels: Optional[int] = None) -> nn.Module:
         """The configured model on the device (``channels_last`` if asked); sets
@@ -113,38 +126,41 @@ class Task:
         self.classifier = model.get_classifier()
         return model
 
+    def channels_last(self, x: Tensor) -> Tensor:
+        """``x`` in the channels-last memory format when ``--channels-last`` is on."""
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """A batch on the device (``channels_last`` images if asked)."""
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=non_blocking)
-        y = y.to(self.device, non_blocking=non_blocking)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return self.channels_last(x), y.to(self.device, non_blocking=non_blocking)
 
     @torch.no_grad()
-    def cross_entropy_error(self, net: Any, batches: Any) -> tuple[float, float, int]:
+    def cross_entropy_error(self, net: Any, batches: Any, sharded: bool = False
+                            ) -> tuple[float, float, float]:
         """Summed cross-entropy, wrong predictions and samples of ``net`` (a callable from
-        images to logits, run under the engine's AMP) over ``(x, y)`` ``batches``."""
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wrong = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        images to logits, run under the engine's AMP) over ``(x, y)`` ``batches``, summed
+        over ranks when ``sharded``; one host sync."""
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in batches:
             x, y = self.to_device(x, y)
             with self.engine.autocast():
                 logits = net(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            wrong += (logits.argmax(1) != y).sum()
-            seen += int(y.shape[0])
-        return float(loss_sum), float(wrong), seen
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) != y).sum()
+            sums[2] += y.shape[0]
+        if sharded and self.context is not None:
+            dist.all_reduce(sums)
+        loss, wrong, seen = sums.tolist()
+        return loss, wrong, seen
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The model's trainable parameters (plus the criterion's, in its own groups when
         it defines ``parameter_groups(config)``)."""
-        extra = []
         groups_fn = getattr(self.criterion, "parameter_groups", None)
-        for group in (groups_fn(self.config) if groups_fn else []):
-            extra.append({**group, "params": list(group["params"])})
+        groups = groups_fn(self.config) if groups_fn else []
+        extra = [{**group, "params": list(group["params"])} for group in groups]
         listed = {id(p) for g in extra for p in g["params"]}
         rest = [p for p in self.criterion.parameters() if p.requires_grad and id(p) not in listed]
         return [{"params": [p for p in self.model.parameters() if p.requires_grad] + rest},

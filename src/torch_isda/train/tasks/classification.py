@@ -1,11 +1,6 @@
-"""Supervised image classification (``isda train``, Algorithm 1 of the paper).
-
-One step: ``x, y = criterion.transform_batch(x, y)``,
-``features = criterion.transform_features(model.forward_features(x))``,
-``logits = classifier(features)``, ``loss = criterion(features, logits,
-criterion.transform_target(y), model)``. In-memory datasets live on the device
-(:class:`~torch_isda.data.DeviceBatchIterator`, augmentation from one seeded generator);
-``imagefolder`` uses DataLoaders. Under torchrun each rank keeps its slice of every global
+"""Supervised image classification (``isda train``, Algorithm 1 of the paper; the step is
+described in docs/architecture.md). In-memory datasets are batched on the device,
+``imagefolder`` uses DataLoaders; under torchrun each rank keeps its slice of every global
 batch, ``x -> (features, logits)`` runs through DDP and the evaluation is sharded.
 """
 
@@ -18,14 +13,7 @@ import torch
 from torch import Tensor
 
 from ..criteria import create_criterion
-from ..distributed import (
-    CountingLoader,
-    GlobalBatchShards,
-    TrainForward,
-    all_sum,
-    rank_seed,
-    shard_bounds,
-)
+from ..distributed import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
 from ..presets import apply_preset
 from ..tables import write_classification_comparison
 from .base import StepOut, Task
@@ -36,12 +24,9 @@ __all__ = ["ClassificationTask"]
 class ClassificationTask(Task):
     """Supervised classification with a training criterion (``--loss``)."""
 
-    name = "classification"
     write_comparison = staticmethod(write_classification_comparison)
 
-    @staticmethod
-    def resolve(config: Any) -> Any:
-        return apply_preset(config)
+    resolve = staticmethod(apply_preset)
 
     # ------------------------------------------------------------------ setup
 
@@ -58,26 +43,19 @@ class ClassificationTask(Task):
     def build_data(self) -> None:
         """Training and test batches (this rank's share under torchrun)."""
         cfg = self.config
-        from ...data import DeviceBatchIterator, ImageDataset, build_augment, create_dataset
+        from ...data import DeviceBatchIterator, ImageDataset, build_augment
 
         if cfg.dataset == "imagefolder":
             self._imagefolder()
             return
-        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
-                              **cfg.dataset_kwargs)
-        if not isinstance(data, ImageDataset):
-            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; the "
-                             f"trainer supports in-memory ImageDataset datasets and imagefolder")
-        data = data.to(self.device)
+        data = self.load_dataset(lambda d: isinstance(d, ImageDataset), "the trainer supports "
+                                 "in-memory ImageDataset datasets and imagefolder").to(self.device)
         self.augment = cfg.augment or data.default_augment
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.train_batches = DeviceBatchIterator(
             data.train_images, data.train_labels, cfg.batch_size, shuffle=True,
             generator=self.data_generator,
             transform=build_augment(self.augment, data.mean, data.std))
-        self.num_classes = data.num_classes
-        self.image_size = tuple(data.image_size)
-        self.train_size, self.test_size = data.train_size, data.test_size
         lo, hi, per_rank = 0, data.test_size, cfg.eval_batch_size
         if self.context is not None:  # global batches sliced per rank, sharded test set
             self.train_batches = self._shards(self.train_batches)
@@ -86,15 +64,14 @@ class ClassificationTask(Task):
         self.test_batches = DeviceBatchIterator(
             data.test_images[lo:hi], data.test_labels[lo:hi], per_rank, shuffle=False,
             transform=build_augment("none", data.mean, data.std))
-        self.test_count = hi - lo
 
     def _shards(self, train: Any) -> GlobalBatchShards:
         ctx = self.context
-        skipped = train.num_samples % train.batch_size
-        if 0 < skipped < ctx.world_size and not train.drop_last:
-            self.log(f"note: the last batch of each epoch ({skipped} samples) is smaller than "
-                     f"the world size {ctx.world_size} and is skipped")
-        return GlobalBatchShards(train, ctx.rank, ctx.world_size)
+        shards = GlobalBatchShards(train, ctx.rank, ctx.world_size)
+        if len(shards) < len(train):  # the last batch is smaller than the world size
+            self.log(f"note: the last batch of each epoch ({train.num_samples % train.batch_size} "
+                     f"samples) is smaller than the world size {ctx.world_size} and is skipped")
+        return shards
 
     def _imagefolder(self) -> None:
         cfg, ctx = self.config, self.context
@@ -111,12 +88,10 @@ class ClassificationTask(Task):
                      f"(RandomResizedCrop + flip are used)")
         self.data_generator = loaders.train.generator
         self.train_batches, self.test_batches = loaders.train, loaders.val
-        self.test_count = len(loaders.data.val)
         if ctx is not None:
             if self.data_generator is not None:  # per-rank augmentation streams
                 self.data_generator.manual_seed(rank_seed(cfg.seed, ctx.rank))
             self.train_batches = CountingLoader(loaders.train, ctx.world_size)
-            self.test_count = len(loaders.val.sampler)
         self.num_classes = loaders.data.num_classes
         self.image_size = tuple(loaders.data.image_size)
         self.augment = "random_resized_crop_flip"
@@ -166,11 +141,8 @@ class ClassificationTask(Task):
     def evaluate(self, final: bool) -> dict[str, Any]:
         """Test loss (cross-entropy of the plain logits) and error (%), global over ranks."""
         self.model.eval()
-        totals = list(self.cross_entropy_error(lambda x: self.classifier(self.features_fn(x)),
-                                               self.test_batches))
-        if self.context is not None:
-            totals = all_sum(totals, self.device)
-        if totals[2] == 0:
+        loss, wrong, seen = self.cross_entropy_error(
+            lambda x: self.classifier(self.features_fn(x)), self.test_batches, sharded=True)
+        if seen == 0:
             raise ValueError("the test set is empty")
-        return {"test_loss": totals[0] / totals[2],
-                "test_error": 100.0 * round(totals[1]) / totals[2]}
+        return {"test_loss": loss / seen, "test_error": 100.0 * round(wrong) / seen}

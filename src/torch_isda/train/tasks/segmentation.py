@@ -1,12 +1,6 @@
 """Semantic segmentation (``isda train --task segmentation``, Section 6.4, Table 7).
 
-One step is the official ``train_isda.py`` recipe (docs/segmentation.md): one ISDA loss per
-head (:class:`~torch_isda.segmentation_criterion.SegmentationCriterion`), ``lambda`` and
-the poly schedule per iteration. After every epoch the test split is evaluated single-scale (``test_miou``, ``test_error =
-100 - mIoU``); after the last one the final model is evaluated as in Table 7 (single-scale,
-multi-scale ``eval_scales``, + flip) into ``result.json`` with ``predicted_classes`` (1: a
-model predicting one class everywhere, reported as a warning). ``synthetic_segmentation``
-lives on the device; ``cityscapes`` uses DataLoaders (docs/segmentation.md). Callbacks'
+The step, the data and the evaluation are described in docs/segmentation.md. Callbacks'
 ``on_step`` gets the main head's features/logits and the full-resolution labels. Under
 torchrun each rank keeps its slice of every global batch, both heads' per-pixel statistics
 are all-gathered, the loss is weighted by the rank's share of valid pixels and the test set
@@ -44,15 +38,14 @@ __all__ = ["DeviceSegmentationBatches", "SegmentationTask", "create_segmentation
 def create_segmentation_criterion(config: TrainConfig, model: nn.Module, num_classes: int,
                                   ignore_index: int = 255) -> SegmentationCriterion:
     """The criterion of a resolved config (spec arguments, e.g. ``isda(lambda0=5)``, win)."""
-    name, kwargs = parse_segmentation_loss(config.loss)
-    args: dict[str, Any] = {"lambda0": config.lambda0, "kind": config.kind,
-                            "constant_lambda": config.constant_lambda, **kwargs}
-    if name == "ce":
-        args = {"label_smoothing": kwargs.get("label_smoothing", 0.0)}
+    name, kwargs = parse_segmentation_loss(config.loss)  # ce takes label_smoothing only
+    if name == "isda":
+        kwargs = {"lambda0": config.lambda0, "kind": config.kind,
+                  "constant_lambda": config.constant_lambda, **kwargs}
     aux = int(getattr(model, "aux_num_features", 0) or 0) if getattr(model, "has_aux", False) else 0
     return SegmentationCriterion(name, int(model.num_features), aux, num_classes,
                                  loss_at=config.seg_loss_at, aux_weight=config.aux_weight,
-                                 ignore_index=ignore_index, **args)
+                                 ignore_index=ignore_index, **kwargs)
 
 
 class DeviceSegmentationBatches:
@@ -63,12 +56,10 @@ class DeviceSegmentationBatches:
                  generator: Optional[torch.Generator] = None) -> None:
         self.data, self.split, self.batch_size = data, split, int(batch_size)
         self.train, self.flip, self.generator = train, flip, generator
-        n = data.train_size if split == "train" else data.test_size
-        self.size = n
-        self.steps = n // self.batch_size if train else -(-n // self.batch_size)
 
     def __len__(self) -> int:
-        return self.steps
+        n = self.data.train_size if self.split == "train" else self.data.test_size
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def __iter__(self) -> Any:
         return self.data.batches(self.split, self.batch_size, shuffle=self.train,
@@ -79,7 +70,6 @@ class DeviceSegmentationBatches:
 class SegmentationTask(Task):
     """Segmentation runs (see the module docstring)."""
 
-    name = "segmentation"
     write_comparison = staticmethod(write_segmentation_comparison)
     result_warning = staticmethod(single_class_warning)
     schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
@@ -89,9 +79,7 @@ class SegmentationTask(Task):
         self.scales = parse_scales(config.eval_scales)
         self.final_eval: Optional[dict[str, Any]] = None
 
-    @staticmethod
-    def resolve(config: Any) -> Any:
-        return resolve_segmentation_config(config)
+    resolve = staticmethod(resolve_segmentation_config)
 
     def final_window(self) -> int:
         return 1  # final_error = 100 - mIoU of the final model
@@ -116,13 +104,8 @@ class SegmentationTask(Task):
         if cfg.dataset == "cityscapes":
             self._cityscapes()
             return
-        from ...data import create_dataset
-
-        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
-                              **cfg.dataset_kwargs)
-        if not hasattr(data, "batches") or not hasattr(data, "train_masks"):
-            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; the "
-                             f"segmentation trainer needs SegmentationData or cityscapes")
+        data = self.load_dataset(lambda d: hasattr(d, "batches") and hasattr(d, "train_masks"),
+                                 "the segmentation trainer needs SegmentationData or cityscapes")
         if cfg.crop_size is not None:
             self.log(f"note: --crop-size applies to cityscapes only; {cfg.dataset} trains on "
                      f"whole images")
@@ -136,9 +119,7 @@ class SegmentationTask(Task):
             self.train_batches = GlobalBatchShards(self.train_batches, ctx.rank, ctx.world_size)
         self.test_batches = DeviceSegmentationBatches(data, "test", cfg.eval_batch_size,
                                                       train=False, flip=False)
-        self.num_classes, self.ignore_index = data.num_classes, data.ignore_index
-        self.image_size = tuple(data.image_size)
-        self.train_size, self.test_size = data.train_size, data.test_size
+        self.ignore_index = data.ignore_index
 
     def _cityscapes(self) -> None:
         cfg, ctx = self.config, self.context
@@ -146,9 +127,10 @@ class SegmentationTask(Task):
 
         world = ctx.world_size if ctx else 1
         shard = {"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {}
+        crop = cfg.crop_size or 769
         try:
             loaders = create_cityscapes_loaders(
-                cfg.data_dir, cfg.batch_size // world, cfg.workers, cfg.crop_size or 769,
+                cfg.data_dir, cfg.batch_size // world, cfg.workers, crop,
                 val_batch_size=1, distributed=ctx is not None, seed=cfg.seed, **shard,
                 **cfg.dataset_kwargs)
         except TypeError as err:
@@ -158,13 +140,9 @@ class SegmentationTask(Task):
         self.test_sharded = ctx is not None
         self.data_generator = loaders.train.generator
         self.num_classes, self.ignore_index = loaders.num_classes, loaders.ignore_index
-        crop = cfg.crop_size or 769
         self.image_size = (3, crop, crop)
         self.augment = "random_scale_crop_flip"
         self.train_size, self.test_size = len(loaders.train.dataset), len(loaders.val.dataset)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     # ------------------------------------------------------------------ steps
 
@@ -194,8 +172,7 @@ class SegmentationTask(Task):
         return loss * (self.context.world_size * counts / total.clamp_min(1.0)).squeeze(0)
 
     def epoch_values(self, totals: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
-        """(mean loss, pixel error % of the main head at feature resolution, labels resized
-        by nearest neighbour)."""
+        """(mean loss, pixel error % of the main head at feature resolution, no extras)."""
         return (totals["loss"] / max(totals["n"], 1.0),
                 100.0 * round(totals["wrong"]) / max(round(totals["valid"]), 1), {})
 
@@ -224,10 +201,9 @@ class SegmentationTask(Task):
                                       output_size=y.shape[-2:], align_corners=ALIGN_CORNERS)
             probs = probs.float()
             cm.update(probs.argmax(1), y)
-            keep = y != self.ignore_index
             nll[0] += F.nll_loss(probs.clamp_min(1e-12).log(), y, ignore_index=self.ignore_index,
                                  reduction="sum").double()
-            nll[1] += keep.sum()
+            nll[1] += (y != self.ignore_index).sum()
         if self.context is not None:
             cm.all_reduce()
             dist.all_reduce(nll)
@@ -257,8 +233,7 @@ class SegmentationTask(Task):
         return result
 
     def evaluate(self, final: bool) -> dict[str, Any]:
-        """Single-scale test loss, error (``100 - mIoU``, %), mIoU and pixel accuracy; after
-        the last epoch also the Table 7 columns (kept for ``result.json``)."""
+        """Single-scale test metrics; after the last epoch also the Table 7 columns."""
         t0 = time.perf_counter()
         metrics = self.evaluate_miou()
         if final:  # the single-scale column is this evaluation (counted in eval_seconds)
@@ -288,8 +263,7 @@ class SegmentationTask(Task):
         self.final_eval = state.get("final_eval") if finished else None
 
     def result_fields(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """``final_error = 100 - miou_single`` of the final model plus the Table 7 columns
-        once all epochs are done."""
+        """The Table 7 columns of the final model once all epochs are done."""
         cfg = self.config
         if len(rows) >= cfg.epochs and self.final_eval is None:  # resumed after the last epoch
             self.final_eval = self.evaluate_table7()

@@ -1,30 +1,14 @@
-"""Semi-supervised classification (``isda train --semi METHOD``, Section 5, Table 6).
+"""Semi-supervised classification (``isda train --semi METHOD``, Section 5, Eq. 19, Table 6).
 
-The labeled split, the unlabeled pool, ZCA / standardization and the translation (+ flip)
-augmentation are described in docs/semi_supervised.md. Every step takes
-``labeled_batch_size`` labeled and ``unlabeled_batch_size`` unlabeled samples
-(:class:`~torch_isda.semi.SemiBatchSampler`); an epoch is one pass over the unlabeled pool.
-One step (Eq. 19)::
-
-    criterion.set_progress(t / T)                              # lambda = lambda0 t / T
-    features = model.forward_features(x_l); logits = fc(features)
-    out = method.consistency(model, unlabeled_views, indices=idx)
-    loss = criterion(features, logits, y_l, fc.weight, out.logits, out.target_probs,
-                     out.loss, eta2=method.weight(epoch + i / steps, M / N))
-    ... optimizer step; method.after_step(model, global_step)   ... method.end_epoch()
-
-``--loss isda``: :class:`~torch_isda.semi.SemiISDALoss`; ``--loss ce``: the base method
-alone. The test error is that of ``method.eval_model(model)`` (the mean teacher's teacher;
-its student's is ``student_test_error``). Under torchrun each rank keeps its slice of the
-labeled and of the unlabeled part of every global batch; the estimator all-gathers the
-labeled features and the temporal ensemble records the whole global batch, so every rank
-holds the statistics of one process. The checkpoint adds the method's state, the
-sampler's streams, the ZCA whitening and the labeled split (exact resume on the CPU).
+Data protocol, loss, evaluation and checkpoint contents: docs/semi_supervised.md. Under
+torchrun each rank keeps its slice of the labeled and of the unlabeled part of every global
+batch; the estimator all-gathers the labeled features and the temporal ensemble records the
+whole global batch, so every rank holds the statistics of one process.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,7 +43,6 @@ __all__ = ["SemiTask"]
 class SemiTask(Task):
     """Semi-supervised training (see the module docstring)."""
 
-    name = "semi"
     write_comparison = staticmethod(write_semi_comparison)
 
     def __init__(self, config: Any, engine: Any) -> None:
@@ -103,34 +86,30 @@ class SemiTask(Task):
             self.train_x, self.train_y, self.sampler, augment=self.augment_fn,
             num_views=self.method.num_views, generator=self.data_generator)
         self.labeled_fraction = self.split.labeled.numel() / self.unlabeled_pool.numel()
-        self.log(f"{semi_summary(cfg)}; {self.split.labeled.numel()} labeled / "
-                 f"{self.unlabeled_pool.numel()} unlabeled-pool / {self.split.validation.numel()} "
-                 f"validation images, {self.steps_per_epoch} steps per epoch, augmentation "
-                 f"{self.augment}; {cfg.semi} options {self.method_kwargs}")
+        sizes = self.sizes
+        self.log(f"{semi_summary(cfg)}; {sizes['labeled']} labeled / {sizes['unlabeled_pool']} "
+                 f"unlabeled-pool / {sizes['validation']} validation images, "
+                 f"{self.steps_per_epoch} steps per epoch, augmentation {self.augment}; "
+                 f"{cfg.semi} options {self.method_kwargs}")
 
     def build_data(self) -> None:
         cfg, device = self.config, self.device
-        from ...data import ImageDataset, create_dataset
+        from ...data import ImageDataset
 
-        data = create_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download,
-                              **cfg.dataset_kwargs)
-        if not isinstance(data, ImageDataset):
-            raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; "
-                             f"--semi supports in-memory ImageDataset datasets")
-        self.num_classes = data.num_classes
-        self.image_size = tuple(data.image_size)
-        self.train_size, self.test_size = data.train_size, data.test_size
+        data = self.load_dataset(lambda d: isinstance(d, ImageDataset),
+                                 "--semi supports in-memory ImageDataset datasets")
         split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
         self.split = labeled_split(data.train_labels, cfg.labels, data.num_classes, split_seed,
                                    cfg.val_fraction)
         # the unlabeled pool: every training image except the validation set (reference code)
         self.unlabeled_pool = torch.cat([self.split.labeled, self.split.unlabeled]).sort().values
+        self.sizes = {"labeled": int(self.split.labeled.numel()),
+                      "validation": int(self.split.validation.numel()),
+                      "unlabeled_pool": int(self.unlabeled_pool.numel())}
         data = data.to(device)
-        self.zca: Optional[ZCA] = None
+        self.zca = ZCA().fit(global_contrast_normalize(data.train_images)) if cfg.zca else None
         self.stats = (data.mean, data.std)
         self.raw = (data.train_images, data.test_images)
-        if cfg.zca:
-            self.zca = ZCA().fit(global_contrast_normalize(data.train_images))
         self.preprocess()
         self.train_y, self.test_y = data.train_labels, data.test_labels
         translate = cfg.semi_translate if cfg.semi_translate is not None else default_translate(
@@ -142,25 +121,16 @@ class SemiTask(Task):
 
     def preprocess(self) -> None:
         """Images as float32 on the device: GCN + ZCA, or per-channel standardization."""
-        raw_train, raw_test = self.raw
-        if self.zca is not None:
-            self.train_x = self.zca.transform(global_contrast_normalize(raw_train))
-            self.test_x = self.zca.transform(global_contrast_normalize(raw_test))
-        else:
-            mean = torch.tensor(self.stats[0], device=self.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.stats[1], device=self.device).view(1, -1, 1, 1)
-            self.train_x = (raw_train.float() / 255.0 - mean) / std
-            self.test_x = (raw_test.float() / 255.0 - mean) / std
-        self.train_x = self.channels_last(self.train_x)
-        self.test_x = self.channels_last(self.test_x)
+        mean, std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in self.stats)
+
+        def prepare(raw: Tensor) -> Tensor:
+            if self.zca is not None:
+                return self.channels_last(self.zca.transform(global_contrast_normalize(raw)))
+            return self.channels_last((raw.float() / 255.0 - mean) / std)
+
+        self.train_x, self.test_x = (prepare(raw) for raw in self.raw)
         if hasattr(self, "train_batches"):
             self.train_batches.images = self.train_x
-
-    def channels_last(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     def prepare_distributed(self, context: Any) -> bool:
         """The temporal ensemble records the predictions of the whole global batch."""
@@ -236,8 +206,7 @@ class SemiTask(Task):
         return loss / max(n, 1), 100.0 * round(wrong) / max(n, 1)
 
     def evaluate(self, final: bool) -> dict[str, Any]:
-        """Test loss and error (%) of ``method.eval_model(model)``, the student's test error
-        (mean teacher) and the validation error."""
+        """Test metrics of ``method.eval_model(model)``, the student's and the validation error."""
         if self.context is not None and not self.config.sync_bn:
             broadcast_buffers(self.method)  # e.g. the teacher's BatchNorm statistics
         net = self.method.eval_model(self.model)
@@ -298,11 +267,8 @@ class SemiTask(Task):
     def result_fields(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         result = {
-            "semi": cfg.semi, "isda": self.use_isda, "labels": cfg.labels,
-            "labeled": int(self.split.labeled.numel()),
-            "validation": int(self.split.validation.numel()),
-            "unlabeled_pool": int(self.unlabeled_pool.numel()), "eta1": cfg.eta1,
-            "labeled_seen": self.labeled_seen,
+            "semi": cfg.semi, "isda": self.use_isda, "labels": cfg.labels, **self.sizes,
+            "eta1": cfg.eta1, "labeled_seen": self.labeled_seen,
         }
         vals = [r.get("val_error") for r in rows]
         if any(v is not None for v in vals):
@@ -311,10 +277,7 @@ class SemiTask(Task):
 
     def resolved_fields(self) -> dict[str, Any]:
         return {"semi": {
-            "method": self.config.semi, "isda": self.use_isda,
-            "labeled": int(self.split.labeled.numel()),
-            "validation": int(self.split.validation.numel()),
-            "unlabeled_pool": int(self.unlabeled_pool.numel()),
+            "method": self.config.semi, "isda": self.use_isda, **self.sizes,
             "labeled_fraction": self.labeled_fraction,
             "steps_per_epoch": self.steps_per_epoch,
             "preprocessing": "gcn+zca" if self.zca is not None else "standardize",
