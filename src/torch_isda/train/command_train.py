@@ -10,7 +10,7 @@ from typing import Any
 
 from ..cli_types import positive_int
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
-from .reporting import window_text
+from .tasks import task_class
 
 __all__ = ["add_parser", "build_config", "criteria_help", "report", "run", "run_args"]
 
@@ -142,15 +142,9 @@ def report(result: dict[str, Any]) -> int:
         print(f"stopped after epoch {result['epochs_done']}/{result['epochs']}; continue with: "
               f"isda train --out {result['out']} --resume")
         return 0
-    if result.get("task") == "segmentation":  # Table 7 columns
-        from .tables_segmentation import format_segmentation_result, single_class_warning
-
-        print(f"{format_segmentation_result(result)}  -> {Path(result['out']) / 'result.json'}")
-        warning = single_class_warning(result)
-        if warning:
-            print(warning, file=sys.stderr)
-        return 0
-    print(f"final test error (mean of the {window_text(result['final_error_epochs'])}): "
-          f"{result['final_error']:.2f}%  best: {result['best_error']:.2f}% "
-          f"(epoch {result['best_epoch']})  -> {Path(result['out']) / 'result.json'}")
+    task = task_class(result.get("task") or "classification")
+    print(f"{task.run_summary(result)}  -> {Path(result['out']) / 'result.json'}")
+    warning = task.result_warning(result)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0

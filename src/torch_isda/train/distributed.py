@@ -274,13 +274,6 @@ def rank_seed(seed: int, rank: int) -> int:
 # ---------------------------------------------------------------------------- collectives
 
 
-def all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum ``values`` over ranks (float64)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def all_gather_cat(tensor: Tensor) -> Tensor:
     """Concatenate the equally shaped ``tensor`` of every rank in rank order."""
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]

@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..reporting import final_window
+from ..reporting import final_window, window_text
 
 __all__ = ["StepOut", "Task"]
 
@@ -226,6 +226,13 @@ class Task:
     @staticmethod
     def result_warning(result: dict[str, Any], name: str = "the model") -> Optional[str]:
         return None
+
+    @staticmethod
+    def run_summary(result: dict[str, Any]) -> str:
+        """The line ``isda train`` prints for a finished run."""
+        return (f"final test error (mean of the {window_text(result['final_error_epochs'])}): "
+                f"{result['final_error']:.2f}%  best: {result['best_error']:.2f}% "
+                f"(epoch {result['best_epoch']})")
 
     @classmethod
     def write_comparison(cls, out: Any, variants: Any, runs: Any, config: Any) -> Any:

@@ -29,7 +29,8 @@ from ..segmentation_config import (
     parse_segmentation_loss,
     resolve_segmentation_config,
 )
-from ..tables_segmentation import single_class_warning, write_segmentation_comparison
+from ..tables_segmentation import (format_segmentation_result, single_class_warning,
+                                   write_segmentation_comparison)
 from .base import StepOut, Task
 
 __all__ = ["DeviceSegmentationBatches", "SegmentationTask", "create_segmentation_criterion"]
@@ -72,6 +73,7 @@ class SegmentationTask(Task):
 
     write_comparison = staticmethod(write_segmentation_comparison)
     result_warning = staticmethod(single_class_warning)
+    run_summary = staticmethod(format_segmentation_result)
     schedule_per_step = True  # the poly schedule runs per iteration (milestones in epochs)
 
     def __init__(self, config: Any, engine: Any) -> None:
