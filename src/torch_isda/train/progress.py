@@ -1,4 +1,4 @@
-"""Progress bars (tqdm when available and wanted)."""
+"""Progress bars (tqdm, when wanted)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,9 @@ class ProgressBar:
                  enabled: bool) -> None:
         self._bar = None
         self._iterable = iterable
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # pragma: no cover - tqdm is in the train extra
-                return
+        if enabled:  # tqdm is in the train extra
+            from tqdm.auto import tqdm
+
             self._bar = tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
                              file=sys.stderr)
 

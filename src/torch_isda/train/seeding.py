@@ -8,6 +8,7 @@ import random
 from collections.abc import Iterator
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 __all__ = ["deterministic_mode", "get_rng_state", "num_threads", "seed_everything",
@@ -15,14 +16,9 @@ __all__ = ["deterministic_mode", "get_rng_state", "num_threads", "seed_everythin
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python ``random``, numpy (if installed) and torch (CPU and all CUDA devices)."""
+    """Seed python ``random``, numpy and torch (CPU and all CUDA devices)."""
     random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -67,22 +63,14 @@ def num_threads(threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _numpy_state() -> Optional[dict[str, Any]]:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return None
+def _numpy_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     # plain python types: the checkpoint stays loadable with torch.load(weights_only=True)
     return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached)}
 
 
-def _set_numpy_state(state: Optional[dict[str, Any]]) -> None:
-    if state is None:
-        return
-    import numpy as np
-
+def _set_numpy_state(state: dict[str, Any]) -> None:
     np.random.set_state((state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
                          state["has_gauss"], state["cached_gaussian"]))
 
@@ -109,7 +97,7 @@ def set_rng_state(state: dict[str, Any],
     torch.set_rng_state(state["torch"].cpu())
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    _set_numpy_state(state.get("numpy"))
+    _set_numpy_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     saved = state.get("generators", {})
