@@ -140,51 +140,40 @@ def check_same_config(run_dir: Path, config: TrainConfig, state: str = "an unfin
             f"configuration gets its own directory)")
 
 
-def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
-                   quiet: bool = False) -> tuple[dict[str, Any], str]:
+def train_or_reuse(cfg: TrainConfig, *, force: bool = False, quiet: bool = False,
+                   callbacks: Sequence[Any] = ()) -> tuple[dict[str, Any], str]:
     """Train the run in ``cfg.out`` for a comparison: resume it if interrupted (after
     checking it has the same configuration), reuse it if finished, retrain with ``force``.
-    Returns its ``result.json`` and what happened ("trained", "resumed" or "reused")."""
+    Returns its ``result.json`` and what happened ("trained", "resumed" or "reused");
+    ``callbacks``: see :class:`~torch_isda.train.engine.Callback`."""
     run_dir = Path(cfg.out)
     finished = (run_dir / RESULT_NAME).is_file()
     unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not finished
     if (unfinished or finished) and not force:
         check_same_config(run_dir, cfg, "an unfinished" if unfinished else "a finished")
     result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
-                   log=lambda msg: None, epoch_log=False)
+                   log=lambda msg: None, epoch_log=False, callbacks=callbacks)
     status = result["status"]
     note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(status, status)
     return result, note
 
 
-def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
-                   seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
-                   isda: Optional[str] = None, force: bool = False, quiet: bool = False,
-                   log: Optional[Callable[[str], None]] = None) -> ComparisonResult:
-    """Train every variant (:func:`variants_for`) and seed into ``out``, then write the task's
-    table and curves. With ``base.semi`` naming methods, ``isda`` picks the columns and
-    ``losses`` is ignored."""
-    say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
-    variants = variants_for(base, losses, isda)
-    seeds = parse_seeds(seeds)
-    out = Path(out)
-    first = variants[-1]
-    resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
-                                           out=str(out)))
-    task = task_class(resolved)
-    say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
-        f"{resolved.model} over seeds {', '.join(map(str, seeds))} "
-        f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
+#: One run of a sweep as handed to an executor: (name, variant key, seed, config).
+PlannedRun = tuple[str, str, int, TrainConfig]
+#: Trains a sweep's runs elsewhere (``isda compare --jobs/--executor``,
+#: :mod:`torch_isda.train.sweep`): ``(runs, task, force) -> (trained, reused, failed)``.
+SweepExecutor = Callable[[list[PlannedRun], Any, bool], tuple[int, int, dict[str, str]]]
+
+
+def _train_in_turn(plan: list[PlannedRun], task: Any, force: bool, quiet: bool,
+                   say: Callable[[str], None]) -> tuple[int, int, dict[str, str]]:
+    """The sequential sweep: every run in this process, one after the other."""
     counts = {"trained": 0, "reused": 0}
     failed: dict[str, str] = {}
-    runs: dict[str, list[tuple[int, Path]]] = {}
-    total = len(variants) * len(seeds)
+    total = len(plan)
     eta = SweepEta(total)
-    for done, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
-        run_dir, name = out / variant.key / f"seed{seed}", f"{variant.key} seed {seed}"
-        cfg = base.replace(loss=variant.loss, semi=variant.semi, seed=seed, out=str(run_dir))
+    for done, (name, _key, _seed, cfg) in enumerate(plan, 1):
         t0 = time.perf_counter()
-        runs.setdefault(variant.key, []).append((seed, run_dir))
         try:
             result, note = train_or_reuse(cfg, force=force, quiet=quiet)
         except DivergenceError as err:
@@ -198,6 +187,41 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
         warning = task.result_warning(result, name)
         if warning:
             print(warning, file=sys.stderr)
+    return counts["trained"], counts["reused"], failed
+
+
+def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
+                   seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
+                   isda: Optional[str] = None, force: bool = False, quiet: bool = False,
+                   log: Optional[Callable[[str], None]] = None,
+                   executor: Optional[SweepExecutor] = None) -> ComparisonResult:
+    """Train every variant (:func:`variants_for`) and seed into ``out``, then write the task's
+    table and curves. With ``base.semi`` naming methods, ``isda`` picks the columns and
+    ``losses`` is ignored. ``executor`` trains the runs elsewhere (default: in turn, here)."""
+    say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
+    variants = variants_for(base, losses, isda)
+    seeds = parse_seeds(seeds)
+    out = Path(out)
+    first = variants[-1]
+    resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
+                                           out=str(out)))
+    task = task_class(resolved)
+    say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
+        f"{resolved.model} over seeds {', '.join(map(str, seeds))} "
+        f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
+    runs: dict[str, list[tuple[int, Path]]] = {}
+    plan: list[PlannedRun] = []
+    for variant in variants:
+        for seed in seeds:
+            run_dir = out / variant.key / f"seed{seed}"
+            runs.setdefault(variant.key, []).append((seed, run_dir))
+            plan.append((f"{variant.key} seed {seed}", variant.key, seed,
+                         base.replace(loss=variant.loss, semi=variant.semi, seed=seed,
+                                      out=str(run_dir))))
+    if executor is None:
+        trained, reused, failed = _train_in_turn(plan, task, force, quiet, say)
+    else:
+        trained, reused, failed = executor(plan, task, force)
     methods, table, curves = task.write_comparison(out, variants, runs, resolved)
     return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
-                            curves, counts["trained"], counts["reused"], failed)
+                            curves, trained, reused, failed)
