@@ -1,0 +1,154 @@
+"""One run of a sweep as data (:class:`SweepRun`), where its bookkeeping lives under
+``OUT/sweep/``, and :func:`execute_run`, the function every executor runs for it (in a child
+process of ``isda compare --jobs N``, or as a submitit job on Slurm).
+
+A run's bookkeeping (``OUT/sweep/runs/<slug>.*``, written atomically):
+
+* ``<slug>.json``: the run (:meth:`SweepRun.to_dict`);
+* ``<slug>.state.json``: ``running`` / ``done`` / ``failed`` with host, PID, job id,
+  times and, when failed, the error;
+* ``<slug>.progress.json``: the epoch and the fraction of the steps done (for the live
+  display and ``isda status``);
+* ``<slug>.log``: the run's output (``--jobs``; submitit jobs log into ``OUT/sweep/submitit``).
+
+The run itself lands where a sequential ``isda compare`` puts it (``OUT/<loss>/seed<k>/``),
+so a sweep can be continued by any executor, or sequentially.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..checkpoint import atomic_write_json
+from ..config import TrainConfig
+from ..engine import Callback
+
+__all__ = ["SWEEP_DIR", "ProgressWriter", "SweepRun", "execute_run", "read_json", "runs_dir"]
+
+#: The sweep's bookkeeping folder inside a comparison's OUT.
+SWEEP_DIR = "sweep"
+
+
+def runs_dir(out: str | os.PathLike[str]) -> Path:
+    return Path(out) / SWEEP_DIR / "runs"
+
+
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """The JSON object in ``path``, or ``None`` when it is missing or being replaced."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One (variant, seed) run of a comparison: ``name`` ("isda seed 0") is what the log and
+    ``isda status`` show; ``config`` is the run's complete :class:`TrainConfig` (its ``out``
+    is the run directory)."""
+
+    name: str
+    key: str
+    seed: int
+    sweep_out: str
+    config: TrainConfig
+    force: bool = False
+
+    @property
+    def slug(self) -> str:
+        return f"{self.key.replace('/', '--')}-seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out)
+
+    def path(self, suffix: str) -> Path:
+        """``OUT/sweep/runs/<slug><suffix>`` (``.json``, ``.state.json``, ...)."""
+        return runs_dir(self.sweep_out) / f"{self.slug}{suffix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "seed": self.seed,
+                "sweep_out": self.sweep_out, "config": self.config.to_dict(),
+                "force": self.force}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepRun:
+        return cls(data["name"], data["key"], int(data["seed"]), data["sweep_out"],
+                   TrainConfig.from_dict(data["config"]), bool(data.get("force", False)))
+
+    def save(self) -> Path:
+        path = self.path(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    def state(self) -> Optional[dict[str, Any]]:
+        return read_json(self.path(".state.json"))
+
+    def progress(self) -> Optional[dict[str, Any]]:
+        return read_json(self.path(".progress.json"))
+
+    def write_state(self, state: str, **fields: Any) -> None:
+        record = {"state": state, "name": self.name, "host": socket.gethostname(),
+                  "pid": os.getpid(), "time": time.time(), **fields}
+        path = self.path(".state.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+
+
+class ProgressWriter(Callback):
+    """Writes ``<slug>.progress.json`` at most every ``interval`` seconds during training
+    and at every epoch end (the parent's live display reads it)."""
+
+    def __init__(self, run: SweepRun, interval: float = 1.0) -> None:
+        self.run = run
+        self.interval = float(interval)
+        self._last = 0.0
+
+    def _write(self, engine: Any, fraction: float, epoch: int, **extra: Any) -> None:
+        self._last = time.monotonic()
+        atomic_write_json(self.run.path(".progress.json"), {
+            "epoch": epoch, "epochs": int(engine.config.epochs),
+            "fraction": min(1.0, max(0.0, fraction)), "time": time.time(), **extra})
+
+    def on_step_start(self, engine: Any, step: int) -> None:
+        if time.monotonic() - self._last < self.interval:
+            return
+        steps = max(1, len(engine.task.train_batches))
+        epochs = max(1, int(engine.config.epochs))
+        self._write(engine, step / (steps * epochs), step // steps + 1)
+
+    def on_epoch_end(self, engine: Any, epoch: int, row: dict[str, Any]) -> None:
+        self._write(engine, epoch / max(1, int(engine.config.epochs)), epoch,
+                    test_error=row.get("test_error"))
+
+
+def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
+    """Train (or resume, or reuse) ``run`` as a sequential comparison would, recording its
+    state; never raises for a failed run: returns ``{"state": "done"|"failed", ...}`` (the
+    traceback goes to stderr, i.e. the run's log)."""
+    from ..compare import train_or_reuse
+
+    started = time.time()
+    run.write_state("running", job_id=job_id, started=started)
+    try:
+        result, note = train_or_reuse(run.config, force=run.force, quiet=True,
+                                      callbacks=[ProgressWriter(run)])
+    except Exception as err:  # a failed run is recorded, the sweep goes on
+        traceback.print_exc()
+        error = f"{type(err).__name__}: {err}"
+        run.write_state("failed", job_id=job_id, started=started, error=error,
+                        seconds=time.time() - started)
+        return {"state": "failed", "name": run.name, "error": error}
+    seconds = time.time() - started
+    run.write_state("done", job_id=job_id, started=started, note=note, seconds=seconds)
+    return {"state": "done", "name": run.name, "note": note, "seconds": seconds,
+            "result": {k: v for k, v in result.items() if k != "status"},
+            "reused": result["status"] == "reused"}
