@@ -4,6 +4,7 @@ and tabulate (Table 2 / 6 / 7 style; the sweep is :mod:`torch_isda.train.compare
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -58,6 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             "with ISDA (Eq. 19, --loss isda) or both (Table 6; default: both)")
     add_config_arguments(parser, exclude=("loss", "seed", "out"),
                          title="training configuration (applies to every run)")
+    from .sweep.cli_args import add_sweep_arguments
+
+    add_sweep_arguments(parser)
     return parser
 
 
@@ -92,9 +96,19 @@ def run(args: argparse.Namespace) -> int:
                          "base method alone, isda = Eq. 19), not --losses; set ISDA options "
                          "with --lambda0, --kind, --eta1")
     out = args.out or _default_out(base)
+    from .sweep.cli_args import sweep_options_from_args
+    from .sweep.local import SweepInterrupted
+    from .sweep.options import sweep_executor
+
+    executor = sweep_executor(sweep_options_from_args(args), out, quiet=args.quiet)
     t0 = time.perf_counter()
-    result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,
-                            isda=args.isda, force=args.force, quiet=args.quiet)
+    try:
+        result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,
+                                isda=args.isda, force=args.force, quiet=args.quiet,
+                                executor=executor)
+    except SweepInterrupted as stop:
+        print(f"isda compare: {stop}", file=sys.stderr)
+        return 130
     print()
     print(result.table)
     print(f"table: {result.table_md} (csv: {result.table_csv})")
