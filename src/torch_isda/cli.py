@@ -30,6 +30,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[tuple[str, str]] = [
     ("train", "torch_isda.train.command_train"),
     ("compare", "torch_isda.train.command_compare"),
+    ("status", "torch_isda.train.command_status"),
+    ("tune", "torch_isda.train.command_tune"),
     ("list", "torch_isda.command_list"),
     ("gan", "torch_isda.visualize.command_gan"),
     ("visualize", "torch_isda.visualize.command_visualize"),
