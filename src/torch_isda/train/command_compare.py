@@ -53,6 +53,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             f"the settings that differ from the defaults, e.g. "
                             f"{DEFAULTS['out']}-epochs10)")
     group.add_argument("--force", action="store_true", help="retrain finished runs")
+    group.add_argument("--tuned", default=None, metavar="TUNE_OUT",
+                       help="train with the best parameters of an isda tune search (its OUT "
+                            "or OUT/best.json), on the full training set")
     group.add_argument("--quiet", action="store_true", help="print only the table")
     group.add_argument("--isda", default="both", choices=("off", "on", "both"),
                        help="with --semi M1,M2: train each method without ISDA (--loss ce), "
@@ -84,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from .compare import run_comparison
 
     overrides = config_overrides_from_args(args)
+    if args.tuned:
+        from .tune.best import apply_tuned
+
+        overrides = apply_tuned(overrides, args.tuned)
     base = TrainConfig(**{"dataset": DEFAULTS["dataset"], "model": DEFAULTS["model"], **overrides})
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
