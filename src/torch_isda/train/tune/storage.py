@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 __all__ = ["HEARTBEAT_ATTR", "default_storage", "fail_stale_journal_trials", "open_storage"]
@@ -64,7 +64,7 @@ def open_storage(url: str, heartbeat: int, grace: int) -> Any:
     try:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=heartbeat, grace_period=grace,
-            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     except (ImportError, ModuleNotFoundError) as err:
         raise ValueError(f"--storage {url.split('://', 1)[0]}://...: its database driver is "
                          f"not installed ({err}); install it, or use the default SQLite "

@@ -11,15 +11,17 @@ training set replace the test set for evaluation, so the per-epoch error reporte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import TrainConfig
@@ -30,10 +32,15 @@ from .storage import HEARTBEAT_ATTR, fail_stale_journal_trials, open_storage
 
 __all__ = ["SAMPLERS", "TuneSpec", "load_study", "run_worker", "trial_config"]
 
-# the heartbeat and its retry callback are what make a killed worker's trial fail and be
-# retried (docs/scale.md); Optuna flags them experimental, which is not news to a user
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
-                        module=r"optuna\.|torch_isda\.train\.tune\.")
+
+
+@contextlib.contextmanager
+def _heartbeat_not_experimental() -> Iterator[None]:
+    """The heartbeat and its retry callback are what make a killed worker's trial fail and
+    be retried (docs/scale.md); Optuna flags them experimental, which is no news to a user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "none")
@@ -111,7 +118,8 @@ def _check_same_study(study: Any, spec: TuneSpec) -> None:
 
 def load_study(spec: TuneSpec) -> tuple[Any, Any]:
     """Create the study, or continue the one in the storage; returns (study, storage)."""
-    storage = open_storage(spec.storage, spec.heartbeat, spec.grace)
+    with _heartbeat_not_experimental():
+        storage = open_storage(spec.storage, spec.heartbeat, spec.grace)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2) if spec.pruner == "median"
               else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=storage, study_name=spec.study_name,
@@ -146,7 +154,7 @@ def _heartbeat(trial: Any, every: float, stop: threading.Event) -> None:
 def _retried_number(trial: Any) -> Optional[int]:
     """The number of the dead trial this one retries (RDB heartbeat), or ``None``."""
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return RetryFailedTrialCallback.retried_trial_number(frozen)
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
 def _objective(spec: TuneSpec, journal: bool) -> Any:
@@ -191,9 +199,13 @@ def run_worker(spec: TuneSpec) -> Any:
 
     study, storage = load_study(spec)
     journal = isinstance(storage, JournalStorage)
-    fail_stale_journal_trials(study, storage, spec.grace)
-    if sum(t.state in COUNTED for t in study.get_trials(deepcopy=False)) >= spec.trials:
-        return study
-    study.optimize(_objective(spec, journal), callbacks=[_enough(spec)],
-                   catch=(ValueError, RuntimeError), gc_after_trial=True)
+    with _heartbeat_not_experimental():
+        if journal:
+            fail_stale_journal_trials(study, storage, spec.grace)
+        else:  # before counting: a dead worker's trial is failed (and retried), not counted
+            optuna.storages.fail_stale_trials(study)
+        if sum(t.state in COUNTED for t in study.get_trials(deepcopy=False)) >= spec.trials:
+            return study
+        study.optimize(_objective(spec, journal), callbacks=[_enough(spec)],
+                       catch=(ValueError, RuntimeError), gc_after_trial=True)
     return study
