@@ -146,3 +146,16 @@ def test_slots_pin_gpus_round_robin_and_split_cpu_threads(monkeypatch):
     assert [s.gpu for s in plan_slots(4, 1, "cuda", None, cpu_count=8)] == ["0", "1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert [s.gpu for s in plan_slots(2, 1, "auto", None, cpu_count=8)] == ["3", "5"]
+
+
+def test_a_run_spanning_two_processes_inside_a_job(tmp_path):
+    """``--nproc-per-run 2``: the job runs torchrun (gloo on the CPU here, the GPUs of the
+    job's node on a cluster); the result is a 2-process run's."""
+    out = tmp_path / "ddp"
+    assert main(["compare", "--losses", "isda", "--seeds", "1", "--epochs", "1", "--quiet",
+                 "--executor", "debug", "--nproc-per-run", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "isda" / "seed0" / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert "isda" in (out / "table.md").read_text()
+    with pytest.raises(ValueError, match="--nproc-per-run needs --executor"):
+        SweepOptions(nproc_per_run=2).check()

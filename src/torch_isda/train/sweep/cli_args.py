@@ -31,6 +31,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                        help="GPUs of each run's job (--executor)")
     group.add_argument("--cpus-per-run", type=int, default=None, metavar="C",
                        help="CPUs of each run's job (--executor)")
+    group.add_argument("--nproc-per-run", default="1", metavar="K",
+                       help="--executor: each run spans K processes of its job's node "
+                            "(torchrun; give the job K GPUs with --gpus-per-run K)")
     group.add_argument("--mem-gb", type=float, default=None, help="memory of each run's job")
     group.add_argument("--array-parallelism", type=int, default=None, metavar="P",
                        help="--executor slurm: at most P runs of the array at once "
@@ -45,6 +48,7 @@ def sweep_options_from_args(args: argparse.Namespace) -> SweepOptions:
         "jobs": args.jobs, "runs_per_gpu": args.runs_per_gpu, "executor": args.executor,
         "partition": args.partition, "gpus_per_run": args.gpus_per_run,
         "cpus_per_run": args.cpus_per_run, "mem_gb": args.mem_gb,
+        "nproc_per_run": args.nproc_per_run,
         "array_parallelism": args.array_parallelism,
         "slurm_args": parse_slurm_args(args.slurm_arg),
         "time_min": None if args.time is None else parse_time_limit(args.time),

@@ -72,11 +72,16 @@ class SweepOptions:
     array_parallelism: Optional[int] = None
     slurm_args: dict[str, Any] = field(default_factory=dict)
     mem_gb: Optional[float] = None
+    nproc_per_run: int = 1
 
     def check(self) -> SweepOptions:
         """Validate (one message per problem); returns ``self``."""
         self.jobs = check_jobs(self.jobs)
         self.runs_per_gpu = check_jobs(self.runs_per_gpu, "--runs-per-gpu")
+        self.nproc_per_run = check_jobs(self.nproc_per_run, "--nproc-per-run")
+        if self.nproc_per_run > 1 and self.executor is None:
+            raise ValueError("--nproc-per-run needs --executor (each job runs torchrun on its "
+                             "node); on this machine, train one run with isda train --nproc K")
         if self.executor is not None and self.executor not in EXECUTORS:
             raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}; "
                              f"got {self.executor!r}")
@@ -139,7 +144,8 @@ def sweep_executor(options: SweepOptions, out: str | Path, quiet: bool = False) 
 
     def execute(plan: list[tuple[str, str, int, Any]], task: Any, force: bool
                 ) -> tuple[int, int, dict[str, str]]:
-        runs = [SweepRun(name, key, seed, str(out), cfg, force) for name, key, seed, cfg in plan]
+        runs = [SweepRun(name, key, seed, str(out), cfg, force, options.nproc_per_run)
+                for name, key, seed, cfg in plan]
         display = SweepDisplay(len(runs), task.result_line, quiet=quiet)
         where = options.executor or f"local processes ({options.jobs} at once)"
         manifest = Path(out) / SWEEP_DIR / "sweep.json"

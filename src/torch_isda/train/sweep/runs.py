@@ -60,6 +60,7 @@ class SweepRun:
     sweep_out: str
     config: TrainConfig
     force: bool = False
+    nproc: int = 1
 
     @property
     def slug(self) -> str:
@@ -76,12 +77,13 @@ class SweepRun:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "seed": self.seed,
                 "sweep_out": self.sweep_out, "config": self.config.to_dict(),
-                "force": self.force}
+                "force": self.force, "nproc": self.nproc}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepRun:
         return cls(data["name"], data["key"], int(data["seed"]), data["sweep_out"],
-                   TrainConfig.from_dict(data["config"]), bool(data.get("force", False)))
+                   TrainConfig.from_dict(data["config"]), bool(data.get("force", False)),
+                   int(data.get("nproc", 1)))
 
     def save(self) -> Path:
         path = self.path(".json")
@@ -130,6 +132,23 @@ class ProgressWriter(Callback):
                     test_error=row.get("test_error"))
 
 
+def _train_with_torchrun(run: SweepRun) -> tuple[dict[str, Any], str]:
+    """One run over ``run.nproc`` local processes (torchrun, the GPUs of the job's node);
+    an interrupted run resumes (``--resume auto``)."""
+    from ..launch import launch_config
+    from ..rundir import RESULT_NAME
+
+    resuming = (run.run_dir / "checkpoint.pt").is_file() and not run.force
+    code = launch_config(run.nproc, run.config,
+                         ["--resume", "auto", "--quiet", *(["--force"] if run.force else [])])
+    if code != 0:
+        raise RuntimeError(f"torchrun with {run.nproc} processes exited with status {code}")
+    result = read_json(run.run_dir / RESULT_NAME)
+    if result is None:
+        raise RuntimeError(f"torchrun finished without writing {run.run_dir / RESULT_NAME}")
+    return {**result, "status": "trained"}, "resumed" if resuming else "trained"
+
+
 def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
     """Train (or resume, or reuse) ``run`` as a sequential comparison would, recording its
     state; never raises for a failed run: returns ``{"state": "done"|"failed", ...}`` (the
@@ -139,8 +158,11 @@ def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
     started = time.time()
     run.write_state("running", job_id=job_id, started=started)
     try:
-        result, note = train_or_reuse(run.config, force=run.force, quiet=True,
-                                      callbacks=[ProgressWriter(run)])
+        if run.nproc > 1:
+            result, note = _train_with_torchrun(run)
+        else:
+            result, note = train_or_reuse(run.config, force=run.force, quiet=True,
+                                          callbacks=[ProgressWriter(run)])
     except Exception as err:  # a failed run is recorded, the sweep goes on
         traceback.print_exc()
         error = f"{type(err).__name__}: {err}"
