@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Callable
+from inspect import signature
 from typing import Any, TypeVar, overload
 
 import torch
@@ -280,7 +281,8 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
             ``train_size`` (a class-balanced subset of that many training
             images), ``val_size`` (that many images of the subset become the
             evaluation split instead of the test set, for hyper-parameter
-            selection) and ``subset_seed`` (seed of the draw, default 0); see
+            selection; a loader with a ``test_split`` option then skips its test
+            files) and ``subset_seed`` (seed of the draw, default 0); see
             :func:`~torch_isda.data.subset.balanced_split`. The mean/std are
             recomputed on the images kept for training.
 
@@ -296,7 +298,10 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
     from .subset import SUBSET_OPTIONS
 
     subset = {key: kwargs.pop(key) for key in SUBSET_OPTIONS if key in kwargs}
-    data = dataset_entrypoint(name)(root=root, download=download, **kwargs)
+    entrypoint = dataset_entrypoint(name)
+    if subset.get("val_size") is not None and "test_split" in signature(entrypoint).parameters:
+        kwargs["test_split"] = False  # replaced by the validation split: never read it
+    data = entrypoint(root=root, download=download, **kwargs)
     if subset:
         data = take_training_subset(data, **subset)
     return data
