@@ -123,3 +123,28 @@ def test_bad_tune_inputs_get_one_clear_message(tmp_path, capsys):
     assert "--jobs must be a positive number" in capsys.readouterr().err
     assert main(["compare", "--tuned", str(tmp_path / "none"), "--quiet"]) == 2
     assert "--tuned: no best.json" in capsys.readouterr().err
+
+
+def test_the_search_never_reads_the_test_set(tmp_path, monkeypatch, capsys):
+    """Fashion-MNIST files whose test images are garbage: reading them would fail, so a
+    search that finishes never read them (chmod cannot hide a file from root)."""
+    import torch_isda.data.mnist as mnist_mod
+    from data_fixtures import MNIST_FILE_NAMES, make_mnist_files
+
+    monkeypatch.setattr(mnist_mod, "SYSTEM_ROOTS", ())
+    folder = tmp_path / "data" / "fashion_mnist"
+    make_mnist_files(folder, n_train=120, n_test=20)
+    for key in ("test_images", "test_labels"):
+        (folder / MNIST_FILE_NAMES[key]).write_bytes(b"unreadable: not an IDX file")
+    common = ["--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "data"), "--model",
+              "resnet8", "--model-kwargs", "in_channels=1", "--epochs", "1", "--threads", "1",
+              "--batch-size", "20"]
+    out = tmp_path / "tune"
+    assert main(["tune", *common, "--val-size", "30", "--param", "lambda0=0.5,1", "--sampler",
+                 "grid", "--trials", "2", "--out", str(out)]) == 0
+    trials = _study(out).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    # the same data with the test set: the reading fails, as it would have in the search
+    capsys.readouterr()
+    assert main(["train", *common, "--out", str(tmp_path / "train"), "--quiet"]) == 2
+    assert "t10k-images-idx3-ubyte.gz" in capsys.readouterr().err
