@@ -148,3 +148,29 @@ def test_the_search_never_reads_the_test_set(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", *common, "--out", str(tmp_path / "train"), "--quiet"]) == 2
     assert "t10k-images-idx3-ubyte.gz" in capsys.readouterr().err
+
+
+def test_a_journal_file_study_and_its_stale_trials(tmp_path):
+    """``--storage journal:PATH`` (no database): a study runs on it, and a running trial
+    whose heartbeat stopped is failed and its parameters enqueued again."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from torch_isda.train.tune.storage import HEARTBEAT_ATTR, fail_stale_journal_trials
+
+    out = tmp_path / "journal"
+    journal = f"journal:{out / 'journal.log'}"
+    assert main([*TUNE, "--param", "lambda0=0.5,1", "--sampler", "grid", "--trials", "1",
+                 "--storage", journal, "--out", str(out)]) == 0
+    storage = JournalStorage(JournalFileBackend(str(out / "journal.log")))
+    study = optuna.load_study(study_name="isda-tune", storage=storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    dead = study.ask({"lambda0": optuna.distributions.CategoricalDistribution([0.5, 1.0])})
+    dead.set_user_attr(HEARTBEAT_ATTR, time.time() - 60)
+    alive = study.ask({"lambda0": optuna.distributions.CategoricalDistribution([0.5, 1.0])})
+    alive.set_user_attr(HEARTBEAT_ATTR, time.time())
+    assert fail_stale_journal_trials(study, storage, grace=30) == [dead.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == dead.number
+    assert waiting[0].system_attrs["fixed_params"] == {"lambda0": dead.params["lambda0"]}
