@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from torch_isda.cli import main
 from torch_isda.train.sweep.local import Slot, plan_slots
@@ -71,14 +71,6 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(tmp_path, capsys):
     assert state["state"] == "failed" and state["error"]
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_ctrl_c_stops_the_children_and_a_rerun_finishes_with_the_same_table(tmp_path):
     args = ["--losses", "ce,isda", "--seeds", "1", "--epochs", "3", "--quiet"]
     ref = tmp_path / "ref"
@@ -89,7 +81,7 @@ def test_ctrl_c_stops_the_children_and_a_rerun_finishes_with_the_same_table(tmp_
     parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     checkpoints = [out / loss / "seed0" / "checkpoint.pt" for loss in ("ce", "isda")]
-    _wait_for(lambda: all(p.is_file() for p in checkpoints) or parent.poll() is not None,
+    wait_for(lambda: all(p.is_file() for p in checkpoints) or parent.poll() is not None,
               240, "both runs to checkpoint an epoch")
     assert parent.poll() is None, parent.communicate()
     parent.send_signal(signal.SIGINT)

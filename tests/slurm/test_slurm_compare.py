@@ -8,20 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from torch_isda.cli import main
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def _tables(out: Path) -> tuple[bytes, bytes]:
@@ -42,6 +34,16 @@ def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch_isda.cli", "compare", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _slurm_run_with_a_checkpoint(args: list[str], out: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``isda compare --executor slurm`` on one run; return once the run's first
+    epoch is checkpointed: (the isda compare process, the run's job id)."""
+    parent = _start([*args, "--executor", "slurm", "--cpus-per-run", "1", "--out", str(out)])
+    checkpoint = out / "ce" / "seed0" / "checkpoint.pt"
+    wait_for(lambda: checkpoint.is_file() or parent.poll() is not None, 300, "a checkpoint")
+    assert parent.poll() is None, parent.communicate()
+    return parent, _job(out, "ce-seed0")["job_id"]
 
 
 def test_a_2x2_comparison_on_slurm_gives_the_local_table(slurm_cluster, tmp_path, capsys):
@@ -65,14 +67,11 @@ def test_a_2x2_comparison_on_slurm_gives_the_local_table(slurm_cluster, tmp_path
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     args = ["--losses", "ce", "--seeds", "1", "--epochs", "8"]
     out = tmp_path / "preempted"
-    parent = _start([*args, "--executor", "slurm", "--cpus-per-run", "1", "--out", str(out)])
-    checkpoint = out / "ce" / "seed0" / "checkpoint.pt"
-    _wait_for(lambda: checkpoint.is_file() or parent.poll() is not None, 300, "a checkpoint")
-    job_id = _job(out, "ce-seed0")["job_id"]
+    parent, job_id = _slurm_run_with_a_checkpoint(args, out)
     # what Slurm sends before preempting or at the time limit (submitit's --signal)
     subprocess.run(["scancel", "--signal", "USR2", job_id], check=True)
     # Slurm holds a requeued job for about two minutes (BeginTime); release it at once
-    _wait_for(lambda: "BeginTime" in _queue_reason(job_id), 120, "the job to be requeued")
+    wait_for(lambda: "BeginTime" in _queue_reason(job_id), 120, "the job to be requeued")
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     output, _ = parent.communicate(timeout=600)
     assert parent.returncode == 0, output
@@ -89,10 +88,9 @@ def test_a_cancelled_job_is_reported_failed_and_a_rerun_completes_it(slurm_clust
     # long enough to outlast scancel's SIGTERM-to-SIGKILL wait (submitit ignores SIGTERM)
     args = ["--losses", "ce", "--seeds", "1", "--epochs", "30"]
     out = tmp_path / "cancelled"
-    parent = _start([*args, "--executor", "slurm", "--cpus-per-run", "1", "--out", str(out)])
+    parent, job_id = _slurm_run_with_a_checkpoint(args, out)
+    subprocess.run(["scancel", job_id], check=True)
     checkpoint = out / "ce" / "seed0" / "checkpoint.pt"
-    _wait_for(lambda: checkpoint.is_file() or parent.poll() is not None, 300, "a checkpoint")
-    subprocess.run(["scancel", _job(out, "ce-seed0")["job_id"]], check=True)
     output, _ = parent.communicate(timeout=300)
     assert parent.returncode == 0, output
     assert "failed: ce seed 0: job" in output and "ended without a result" in output
