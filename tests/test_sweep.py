@@ -55,6 +55,11 @@ def test_debug_executor_gives_the_sequential_table(sequential, tmp_path):
     assert main([*SWEEP, "--executor", "debug", "--out", str(out)]) == 0
     assert _tables(out) == sequential
     assert json.loads((out / "sweep" / "runs" / "isda-seed1.job.json").read_text())["cluster"] == "debug"
+    # again: the finished runs are collected from OUT, no job is submitted
+    logs = sorted((out / "sweep" / "submitit").iterdir())
+    assert main([*SWEEP, "--executor", "debug", "--out", str(out)]) == 0
+    assert sorted((out / "sweep" / "submitit").iterdir()) == logs and _tables(out) == sequential
+    assert json.loads((out / "sweep" / "runs" / "ce-seed0.state.json").read_text())["note"] == "reused"
 
 
 def test_a_failed_run_is_marked_failed_and_the_others_go_on(tmp_path, capsys):

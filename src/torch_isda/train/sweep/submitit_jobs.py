@@ -8,7 +8,8 @@ array (``AutoExecutor.map_array``), each job training one run with
 * ``scancel``: the job ends without a result; the sweep reports the run failed, and running
   the command again resubmits it, resuming from its checkpoint.
 * A job still queued or running from an earlier invocation (the parent was stopped, the
-  login node rebooted) is waited for, never submitted twice (``<slug>.job.json``).
+  login node rebooted) is waited for, never submitted twice (``<slug>.job.json``); a
+  finished run is collected without a job.
 * Without Slurm accounting (no slurmdbd) ``sacct`` cannot say that a job ended; the queue
   (:func:`~torch_isda.train.sweep.slurm_queue.queue_states`) is asked instead.
 """
@@ -24,6 +25,7 @@ from typing import Any, Optional
 import submitit  # the cluster extra: pip install "torch-isda[cluster]"
 
 from ..checkpoint import atomic_write_json
+from ..rundir import RESULT_NAME
 from .display import SweepDisplay
 from .runs import SWEEP_DIR, SweepRun, execute_run, read_json
 from .slurm_queue import queue_states
@@ -72,7 +74,7 @@ def _record(run: SweepRun, job: Any, cluster: str, folder: Path) -> None:
     atomic_write_json(run.path(".job.json"), {
         "cluster": cluster, "job_id": str(job.job_id), "folder": str(folder),
         "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
-    if run.state() is None or (run.state() or {}).get("state") != "running":
+    if (run.state() or {}).get("state") != "running":
         run.write_state("pending", job_id=str(job.job_id), note=f"submitted to {cluster}")
 
 
@@ -132,10 +134,14 @@ def run_submitit(runs: Sequence[SweepRun], cluster: str, parameters: dict[str, A
     folder = Path(runs[0].sweep_out) / SWEEP_DIR / "submitit"
     pairs: list[tuple[SweepRun, Any]] = []
     to_submit = []
+    reused: dict[str, dict[str, Any]] = {}
     for run in runs:
         run.save()
         job = _attach(run, cluster)
-        if job is not None:
+        if job is None and not run.force and (run.run_dir / RESULT_NAME).is_file():
+            reused[run.name] = execute_run(run)  # finished: collected here, no job
+            display.finished(run, reused[run.name])
+        elif job is not None:
             display.say(f"{run.name}: job {job.job_id} from an earlier invocation is still "
                         f"queued or running; waiting for it")
             pairs.append((run, job))
@@ -148,4 +154,4 @@ def run_submitit(runs: Sequence[SweepRun], cluster: str, parameters: dict[str, A
             _record(run, job, cluster, folder)
             display.started(run, f"{cluster} job {job.job_id}, log {job.paths.stdout}")
             pairs.append((run, job))
-    return _wait(pairs, cluster, display, poll)
+    return {**reused, **_wait(pairs, cluster, display, poll)}
