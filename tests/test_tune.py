@@ -174,3 +174,12 @@ def test_a_journal_file_study_and_its_stale_trials(tmp_path):
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == dead.number
     assert waiting[0].system_attrs["fixed_params"] == {"lambda0": dead.params["lambda0"]}
+
+
+def test_workers_as_submitit_jobs(tmp_path):
+    """``--executor debug --jobs 2``: two worker jobs (run in turn here) share the study."""
+    out = tmp_path / "jobs"
+    assert main([*TUNE, "--param", "lambda0=0.5,1", "--sampler", "grid", "--trials", "2",
+                 "--executor", "debug", "--jobs", "2", "--out", str(out)]) == 0
+    assert [t.state for t in _study(out).get_trials()] == [TrialState.COMPLETE] * 2
+    assert len(list((out / "submitit").glob("*_log.out"))) == 2

@@ -50,7 +50,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="default: sqlite:///OUT/study.db; journal:PATH or a database URL "
                             "(postgresql://...) for workers on several machines")
     group.add_argument("--study-name", default="isda-tune")
-    group.add_argument("--jobs", default="1", metavar="N", help="worker processes here")
     group.add_argument("--heartbeat", type=int, default=30, metavar="S",
                        help="seconds between a running trial's heartbeats (default: 30)")
     group.add_argument("--grace", type=int, default=120, metavar="S",
@@ -58,16 +57,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             "retried (its worker died; default: 120)")
     add_config_arguments(parser, exclude=("out",),
                          title="training configuration (every trial; --param overrides)")
+    from .sweep.cli_args import add_sweep_arguments
+
+    add_sweep_arguments(parser, workers=True)
     return parser
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from .sweep.local import check_jobs
     from .tune.space import SearchSpace
     from .tune.storage import default_storage
     from .tune.study import TuneSpec
 
-    check_jobs(args.jobs)
     space = SearchSpace.parse(args.param)
     if args.sampler == "grid":
         space.grid()
@@ -92,21 +92,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         from .tune.report import write_report
         from .tune.study import load_study, run_worker
-        from .tune.workers import run_workers
+        from .tune.workers import run_worker_jobs, run_workers
     except ImportError as err:
         raise ValueError(f"isda tune needs Optuna: pip install \"torch-isda[cluster]\" ({err})") from None
+    from .sweep.cli_args import sweep_options_from_args
+
+    options = sweep_options_from_args(args)
     spec = _spec(args)
-    load_study(spec)  # checks the storage and the search space before any worker starts
-    jobs = int(args.jobs)
-    if jobs == 1:
-        study = run_worker(spec)
-    else:
-        codes = run_workers(spec, jobs)
+    study = load_study(spec)[0]  # checks the storage and the search space before any worker
+    if options.executor is not None:
+        for error in run_worker_jobs(spec, options.jobs, options.executor,
+                                     options.submitit_parameters()):
+            print(f"isda tune: {error}", file=sys.stderr)
+    elif options.jobs > 1:
+        codes = run_workers(spec, options.jobs, options.runs_per_gpu)
         if any(codes):
             print(f"isda tune: workers exited with {codes}; logs: {spec.out}/worker*.log",
                   file=sys.stderr)
-        study = load_study(spec)[0]
-    best = write_report(study, spec)
+    else:
+        run_worker(spec)
+    best = write_report(load_study(spec)[0] if options.executor or options.jobs > 1 else study,
+                        spec)
     print(Path(spec.out, "trials.md").read_text())
     if best is None:
         print("no trial completed yet; re-run the command to continue the study")

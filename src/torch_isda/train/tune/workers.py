@@ -1,35 +1,43 @@
-"""``isda tune --jobs N``: N worker processes on one study (``python -m
-torch_isda.train.tune.worker``), each with its share of the CPU threads; Ctrl-C stops them
-all (their running trials are marked failed by the heartbeat and retried on the next run)."""
+"""The workers of ``isda tune`` beyond this process, all on one study:
+
+* ``--jobs N``: N worker processes here (``python -m torch_isda.train.tune.worker``), each
+  with one GPU round-robin (``--runs-per-gpu K`` per GPU) or its share of the CPU threads;
+  Ctrl-C stops them all (their running trials fail by heartbeat and are retried later);
+* ``--executor slurm|local|debug``: N submitit jobs (a job array), each a worker; a
+  preempted worker is requeued and carries on with the study.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import atomic_write_text
-from .study import TuneSpec
+from ..sweep.local import plan_slots
+from .study import TuneSpec, run_worker
 
-__all__ = ["run_workers"]
+__all__ = ["WorkerJob", "run_worker_jobs", "run_workers"]
 
 
-def run_workers(spec: TuneSpec, jobs: int) -> list[int]:
-    """Start ``jobs`` workers, wait for them; returns their exit statuses."""
-    if spec.base.threads is None:
-        spec = replace(spec, base=spec.base.replace(threads=max(1, (os.cpu_count() or 1) // jobs)))
+def run_workers(spec: TuneSpec, jobs: int, runs_per_gpu: int = 1) -> list[int]:
+    """Start ``jobs`` worker processes, wait for them; returns their exit statuses."""
+    slots = plan_slots(jobs, runs_per_gpu, spec.base.device, spec.base.threads)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "tune.json"
-    import json
-
-    atomic_write_text(path, json.dumps(spec.to_dict(), indent=2))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec.base.threads)}
     children = []
-    for k in range(jobs):
+    for k, slot in enumerate(slots):
+        path = out / f"worker{k}.json"
+        atomic_write_text(path, json.dumps(replace(
+            spec, base=spec.base.replace(threads=slot.threads)).to_dict(), indent=2))
+        env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads or 1)}
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         log = open(out / f"worker{k}.log", "ab")
         children.append((subprocess.Popen(
             [sys.executable, "-m", "torch_isda.train.tune.worker", str(path)], env=env,
@@ -48,3 +56,35 @@ def run_workers(spec: TuneSpec, jobs: int) -> list[int]:
         for _, log in children:
             log.close()
     return codes
+
+
+class WorkerJob:
+    """One worker as a submitit job (requeued on preemption or at the time limit)."""
+
+    def __call__(self, spec: dict[str, Any]) -> int:
+        study = run_worker(TuneSpec.from_dict(spec))
+        return len(study.get_trials(deepcopy=False))
+
+    def checkpoint(self, spec: dict[str, Any]) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, spec)
+
+
+def run_worker_jobs(spec: TuneSpec, jobs: int, cluster: str, parameters: dict[str, Any]
+                    ) -> list[str]:
+    """Run ``jobs`` workers as one submitit job array on ``cluster`` and wait for them;
+    returns the errors of the workers that failed (their logs are under OUT/submitit)."""
+    from ..sweep.submitit_jobs import make_executor
+
+    executor = make_executor(cluster, Path(spec.out) / "submitit",
+                             {**parameters, "name": "isda-tune"})
+    array = executor.map_array(WorkerJob(), [spec.to_dict()] * jobs)
+    errors = []
+    for job in array:
+        try:
+            job.result()
+        except Exception as err:  # a worker's failure: the study goes on without it
+            errors.append(f"worker job {job.job_id}: {str(err).strip().splitlines()[-1]} "
+                          f"(log: {job.paths.stderr})")
+    return errors
