@@ -156,3 +156,30 @@ def test_a_run_spanning_two_processes_inside_a_job(tmp_path):
     assert "isda" in (out / "table.md").read_text()
     with pytest.raises(ValueError, match="--nproc-per-run needs --executor"):
         SweepOptions(nproc_per_run=2).check()
+
+
+def test_the_live_view_shows_every_running_run_and_the_sweeps_eta(tmp_path):
+    import io
+
+    from torch_isda.train.config import TrainConfig
+    from torch_isda.train.sweep.display import SweepDisplay
+    from torch_isda.train.sweep.runs import SweepRun
+
+    runs = [SweepRun(f"ce seed {s}", "ce", s, str(tmp_path), TrainConfig(out=str(tmp_path / f"s{s}")))
+            for s in range(3)]
+    stream = io.StringIO()
+    view = SweepDisplay(3, lambda result: f"final error {result['final_error']:.2f}%",
+                        stream=stream, live=True)
+    view.t0 -= 10.0  # ten seconds into the sweep
+    view.refresh([(runs[0], {"fraction": 0.5, "epoch": 3, "epochs": 6, "test_error": 12.5}),
+                  (runs[1], None)])
+    drawn = stream.getvalue()
+    assert "ce seed 0: [##########..........]  50.0%  epoch 3/6, last eval error 12.50%" in drawn
+    assert "ce seed 1: starting" in drawn
+    # half a run done in 10 s, 2.5 runs of work left: about 50 s
+    assert "sweep: 0/3 finished (0 failed), 2 running, about 50s left" in drawn
+    view.finished(runs[0], {"state": "done", "note": "trained", "seconds": 9.0,
+                            "result": {"final_error": 3.25}})
+    tail = stream.getvalue()[len(drawn):]
+    assert tail.startswith("\x1b[3F\x1b[J")  # the block is erased before the line
+    assert "[1/3] ce seed 0: final error 3.25%, trained in 9.0s" in tail
