@@ -27,6 +27,7 @@ import submitit  # the cluster extra: pip install "torch-isda[cluster]"
 from ..checkpoint import atomic_write_json
 from ..rundir import RESULT_NAME
 from .display import SweepDisplay
+from .local import SweepInterrupted
 from .runs import SWEEP_DIR, SweepRun, execute_run, read_json
 from .slurm_queue import queue_states
 
@@ -154,4 +155,11 @@ def run_submitit(runs: Sequence[SweepRun], cluster: str, parameters: dict[str, A
             _record(run, job, cluster, folder)
             display.started(run, f"{cluster} job {job.job_id}, log {job.paths.stdout}")
             pairs.append((run, job))
-    return {**reused, **_wait(pairs, cluster, display, poll)}
+    try:
+        return {**reused, **_wait(pairs, cluster, display, poll)}
+    except KeyboardInterrupt:
+        display.close()
+        raise SweepInterrupted(
+            f"interrupted: the {cluster} jobs go on; run the same command again to wait for "
+            f"them and write the table (isda status {runs[0].sweep_out} shows them; scancel "
+            f"stops them, and a later run resumes from their checkpoints)") from None
