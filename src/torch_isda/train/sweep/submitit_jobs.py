@@ -159,6 +159,9 @@ def run_submitit(runs: Sequence[SweepRun], cluster: str, parameters: dict[str, A
         return {**reused, **_wait(pairs, cluster, display, poll)}
     except KeyboardInterrupt:
         display.close()
+        if cluster == "debug":  # the runs train in this process
+            raise SweepInterrupted("interrupted: run the same command again to resume the "
+                                   "runs from their checkpoints") from None
         raise SweepInterrupted(
             f"interrupted: the {cluster} jobs go on; run the same command again to wait for "
             f"them and write the table (isda status {runs[0].sweep_out} shows them; scancel "
