@@ -152,7 +152,8 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False, quiet: bool = False
     if (unfinished or finished) and not force:
         check_same_config(run_dir, cfg, "an unfinished" if unfinished else "a finished")
     result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
-                   log=lambda msg: None, epoch_log=False, callbacks=callbacks)
+                   log=lambda msg: None, epoch_log=False,
+                   **({"callbacks": callbacks} if callbacks else {}))
     status = result["status"]
     note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(status, status)
     return result, note
