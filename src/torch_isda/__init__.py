@@ -6,8 +6,11 @@ Core API (depends on torch only):
 * :class:`ISDALoss`: the ISDA bound of Eq. (7) with the lambda schedule of Section 4.1.
 * :func:`attach`: drop-in ISDA for a model ending in an ``nn.Linear``.
 * :class:`SegmentationISDALoss`: per-pixel ISDA for segmentation networks.
+* :class:`ISDAOptions`: the options every ISDA loss takes (schedule, cross-entropy options,
+  class-prior offsets), checked once.
 * :mod:`torch_isda.functional`: the pure math (augmented logits, consistency bound of
-  Eq. 15, Monte Carlo estimate of Eq. 6).
+  Eq. 15, Monte Carlo estimate of Eq. 6) and the class-prior offsets of
+  :mod:`torch_isda.logit_adjustment`.
 """
 
 from . import functional
@@ -15,6 +18,7 @@ from .estimator import CovarianceEstimator
 from .hook import HookedISDALoss, attach, find_classifier
 from .loss import ISDALoss
 from .lowrank import LowRankCovariance
+from .options import ISDAOptions
 from .segmentation import SegmentationISDALoss
 
 __version__ = "0.1.0"
@@ -23,6 +27,7 @@ __all__ = [
     "CovarianceEstimator",
     "ISDALoss",
     "HookedISDALoss",
+    "ISDAOptions",
     "LowRankCovariance",
     "SegmentationISDALoss",
     "attach",
