@@ -38,6 +38,19 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "torch_isda.command_export"),
 ]
 
+#: The one-line help of each subcommand, for ``isda --help`` without importing the modules
+#: (each module's ``add_parser`` gives the same line; tests/test_cli.py checks they agree).
+SUMMARIES: dict[str, str] = {
+    "train": "train one model (presets from the paper's Table 9)",
+    "compare": "compare criteria over seeds: Table-2-style table and curves",
+    "list": "list models, datasets, criteria, augmentations, presets or semi methods",
+    "gan": "train the generators of `isda visualize` and of Table 5's GAN baselines",
+    "visualize": "map ISDA-augmented features back to images with a trained generator",
+    "analyze": "analyses of Section 6.5: tightness, explicit, tsne, sensitivity, ablation",
+    "bench": "benchmarks: 'overhead' (theoretical and wall-time cost of ISDA, Table 3)",
+    "export": "write a run's ResNet backbone with torchvision / timm key names",
+}
+
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
@@ -60,7 +73,19 @@ def _unavailable(name: str, error: BaseException) -> Any:
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: Sequence[str]) -> str:
+    """The subcommand named in ``argv`` (``""`` when none is, e.g. ``isda --help``)."""
+    names = {name for name, _ in COMMANDS}
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in names else ""
+    return ""
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``isda`` parser; with ``only``, just that subcommand's module is imported (the
+    others are listed with their :data:`SUMMARIES` line; a command without one is imported), so ``isda --help`` and
+    ``isda list`` do not import the training harness."""
     parser = argparse.ArgumentParser(
         prog="isda",
         description="Implicit Semantic Data Augmentation (ISDA) for PyTorch: training and "
@@ -70,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show full tracebacks instead of short error messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS:
+        if only is not None and name != only and name in SUMMARIES:
+            subparsers.add_parser(name, help=SUMMARIES[name])
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
@@ -83,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``isda`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(None if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=chosen_command(argv))
+    args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)
