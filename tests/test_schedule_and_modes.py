@@ -284,3 +284,41 @@ def test_semi_eval_supervised_term_is_plain_cross_entropy():
     crit.eval()
     torch.testing.assert_close(crit.supervised(x, x @ W.T, y, W), F.cross_entropy(x @ W.T, y))
     assert int(crit.isda.estimator.count.sum()) == 0
+
+
+# ---------------------------------------------------------------------- torch.compile
+
+
+def _compiled_steps(crit, fullgraph, steps=5):
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    W = torch.randn(C, A, requires_grad=True)
+    compiled = torch.compile(lambda x, y: crit(x, x @ W.T, y, W), backend=backend, fullgraph=fullgraph)
+    for k in range(steps):
+        x, y = _batch(k)
+        compiled(x, y).backward()
+    return graphs
+
+
+def test_counting_training_calls_causes_no_recompilation():
+    """The static path traced whole: the host counter is not traced (one graph for all steps)."""
+    crit = ISDALoss(A, C, 0.5, "diagonal", validate=False)
+    crit.set_progress(0.5)
+    assert len(_compiled_steps(crit, fullgraph=True)) == 1
+
+
+def test_self_advancing_schedule_under_torch_compile():
+    crit = ISDALoss(A, C, 0.5, "diagonal", validate=False, total_steps=4)
+    with pytest.raises(Exception, match="drive lambda with set_progress"):
+        _compiled_steps(crit, fullgraph=True, steps=1)
+    crit = ISDALoss(A, C, 0.5, "diagonal", validate=False, total_steps=4)
+    _compiled_steps(crit, fullgraph=False, steps=3)  # the loss runs eagerly and counts
+    assert crit.ratio == pytest.approx(0.5 * 3 / 4)
+    crit = ISDALoss(A, C, 0.5, "full", total_steps=4)  # the default path is eager under compile
+    _compiled_steps(crit, fullgraph=False, steps=2)
+    assert crit.ratio == pytest.approx(0.25)

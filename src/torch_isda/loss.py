@@ -159,7 +159,19 @@ class ISDALoss(nn.Module):
 
     def _advance(self) -> None:
         """Count a training call (host values only): advance a schedule that advances itself,
-        or warn once when ``lambda`` is still 0 after an epoch's worth of calls."""
+        or warn once when ``lambda`` is still 0 after an epoch's worth of calls.
+
+        Counting runs in eager code: a count traced by ``torch.compile`` would be a constant
+        of the graph (a recompilation per step). The default path runs eagerly under
+        ``torch.compile`` and counts; the static path, when traced, is not counted (no
+        warning), and a self-advancing schedule there cannot be traced: ``fullgraph=True``
+        fails naming this error, otherwise the loss runs eagerly (a graph break)."""
+        if torch.compiler.is_compiling():
+            if self.options.advances_itself:
+                raise RuntimeError(
+                    "ISDA: total_steps / epochs count training calls in eager code, which a "
+                    "torch.compile(fullgraph=True) graph cannot hold: drive lambda with set_progress")
+            return
         self._training_calls += 1
         if self.options.advances_itself:
             self._progress = self.options.progress_after(self._training_calls)
