@@ -31,8 +31,8 @@ class ISDALoss(nn.Module):
     or the loop calls :meth:`set_progress` with ``t / T`` (e.g. ``epoch / epochs``); or pass
     ``constant_lambda=True`` for ``lambda = lambda0`` (Table 8 ablation), or give ``ratio=`` to
     :meth:`forward` directly. When none of these is used, ``lambda`` stays 0 (plain
-    cross-entropy): after an epoch's worth of training calls (``steps_per_epoch``, else 1000)
-    the loss warns once.
+    cross-entropy): after an epoch's worth of training calls (1000: the loss does not know the
+    epoch's length, see :data:`torch_isda.options.DEFAULT_STEPS_BEFORE_WARNING`) it warns once.
 
     Args:
         num_features: feature dimension ``A`` (input size of the final linear layer).
