@@ -21,11 +21,17 @@ class _Custom(nn.Module):  # no classifier under a known name: attach discovers 
         return self.out(self.body(x))
 
 
+class _WithFc(nn.Module):  # found by name
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+
 BUILDERS = {
     "ISDALoss": lambda **kw: ISDALoss(4, 2, **kw),
     "SegmentationISDALoss": lambda **kw: SegmentationISDALoss(4, 2, **kw),
     "SemiISDALoss": lambda **kw: SemiISDALoss(4, 2, **kw),
-    "attach": lambda **kw: torch_isda.attach(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), **kw),
+    "attach": lambda **kw: torch_isda.attach(_WithFc(), **kw),
     "attach (discovered)": lambda **kw: torch_isda.attach(_Custom(), **kw),
 }
 
