@@ -1,5 +1,6 @@
-"""Start-up cost: ``import torch_isda`` does not import ``torch._dynamo``; ``isda --help``
-imports neither the training harness nor dynamo (timings: benchmarks/import_time.py)."""
+"""Start-up cost (timings: benchmarks/import_time.py): ``import torch_isda`` imports nothing
+heavy until a name is used, the core does not import ``torch._dynamo``, and ``isda --help``
+imports neither torch nor the training harness."""
 
 from __future__ import annotations
 
@@ -19,13 +20,30 @@ def _imported(code: str, modules) -> list:
 def test_import_does_not_load_dynamo():
     assert _imported("import torch_isda\nfrom torch_isda import ISDALoss, SegmentationISDALoss, attach",
                      ["torch._dynamo"]) == []
+    assert _imported("import torch_isda", ["torch"]) == []  # names load on first use
+
+
+def test_public_names_load_on_first_use():
+    import torch_isda
+
+    for name in torch_isda.__all__:
+        assert getattr(torch_isda, name) is not None
+    assert torch_isda.ISDALoss.__module__ == "torch_isda.loss"
+    assert torch_isda.functional.augment_logits is not None
+    assert set(torch_isda.__all__) <= set(dir(torch_isda))
+    try:
+        torch_isda.no_such_name
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("no AttributeError")
 
 
 def test_isda_help_imports_no_command_module():
     code = ("import contextlib, io\nfrom torch_isda.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try:\n        main(['--help'])\n    except SystemExit:\n        pass")
-    heavy = ["torch._dynamo", "torch_isda.train", "torch_isda.visualize", "torch_isda.analysis",
+    heavy = ["torch", "torch._dynamo", "torch_isda.train", "torch_isda.visualize", "torch_isda.analysis",
              "torch_isda.command_list", "torch_isda.command_export"]
     assert _imported(code, heavy) == []
 

@@ -13,13 +13,19 @@ Core API (depends on torch only):
   :mod:`torch_isda.logit_adjustment`.
 """
 
-from . import functional
-from .estimator import CovarianceEstimator
-from .hook import HookedISDALoss, attach, find_classifier
-from .loss import ISDALoss
-from .lowrank import LowRankCovariance
-from .options import ISDAOptions
-from .segmentation import SegmentationISDALoss
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time names load on first use
+    from . import functional
+    from .estimator import CovarianceEstimator
+    from .hook import HookedISDALoss, attach, find_classifier
+    from .loss import ISDALoss
+    from .lowrank import LowRankCovariance
+    from .options import ISDAOptions
+    from .segmentation import SegmentationISDALoss
 
 __version__ = "0.1.0"
 
@@ -35,3 +41,36 @@ __all__ = [
     "functional",
     "__version__",
 ]
+
+#: where each public name lives: imported on first use, so that ``import torch_isda`` (and
+#: ``isda --help``, which imports the package) does not import torch until the core is used
+_PUBLIC = {
+    "CovarianceEstimator": ".estimator",
+    "ISDALoss": ".loss",
+    "HookedISDALoss": ".hook",
+    "ISDAOptions": ".options",
+    "LowRankCovariance": ".lowrank",
+    "SegmentationISDALoss": ".segmentation",
+    "attach": ".hook",
+    "find_classifier": ".hook",
+}
+
+
+#: the core's modules, attributes of the package as when it imported them all
+_CORE_MODULES = {"functional", "estimator", "loss", "hook", "segmentation", "options", "lowrank", "layouts",
+                 "kernels", "batch", "distributed", "logit_adjustment", "eager"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CORE_MODULES:
+        value: Any = importlib.import_module(f".{name}", __name__)
+    elif name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))

@@ -65,6 +65,19 @@ def _version() -> str:
         return f"isda (torch-isda) {__version__}"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, importing torch (for its version) only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        print(_version())
+        parser.exit()
+
+
 def _unavailable(name: str, error: BaseException) -> Any:
     def run(args: argparse.Namespace) -> int:
         print(f"isda {name}: unavailable: {type(error).__name__}: {error}", file=sys.stderr)
@@ -90,7 +103,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         prog="isda",
         description="Implicit Semantic Data Augmentation (ISDA) for PyTorch: training and "
                     "experiments.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of short error messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
