@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from torch_isda import cli
+from torch_isda.cli import program as cli
 
 
 def _imported(code: str, modules) -> list:
@@ -44,7 +44,7 @@ def test_isda_help_imports_no_command_module():
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try:\n        main(['--help'])\n    except SystemExit:\n        pass")
     heavy = ["torch", "torch._dynamo", "torch_isda.train", "torch_isda.visualize", "torch_isda.analysis",
-             "torch_isda.command_list", "torch_isda.command_export"]
+             "torch_isda.cli.list", "torch_isda.cli.export", "torch_isda.cli.gan"]
     assert _imported(code, heavy) == []
 
 

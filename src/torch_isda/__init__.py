@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # for type checkers and the API reference; at run time names 
     from .options import ISDAOptions
     from .segmentation import SegmentationISDALoss
 
+from .moved_modules import install as _install_moved_modules
+
+_install_moved_modules()  # old import paths of moved modules keep working (with a warning)
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -6,14 +6,17 @@ Subcommands are listed in :data:`COMMANDS` as ``(name, module)``; each module ex
   ``subparsers.add_parser(name, ...)`` and adds its options;
 * ``run(args) -> int``: executes the command (the exit status; ``None`` means 0).
 
-To add a subcommand, write such a module and append one line to :data:`COMMANDS`. Keep
-the module's top-level imports light (import heavy dependencies inside ``run``): every
-module is imported to build ``isda --help``. A module that fails to import only disables
+To add a subcommand, write such a module, append one line to :data:`COMMANDS` and its
+one-line help to :data:`SUMMARIES`. ``isda --help`` lists the subcommands from
+:data:`SUMMARIES` without importing their modules (one without a line there is imported);
+``isda NAME ...`` imports only NAME's module, so keep the modules' top-level imports light
+too (import heavy dependencies inside ``run``). A module that fails to import only disables
 its own subcommand (running it prints the import error).
 
 Errors a user can fix (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) are
-printed as ``isda <command>: error: ...`` with exit status 2; ``isda --debug ...`` shows
-the full traceback instead.
+printed as ``isda <command>: error: ...`` with exit status 2
+(:func:`torch_isda.train.arg_types.run_command`); ``isda --debug ...`` shows the full
+traceback instead.
 """
 
 from __future__ import annotations
@@ -30,16 +33,16 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[tuple[str, str]] = [
     ("train", "torch_isda.train.command_train"),
     ("compare", "torch_isda.train.command_compare"),
-    ("list", "torch_isda.command_list"),
-    ("gan", "torch_isda.visualize.command_gan"),
-    ("visualize", "torch_isda.visualize.command_visualize"),
-    ("analyze", "torch_isda.analysis.command_analyze"),
-    ("bench", "torch_isda.analysis.command_bench"),
-    ("export", "torch_isda.command_export"),
+    ("list", "torch_isda.cli.list"),
+    ("gan", "torch_isda.cli.gan"),
+    ("visualize", "torch_isda.cli.visualize"),
+    ("analyze", "torch_isda.cli.analyze"),
+    ("bench", "torch_isda.cli.bench"),
+    ("export", "torch_isda.cli.export"),
 ]
 
 #: The one-line help of each subcommand, for ``isda --help`` without importing the modules
-#: (each module's ``add_parser`` gives the same line; tests/test_cli.py checks they agree).
+#: (each module's ``add_parser`` gives the same line; tests/test_startup.py checks they agree).
 SUMMARIES: dict[str, str] = {
     "train": "train one model (presets from the paper's Table 9)",
     "compare": "compare criteria over seeds: Table-2-style table and curves",
@@ -51,11 +54,9 @@ SUMMARIES: dict[str, str] = {
     "export": "write a run's ResNet backbone with torchvision / timm key names",
 }
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
-
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     try:
         import torch
@@ -97,8 +98,8 @@ def chosen_command(argv: Sequence[str]) -> str:
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``isda`` parser; with ``only``, just that subcommand's module is imported (the
-    others are listed with their :data:`SUMMARIES` line; a command without one is imported), so ``isda --help`` and
-    ``isda list`` do not import the training harness."""
+    others are listed with their :data:`SUMMARIES` line; a command without one is
+    imported), so ``isda --help`` and ``isda list`` do not import the training harness."""
     parser = argparse.ArgumentParser(
         prog="isda",
         description="Implicit Semantic Data Augmentation (ISDA) for PyTorch: training and "
@@ -131,17 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if run is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        status = run(args)
-    except KeyboardInterrupt:
-        print(f"isda {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as err:
-        if args.debug:
-            raise
-        print(f"isda {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0 if status is None else int(status)
+    from ..train.arg_types import run_command  # imported here: the train extra is optional
+
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
