@@ -119,33 +119,39 @@ class SweepOptions:
         return {k: v for k, v in parameters.items() if v is not None}
 
 
-def _summarize(runs: list[SweepRun], outcomes: dict[str, dict[str, Any]], task: Any
-               ) -> tuple[int, int, dict[str, str]]:
-    trained = reused = 0
-    failed: dict[str, str] = {}
+def _summarize(runs: list[SweepRun], outcomes: dict[str, dict[str, Any]], task: Any) -> Any:
+    """The :class:`~torch_isda.train.compare.SweepOutcome` of ``outcomes`` (sweep order)."""
+    from ..compare import SweepOutcome
+
+    summary = SweepOutcome()
     for run in runs:  # in the sweep's order, whatever order the runs finished in
+        summary.runs.setdefault(run.key, []).append((run.seed, run.run_dir))
         outcome = outcomes.get(run.name, {"state": "failed", "error": "not run"})
         if outcome["state"] != "done":
-            failed[run.name] = outcome["error"]
+            summary.failed[run.name] = outcome["error"]
             continue
-        reused += bool(outcome.get("reused"))
-        trained += not outcome.get("reused")
+        summary.reused += bool(outcome.get("reused"))
+        summary.trained += not outcome.get("reused")
         warning = task.result_warning(outcome["result"], run.name)
         if warning:
             print(warning, file=sys.stderr)
-    return trained, reused, failed
+    return summary
 
 
 def sweep_executor(options: SweepOptions, out: str | Path, quiet: bool = False) -> Any:
     """The ``executor`` for :func:`~torch_isda.train.compare.run_comparison` (``None`` for
-    the sequential sweep)."""
+    the sequential sweep): it takes the same plan as
+    :func:`~torch_isda.train.compare.train_planned` and returns the same outcome."""
     if options.sequential:
         return None
 
-    def execute(plan: list[tuple[str, str, int, Any]], task: Any, force: bool
-                ) -> tuple[int, int, dict[str, str]]:
-        runs = [SweepRun(name, key, seed, str(out), cfg, force, options.nproc_per_run)
-                for name, key, seed, cfg in plan]
+    def execute(plan: list[Any], *, force: bool = False, quiet: bool = quiet,
+                say: Any = None) -> Any:
+        from ..tasks import task_class
+
+        task = task_class(plan[-1].config)
+        runs = [SweepRun(p.name, p.variant.key, p.seed, str(out), p.config, force,
+                         options.nproc_per_run) for p in plan]
         display = SweepDisplay(len(runs), task.result_line, quiet=quiet)
         where = options.executor or f"local processes ({options.jobs} at once)"
         manifest = Path(out) / SWEEP_DIR / "sweep.json"
@@ -157,7 +163,7 @@ def sweep_executor(options: SweepOptions, out: str | Path, quiet: bool = False) 
         if options.executor is None:
             from .local import plan_slots, run_local
 
-            first = plan[0][3]
+            first = plan[0].config
             slots = plan_slots(options.jobs, options.runs_per_gpu, first.device, first.threads)
             outcomes = run_local(runs, slots, display)
         else:

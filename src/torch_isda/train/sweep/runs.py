@@ -81,6 +81,8 @@ class SweepRun:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepRun:
+        """The run of :meth:`to_dict` (its config a plain :class:`TrainConfig`, resolved
+        again where it trains)."""
         return cls(data["name"], data["key"], int(data["seed"]), data["sweep_out"],
                    TrainConfig.from_dict(data["config"]), bool(data.get("force", False)),
                    int(data.get("nproc", 1)))
@@ -154,6 +156,7 @@ def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
     state; never raises for a failed run: returns ``{"state": "done"|"failed", ...}`` (the
     traceback goes to stderr, i.e. the run's log)."""
     from ..compare import train_or_reuse
+    from ..resolve import resolve_config
 
     started = time.time()
     run.write_state("running", job_id=job_id, started=started)
@@ -161,8 +164,8 @@ def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
         if run.nproc > 1:
             result, note = _train_with_torchrun(run)
         else:
-            result, note = train_or_reuse(run.config, force=run.force, quiet=True,
-                                          callbacks=[ProgressWriter(run)])
+            result, note = train_or_reuse(resolve_config(run.config), force=run.force,
+                                          quiet=True, callbacks=[ProgressWriter(run)])
     except Exception as err:  # a failed run is recorded, the sweep goes on
         traceback.print_exc()
         error = f"{type(err).__name__}: {err}"

@@ -159,6 +159,7 @@ def _retried_number(trial: Any) -> Optional[int]:
 
 def _objective(spec: TuneSpec, journal: bool) -> Any:
     from ..compare import train_or_reuse
+    from ..resolve import resolve_config
 
     def objective(trial: Any) -> float:
         params = spec.space.suggest(trial)
@@ -173,8 +174,8 @@ def _objective(spec: TuneSpec, journal: bool) -> Any:
             threading.Thread(target=_heartbeat, args=(trial, spec.heartbeat, stop),
                              daemon=True).start()
         try:
-            result, _ = train_or_reuse(trial_config(spec, params, run_dir), quiet=True,
-                                       callbacks=[_ReportValidation(trial)])
+            result, _ = train_or_reuse(resolve_config(trial_config(spec, params, run_dir)),
+                                       quiet=True, callbacks=[_ReportValidation(trial)])
         finally:
             stop.set()
         return float(result["final_error"])
