@@ -138,10 +138,11 @@ def _train_with_torchrun(run: SweepRun) -> tuple[dict[str, Any], str]:
     """One run over ``run.nproc`` local processes (torchrun, the GPUs of the job's node);
     an interrupted run resumes (``--resume auto``)."""
     from ..launch import launch_config
+    from ..resolve import resolve_config
     from ..rundir import RESULT_NAME
 
     resuming = (run.run_dir / "checkpoint.pt").is_file() and not run.force
-    code = launch_config(run.nproc, run.config,
+    code = launch_config(run.nproc, run.config, resolve_config(run.config),
                          ["--resume", "auto", "--quiet", *(["--force"] if run.force else [])])
     if code != 0:
         raise RuntimeError(f"torchrun with {run.nproc} processes exited with status {code}")
