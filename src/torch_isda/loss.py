@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as isda_f
 from .estimator import CovarianceEstimator
+from .layouts import checked_static_shapes
 
 __all__ = ["ISDALoss"]
 
@@ -38,15 +39,19 @@ class ISDALoss(nn.Module):
         rank: components kept per class by ``kind="lowrank"`` (default 32; see
             :mod:`torch_isda.lowrank`); ignored by the other kinds.
         validate: check the labels' range and the features' finiteness every step (default).
-            The checks and the batch's class set come back in one host synchronization per
-            step. ``False`` skips the checks (bad labels or NaN features are then undefined
-            behaviour) and, for the diagonal, shared and identity kinds, uses the static
-            all-class path: no host synchronization at all, so a training step compiles with
-            ``torch.compile(fullgraph=True)``.
-        static_shapes: with ``validate=False``, use the static all-class path for the full
-            and low-rank kinds too (zero synchronizations; the update then costs about ``C x``
-            the flops of the present-class path and ``sigma2`` ``C / U x``, for ``U`` classes
-            present: cheap on a GPU, slow on a CPU).
+            On the present-class path the checks and the class set come back in one host
+            synchronization and a bad batch raises at once; on the static path they stay on
+            the device and a bad batch raises later, naming its step (see
+            :mod:`torch_isda.checks` and :meth:`check`). ``False`` skips the checks (bad
+            labels or NaN features are then undefined behaviour).
+        static_shapes: ``"auto"`` (default): the static all-class path on an accelerator
+            (no host synchronization, no data-dependent shape, so a training step compiles
+            with ``torch.compile(fullgraph=True)``), unless the kind is full or low-rank and
+            ``C A^2`` is above :data:`~torch_isda.layouts.AUTO_STATIC_MAX_ELEMENTS`; the
+            present-class path on the CPU (one synchronization, faster there). ``True``: always
+            static (the update then costs about ``C x`` the flops of the present-class path
+            for the full kind). ``False``: present-class, except with ``validate=False`` for
+            the diagonal, shared and identity kinds.
 
     In evaluation mode (``criterion.eval()``) the estimator is not updated.
     """
@@ -66,7 +71,7 @@ class ISDALoss(nn.Module):
         sync: bool = True,
         rank: int = 32,
         validate: bool = True,
-        static_shapes: bool = False,
+        static_shapes: Union[bool, str] = "auto",
     ) -> None:
         super().__init__()
         if not float(lambda0) >= 0.0:
@@ -84,7 +89,7 @@ class ISDALoss(nn.Module):
         self.label_smoothing = float(label_smoothing)
         self.ignore_index = int(ignore_index)
         self.validate = bool(validate)
-        self.static_shapes = bool(static_shapes)
+        self.static_shapes = checked_static_shapes(static_shapes)
         self.register_buffer("progress", torch.zeros((), dtype=torch.float64))
         self._progress = 0.0  # the buffer's value on the host: reading it back would synchronize
 
@@ -138,8 +143,15 @@ class ISDALoss(nn.Module):
         """The current ``lambda``: ``lambda0`` or ``lambda0 * t / T`` (a Python float)."""
         return self.scheduled_ratio(self.lambda0, self._progress, self.constant_lambda)
 
-    def _step_ratio(self, ratio: Optional[float]) -> float:
-        """This call's ``lambda`` (the schedule's when ``None``), checked before any state moves."""
+    def _step_ratio(self, ratio: Optional[float]):
+        """This call's ``lambda`` (the schedule's when ``None``), checked before any state moves.
+
+        Under ``torch.compile`` the schedule's value is a device tensor computed from the
+        ``progress`` buffer, so that a new progress does not recompile the step."""
+        if ratio is None and torch.compiler.is_compiling():
+            return self.progress * self.lambda0 if not self.constant_lambda else self.lambda0
+        if isinstance(ratio, Tensor):
+            return ratio
         lam = self.ratio if ratio is None else float(ratio)
         if not lam >= 0.0:
             raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
@@ -176,8 +188,15 @@ class ISDALoss(nn.Module):
 
     @property
     def static_path(self) -> bool:
-        """Whether a step takes the static all-class path (no host synchronization)."""
+        """Whether a step takes the static all-class path (no host synchronization); for
+        ``static_shapes="auto"`` decided from the statistics' device and the shape."""
         return self.estimator.static_update(self.validate, self.static_shapes)
+
+    def check(self) -> None:
+        """Raise the error of a batch rejected by the device-side checks of the static path,
+        if any, naming its step (waits for the device: call it where a synchronization is
+        fine, e.g. at the end of an epoch). Also done by ``state_dict()``."""
+        self.estimator.check()
 
     def forward(
         self,

@@ -171,7 +171,7 @@ class SegmentationISDALoss(ISDALoss):
         sync: bool = True,
         rank: int = 32,
         validate: bool = True,
-        static_shapes: bool = False,
+        static_shapes: Union[bool, str] = "auto",
     ) -> None:
         super().__init__(
             num_features,
@@ -279,8 +279,10 @@ class SegmentationISDALoss(ISDALoss):
         """
         out = flat_logits if flat_logits.dtype in (torch.float32, torch.float64) else flat_logits.float()
         U = batch.classes.shape[0]
-        if lam == 0.0 or U == 0:
+        if (not isinstance(lam, Tensor) and lam == 0.0) or U == 0:
             return out
+        if batch.onehot is not None:  # static path: the masked one-hot matrix of all C classes
+            return isda_f.augment_static(out, W, self.estimator.functional_covariance(), lam, self.kind, batch.onehot)
         sigma2 = isda_f.class_sigma2(W, self.estimator.functional_covariance(), batch.classes, self.kind,
                                      host_classes=batch.host_classes)  # U x C
         P = batch.inverse.shape[0]
@@ -337,6 +339,8 @@ class SegmentationISDALoss(ISDALoss):
             the scalar loss (``reduction="mean"``/``"sum"``) or the ``B x h x w`` loss map.
         """
         aug, flat_target, batch = self._prepare(features, logits, target, weight, ratio)
+        if batch.target is not None:  # device-side checks: out-of-range labels are ignored
+            flat_target = batch.target
         B, _, h, w = logits.shape
         if self.reduction == "mean":  # sum over the valid pixels / their count, read on neither path
             total = F.cross_entropy(aug, flat_target, reduction="sum", label_smoothing=self.label_smoothing,

@@ -77,7 +77,7 @@ class SemiISDALoss(nn.Module):
         sync: bool = True,
         rank: int = 32,
         validate: bool = True,
-        static_shapes: bool = False,
+        static_shapes: Union[bool, str] = "auto",
     ) -> None:
         super().__init__()
         for name, value in (("eta1", eta1), ("eta2", eta2)):
@@ -159,7 +159,7 @@ class SemiISDALoss(nn.Module):
         lam = self.isda.ratio if ratio is None else float(ratio)
         per_sample = isda_f.isda_consistency_loss(
             logits, weight, probs, self.covariance, lam, self.isda.kind, reduction="none",
-            static_shapes=self.isda.static_shapes,
+            static_shapes=self.isda.static_path,
         )
         if mask is None:
             return per_sample.mean() if per_sample.numel() else per_sample.sum()
