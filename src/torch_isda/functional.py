@@ -390,6 +390,23 @@ def isda_consistency_loss(
             the pseudo-labels present (one host synchronization fewer, no data-dependent
             shape); the shared and identity layouts never need either.
     """
+    _check_consistency_inputs(logits, weight, probs, reduction)
+    p = probs.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    z = _float_logits(logits)
+    if z.shape[0] == 0:
+        loss = z.sum(1)
+    else:
+        lse = _augmented_logsumexp(z, weight, p.argmax(1), covariance, ratio, kind, static_shapes)
+        loss = (p.to(z.dtype) * (lse - z)).sum(1)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_consistency_inputs(logits: Tensor, weight: Tensor, probs: Tensor, reduction: str) -> None:
+    """Shapes and reduction of :func:`isda_consistency_loss` (``ValueError`` naming the problem)."""
     _check_weight(weight)
     if logits.dim() != 2 or logits.shape[1] != weight.shape[0]:
         raise ValueError(
@@ -399,31 +416,24 @@ def isda_consistency_loss(
         raise ValueError(f"probs must have the shape of logits {tuple(logits.shape)}; got {tuple(probs.shape)}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    p = probs.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    z = _float_logits(logits)
-    if z.shape[0] == 0:
-        loss = z.sum(1)
+
+
+def _augmented_logsumexp(z: Tensor, weight: Tensor, pseudo: Tensor, covariance, ratio, kind: Optional[str],
+                         static_shapes: bool) -> Tensor:
+    """``N x C``: ``logsumexp_j(z_j + ratio/2 Q[y, k, j])`` for every candidate class ``k``,
+    with ``y`` the pseudo-labels and ``Q`` the pairwise quadratic forms of Eq. (15)."""
+    kind = resolve_kind(covariance, weight.shape[0], weight.shape[1], kind)
+    if float(ratio) == 0.0:
+        return torch.logsumexp(z, 1, keepdim=True).expand_as(z)
+    if get_layout(kind).class_independent:
+        Q = pairwise_sigma2(weight, covariance, pseudo[:1], kind)  # 1 x C x C
+        inverse = torch.zeros_like(pseudo)
     else:
-        pseudo = p.argmax(1)
-        kind = resolve_kind(covariance, weight.shape[0], weight.shape[1], kind)
-        if float(ratio) == 0.0:
-            lse = torch.logsumexp(z, 1, keepdim=True).expand_as(z)
-        else:
-            if get_layout(kind).class_independent:
-                Q = pairwise_sigma2(weight, covariance, pseudo[:1], kind)  # 1 x C x C
-                inverse = torch.zeros_like(pseudo)
-            else:
-                batch, _ = scan_batch(pseudo, weight.shape[0], validate=False, static=static_shapes)
-                inverse = batch.inverse
-                Q = pairwise_sigma2(weight, covariance, batch.classes, kind)  # U x C x C
-            aug = z.unsqueeze(1) + (0.5 * float(ratio)) * Q.index_select(0, inverse).to(z.dtype)
-            lse = torch.logsumexp(aug, dim=2)  # N x C: one log-sum-exp per candidate class k
-        loss = (p.to(z.dtype) * (lse - z)).sum(1)
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
+        batch, _ = scan_batch(pseudo, weight.shape[0], validate=False, static=static_shapes)
+        inverse = batch.inverse
+        Q = pairwise_sigma2(weight, covariance, batch.classes, kind)  # U x C x C
+    aug = z.unsqueeze(1) + (0.5 * float(ratio)) * Q.index_select(0, inverse).to(z.dtype)
+    return torch.logsumexp(aug, dim=2)  # N x C: one log-sum-exp per candidate class k
 
 
 # --------------------------------------------------------------------------- Monte Carlo
