@@ -38,3 +38,13 @@ def test_smoke_mode_whole_step_rows_have_median_and_spread(tmp_path):
     assert set(rows) == {(c, m) for c in ("CE", "ISDA default") for m in ("eager", "compiled")}  # no CUDA graphs on a CPU
     for row in rows.values():
         assert float(row[h.index("median ms/step")]) > 0 and float(row[h.index("spread ms")]) >= 0
+
+
+def test_table2_epoch_smoke_runs_and_projects_the_row(tmp_path, capsys):
+    import table2_epoch
+
+    table2_epoch.main(["--device", "cpu", "--smoke", "--modes", "eager", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "table2_epoch.json").read_text())
+    assert set(data["results"]) == {"eager", "parallel"}  # two runs at once of the fastest mode
+    assert all(r["epoch_s"] > 0 for r in data["results"].values())
+    assert "Table 2 resnet8 row (1,600 epochs), h" in capsys.readouterr().out
