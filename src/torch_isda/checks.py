@@ -8,7 +8,7 @@ features of the samples that count. A failed check never needs the host at once:
   update is all zero), so the statistics stay unchanged;
 * the failure is *sticky*: from the failing step on, every update is masked (and the loss
   is the plain cross-entropy) until the error is raised, so the statistics are exactly those
-  from before the failing step;
+  from before the failing step; the error is raised once, then the record is cleared;
 * the flags reach the host by a non-blocking copy into pinned memory (CUDA) that the next
   training call reads if it has landed (:meth:`DeferredChecks.poll`, no wait), and
   :meth:`DeferredChecks.check` (called by ``criterion.check()`` and by ``state_dict()``)
@@ -105,9 +105,10 @@ class DeferredChecks(nn.Module):
         self.reset()  # raised once; later batches are folded in again
         step = steps - failed_steps + 1
         what = "; ".join(self.describe[c] for c, f in zip(CHECK_CATEGORIES, flags) if f)
-        later = f" (and {failed_steps - 1} later step(s), also left out)" if failed_steps > 1 else ""
+        later = f" (the {failed_steps - 1} later step(s) were left out too)" if failed_steps > 1 else ""
         raise ValueError(
-            f"step {step}: {what}; the statistics are unchanged since step {step - 1}{later}"
+            f"step {step}: {what}; the batch was not folded in: the statistics are those from before step "
+            f"{step}{later}"
         )
 
     @torch.no_grad()
@@ -116,6 +117,11 @@ class DeferredChecks(nn.Module):
         self.record.zero_()
         self.failed_steps.zero_()
         self._event = None  # a copy still in flight is superseded by the next one
+
+    def __getstate__(self):  # copies and pickles leave the host mirror and the event behind
+        state = self.__dict__.copy()
+        state["_host"] = state["_event"] = None
+        return state
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         self.check()  # a pending failure surfaces before a checkpoint is written
