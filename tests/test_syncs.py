@@ -129,3 +129,28 @@ def test_semi_step(kind):
 
         step()
         assert count_syncs(step).total == expected
+
+
+@pytest.mark.parametrize("opts", [{"validate": False, "static_shapes": True}, {"static_shapes": True}])
+@pytest.mark.parametrize("kind", ["full", "diagonal"])
+def test_distributed_static_path_reads_nothing_back_with_ignored_labels(kind, opts, monkeypatch):
+    """Issue 24 item 13: under DDP the static path sends every row (ignored ones as label -1)
+    instead of counting the valid rows on the host. The collectives are stubbed out (one
+    process); only the estimator's own reads are counted, and the validating route's
+    per-step read of its record (all ranks raise at the same step) is the one expected."""
+    from torch_isda import distributed as isda_dist
+
+    monkeypatch.setattr(isda_dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(isda_dist, "all_gather_batch", lambda features, labels, problems: (features, labels))
+    monkeypatch.setattr(isda_dist, "any_rank", lambda flags: flags)
+    crit = ISDALoss(6, 5, 0.5, kind, constant_lambda=True, **opts)
+    W = torch.randn(5, 6, requires_grad=True)
+    x, y = _batch(ignored=3, g=torch.Generator().manual_seed(0))
+
+    def step():
+        crit(x, x @ W.T, y, W).backward()
+
+    step()
+    counter = count_syncs(step)
+    assert counter.total == (1 if opts.get("validate", True) else 0), dict(counter.counts)
+    assert int(crit.estimator.count.sum()) == 2 * (24 - 3)
