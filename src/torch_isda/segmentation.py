@@ -148,9 +148,9 @@ class SegmentationISDALoss(ISDALoss):
             ``reduction="none"`` returns the ``B x h x w`` per-pixel loss map (0 at ignored
             pixels).
         ignore_index: label of void pixels (255 on Cityscapes).
-        validate, static_shapes: as in :class:`ISDALoss`: one host synchronization per step
-            by default (class set and checks), none with ``validate=False`` for the diagonal,
-            shared and identity kinds (or any kind with ``static_shapes=True``).
+        validate, static_shapes: as in :class:`ISDALoss`: by default (``"auto"``) the static
+            path with device-side checks on an accelerator (no host synchronization) and the
+            present-class path on the CPU (one synchronization per step).
 
     One instance per classifier head: an auxiliary (deep supervision) head has its own
     features and classifier, hence needs its own estimator.

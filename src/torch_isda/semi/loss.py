@@ -55,8 +55,9 @@ class SemiISDALoss(nn.Module):
         use_isda: ``False``: base method only (cross-entropy + ``eta2 * L_reg``).
         constant_lambda, label_smoothing, dtype, sync, rank: as in :class:`~torch_isda.ISDALoss`.
         validate, static_shapes: as in :class:`~torch_isda.ISDALoss` for the supervised term;
-            ``static_shapes=True`` also makes the consistency term use all ``C`` classes
-            (``C x C x C`` quadratic forms) instead of the pseudo-labels present.
+            the static path (``static_shapes=True``, or ``"auto"`` on an accelerator) also makes
+            the consistency term use all ``C`` classes (``C x C x C`` quadratic forms) instead
+            of the pseudo-labels present.
 
     In evaluation mode the estimator is not updated.
     """
