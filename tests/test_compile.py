@@ -262,3 +262,34 @@ def test_the_whole_step_recipe_of_docs_core_runs():
     assert torch.isfinite(scope["loss"])
     assert int(scope["criterion"].estimator.count.sum()) == 2 * 3 * 16
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("kind", ["full", "diagonal"])
+@pytest.mark.parametrize("tensor_ratio", [False, True])
+def test_fused_static_kernels_gradcheck_and_match_the_brute_force(kind, tensor_ratio):
+    """kernels.FullAugment / DiagonalAugment: logits + r * onehot @ sigma2, gradients into the
+    logits and the weight, against the float64 brute force of Eq. (7) and by gradcheck."""
+    from torch_isda.kernels import DiagonalAugment, FullAugment
+
+    g = torch.Generator().manual_seed(5)
+    N, C, A = 7, 4, 3
+    W = torch.randn(C, A, dtype=torch.float64, generator=g, requires_grad=True)
+    z = torch.randn(N, C, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.tensor([0, 2, 2, -100, 3, 1, 0])
+    onehot = F.one_hot(y.clamp_min(0), C).double() * (y >= 0).double().unsqueeze(1)
+    if kind == "full":
+        B = torch.randn(C, A, A, dtype=torch.float64, generator=g)
+        cov, fn = B @ B.transpose(1, 2), FullAugment
+        dense = cov
+    else:
+        cov, fn = torch.rand(C, A, dtype=torch.float64, generator=g), DiagonalAugment
+        dense = torch.diag_embed(cov)
+    r = torch.tensor(0.35, dtype=torch.float64) if tensor_ratio else 0.35
+    out = fn.apply(z, W, cov, onehot, r)
+    expected = z.clone()
+    for i in range(N):
+        if y[i] >= 0:
+            V = W - W[y[i]]
+            expected[i] = z[i] + 0.35 * torch.einsum("ja,ab,jb->j", V, dense[y[i]], V)
+    torch.testing.assert_close(out, expected)
+    torch.autograd.gradcheck(lambda z_, W_: fn.apply(z_, W_, cov, onehot, r), (z, W))

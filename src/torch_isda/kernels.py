@@ -161,6 +161,15 @@ def _add_rows(logits: Tensor, onehot: Tensor, sigma2: Tensor, half_ratio) -> Ten
     return torch.addmm(logits, onehot.to(logits.dtype), sigma2, alpha=half_ratio)
 
 
+def _finish_forward(ctx, logits: Tensor, weight: Tensor, onehot: Tensor, sigma2: Tensor, half_ratio,
+                    *saved: Tensor) -> Tensor:
+    """Save what the backward needs and return ``logits + half_ratio * onehot @ sigma2``."""
+    ctx.save_for_backward(onehot, *saved)
+    ctx.half_ratio = half_ratio
+    ctx.weight_dtype = weight.dtype
+    return _add_rows(logits, onehot, sigma2, half_ratio)
+
+
 class FullAugment(torch.autograd.Function):
     """Static path, full layout: ``logits + r * onehot @ sigma2`` for all ``C`` classes.
 
@@ -178,15 +187,12 @@ class FullAugment(torch.autograd.Function):
         V = W.unsqueeze(0) - W.unsqueeze(1)  # C x C x A: V[c, j] = w_j - w_c
         T = torch.bmm(V, covariance)
         sigma2 = torch.linalg.vecdot(T, V)  # C x C
-        ctx.save_for_backward(T, onehot)
-        ctx.half_ratio = half_ratio
-        ctx.weight_dtype = weight.dtype
-        return _add_rows(logits, onehot, sigma2, half_ratio)
+        return _finish_forward(ctx, logits, weight, onehot, sigma2, half_ratio, T)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        T, onehot = ctx.saved_tensors
+        onehot, T = ctx.saved_tensors
         grad_weight = None
         if ctx.needs_input_grad[1]:
             scale = ctx.half_ratio * 2.0
@@ -212,15 +218,12 @@ class DiagonalAugment(torch.autograd.Function):
         DW = variances * W
         P = torch.mm(variances, (W * W).T)  # P[c, j] = d_c . (w_j * w_j)
         sigma2 = torch.addmm(P, DW, W.T, alpha=-2.0).add_(P.diagonal().unsqueeze(1))
-        ctx.save_for_backward(W, variances, DW, onehot)
-        ctx.half_ratio = half_ratio
-        ctx.weight_dtype = weight.dtype
-        return _add_rows(logits, onehot, sigma2, half_ratio)
+        return _finish_forward(ctx, logits, weight, onehot, sigma2, half_ratio, W, variances, DW)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        W, D, DW, onehot = ctx.saved_tensors
+        onehot, W, D, DW = ctx.saved_tensors
         grad_weight = None
         if ctx.needs_input_grad[1]:
             G = _scaled_product(onehot.T.to(W.dtype), grad.to(W.dtype), ctx.half_ratio * -2.0)  # G'
