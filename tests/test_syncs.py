@@ -70,6 +70,10 @@ def test_auto_takes_the_static_route_on_an_accelerator_and_the_present_one_on_th
     assert 1000 * 2048**2 > AUTO_STATIC_MAX_ELEMENTS
     assert not get_layout("full").static_path(True, "auto", "cuda", *big)
     assert get_layout("diagonal").static_path(True, "auto", "cuda", *big)
+    pixels = 8 * 128 * 256  # a segmentation batch: the C x N x A static block would take 10 GB
+    assert not get_layout("full").static_path(True, "auto", "cuda", 19, 512, pixels)
+    assert get_layout("full").static_path(True, "auto", "cuda", 100, 640, 128)
+    assert get_layout("diagonal").static_path(True, "auto", "cuda", 19, 512, pixels)
     assert ISDALoss(6, 5).static_shapes == "auto" and not ISDALoss(6, 5).static_path  # CPU statistics
     with pytest.raises(ValueError, match="static_shapes must be True, False or 'auto'"):
         ISDALoss(6, 5, static_shapes="always")

@@ -232,14 +232,14 @@ class CovarianceEstimator(nn.Module):
         """
         features = features.detach()
         batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
-                                    static=self.static_update(validate, static_shapes))
+                                    static=self.static_update(validate, static_shapes, features.shape[0]))
         self.update_scanned(features, labels, batch, problems, sync)
 
-    def static_update(self, validate: bool, static_shapes) -> bool:
-        """Whether an update with these options takes the all-class (static) path
-        (``static_shapes`` may be ``"auto"``: see :meth:`CovarianceLayout.static_path`)."""
+    def static_update(self, validate: bool, static_shapes, num_rows: int = 0) -> bool:
+        """Whether an update of ``num_rows`` rows with these options takes the all-class (static)
+        path (``static_shapes`` may be ``"auto"``: see :meth:`CovarianceLayout.static_path`)."""
         return self.layout.static_path(validate, static_shapes, self.mean.device.type,
-                                       self.num_classes, self.num_features)
+                                       self.num_classes, self.num_features, num_rows)
 
     @torch.no_grad()
     def update_scanned(self, features: Tensor, labels: Tensor, batch: Optional[BatchClasses],

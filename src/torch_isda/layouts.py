@@ -51,6 +51,7 @@ from .lowrank import LowRankCovariance, check_lowrank, lowrank_gram, lowrank_sig
 __all__ = [
     "KINDS",
     "AUTO_STATIC_MAX_ELEMENTS",
+    "AUTO_STATIC_MAX_BLOCK",
     "static_moments",
     "checked_static_shapes",
     "Fold",
@@ -70,6 +71,10 @@ __all__ = [
 #: C = 1000, A = 2048) the present-class path, whose update costs ``U / C`` of the static one.
 #: The largest full shape measured on a GPU (C = 100, A = 640: 4.1e7) was faster static.
 AUTO_STATIC_MAX_ELEMENTS = 1 << 27
+
+#: ... and up to this many elements of the static update's block (``C x N x A`` for ``N``
+#: rows, e.g. the pixels of a segmentation batch: 1 GiB in float32).
+AUTO_STATIC_MAX_BLOCK = 1 << 28
 
 
 def checked_static_shapes(value):
@@ -194,18 +199,21 @@ class CovarianceLayout:
     lean_static: bool = False
 
     def static_path(self, validate: bool, static_shapes, device_type: str = "cpu",
-                    num_classes: int = 0, num_features: int = 0) -> bool:
+                    num_classes: int = 0, num_features: int = 0, num_rows: int = 0) -> bool:
         """Whether a step with these options takes the all-class (static) path.
 
         ``static_shapes=True``: always (with ``validate`` the checks stay on the device).
         ``"auto"``: on an accelerator (``device_type`` not ``"cpu"``), unless the kind's
-        static update is costly and ``C A^2`` exceeds :data:`AUTO_STATIC_MAX_ELEMENTS`; on the
-        CPU as ``False``. ``False``: only without validation, for the kinds whose static update
-        is cheap (diagonal, shared, identity).
+        static update is costly and ``C A^2`` exceeds :data:`AUTO_STATIC_MAX_ELEMENTS` or
+        ``C N A`` (``num_rows`` = N, when known) :data:`AUTO_STATIC_MAX_BLOCK`; on the CPU as
+        ``False``. ``False``: only without validation, for the kinds whose static update is
+        cheap (diagonal, shared, identity).
         """
         if static_shapes == "auto":
             if device_type != "cpu":
-                return self.cheap_static_update or num_classes * num_features ** 2 <= AUTO_STATIC_MAX_ELEMENTS
+                C, A = num_classes, num_features
+                return self.cheap_static_update or (C * A * A <= AUTO_STATIC_MAX_ELEMENTS
+                                                    and C * num_rows * A <= AUTO_STATIC_MAX_BLOCK)
             static_shapes = False
         return bool(static_shapes) or (not validate and self.cheap_static_update)
 

@@ -166,7 +166,7 @@ class ISDALoss(nn.Module):
             check_features=self.training,
             ignore_index=self.ignore_index,
             validate=self.validate,
-            static=self.static_path,
+            static=self.static_for(features.shape[0]),
         )
 
     def _fold_scanned(self, features: Tensor, target: Tensor, batch, problems) -> None:
@@ -189,8 +189,13 @@ class ISDALoss(nn.Module):
     @property
     def static_path(self) -> bool:
         """Whether a step takes the static all-class path (no host synchronization); for
-        ``static_shapes="auto"`` decided from the statistics' device and the shape."""
-        return self.estimator.static_update(self.validate, self.static_shapes)
+        ``static_shapes="auto"`` decided from the statistics' device and the shape (the batch
+        size not counted: see :meth:`static_for`)."""
+        return self.static_for(0)
+
+    def static_for(self, rows: int) -> bool:
+        """Whether a step folding ``rows`` feature rows takes the static path."""
+        return self.estimator.static_update(self.validate, self.static_shapes, rows)
 
     def check(self) -> None:
         """Raise the error of a batch rejected by the device-side checks of the static path,
@@ -219,7 +224,7 @@ class ISDALoss(nn.Module):
         present-class path, whose shapes depend on the data, runs eagerly (a graph break)
         instead of recompiling for every new set of classes.
         """
-        if self.static_path:
+        if self.static_for(features.shape[0] if features.dim() else 0):
             return self._forward(features, logits, target, weight, ratio)
         return self._forward_eager(features, logits, target, weight, ratio)
 

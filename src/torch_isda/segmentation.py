@@ -296,7 +296,7 @@ class SegmentationISDALoss(ISDALoss):
     ):
         """Augmented flat logits, flat target and class set (the present-class path eagerly
         under ``torch.compile``, as in :meth:`ISDALoss.forward`)."""
-        if self.static_path:
+        if self.static_for(logits.numel() // max(logits.shape[1], 1) if logits.dim() == 4 else 0):
             return self._prepare_traced(features, logits, target, weight, ratio)
         return self._prepare_eager(features, logits, target, weight, ratio)
 
