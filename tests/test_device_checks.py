@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch_isda import ISDALoss
 from torch_isda.layouts import KINDS
 
-from test_distributed import free_port
+from test_distributed import free_port, init_gloo
 
 C, A = 5, 6
 
@@ -149,9 +149,7 @@ def test_cpu_route_of_the_default_raises_at_once(kind):
 
 
 def _worker(rank, world, port, outdir):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         out = {}
         for kind in ("full", "diagonal"):
