@@ -21,7 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .display import SweepDisplay
@@ -85,7 +85,7 @@ class _Child:
 
 
 def _start(run: SweepRun, slot: Slot, index: int) -> _Child:
-    run = replace(run, config=run.config.replace(threads=slot.threads))
+    run = run.with_threads(slot.threads)
     spec = run.save()
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(slot.threads or 1)

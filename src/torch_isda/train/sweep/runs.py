@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..checkpoint import atomic_write_json
-from ..config import TrainConfig
+from ..config import ResolvedConfig
 from ..engine import Callback
 
 __all__ = ["SWEEP_DIR", "ProgressWriter", "SweepRun", "execute_run", "read_json", "runs_dir"]
@@ -51,14 +51,14 @@ def read_json(path: Path) -> Optional[dict[str, Any]]:
 @dataclass(frozen=True)
 class SweepRun:
     """One (variant, seed) run of a comparison: ``name`` ("isda seed 0") is what the log and
-    ``isda status`` show; ``config`` is the run's complete :class:`TrainConfig` (its ``out``
-    is the run directory)."""
+    ``isda status`` show; ``config`` is the run's resolved configuration (its ``out`` is
+    the run directory)."""
 
     name: str
     key: str
     seed: int
     sweep_out: str
-    config: TrainConfig
+    config: ResolvedConfig
     force: bool = False
     nproc: int = 1
 
@@ -81,11 +81,16 @@ class SweepRun:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepRun:
-        """The run of :meth:`to_dict` (its config a plain :class:`TrainConfig`, resolved
-        again where it trains)."""
+        """The run of :meth:`to_dict`; its config was resolved when the sweep was planned,
+        so it comes back as that :class:`ResolvedConfig`."""
         return cls(data["name"], data["key"], int(data["seed"]), data["sweep_out"],
-                   TrainConfig.from_dict(data["config"]), bool(data.get("force", False)),
+                   ResolvedConfig.from_dict(data["config"]), bool(data.get("force", False)),
                    int(data.get("nproc", 1)))
+
+    def with_threads(self, threads: Optional[int]) -> SweepRun:
+        """This run with ``threads`` CPU threads (not part of what it computes)."""
+        return SweepRun.from_dict({**self.to_dict(),
+                                   "config": {**self.config.to_dict(), "threads": threads}})
 
     def save(self) -> Path:
         path = self.path(".json")
@@ -138,11 +143,10 @@ def _train_with_torchrun(run: SweepRun) -> tuple[dict[str, Any], str]:
     """One run over ``run.nproc`` local processes (torchrun, the GPUs of the job's node);
     an interrupted run resumes (``--resume auto``)."""
     from ..launch import launch_config
-    from ..resolve import resolve_config
     from ..rundir import RESULT_NAME
 
     resuming = (run.run_dir / "checkpoint.pt").is_file() and not run.force
-    code = launch_config(run.nproc, run.config, resolve_config(run.config),
+    code = launch_config(run.nproc, run.config, run.config,
                          ["--resume", "auto", "--quiet", *(["--force"] if run.force else [])])
     if code != 0:
         raise RuntimeError(f"torchrun with {run.nproc} processes exited with status {code}")
@@ -157,7 +161,6 @@ def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
     state; never raises for a failed run: returns ``{"state": "done"|"failed", ...}`` (the
     traceback goes to stderr, i.e. the run's log)."""
     from ..compare import train_or_reuse
-    from ..resolve import resolve_config
 
     started = time.time()
     run.write_state("running", job_id=job_id, started=started)
@@ -165,8 +168,8 @@ def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
         if run.nproc > 1:
             result, note = _train_with_torchrun(run)
         else:
-            result, note = train_or_reuse(resolve_config(run.config), force=run.force,
-                                          quiet=True, callbacks=[ProgressWriter(run)])
+            result, note = train_or_reuse(run.config, force=run.force, quiet=True,
+                                          callbacks=[ProgressWriter(run)])
     except Exception as err:  # a failed run is recorded, the sweep goes on
         traceback.print_exc()
         error = f"{type(err).__name__}: {err}"

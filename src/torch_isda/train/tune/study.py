@@ -25,7 +25,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import TrainConfig
-from ..engine import Callback
+from ..engine import Callback, train
 from ..rundir import COMPARED_IGNORED_FIELDS, config_differences
 from .space import SearchSpace
 from .storage import HEARTBEAT_ATTR, fail_stale_journal_trials, open_storage
@@ -158,9 +158,6 @@ def _retried_number(trial: Any) -> Optional[int]:
 
 
 def _objective(spec: TuneSpec, journal: bool) -> Any:
-    from ..compare import train_or_reuse
-    from ..resolve import resolve_config
-
     def objective(trial: Any) -> float:
         params = spec.space.suggest(trial)
         original: Optional[int] = (_retried_number(trial) if not journal
@@ -173,9 +170,9 @@ def _objective(spec: TuneSpec, journal: bool) -> Any:
             trial.set_user_attr(HEARTBEAT_ATTR, time.time())
             threading.Thread(target=_heartbeat, args=(trial, spec.heartbeat, stop),
                              daemon=True).start()
-        try:
-            result, _ = train_or_reuse(resolve_config(trial_config(spec, params, run_dir)),
-                                       quiet=True, callbacks=[_ReportValidation(trial)])
+        try:  # a retried trial resumes the dead one's run; a finished run is reused
+            result = train(trial_config(spec, params, run_dir), resume="auto", quiet=True,
+                           callbacks=[_ReportValidation(trial)])
         finally:
             stop.set()
         return float(result["final_error"])
