@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from torch_isda.data import ImageDataset, create_dataset, register_dataset
-from torch_isda.data.longtail import long_tail_counts, long_tail_split, shot_groups
+from torch_isda.data.longtail import (
+    long_tail_counts, long_tail_split, shot_group_errors, shot_groups)
 
 
 def _labels(per_class=50, num_classes=10, seed=0):
@@ -80,6 +81,14 @@ def test_shot_groups_thresholds():
     assert shot_groups([6, 5, 4], many=5, few=5) == ("many", "medium", "few")
     with pytest.raises(ValueError, match="thresholds"):
         shot_groups([1], many=10, few=20)
+
+
+def test_shot_group_errors_pool_the_classes_and_mark_empty_groups():
+    groups = shot_groups([500, 150, 60, 25])  # many, many, medium, medium: no few-shot class
+    errors = shot_group_errors([10, 30, 5, 45], [100, 100, 100, 100], groups)
+    assert errors == {"many": 20.0, "medium": 25.0, "few": None}
+    with pytest.raises(ValueError, match="differ in length"):
+        shot_group_errors([1], [1, 2], groups)
 
 
 @register_dataset("longtail_toy")

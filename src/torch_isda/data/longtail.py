@@ -36,6 +36,7 @@ __all__ = [
     "LongTailSplit",
     "long_tail_counts",
     "long_tail_split",
+    "shot_group_errors",
     "shot_groups",
 ]
 
@@ -152,3 +153,22 @@ def shot_groups(counts, many: int = 100, few: int = 20) -> tuple[str, ...]:
         raise ValueError(f"shot thresholds need 0 <= few <= many + 1; got many={many!r}, "
                          f"few={few!r}")
     return tuple("many" if n > many else "few" if n < few else "medium" for n in counts)
+
+
+def shot_group_errors(wrong, total, groups) -> dict[str, Optional[float]]:
+    """Error (%) of each shot group over its classes' test images: ``100 * sum wrong /
+    sum total`` over the classes of the group (``None`` for an empty group).
+
+    Args:
+        wrong, total: per-class counts of misclassified and of all test images.
+        groups: the shot group of each class (:func:`shot_groups`).
+    """
+    if not len(wrong) == len(total) == len(groups):
+        raise ValueError(f"per-class lists differ in length: {len(wrong)} wrong, {len(total)} "
+                         f"total, {len(groups)} groups")
+    errors: dict[str, Optional[float]] = {}
+    for name in SHOT_GROUPS:
+        members = [c for c, g in enumerate(groups) if g == name]
+        seen = sum(total[c] for c in members)
+        errors[name] = 100.0 * sum(wrong[c] for c in members) / seen if seen else None
+    return errors
