@@ -10,7 +10,7 @@ import torch
 from torch_isda.baselines.class_balanced import (
     ClassBalancedLoss, class_balanced_loss, effective_number_weights)
 from torch_isda.baselines.ldam import LDAMLoss, ldam_margins
-from torch_isda.baselines.logit_adjustment import LogitAdjustedLoss, log_prior
+from torch_isda.baselines.balanced_softmax import LogitAdjustedLoss, log_prior
 
 COUNTS = [500, 120, 40, 9, 3]
 

@@ -41,7 +41,7 @@ from .large_margin import (
     lsoftmax_psi,
 )
 from .ldam import LDAMLoss, ldam_loss, ldam_margins
-from .logit_adjustment import LogitAdjustedLoss, log_prior, logit_adjusted_loss
+from .balanced_softmax import LogitAdjustedLoss, log_prior, logit_adjusted_loss
 from .lq import LqLoss, lq_loss
 
 __all__ = [
