@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 #: Dataset options handled by :func:`~torch_isda.data.create_dataset` for every in-memory
-#: dataset (with ``subset_seed``, shared with the balanced subsets).
-LONG_TAIL_OPTIONS = ("imbalance", "profile", "val_per_class", "n_max")
+#: dataset (with ``subset_seed``, shared with the balanced subsets); ``many_shot`` and
+#: ``few_shot`` are the thresholds of the shot groups of the report (checked here).
+LONG_TAIL_OPTIONS = ("imbalance", "profile", "val_per_class", "n_max", "many_shot", "few_shot")
 
 #: Names of the imbalance profiles.
 PROFILES = ("exp", "step")

@@ -325,12 +325,16 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
 
 def take_long_tail(data: ImageDataset, imbalance: float, profile: str = "exp",
                    val_per_class: int | None = None, n_max: int | None = None,
-                   subset_seed: int = 0) -> ImageDataset:
+                   subset_seed: int = 0, many_shot: int = 100, few_shot: int = 20
+                   ) -> ImageDataset:
     """A copy of ``data`` whose training split is long-tailed
     (:func:`~torch_isda.data.longtail.long_tail_split`), with the balanced held-out set as
     ``meta_images``/``meta_labels`` when ``val_per_class`` is given; the test split is kept.
-    ``data`` is unchanged."""
-    from .longtail import long_tail_split
+    ``data`` is unchanged. ``many_shot``/``few_shot`` (the report's shot thresholds) are
+    only checked."""
+    from .longtail import long_tail_split, shot_groups
+
+    shot_groups([], many_shot, few_shot)
 
     if not isinstance(data, ImageDataset):
         raise ValueError(f"imbalance needs an in-memory dataset, got {type(data).__name__}")

@@ -18,6 +18,8 @@ from typing import Any, Optional
 from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
 from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
+from .long_tailed import (GROUP_COLUMNS, final_class_errors, final_group_errors,
+                          group_csv_cells, group_csv_header, group_rows)
 from .method_names import display_name
 from .metrics import final_error
 from .reporting import bold_note, clear_best, counts_text, final_window, fmt_pm, mean_std, window_text
@@ -42,6 +44,8 @@ class MethodSummary:
     curves: list[list[float]] = field(default_factory=list)  # test error per epoch, per seed
     window: int = 1  # the last epochs averaged into each final error
     failed: list[int] = field(default_factory=list)  # seeds whose run diverged
+    group_errors: list[dict] = field(default_factory=list)  # long-tailed: shot groups, per seed
+    class_errors: list[list] = field(default_factory=list)  # long-tailed: per class, per seed
 
     @property
     def display(self) -> str:
@@ -67,6 +71,7 @@ def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
     :func:`~torch_isda.train.reporting.final_window` epochs; runs without ``result.json``
     diverged (``failed``)."""
     finals, bests, curves, params, seeds, failed = [], [], [], None, [], []
+    groups, classes = [], []
     windows = set()
     for seed, run_dir in run_dirs:
         if not (run_dir / RESULT_NAME).is_file():
@@ -81,8 +86,12 @@ def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
         curves.append([math.nan if r["test_error"] is None else float(r["test_error"]) for r in rows])
         params = result.get("num_parameters", params)
         seeds.append(seed)
+        if rows and GROUP_COLUMNS[0] in rows[-1]:  # a long-tailed run
+            groups.append(final_group_errors(rows, window))
+            classes.append(final_class_errors(rows, window))
     return MethodSummary(loss, seeds, finals, bests, params, curves,
-                         window=max(windows, default=1), failed=failed)
+                         window=max(windows, default=1), failed=failed, group_errors=groups,
+                         class_errors=classes)
 
 
 def format_params(n: Optional[int]) -> str:
@@ -131,6 +140,13 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
         ["Method", "Spec", "Final error (%)", "Best error (%)", "Seeds", "Final error per seed (%)"],
         [[m.display, f"`{m.loss}`", fmt_pm(*m.final), fmt_pm(*m.best), len(m.seeds), text]
          for m, text in zip(methods, per_seed)])]
+    if all(m.group_errors for m in methods if m.seeds):
+        rows, seeds = group_rows([m for m in methods if m.seeds])
+        lines += ["", "Test error by shot group (many > many_shot, few < few_shot training "
+                  "images per class; '-': no class in the group):", "",
+                  *markdown_table(["Method", "All (%)", "Many (%)", "Medium (%)", "Few (%)"], rows),
+                  "", *markdown_table(["Method", "Many per seed (%)", "Medium per seed (%)",
+                                       "Few per seed (%)"], seeds)]
     return "\n".join(lines) + "\n"
 
 
@@ -244,6 +260,9 @@ def write_classification_comparison(out: Path, variants: Sequence[Any],
              len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best), m.num_parameters,
              ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
              ";".join(str(s) for s in m.failed)] for m in methods]
+    if any(m.group_errors for m in methods):  # long-tailed: shot groups and per-class errors
+        header += group_csv_header()
+        rows = [row + group_csv_cells(m) for row, m in zip(rows, methods)]
     table = render_table(methods, config)
     write_table_files(out, table, header, rows)
     curves = out / "curves.png"
