@@ -21,7 +21,7 @@ from ..baselines.metasaug import MetaSAugLoss, parameter_name
 from .criteria import TrainingCriterion, register_criterion
 
 __all__ = ["BalancedSoftmaxCriterion", "ClassBalancedCriterion", "LDAMDRWCriterion",
-           "MetaSAugCriterion", "MetaBatchSource"]
+           "MetaBatchSource", "MetaSAugCriterion", "mean_over_ranks"]
 
 
 class _LogitsLoss(TrainingCriterion):
@@ -114,7 +114,7 @@ class _FeaturesAndLogits(nn.Module):
         return features, self.model.get_classifier()(features)
 
 
-def _mean_over_ranks(gradient: Tensor) -> Tensor:
+def mean_over_ranks(gradient: Tensor) -> Tensor:
     """The covariance gradient averaged over the ranks (identity without a process group)."""
     import torch.distributed as dist
 
@@ -183,7 +183,7 @@ class MetaSAugCriterion(TrainingCriterion):
         meta_images, meta_labels = self.meta_source.next_batch()
         step = self.loss.meta_step(net, parameter_name(net, weight), self.images, target,
                                    meta_images, meta_labels, self.meta_source.learning_rate(),
-                                   grad_hook=_mean_over_ranks)
+                                   grad_hook=mean_over_ranks)
         self.images, self.last_meta_loss = None, step.meta_loss
         return self.loss(features, logits, target, weight, step.covariance)
 
