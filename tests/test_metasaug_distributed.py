@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from torch_isda.baselines.metasaug import MetaSAugLoss, meta_covariance_step
+from torch_isda.train.long_tailed_criteria import MetaBatchSource, mean_over_ranks
 from test_metasaug import TinyNet
 
 WORLD = 2
@@ -54,8 +55,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from torch_isda.train.long_tailed_criteria import mean_over_ranks
-
         torch.set_num_threads(1)
         step, labels = _meta_step(rank, world, mean_over_ranks)
         torch.save({"covariance": step.covariance, "labels": labels}, f"{out}/rank{rank}.pt")
