@@ -18,7 +18,8 @@ Label smoothing        :class:`LabelSmoothingLoss`                     loss(logi
 Long-tailed recognition (issue 23): :class:`ClassBalancedLoss` (Cui et al. 2019),
 :class:`LDAMLoss` with deferred re-weighting (Cao et al. 2019), :class:`LogitAdjustedLoss`
 (Balanced Softmax, Ren et al. 2020; logit adjustment, Menon et al. 2021), all
-``loss(logits, target)`` built from the per-class training counts.
+``loss(logits, target)`` built from the per-class training counts, and MetaSAug (Li et al.
+2021): :class:`MetaSAugLoss` and its meta step :func:`meta_covariance_step`.
 
 ``features`` are the inputs of the model's final ``nn.Linear`` (see
 :func:`torch_isda.find_classifier`), ``logits`` its outputs.  Defaults follow Appendix C
@@ -43,6 +44,7 @@ from .large_margin import (
 from .ldam import LDAMLoss, ldam_loss, ldam_margins
 from .balanced_softmax import LogitAdjustedLoss, log_prior, logit_adjusted_loss
 from .lq import LqLoss, lq_loss
+from .metasaug import MetaSAugLoss, MetaStep, meta_covariance_step
 
 __all__ = [
     "CenterLoss",
@@ -55,6 +57,8 @@ __all__ = [
     "LabelSmoothingLoss",
     "LargeMarginSoftmaxLoss",
     "LqLoss",
+    "MetaSAugLoss",
+    "MetaStep",
     "center_loss",
     "class_balanced_loss",
     "effective_number_weights",
@@ -69,6 +73,7 @@ __all__ = [
     "large_margin_logits",
     "large_margin_softmax_loss",
     "lq_loss",
+    "meta_covariance_step",
     "lsoftmax_beta",
     "lsoftmax_psi",
 ]
