@@ -84,6 +84,7 @@ def test_compare_prints_shot_group_columns_with_dashes_for_empty_groups(tmp_path
     for row in rows:
         assert row["few_error_mean"] == "" and row["many_error_mean"] != ""
         assert len(row["class_errors_mean"].split(";")) == 10
+    assert (out / "curves_groups.png").stat().st_size > 0
 
 
 def test_balanced_runs_keep_their_table(tmp_path, capsys):
@@ -91,3 +92,4 @@ def test_balanced_runs_keep_their_table(tmp_path, capsys):
     assert "Many (%)" not in capsys.readouterr().out
     header = (tmp_path / "b" / "table.csv").read_text().splitlines()[0]
     assert "many_error_mean" not in header
+    assert not (tmp_path / "b" / "curves_groups.png").exists()
