@@ -178,3 +178,26 @@ def test_margin_and_weight_defaults_follow_the_authors():
     assert loss.margins[0].item() == pytest.approx(0.5 * (3 / 50) ** 0.25)
     assert loss.class_weights.sum().item() == pytest.approx(3.0)
     assert math.isclose(loss.lambda0, 0.75) and math.isclose(loss.meta_lr, 0.1)
+
+
+def test_a_metasaug_step_synchronizes_once():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    from _syncs import count_syncs
+
+    net = TinyNet(bn=True)
+    loss = MetaSAugLoss(2, 3, counts=COUNTS)
+    loss.set_progress(0.9)
+    x, y = _data(9)
+    x, (xm, ym) = x.float(), (_data(6, seed=4)[0].float(), torch.arange(6) % 3)
+
+    def step():
+        f, z = net(x)
+        loss.fold(f, y)
+        meta = loss.meta_step(net, "fc.weight", x, y, xm, ym, inner_lr=0.1)
+        loss(f, z, y, net.fc.weight, meta.covariance).backward()
+
+    step()
+    assert count_syncs(step).total == 1

@@ -32,7 +32,7 @@ whose classifier weight is the parameter named ``weight_name``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +147,7 @@ class MetaSAugLoss(nn.Module):
         self.register_buffer("class_weights",
                              effective_number_weights(counts, beta) if use_weights else None)
         self.ratio = 0.0
+        self.scanned: Optional[tuple[Tensor, Any]] = None  # (target, class set) of fold()
 
     @property
     def kind(self) -> str:
@@ -163,14 +164,21 @@ class MetaSAugLoss(nn.Module):
         if self.margins is not None:
             onehot = F.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
             logits = logits - onehot * self.margins.to(logits.dtype)
+        batch = self.scanned[1] if self.scanned is not None and self.scanned[0] is target \
+            else None  # the class set found by fold(): no second host synchronization
         augmented = isda_f.augment_logits(logits, weight, target, covariance, self.ratio,
-                                          self.kind)
+                                          self.kind, batch=batch)
         weights = None if self.class_weights is None else self.class_weights.to(augmented.dtype)
         return F.cross_entropy(augmented, target, weight=weights)
 
     def fold(self, features: Tensor, target: Tensor) -> None:
-        """Fold the batch's features into the estimate (Algorithm 1, line 6)."""
-        self.estimator.update(features.detach(), target)
+        """Fold the batch's features into the estimate (Algorithm 1, line 6): one host
+        synchronization, whose class set the step's losses of the same ``target`` reuse
+        (``ValueError`` on bad labels or features, the estimate unchanged)."""
+        features = features.detach()
+        batch, problems = self.estimator.scan(features, target)
+        self.estimator.update_scanned(features, target, batch, problems)
+        self.scanned = (target, batch)
 
     def meta_step(self, net: nn.Module, weight_name: str, images: Tensor, labels: Tensor,
                   meta_images: Tensor, meta_labels: Tensor, inner_lr: float,
