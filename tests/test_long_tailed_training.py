@@ -93,3 +93,22 @@ def test_balanced_runs_keep_their_table(tmp_path, capsys):
     header = (tmp_path / "b" / "table.csv").read_text().splitlines()[0]
     assert "many_error_mean" not in header
     assert not (tmp_path / "b" / "curves_groups.png").exists()
+
+
+def test_isda_with_logit_adjustment_is_isda_of_the_shifted_logits():
+    from torch_isda import ISDALoss
+
+    counts = [50, 20, 5]
+    torch.manual_seed(0)
+    crit = create_criterion("isda(logit_adjustment=1.5)", 4, 3, class_counts=counts)
+    plain = ISDALoss(4, 3, 0.5)
+    fc = torch.nn.Linear(4, 3)
+    model = type("M", (), {"get_classifier": lambda self: fc})()
+    for t in range(3):
+        f, y = torch.randn(12, 4), torch.arange(12) % 3
+        crit.set_progress(t / 3)
+        plain.set_progress(t / 3)
+        shifted = fc(f) + 1.5 * torch.log(torch.tensor(counts) / 80.0)
+        assert torch.allclose(crit(f, fc(f), y, model), plain(f, shifted, y, fc.weight))
+    with pytest.raises(ValueError, match="needs the per-class"):
+        create_criterion("isda(logit_adjustment=1)", 4, 3)
