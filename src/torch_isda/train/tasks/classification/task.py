@@ -12,13 +12,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..criteria import create_criterion
-from ..distributed import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
-from ..presets import apply_preset
-from ..long_tailed import (LongTailReport, bind_meta_set, class_counts, criterion_parts,
-                           is_long_tailed)
-from ..tables import write_classification_comparison
-from .base import StepOut, Task
+from ...criteria import create_criterion
+from ...long_tailed import (LongTailReport, bind_meta_set, class_counts, criterion_parts,
+                            is_long_tailed)
+from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
+from ...presets import apply_preset
+from ...tables import write_classification_comparison
+from ..base import StepOut, Task
 
 __all__ = ["ClassificationTask"]
 
@@ -52,7 +52,7 @@ class ClassificationTask(Task):
     def build_data(self) -> None:
         """Training and test batches (this rank's share under torchrun)."""
         cfg = self.config
-        from ...data import DeviceBatchIterator, ImageDataset, build_augment
+        from ....data import DeviceBatchIterator, ImageDataset, build_augment
 
         if cfg.dataset == "imagefolder":
             self._imagefolder()
@@ -88,7 +88,7 @@ class ClassificationTask(Task):
 
     def _imagefolder(self) -> None:
         cfg, ctx = self.config, self.context
-        from ...data import create_imagefolder_loaders
+        from ....data import create_imagefolder_loaders
 
         world = ctx.world_size if ctx else 1
         shard = ({"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {})
