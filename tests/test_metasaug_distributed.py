@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from torch_isda.baselines.metasaug import MetaSAugLoss, meta_covariance_step
-from torch_isda.train.long_tailed_criteria import MetaBatchSource, mean_over_ranks
+from torch_isda.train.criteria.long_tailed import MetaBatchSource, mean_over_ranks
 from test_metasaug import TinyNet
 
 WORLD = 2

@@ -49,7 +49,7 @@ def bind_meta_set(task: Any, data: Any) -> None:
     held-out images of ``data``, augmented as the training batches; ``ValueError`` when the
     dataset has none."""
     from ..data import build_augment
-    from .long_tailed_criteria import MetaBatchSource
+    from .criteria.long_tailed import MetaBatchSource
 
     cfg, ctx = task.config, task.context
     for part in criterion_parts(task.criterion):

@@ -1,8 +1,8 @@
 """Long-tailed criteria (issue 23): thin adapters from the torch-only losses in
-:mod:`torch_isda.baselines` to :class:`~torch_isda.train.criteria.TrainingCriterion`.
+:mod:`torch_isda.baselines` to :class:`~torch_isda.train.criteria.registry.TrainingCriterion`.
 
 Each takes the run's per-class training counts (``class_counts``, given by the task) and
-spec arguments (``--loss "ldam_drw(drw_start=0.75)"``); docs/long-tailed.md tabulates the
+spec arguments (``--loss "ldam_drw(drw_start=0.75)"``); docs/reproduce/long-tailed.md tabulates the
 defaults and their sources.
 """
 
@@ -14,28 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..baselines.balanced_softmax import LogitAdjustedLoss
-from ..baselines.class_balanced import ClassBalancedLoss
-from ..baselines.ldam import LDAMLoss
-from ..baselines.metasaug import MetaSAugLoss, parameter_name
-from .criteria import TrainingCriterion, register_criterion
+from ...baselines.balanced_softmax import LogitAdjustedLoss
+from ...baselines.class_balanced import ClassBalancedLoss
+from ...baselines.ldam import LDAMLoss
+from ...baselines.metasaug import MetaSAugLoss, parameter_name
+from .baselines import LogitsCriterion
+from .registry import TrainingCriterion, register_criterion
 
 __all__ = ["BalancedSoftmaxCriterion", "ClassBalancedCriterion", "LDAMDRWCriterion",
            "MetaBatchSource", "MetaSAugCriterion", "mean_over_ranks"]
 
 
-class _LogitsLoss(TrainingCriterion):
-    """A primary loss of the logits alone (``self.loss(logits, target)``)."""
-
-    loss: nn.Module
-
-    def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
-                ) -> Tensor:
-        return self.loss(logits, target)
-
-
 @register_criterion("class_balanced")
-class ClassBalancedCriterion(_LogitsLoss):
+class ClassBalancedCriterion(LogitsCriterion):
     """Class-balanced cross-entropy (Cui et al. 2019): ``w_c = (1 - beta) / (1 - beta^n_c)``,
     normalized to sum ``C``; ``beta=0.9999``."""
 
@@ -45,7 +36,7 @@ class ClassBalancedCriterion(_LogitsLoss):
 
 
 @register_criterion("balanced_softmax")
-class BalancedSoftmaxCriterion(_LogitsLoss):
+class BalancedSoftmaxCriterion(LogitsCriterion):
     """Balanced Softmax (Ren et al. 2020) / logit adjustment (Menon et al. 2021): the
     cross-entropy of ``logits + tau * log(pi)``, ``pi`` the training class prior; ``tau=1``."""
 
@@ -55,11 +46,11 @@ class BalancedSoftmaxCriterion(_LogitsLoss):
 
 
 @register_criterion("ldam_drw")
-class LDAMDRWCriterion(_LogitsLoss):
+class LDAMDRWCriterion(LogitsCriterion):
     """LDAM-DRW (Cao et al. 2019): margins ``∝ n_c^(-1/4)`` (largest ``max_margin=0.5``),
     logits scaled by ``s``, class-balanced weights (``beta=0.9999``) from ``drw_start=0.8`` of
     training. ``s=1`` by default: the model's classifier is a plain linear layer (Cao et al.'s
-    ``s=30`` is for cosine logits, see docs/long-tailed.md)."""
+    ``s=30`` is for cosine logits, see docs/reproduce/long-tailed.md)."""
 
     def __init__(self, class_counts: Sequence[int], max_margin: float = 0.5, s: float = 1.0,
                  drw_start: float = 0.8, beta: float = 0.9999) -> None:
