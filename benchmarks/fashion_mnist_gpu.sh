@@ -19,7 +19,7 @@
 #         training process is stopped this many seconds after the script started),
 #         HARD_S (default 460: the final `isda compare` table is only made if it fits
 #         before this), PYTHON (default python3), DEVICE (default cuda), AMP (default bf16),
-#         LOSSES (default "ce isda": the criterion specs, space-separated), DATASET_KWARGS
+#         MODEL (default resnet32), LOSSES (default "ce isda": the criterion specs, space-separated), DATASET_KWARGS
 #         (default none: options of the training set, e.g. imbalance=100,val_per_class=10;
 #         benchmarks/long_tailed_gpu.sh sets both).
 #   SMOKE=1: a CPU plumbing check: 1 epoch on a 600-image subset with a 100-image
@@ -79,7 +79,7 @@ for f in "$DATA"/*-ubyte.gz; do ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename
 } > "$OUTDIR/env.txt"
 cat "$OUTDIR/env.txt"
 
-COMMON=(--dataset fashion_mnist --data-dir "$WORK/data" --model resnet32
+COMMON=(--dataset fashion_mnist --data-dir "$WORK/data" --model "${MODEL:-resnet32}"
         --model-kwargs in_chans=1 --epochs "$EPOCHS" --device "$DEVICE" --amp "$AMP"
         --channels-last --no-deterministic --threads 1 "${SUBSET[@]}")
 
