@@ -19,9 +19,9 @@
 #         training process is stopped this many seconds after the script started),
 #         HARD_S (default 460: the final `isda compare` table is only made if it fits
 #         before this), PYTHON (default python3), DEVICE (default cuda), AMP (default bf16),
-#         MODEL (default resnet32), LOSSES (default "ce isda": the criterion specs, space-separated), DATASET_KWARGS
-#         (default none: options of the training set, e.g. imbalance=100,val_per_class=10;
-#         benchmarks/long_tailed_gpu.sh sets both).
+#         MODEL (default resnet32), LOSSES (default "ce isda": the criterion specs,
+#         space-separated), DATASET_KWARGS (default none: options of the training set, e.g.
+#         imbalance=100,val_per_class=10; benchmarks/long_tailed_gpu.sh sets them).
 #   SMOKE=1: a CPU plumbing check: 1 epoch on a 600-image subset with a 100-image
 #         validation split in place of the test set, seeds 0 1 (4 processes), --device cpu,
 #         no autocast. It needs about 26 CPU-seconds in all; on the shared 2-core
