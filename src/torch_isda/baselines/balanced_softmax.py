@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..logit_adjustment import prior_log_offset
 from .class_balanced import Counts, class_count_tensor
 from .label_smoothing import check_logits_target, check_reduction
 
@@ -25,9 +26,9 @@ __all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_loss"]
 
 
 def log_prior(counts: Counts) -> Tensor:
-    """``log pi_c = log(n_c / sum_k n_k)`` (float64)."""
-    n = class_count_tensor(counts)
-    return (n / n.sum()).log()
+    """``log pi_c = log(n_c / sum_k n_k)`` (float64; :func:`torch_isda.logit_adjustment.prior_log_offset`
+    of checked counts)."""
+    return prior_log_offset(class_count_tensor(counts))
 
 
 def logit_adjusted_loss(logits: Tensor, target: Tensor, log_prior: Tensor, tau: float = 1.0,

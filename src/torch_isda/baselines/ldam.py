@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..logit_adjustment import adjust_logits
+from ..logit_adjustment import ldam_margins as core_ldam_margins
 from .class_balanced import Counts, class_count_tensor, effective_number_weights
 from .label_smoothing import check_logits_target, check_reduction
 
@@ -29,12 +31,12 @@ __all__ = ["LDAMLoss", "ldam_logits", "ldam_loss", "ldam_margins"]
 
 
 def ldam_margins(counts: Counts, max_margin: float = 0.5) -> Tensor:
-    """``Delta_c`` proportional to ``n_c^(-1/4)`` with ``max_c Delta_c = max_margin`` (float64)."""
+    """``Delta_c`` proportional to ``n_c^(-1/4)`` with ``max_c Delta_c = max_margin`` (float64;
+    :func:`torch_isda.logit_adjustment.ldam_margins` of checked counts)."""
     max_margin = float(max_margin)
     if not max_margin >= 0.0:
         raise ValueError(f"max_margin must be >= 0; got {max_margin}")
-    m = class_count_tensor(counts).pow(-0.25)
-    return m * (max_margin / m.max())
+    return core_ldam_margins(class_count_tensor(counts), max_margin)
 
 
 def ldam_logits(logits: Tensor, target: Tensor, margins: Tensor, s: float = 30.0) -> Tensor:
@@ -43,9 +45,7 @@ def ldam_logits(logits: Tensor, target: Tensor, margins: Tensor, s: float = 30.0
     if margins.dim() != 1 or margins.numel() != logits.shape[1]:
         raise ValueError(f"margins must hold one value per class ({logits.shape[1]}); got "
                          f"shape {tuple(margins.shape)}")
-    onehot = F.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
-    shift = onehot * margins.to(logits.device, logits.dtype)
-    return float(s) * (logits - shift)
+    return adjust_logits(logits, target, margins=margins, scale=float(s))
 
 
 def ldam_loss(logits: Tensor, target: Tensor, margins: Tensor, s: float = 30.0,

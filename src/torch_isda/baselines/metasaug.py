@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .. import functional as isda_f
+from ..logit_adjustment import adjust_logits
 from ..estimator import CovarianceEstimator
 from .class_balanced import Counts, effective_number_weights
 from .ldam import ldam_margins
@@ -162,8 +163,7 @@ class MetaSAugLoss(nn.Module):
         """``CE_w(z + lambda/2 sigma2(Sigma) - Delta_y e_y)`` (differentiable in ``Sigma``
         when it requires grad)."""
         if self.margins is not None:
-            onehot = F.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
-            logits = logits - onehot * self.margins.to(logits.dtype)
+            logits = adjust_logits(logits, target, margins=self.margins)
         batch = self.scanned[1] if self.scanned is not None and self.scanned[0] is target \
             else None  # the class set found by fold(): no second host synchronization
         augmented = isda_f.augment_logits(logits, weight, target, covariance, self.ratio,

@@ -455,8 +455,8 @@ class CrossEntropyCriterion(TrainingCriterion):
 class ISDACriterion(TrainingCriterion):
     """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T; the
     run's ``lambda0``, ``kind``, ``constant_lambda`` unless the spec overrides them;
-    ``logit_adjustment=tau`` adds ``tau * log(pi)`` (the training class prior) to the logits
-    (ISDA + Balanced Softmax / logit adjustment; exact, sigma2 ignores logit offsets)."""
+    ``logit_adjustment=tau`` adds ``tau * log(pi)`` (``pi``: the training class prior) to the
+    logits, ISDALoss's ``class_prior`` option (ISDA + Balanced Softmax / logit adjustment)."""
 
     def __init__(self, num_features: int, num_classes: int, lambda0: float = 0.5,
                  kind: str = "full", constant_lambda: bool = False,
@@ -464,17 +464,14 @@ class ISDACriterion(TrainingCriterion):
                  logit_adjustment: float = 0.0, class_counts: Optional[list[int]] = None
                  ) -> None:
         super().__init__()
-        extra = {} if rank is None else {"rank": int(rank)}  # kind="lowrank" only
+        extra: dict[str, Any] = {} if rank is None else {"rank": int(rank)}  # kind="lowrank"
+        if float(logit_adjustment) != 0.0:
+            if class_counts is None:
+                raise ValueError("isda(logit_adjustment=...) needs the per-class training counts")
+            extra.update(class_prior=list(class_counts), logit_adjustment=float(logit_adjustment))
         self.isda = ISDALoss(num_features, num_classes, lambda0, kind,
                              constant_lambda=constant_lambda, label_smoothing=label_smoothing,
                              **extra)
-        self.register_buffer("log_offset", None)
-        if float(logit_adjustment) != 0.0:
-            from ...baselines.balanced_softmax import log_prior
-
-            if class_counts is None:
-                raise ValueError("isda(logit_adjustment=...) needs the per-class training counts")
-            self.log_offset = float(logit_adjustment) * log_prior(class_counts).float()
 
     @classmethod
     def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
@@ -486,8 +483,6 @@ class ISDACriterion(TrainingCriterion):
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
                 ) -> Tensor:
         weight = model.get_classifier().weight
-        if self.log_offset is not None:
-            logits = logits + self.log_offset.to(logits.dtype)
         return self.isda(features, logits, target, weight)
 
     def set_progress(self, t_over_T: float) -> None:
