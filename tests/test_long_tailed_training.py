@@ -39,9 +39,17 @@ def _trainer(tmp_path, loss, dataset_kwargs=LT, epochs=1):
     return trainer
 
 
-def test_metasaug_without_a_meta_set_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="val_per_class=10"):
-        _trainer(tmp_path, "metasaug", "imbalance=10")
+def test_metasaug_without_a_held_out_set_samples_the_training_images(tmp_path):
+    trainer = _trainer(tmp_path, "metasaug", "imbalance=20")
+    task = trainer.task
+    source = task.criterion.meta_source
+    expected = [min(10, n) for n in task.class_counts]
+    assert torch.bincount(source.labels, minlength=10).tolist() == expected
+    assert task.meta_set == "training_sample"
+    assert task.resolved_fields()["meta_set"] == "training_sample"
+    # the sampled images are training images
+    train = {tuple(x.flatten().tolist()) for x in task.meta_data.train_images}
+    assert all(tuple(x.flatten().tolist()) in train for x in source.images)
 
 
 def test_metasaug_run_meta_phase_metrics_and_config(tmp_path):
@@ -64,6 +72,7 @@ def test_metasaug_run_meta_phase_metrics_and_config(tmp_path):
         assert row["test_many_error"] is not None and row["test_few_error"] is not None
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
     assert resolved["class_counts"] == list(counts) and resolved["subset_seed"] == 0
+    assert resolved["meta_set"] == "held_out"
     assert resolved["shot_groups"]["many"] + resolved["shot_groups"]["medium"] \
         + resolved["shot_groups"]["few"] == 10
 

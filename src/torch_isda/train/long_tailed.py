@@ -20,7 +20,8 @@ from ..data.longtail import SHOT_GROUPS, shot_group_errors, shot_groups
 from .reporting import fmt_pm, mean_std
 
 __all__ = ["GROUP_COLUMNS", "LongTailReport", "bind_meta_set", "class_counts",
-           "criterion_parts", "is_long_tailed", "parse_class_errors"]
+           "criterion_parts", "is_long_tailed", "meta_images_of", "parse_class_errors",
+           "training_meta_sample"]
 
 #: Offset of the meta batches' seed from the run's seed (a stream of its own).
 META_SEED_OFFSET = 7919
@@ -44,26 +45,54 @@ def criterion_parts(criterion: Any) -> list[Any]:
     return list(getattr(criterion, "components", [criterion]))
 
 
-def bind_meta_set(task: Any, data: Any) -> None:
+#: Images per class of the meta set drawn from the training images when the dataset holds
+#: no held-out one (MetaSAug's 10).
+TRAINING_META_PER_CLASS = 10
+
+
+def training_meta_sample(labels: Tensor, num_classes: int, per_class: int, seed: int) -> Tensor:
+    """Indices of up to ``per_class`` training images of every class, drawn with ``seed``
+    (all of a class's images when it has fewer)."""
+    labels = labels.reshape(-1).cpu()
+    order = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    return torch.cat([order[shuffled == c][:per_class] for c in range(num_classes)]).sort().values
+
+
+def meta_images_of(task: Any, data: Any) -> tuple[Tensor, Tensor, str]:
+    """The meta set of ``data``: its held-out images (``val_per_class``), or else a
+    class-balanced sample of its training images (logged; the source is recorded)."""
+    if data.meta_images is not None:
+        return data.meta_images, data.meta_labels, "held_out"
+    pick = training_meta_sample(data.train_labels, data.num_classes, TRAINING_META_PER_CLASS,
+                                task.config.seed + META_SEED_OFFSET).to(data.train_labels.device)
+    task.log(f"note: no held-out meta set (--dataset-kwargs val_per_class=k); the meta batches "
+             f"come from up to {TRAINING_META_PER_CLASS} training images per class "
+             f"({pick.numel()} images, also trained on)")
+    return data.train_images[pick], data.train_labels[pick], "training_sample"
+
+
+def bind_meta_set(task: Any, data: Any) -> Optional[str]:
     """Give the criteria that take a meta set (``bind_meta_source``: MetaSAug) the balanced
-    held-out images of ``data``, augmented as the training batches; ``ValueError`` when the
-    dataset has none."""
+    meta images of ``data`` (:func:`meta_images_of`), augmented as the training batches;
+    returns the meta set's source (``None`` when no criterion takes one)."""
     from ..data import build_augment
     from .criteria.long_tailed import MetaBatchSource
 
-    cfg, ctx = task.config, task.context
+    cfg, ctx, source = task.config, task.context, None
     for part in criterion_parts(task.criterion):
         if not hasattr(part, "bind_meta_source"):
             continue
         if data is None:
-            raise ValueError(f"--loss {cfg.loss} needs a balanced meta set: add "
-                             f"val_per_class=10 to --dataset-kwargs (with imbalance=...)")
+            raise ValueError(f"--loss {cfg.loss} needs an in-memory dataset (a meta set)")
+        images, labels, source = meta_images_of(task, data)
         engine = task.engine
         part.bind_meta_source(MetaBatchSource(
-            data.meta_images, data.meta_labels, part.meta_batch_size,
+            images, labels, part.meta_batch_size,
             build_augment(task.augment, data.mean, data.std), cfg.seed + META_SEED_OFFSET,
             lambda: float(engine.optimizer.param_groups[0]["lr"]),
             rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1))
+    return source
 
 
 class LongTailReport:

@@ -123,7 +123,8 @@ class MetaSAugCriterion(TrainingCriterion):
     (virtual step, meta cross-entropy, ``Sigma - meta_lr * grad``), LDAM margins
     (``max_margin=0.5``, no scale) and class-balanced weights (``beta=0.9999``);
     ``lambda0=0.75``, ``meta_lr=0.1``, ``meta_batch_size=100``, ``kind`` full or diagonal.
-    Needs ``--dataset-kwargs imbalance=...,val_per_class=10`` (the meta set)."""
+    The meta set is the held-out one of ``--dataset-kwargs imbalance=...,val_per_class=10``,
+    else (logged) 10 training images per class."""
 
     needs_meta_set = True
 

@@ -28,11 +28,12 @@ class ClassificationTask(Task):
 
     write_comparison = staticmethod(write_classification_comparison)
 
-    #: Training images per class, the long-tailed report and the dataset holding a meta set
-    #: (in-memory datasets; :mod:`torch_isda.train.long_tailed`).
+    #: Training images per class, the long-tailed report and the in-memory dataset (its meta
+    #: set; :mod:`torch_isda.train.long_tailed`).
     class_counts: Optional[list[int]] = None
     long_tail: Optional[LongTailReport] = None
     meta_data: Any = None
+    meta_set: Optional[str] = None  # where the meta batches come from (MetaSAug)
 
     resolve = staticmethod(apply_preset)
 
@@ -46,7 +47,7 @@ class ClassificationTask(Task):
                             else model.forward_features)
         self.criterion = create_criterion(cfg.loss, int(model.num_features), self.num_classes,
                                           cfg, class_counts=self.class_counts).to(self.device)
-        bind_meta_set(self, self.meta_data)
+        self.meta_set = bind_meta_set(self, self.meta_data)
         self.forward = TrainForward(model, self.features_fn, self.criterion.transform_features)
 
     def build_data(self) -> None:
@@ -62,7 +63,7 @@ class ClassificationTask(Task):
         self.class_counts = class_counts(data.train_labels, data.num_classes)
         self.long_tail = (LongTailReport.from_config(cfg, self.class_counts)
                           if is_long_tailed(cfg) else None)
-        self.meta_data = data if data.meta_images is not None else None
+        self.meta_data = data
         self.augment = cfg.augment or data.default_augment
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.train_batches = DeviceBatchIterator(
@@ -163,7 +164,8 @@ class ClassificationTask(Task):
         return {"test_loss": loss / seen, "test_error": 100.0 * round(wrong) / seen, **groups}
 
     def resolved_fields(self) -> dict[str, Any]:
-        return self.long_tail.resolved() if self.long_tail is not None else {}
+        fields = self.long_tail.resolved() if self.long_tail is not None else {}
+        return {**fields, **({"meta_set": self.meta_set} if self.meta_set else {})}
 
     def generators(self) -> dict[str, Any]:
         meta = [p.meta_source.generator for p in criterion_parts(self.criterion)
