@@ -103,8 +103,9 @@ def test_meta_step_equals_finite_differences_of_the_meta_loss(kind):
     for idx in torch.cartesian_prod(*[torch.arange(s) for s in cov.shape]):
         e = torch.zeros_like(cov)
         e[tuple(idx)] = h
-        fd[tuple(idx)] = (_brute_meta_of_cov(*args, cov + e, ratio, margins, weights, lr)
-                          - _brute_meta_of_cov(*args, cov - e, ratio, margins, weights, lr)) / (2 * h)
+        up = _brute_meta_of_cov(*args, cov + e, ratio, margins, weights, lr)
+        down = _brute_meta_of_cov(*args, cov - e, ratio, margins, weights, lr)
+        fd[tuple(idx)] = (up - down) / (2 * h)
     assert fd.abs().max() > 1e-6  # the meta loss does depend on the covariance
     assert torch.allclose(step.gradient, fd, rtol=1e-5, atol=1e-9)
     assert torch.allclose(step.covariance, cov - 0.1 * fd, rtol=1e-9, atol=1e-10)

@@ -26,8 +26,8 @@ __all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_loss"]
 
 
 def log_prior(counts: Counts) -> Tensor:
-    """``log pi_c = log(n_c / sum_k n_k)`` (float64; :func:`torch_isda.logit_adjustment.prior_log_offset`
-    of checked counts)."""
+    """``log pi_c = log(n_c / sum_k n_k)`` (float64): the core's
+    :func:`~torch_isda.logit_adjustment.prior_log_offset` of checked counts."""
     return prior_log_offset(class_count_tensor(counts))
 
 

@@ -10,7 +10,8 @@ paper's code). The loss subtracts the margin from the true-class logit and scale
 reduced as :func:`torch.nn.functional.cross_entropy` with ``weight=w``: the weighted mean
 ``sum_i LDAM_i / sum_i w_{y_i}``. Deferred re-weighting (DRW): ``w = 1`` until the fraction
 ``drw_start`` of training (0.8: epoch 160 of 200), then the class-balanced weights of Cui
-et al. 2019 with ``beta = 0.9999`` (:func:`~torch_isda.baselines.class_balanced.effective_number_weights`).
+et al. 2019 with ``beta = 0.9999``
+(:func:`~torch_isda.baselines.class_balanced.effective_number_weights`).
 
 Cao et al. apply ``s = 30`` to cosine logits (a normalized classifier, ``|z| <= 1``). The
 MetaSAug code (Li et al. 2021) applies the margins to the plain linear logits without a
