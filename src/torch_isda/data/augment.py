@@ -78,12 +78,14 @@ def _parse_term_options(term: str, arg_text: str, name: str) -> dict[str, object
             raise ValueError(f"unknown option {key!r} for augmentation {term!r} in {name!r}; "
                              f"it accepts: {accepted}")
         try:
-            options[allowed[key]] = ast.literal_eval(value)
+            parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            if not value.isidentifier():  # a bare word is a string: crop(pad_mode=zeros)
-                raise ValueError(
-                    f"invalid value {value!r} for {term}({key}=...) in {name!r}") from None
-            options[allowed[key]] = value
+            parsed = value  # a bare word is a string: crop(pad_mode=zeros)
+            if not value.isidentifier():
+                parsed = None
+        if not isinstance(parsed, (int, float, str)):  # every option is a number or a word
+            raise ValueError(f"invalid value {value!r} for {term}({key}=...) in {name!r}")
+        options[allowed[key]] = parsed
     return options
 
 
@@ -325,19 +327,10 @@ class BatchAugment:
 
 
 def build_augment(
-    name: str,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    *,
-    padding: int = 4,
-    flip_p: float = 0.5,
-    dtype: torch.dtype = torch.float32,
-    cutout_size: int = 16,
-    cutout_holes: int = 1,
-    randaugment_ops: int = 2,
-    randaugment_magnitude: int = 9,
-    fill: float = 128.0,
-    pad_mode: str = "reflect",
+    name: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, *,
+    padding: int = 4, flip_p: float = 0.5, dtype: torch.dtype = torch.float32,
+    cutout_size: int = 16, cutout_holes: int = 1, randaugment_ops: int = 2,
+    randaugment_magnitude: int = 9, fill: float = 128.0, pad_mode: str = "reflect",
 ) -> BatchAugment:
     """Build a batch augmentation by name.
 
@@ -379,16 +372,7 @@ def build_augment(
         A callable ``f(images, generator=None)``.
     """
     return BatchAugment(
-        name,
-        mean,
-        std,
-        padding=padding,
-        flip_p=flip_p,
-        dtype=dtype,
-        cutout_size=cutout_size,
-        cutout_holes=cutout_holes,
-        randaugment_ops=randaugment_ops,
-        randaugment_magnitude=randaugment_magnitude,
-        fill=fill,
-        pad_mode=pad_mode,
+        name, mean, std, padding=padding, flip_p=flip_p, dtype=dtype, cutout_size=cutout_size,
+        cutout_holes=cutout_holes, randaugment_ops=randaugment_ops,
+        randaugment_magnitude=randaugment_magnitude, fill=fill, pad_mode=pad_mode,
     )
