@@ -10,7 +10,8 @@ A GAN subclasses :class:`AdversarialLoop` and fills in its named steps:
 
 :meth:`~AdversarialLoop.run` then trains from ``start`` to ``iterations``: every
 ``log_every`` iterations (and at the last one) it appends a record to the history and a
-JSON line to ``gan_log.jsonl``; every ``sample_every`` / ``checkpoint_every`` iterations
+JSON line to ``gan_log.jsonl`` (rewritten from the history when a run resumes, so that
+an interrupted run's lines after its last checkpoint are not repeated); every ``sample_every`` / ``checkpoint_every`` iterations
 (before the last one) it rewrites the samples / the checkpoint; at the end it writes the
 checkpoint (atomically, :func:`.grid.atomic_write_with`). Every random
 draw of a step comes from the GAN's own seeded generator, whose state is saved, so that a
@@ -48,18 +49,17 @@ class AdversarialLoop:
         checkpoint_path: the checkpoint file, rewritten atomically.
         start, iterations: the generator iterations done so far and in total.
         history: the logged records so far (extended in place, saved in the checkpoint).
-        resumed: whether the run continues a checkpoint (the log is appended to).
         log_every, sample_every, checkpoint_every: periods in iterations (``0``: never
             before the end).
         progress: print :meth:`progress_line` on stderr at every logged iteration.
     """
 
     def __init__(self, out: Path, checkpoint_path: Path, start: int, iterations: int,
-                 history: list, *, resumed: bool, log_every: int, sample_every: int = 0,
+                 history: list, *, log_every: int, sample_every: int = 0,
                  checkpoint_every: int = 0, progress: bool = True) -> None:
         self.out, self.checkpoint_path = Path(out), Path(checkpoint_path)
         self.start, self.iterations, self.history = int(start), int(iterations), history
-        self.resumed, self.progress = resumed, progress
+        self.progress = progress
         self.log_every, self.sample_every = log_every, sample_every
         self.checkpoint_every = checkpoint_every
         self.t0 = self._t_last = time.perf_counter()
@@ -104,7 +104,9 @@ class AdversarialLoop:
         complete and saved. Returns whether the final checkpoint was written."""
         self.t0 = self._t_last = time.perf_counter()
         if self.pending:
-            with open(self.out / LOG_NAME, "a" if self.resumed else "w") as log_file:
+            with open(self.out / LOG_NAME, "w") as log_file:
+                for record in self.history:  # the log up to the checkpoint resumed from
+                    log_file.write(json.dumps(record) + "\n")
                 for it in range(self.start, self.iterations):
                     self._after_step(it + 1, self.train_step(it), log_file)
         if self.pending or not self.checkpoint_path.exists():

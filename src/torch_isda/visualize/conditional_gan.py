@@ -476,7 +476,7 @@ def train_conditional_gan(
         iterations = MLP_ITERATIONS if config.arch == "mlp" else DCGAN_ITERATIONS
     loop = _conditional_loop(state, config, (images, labels), {"name": name, "mean": mean, "std": std},
                              seed, device, out=out, checkpoint_path=ckpt, iterations=iterations,
-                             resumed=state is not None, progress=progress, log_every=log_every,
+                             progress=progress, log_every=log_every,
                              checkpoint_every=checkpoint_every)
     loop.run()
     _write_samples(out, loop.G, num_classes, loop.meta["seed"])

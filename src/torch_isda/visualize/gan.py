@@ -523,7 +523,7 @@ def train_gan(
     if iterations is None:
         iterations = DIGITS_ITERATIONS if config.arch == "mlp" else DCGAN_ITERATIONS
     loop = _wgan_gp_loop(state, config, real_all, name, seed, device, out=out, checkpoint_path=ckpt_path,
-                         iterations=iterations, resumed=state is not None, progress=progress,
+                         iterations=iterations, progress=progress,
                          log_every=log_every, sample_every=sample_every,
                          checkpoint_every=sample_every if checkpoint_every is None else checkpoint_every)
     if loop.run():
