@@ -24,7 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import torch
 from torch import Tensor
@@ -92,6 +92,7 @@ class AdversarialLoop:
 
     @property
     def final_iteration(self) -> int:
+        """The iteration count of the final checkpoint."""
         return max(self.start, self.iterations)
 
     def save(self, iteration: int) -> None:
