@@ -78,6 +78,7 @@ __all__ = [
     "CONDITIONAL_KINDS",
     "ConditionalDiscriminator",
     "ConditionalGANConfig",
+    "ConditionalGANLoop",
     "ConditionalGenerator",
     "PerClassGenerator",
     "build_conditional_gan",

@@ -60,6 +60,7 @@ __all__ = [
     "LOG_NAME",
     "DIGITS_ITERATIONS",
     "GANConfig",
+    "WGANGPLoop",
     "MLPGenerator",
     "MLPCritic",
     "DCGANGenerator",
