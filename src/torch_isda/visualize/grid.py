@@ -9,6 +9,7 @@ same directory, then ``os.replace``). Only matplotlib's object-oriented Agg API 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -46,25 +47,33 @@ def _hwc(image: Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
-def _use_default_file_mode(f: Any) -> None:
-    """Give the open file the mode ``open()`` would (``0o666`` less the umask); the
-    temporary files of :func:`~torch_isda.train.checkpoint.atomic_write` are ``0600``."""
-    if not hasattr(os, "fchmod"):  # pragma: no cover (Windows)
-        return
+def _chmod_default(path) -> None:
     mask = os.umask(0)
     os.umask(mask)
-    os.fchmod(f.fileno(), 0o666 & ~mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def atomic_write_with(path: PathLike, write) -> Path:
-    """``write(f)`` into a binary file that replaces ``path`` atomically
-    (:func:`~torch_isda.train.checkpoint.atomic_write`), with the usual umask-based mode."""
-    from ..train.checkpoint import atomic_write
-
+    """``write(f)`` into a temporary binary file next to ``path``, then ``os.replace`` it
+    onto ``path`` (with the usual umask-based mode): readers see the old file or the
+    complete new one. (visualize/ does not import the training harness, whose
+    ``train.checkpoint.atomic_write`` does the same for checkpoints.)"""
     path = Path(path)
-    with atomic_write(path, "wb") as f:
-        write(f)
-        _use_default_file_mode(f)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _chmod_default(tmp)  # mkstemp makes 0600 files; use the usual umask-based mode
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
 
 
