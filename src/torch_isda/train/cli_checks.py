@@ -37,7 +37,7 @@ def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
     classification default ``digits_cnn`` stands for "the task's default model" only when
     ``--model`` is not given); then print the :func:`ignored_option_notes` to stderr."""
     if overrides.get("model") == TrainConfig.model:
-        from .segmentation_config import DEFAULT_SEGMENTATION_MODEL, infer_task
+        from .tasks.segmentation.config import DEFAULT_SEGMENTATION_MODEL, infer_task
 
         if infer_task(config) == "segmentation":
             raise ValueError(

@@ -20,10 +20,10 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..estimator import CovarianceEstimator
-from ..sync_batchnorm import convert_sync_batchnorm
+from .sync_batchnorm import convert_sync_batchnorm
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import (
+from .parallel import (
     DistributedContext,
     all_gather_cat,
     average_gradients,

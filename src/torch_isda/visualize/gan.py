@@ -51,6 +51,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..utils.text import format_eta
 from .adversarial_loop import LOG_NAME, AdversarialLoop, log_progress
 from .grid import atomic_write_with
 
@@ -442,8 +443,6 @@ class WGANGPLoop(AdversarialLoop):
                          title=title)
 
     def progress_line(self, done: int, record: dict[str, Any]) -> str:
-        from ..train.reporting import format_eta
-
         speed, rate = self.speed(done)
         eta = f"  ETA {format_eta((self.iterations - done) / rate)}" if done < self.iterations else ""
         return (f"[gan] it {done}/{self.iterations}  W {record['wasserstein']:.4f}  gp {record['gp']:.4f}  "
