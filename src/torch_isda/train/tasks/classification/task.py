@@ -15,8 +15,8 @@ from torch import Tensor
 from ...criteria import create_criterion
 from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
 from ...presets import apply_preset
-from ...tables import write_classification_comparison
 from ..base import StepOut, Task
+from .tables import write_classification_comparison
 
 __all__ = ["ClassificationTask"]
 

@@ -1,0 +1,34 @@
+"""The tables and curves of an ``isda compare`` sweep of classification runs (Table 2 /
+Table 5 layout, :mod:`torch_isda.train.tables`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ...config import TrainConfig
+from ...tables import (MethodSummary, plot_curves, render_table, stats_cells, summarize_method,
+                      write_table_files)
+
+__all__ = ["write_classification_comparison"]
+
+
+def write_classification_comparison(out: Path, variants: Sequence[Any],
+                                    runs: dict[str, list[tuple[int, Path]]], config: TrainConfig
+                                    ) -> tuple[list[MethodSummary], str, Path]:
+    """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a sweep over criteria;
+    returns ``(methods, markdown, curves path)``."""
+    methods = [summarize_method(v.loss, runs[v.key], config.final_epochs) for v in variants]
+    header = ["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
+              "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
+              "num_parameters", "seeds", "final_errors", "failed_seeds"]
+    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, m.window,
+             len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best), m.num_parameters,
+             ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
+             ";".join(str(s) for s in m.failed)] for m in methods]
+    table = render_table(methods, config)
+    write_table_files(out, table, header, rows)
+    curves = out / "curves.png"
+    plot_curves(curves, methods, config)
+    return methods, table, curves
