@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ...config import TrainConfig
-from ...tables import (MethodSummary, plot_curves, render_table, stats_cells, summarize_method,
-                      write_table_files)
+from ...long_tailed import group_csv_cells, group_csv_header
+from ...tables import (MethodSummary, plot_curves, plot_group_curves, render_table, stats_cells,
+                      summarize_method, write_table_files)
 
 __all__ = ["write_classification_comparison"]
 
@@ -27,8 +28,13 @@ def write_classification_comparison(out: Path, variants: Sequence[Any],
              len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best), m.num_parameters,
              ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
              ";".join(str(s) for s in m.failed)] for m in methods]
+    if any(m.group_errors for m in methods):  # long-tailed: shot groups and per-class errors
+        header += group_csv_header()
+        rows = [row + group_csv_cells(m) for row, m in zip(rows, methods)]
     table = render_table(methods, config)
     write_table_files(out, table, header, rows)
     curves = out / "curves.png"
     plot_curves(curves, methods, config)
+    if any(m.group_curves for m in methods):
+        plot_group_curves(out / "curves_groups.png", methods, config)
     return methods, table, curves
