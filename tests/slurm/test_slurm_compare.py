@@ -65,7 +65,8 @@ def test_a_2x2_comparison_on_slurm_gives_the_local_table(slurm_cluster, tmp_path
 
 
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
-    args = ["--losses", "ce", "--seeds", "1", "--epochs", "8"]
+    # small batches: enough steps that the job is still training when the signal comes
+    args = ["--losses", "ce", "--seeds", "1", "--epochs", "20", "--batch-size", "8"]
     out = tmp_path / "preempted"
     parent, job_id = _slurm_run_with_a_checkpoint(args, out)
     # what Slurm sends before preempting or at the time limit (submitit's --signal)
@@ -86,7 +87,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_clust
 
 def test_a_cancelled_job_is_reported_failed_and_a_rerun_completes_it(slurm_cluster, tmp_path):
     # long enough to outlast scancel's SIGTERM-to-SIGKILL wait (submitit ignores SIGTERM)
-    args = ["--losses", "ce", "--seeds", "1", "--epochs", "30"]
+    args = ["--losses", "ce", "--seeds", "1", "--epochs", "30", "--batch-size", "8"]
     out = tmp_path / "cancelled"
     parent, job_id = _slurm_run_with_a_checkpoint(args, out)
     subprocess.run(["scancel", job_id], check=True)
