@@ -20,6 +20,7 @@ from torch_isda.train import TrainConfig, train
 from torch_isda.train import compiled_step
 from torch_isda.train.checkpoint import load_checkpoint
 from torch_isda.train.compiled_step import sgd_update
+from torch_isda.train.criteria import CriterionModifier, register_criterion, unregister_criterion
 
 torch._dynamo.config.recompile_limit = 64  # one cache entry per engine of this module
 
@@ -93,6 +94,35 @@ def test_compiled_step_is_one_graph_and_matches_eager(tmp_path, aot_eager, kind)
         torch.testing.assert_close(_model(compiled)[name], value, rtol=1e-3, atol=1e-4, msg=name)
     config = json.loads((compiled / "config.json").read_text())
     assert config["config"]["compile"] is True
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "shared", "identity"])
+def test_compiled_step_of_the_other_kinds_is_one_graph(tmp_path, aot_eager, kind):
+    result = train(TrainConfig(out=str(tmp_path / "run"), compile=True, kind=kind, epochs=1,
+                               threads=1, batch_size=419), quiet=True)
+    assert result["status"] == "trained"
+    assert not aot_eager["graph_break"], dict(aot_eager["graph_break"])
+    assert aot_eager["stats"]["unique_graphs"] == 1, dict(aot_eager["stats"])
+
+
+class _BadLabel(CriterionModifier):
+    """Puts a label out of range into the first sample of every batch."""
+
+    def transform_target(self, target):
+        return torch.cat([torch.full_like(target[:1], 10), target[1:]])
+
+
+def test_a_rejected_batch_raises_at_the_end_of_the_epoch(tmp_path, aot_eager):
+    """Under --compile the ISDA input checks stay on the device: the engine raises the first
+    rejected batch's error, naming its step, when the epoch ends (no checkpoint written)."""
+    register_criterion("bad_label")(_BadLabel)
+    try:
+        with pytest.raises(ValueError, match=r"step 1: labels must lie in \[0, 10\)"):
+            train(TrainConfig(out=str(tmp_path / "run"), loss="isda+bad_label", compile=True,
+                              kind="diagonal", epochs=1, threads=1, batch_size=419), quiet=True)
+    finally:
+        unregister_criterion("bad_label")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_compiled_run_resumes_exactly(tmp_path, aot_eager):
