@@ -19,12 +19,12 @@ moved to the accelerator once (:meth:`ImageDataset.to`) and batched there by
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import fnmatch
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import torch
+
+from ..utils.registry import Registry
 
 __all__ = [
     "ImageDataset",
@@ -39,7 +39,7 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_dataset_entrypoints: dict[str, Callable[..., Any]] = {}
+_DATASETS = Registry("dataset")
 
 #: Valid values of :attr:`ImageDataset.default_augment`.
 AUGMENT_NAMES = ("none", "crop", "crop_flip")
@@ -221,30 +221,17 @@ def register_dataset(fn: _F | str) -> _F | Callable[[_F], _F]:
 def _register(name: str, fn: _F) -> _F:
     if name != name.lower() or not name:
         raise ValueError(f"dataset names must be non-empty and lower-case, got {name!r}")
-    existing = _dataset_entrypoints.get(name)
-    if existing is not None and (existing.__module__, existing.__qualname__) != (
-        fn.__module__,
-        fn.__qualname__,
-    ):
-        raise ValueError(
-            f"dataset {name!r} is already registered by "
-            f"{existing.__module__}.{existing.__qualname__}"
-        )
-    _dataset_entrypoints[name] = fn
-    return fn
+    return _DATASETS.register(name, fn)
 
 
 def list_datasets(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered datasets, optionally ``fnmatch``-filtered."""
-    names = sorted(_dataset_entrypoints)
-    if pattern is not None:
-        names = fnmatch.filter(names, pattern)
-    return names
+    return _DATASETS.names(pattern)
 
 
 def is_dataset(name: str) -> bool:
     """Whether a dataset called ``name`` is registered."""
-    return name in _dataset_entrypoints
+    return name in _DATASETS
 
 
 def dataset_entrypoint(name: str) -> Callable[..., Any]:
@@ -254,17 +241,7 @@ def dataset_entrypoint(name: str) -> Callable[..., Any]:
         ValueError: if ``name`` is unknown; the message lists the available
             datasets and suggests the closest match.
     """
-    try:
-        return _dataset_entrypoints[name]
-    except KeyError:
-        pass
-    available = list_datasets()
-    message = f"Unknown dataset {name!r}."
-    close = difflib.get_close_matches(str(name).lower(), available, n=1)
-    if close:
-        message += f" Did you mean {close[0]!r}?"
-    message += f" Available datasets: {', '.join(available)}."
-    raise ValueError(message)
+    return _DATASETS.get(name)
 
 
 def create_dataset(name: str, root: str = "data", download: bool = False, **kwargs: Any) -> Any:

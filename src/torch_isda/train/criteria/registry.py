@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...loss import ISDALoss
+from ...utils.spec_grammar import key_value_items, match_term, split_top_level
 from ..config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
 
 __all__ = [
@@ -265,27 +266,6 @@ def criterion_info(name: str) -> CriterionEntry:
 # ---------------------------------------------------------------------------- specs
 
 
-def split_top_level(text: str, sep: str) -> list[str]:
-    """``text`` split at the ``sep`` outside brackets (``ValueError`` if unbalanced)."""
-    parts, depth, current = [], 0, []
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced parentheses in criterion spec {text!r}")
-        if ch == sep and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    if depth != 0:
-        raise ValueError(f"unbalanced parentheses in criterion spec {text!r}")
-    parts.append("".join(current))
-    return parts
-
-
 def _parse_value(text: str) -> Any:
     text = text.strip()
     low = text.lower()
@@ -299,9 +279,6 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
-
-
 def parse_criterion_spec(spec: str, *, check_registered: bool = False
                          ) -> list[tuple[str, dict[str, Any]]]:
     """``"isda(lambda0=0.75)+dropout"`` -> ``[("isda", {"lambda0": 0.75}), ("dropout", {})]``.
@@ -313,22 +290,13 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
         raise ValueError(f"empty criterion spec {spec!r}. {_available()}")
     terms: list[tuple[str, dict[str, Any]]] = []
     for raw in split_top_level(spec, "+"):
-        match = _TERM.match(raw)
-        if not match:
+        term = match_term(raw)
+        if term is None:
             raise ValueError(
                 f"cannot parse {raw.strip()!r} in criterion spec {spec!r}; expected "
                 f"'name' or 'name(key=value, ...)' terms joined by '+'")
-        name, arg_text = match.group(1).lower(), match.group(2)
-        kwargs: dict[str, Any] = {}
-        for item in split_top_level(arg_text or "", ","):
-            if not item.strip():
-                continue
-            if "=" not in item:
-                raise ValueError(
-                    f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
-            key, value = item.split("=", 1)
-            kwargs[key.strip()] = _parse_value(value)
-        terms.append((name, kwargs))
+        items = key_value_items(term[1] or "", spec, "criterion arguments")
+        terms.append((term[0].lower(), {key: _parse_value(value) for key, value in items}))
     if check_registered:
         entries = [criterion_info(name) for name, _ in terms]
         names = [name for name, _ in terms]
