@@ -134,12 +134,15 @@ class CompiledStep:
         options: dict[str, Any] = {"fullgraph": True, "dynamic": False, "backend": COMPILE_BACKEND}
         if cuda_graphs:
             options["mode"] = "reduce-overhead"
+        self.cuda_graphs = cuda_graphs
         self.compiled = torch.compile(self.step, **options)
 
     def __call__(self, batch: Any) -> StepOut:
         """One optimization step of ``batch`` (eagerly moved to the device)."""
         x, y = self.task.to_device(*batch)
         params, momenta, hyper = self._state()
+        if self.cuda_graphs:  # a new iteration: the previous replay's outputs are consumed
+            torch.compiler.cudagraph_mark_step_begin()
         with torch._dynamo.config.patch(trace_autograd_ops=True):
             loss, n, logs = self.compiled(x, y, params, momenta, self.lrs, hyper)
         self.optimizer._opt_called = True  # stepped: what the lr scheduler checks (no warning)
