@@ -163,7 +163,8 @@ class CompiledStep:
                     state = self.optimizer.state[p]
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    torch._dynamo.mark_static_address(state["momentum_buffer"])  # CUDA graphs
+                    if self.cuda_graphs:  # updated in place by the captured graph
+                        torch._dynamo.mark_static_address(state["momentum_buffer"])
                 momenta.append([self.optimizer.state[p]["momentum_buffer"] for p in mine])
             else:
                 momenta.append([])
