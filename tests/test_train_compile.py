@@ -172,3 +172,33 @@ def test_isda_train_compile_with_inductor_matches_eager(tmp_path, capsys):
     for key in ("train_loss", "test_loss"):
         assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert abs(a["test_error"] - b["test_error"]) <= 100 / 540 + 1e-9
+
+
+def test_a_compiled_engine_step_reads_nothing_back(aot_eager, tmp_path):
+    """No host synchronization in a step of the engine under --compile (the eager glue:
+    batch, progress, lr tensors; the graph itself cannot hold one with fullgraph=True),
+    counted at the Python level as tests/test_syncs.py does."""
+    import os
+    import sys
+
+    from torch_isda.train.engine import Engine
+    from torch_isda.train.resolve import resolve_config
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    from _syncs import count_syncs
+
+    counts = {}
+    for compile in (True, False):
+        engine = Engine(resolve_config(TrainConfig(out=str(tmp_path / "run"), compile=compile,
+                                                   kind="full", **RUN)), quiet=True)
+        engine.build()
+        engine.emit("on_epoch_start", 0)
+        first, second, _ = list(engine.task.train_batches)
+        engine._step(first, 0, 0.1)
+        engine.scheduler.step()  # the lr tensor is refreshed in the counted step
+        counts[compile] = count_syncs(lambda: engine._step(second, 1, 0.2)).total
+        lr = engine.optimizer.param_groups[0]["lr"]
+        assert lr < RUN["lr"]
+        if compile:
+            assert float(engine.compiled_step.lrs[0]) == pytest.approx(lr)
+    assert counts == {True: 0, False: 1}  # eager: the CPU route's one read of the class set
