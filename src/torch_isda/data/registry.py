@@ -34,6 +34,7 @@ __all__ = [
     "is_dataset",
     "list_datasets",
     "register_dataset",
+    "take_long_tail",
     "take_training_subset",
 ]
 
@@ -65,6 +66,9 @@ class ImageDataset:
             (``"none"``, ``"crop"`` or ``"crop_flip"``, optionally with options such as
             ``"crop_flip(padding=2)"``), see :func:`~torch_isda.data.augment.build_augment`.
         classes: Optional human-readable class names, ``num_classes`` long.
+        meta_images, meta_labels: Optional balanced held-out set carved from the training
+            images (``val_per_class``, see :mod:`~torch_isda.data.longtail`), e.g. the meta
+            set of MetaSAug; ``None`` when there is none.
     """
 
     name: str
@@ -78,6 +82,8 @@ class ImageDataset:
     image_size: tuple[int, int, int]
     default_augment: str = "none"
     classes: tuple[str, ...] | None = None
+    meta_images: torch.Tensor | None = None
+    meta_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)
@@ -152,12 +158,15 @@ class ImageDataset:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=non_blocking)
 
+        meta = {} if self.meta_images is None else {
+            "meta_images": move(self.meta_images), "meta_labels": move(self.meta_labels)}
         return dataclasses.replace(
             self,
             train_images=move(self.train_images),
             train_labels=move(self.train_labels),
             test_images=move(self.test_images),
             test_labels=move(self.test_labels),
+            **meta,
         )
 
     def __repr__(self) -> str:
@@ -258,7 +267,9 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
             images), ``val_size`` (that many images of the subset become the
             evaluation split instead of the test set, for hyper-parameter
             selection) and ``subset_seed`` (seed of the draw, default 0); see
-            :func:`~torch_isda.data.subset.balanced_split`. The mean/std are
+            :func:`~torch_isda.data.subset.balanced_split`; or the long-tailed
+            options ``imbalance``, ``profile``, ``val_per_class`` and ``n_max``
+            (:func:`~torch_isda.data.longtail.long_tail_split`). The mean/std are
             recomputed on the images kept for training.
 
     Returns:
@@ -270,13 +281,51 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
         ValueError: if ``name`` is not registered.
         FileNotFoundError: if the files are missing and ``download`` is false.
     """
+    from .longtail import LONG_TAIL_OPTIONS
     from .subset import SUBSET_OPTIONS
 
     subset = {key: kwargs.pop(key) for key in SUBSET_OPTIONS if key in kwargs}
+    long_tail = {key: kwargs.pop(key) for key in LONG_TAIL_OPTIONS if key in kwargs}
+    if long_tail and "imbalance" not in long_tail:
+        raise ValueError(f"{', '.join(sorted(long_tail))} need imbalance=rho (a long-tailed "
+                         f"subset)")
+    if long_tail and ({"train_size", "val_size"} & subset.keys()):
+        raise ValueError("imbalance cannot be combined with train_size/val_size (use n_max "
+                         "and val_per_class)")
     data = dataset_entrypoint(name)(root=root, download=download, **kwargs)
-    if subset:
+    if long_tail:
+        data = take_long_tail(data, **long_tail, subset_seed=subset.get("subset_seed", 0))
+    elif subset:
         data = take_training_subset(data, **subset)
     return data
+
+
+def take_long_tail(data: ImageDataset, imbalance: float, profile: str = "exp",
+                   val_per_class: int | None = None, n_max: int | None = None,
+                   subset_seed: int = 0, many_shot: int = 100, few_shot: int = 20
+                   ) -> ImageDataset:
+    """A copy of ``data`` whose training split is long-tailed
+    (:func:`~torch_isda.data.longtail.long_tail_split`), with the balanced held-out set as
+    ``meta_images``/``meta_labels`` when ``val_per_class`` is given; the test split is kept.
+    ``data`` is unchanged. ``many_shot``/``few_shot`` (the report's shot thresholds) are
+    only checked."""
+    from .longtail import long_tail_split, shot_groups
+
+    shot_groups([], many_shot, few_shot)
+
+    if not isinstance(data, ImageDataset):
+        raise ValueError(f"imbalance needs an in-memory dataset, got {type(data).__name__}")
+    split = long_tail_split(data.train_labels, data.num_classes, imbalance, profile,
+                            val_per_class, n_max, subset_seed)
+    train_idx = split.train.to(data.device)
+    images = data.train_images[train_idx]
+    changes: dict[str, Any] = {"train_images": images, "train_labels": data.train_labels[train_idx]}
+    if split.held_out is not None:
+        held = split.held_out.to(data.device)
+        changes["meta_images"] = data.train_images[held]
+        changes["meta_labels"] = data.train_labels[held]
+    changes["mean"], changes["std"] = channel_stats(images)
+    return dataclasses.replace(data, **changes)
 
 
 def take_training_subset(data: ImageDataset, train_size: int | None = None,
