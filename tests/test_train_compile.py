@@ -125,6 +125,24 @@ def test_a_rejected_batch_raises_at_the_end_of_the_epoch(tmp_path, aot_eager):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+class _HostRead(CriterionModifier):
+    """Reads a device value on the host in its loss term (a graph break)."""
+
+    def forward(self, features, logits, target, model):
+        return logits.sum() * 0.0 if bool((logits > 1e9).any()) else None
+
+
+def test_a_step_that_breaks_the_graph_is_refused_in_one_line(tmp_path, aot_eager):
+    register_criterion("host_read")(_HostRead)
+    try:
+        with pytest.raises(ValueError, match=r"^--compile: the training step does not compile "
+                                             r"as one graph \(.+\); run without --compile$"):
+            train(TrainConfig(out=str(tmp_path / "run"), loss="isda+host_read", compile=True,
+                              kind="diagonal", epochs=1, threads=1, batch_size=419), quiet=True)
+    finally:
+        unregister_criterion("host_read")
+
+
 def test_compiled_run_resumes_exactly(tmp_path, aot_eager):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     cfg = dict(compile=True, kind="diagonal", **RUN)

@@ -143,8 +143,13 @@ class CompiledStep:
         params, momenta, hyper = self._state()
         if self.cuda_graphs:  # a new iteration: the previous replay's outputs are consumed
             torch.compiler.cudagraph_mark_step_begin()
-        with torch._dynamo.config.patch(trace_autograd_ops=True):
-            loss, n, logs = self.compiled(x, y, params, momenta, self.lrs, hyper)
+        try:
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                loss, n, logs = self.compiled(x, y, params, momenta, self.lrs, hyper)
+        except torch._dynamo.exc.TorchDynamoException as err:  # before it ran: nothing changed
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--compile: the training step does not compile as one graph "
+                             f"({reason}); run without --compile") from err
         self.optimizer._opt_called = True  # stepped: what the lr scheduler checks (no warning)
         return StepOut(loss, n, logs)
 
