@@ -65,6 +65,8 @@ class ImageDataset:
             (``"none"``, ``"crop"`` or ``"crop_flip"``, optionally with options such as
             ``"crop_flip(padding=2)"``), see :func:`~torch_isda.data.augment.build_augment`.
         classes: Optional human-readable class names, ``num_classes`` long.
+        source: Where the data was read from (folder and files), for the log and
+            ``config.json``; ``None`` for built-in or generated data.
     """
 
     name: str
@@ -78,6 +80,7 @@ class ImageDataset:
     image_size: tuple[int, int, int]
     default_augment: str = "none"
     classes: tuple[str, ...] | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)

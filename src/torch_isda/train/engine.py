@@ -433,6 +433,7 @@ class Engine:
                 "train_size": task.train_size, "test_size": task.test_size,
                 "family": str(getattr(task.model, "family", "")),
                 "num_parameters": sum(p.numel() for p in task.model.parameters()),
+                "data_source": getattr(task, "data_source", None),
                 **task.resolved_fields(),
             },
             "torch_isda_version": __version__,
