@@ -23,14 +23,15 @@ wheel=$(ls dist/torch_isda-*-py3-none-any.whl)
 echo "built $sdist and $wheel"
 
 python3 -m venv "$dir"
+dir=$(cd "$dir" && pwd)
 "$dir/bin/pip" install -q torch==2.13.0
 "$dir/bin/pip" install -q "$root/$wheel[train]"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"  # away from src/: only the installed wheel can be imported
-"$root/$dir/bin/isda" --version
-"$root/$dir/bin/python" - "$root/$wheel" <<'PY'
+"$dir/bin/isda" --version
+"$dir/bin/python" - "$root/$wheel" <<'PY'
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ assert version == torch_isda.__version__, (version, torch_isda.__version__)
 assert f"-{version}-" in Path(sys.argv[1]).name, (sys.argv[1], version)
 print(f"torch_isda {version} imported from {installed.parent}")
 PY
-OMP_NUM_THREADS=1 "$root/$dir/bin/isda" compare --seeds 1 --epochs 1 --out smoke --quiet
+OMP_NUM_THREADS=1 "$dir/bin/isda" compare --seeds 1 --epochs 1 --out smoke --quiet
 for name in table.md table.csv curves.png; do
   [ -s "smoke/$name" ] || { echo "the smoke run wrote no smoke/$name" >&2; exit 1; }
 done

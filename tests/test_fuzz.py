@@ -1,0 +1,202 @@
+"""Fuzzing with Hypothesis (bounded to about a minute; the number of cases run is printed at
+the end of the module):
+
+* the core: random ``N``, ``C``, ``A``, every kind, float64 / float32 / bf16 autocast,
+  ``ignore_index`` patterns (none, some, all ignored), single-class batches, reductions,
+  the validated and the static path, a few steps in a row: the loss and the gradients equal
+  the float64 brute force of :mod:`reference` (Eq. 7 over every sample seen so far), or, for
+  bad input (labels out of range, NaN / Inf features), a ``ValueError`` naming the problem
+  is raised and the statistics are unchanged;
+* the command line: random combinations of options with at least one odd value: exit
+  status 2, one line on stderr, no traceback, nothing written.
+
+``TORCH_ISDA_FUZZ_EXAMPLES`` scales the number of cases (default 1: about a minute).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reference
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from torch_isda import ISDALoss  # noqa: E402
+from torch_isda.layouts import KINDS  # noqa: E402
+
+SCALE = float(os.environ.get("TORCH_ISDA_FUZZ_EXAMPLES", "1"))
+CASES: Counter = Counter()
+
+
+def fuzz_settings(examples: int):
+    return settings(max_examples=max(1, int(examples * SCALE)), deadline=None, derandomize=True,
+                    database=None, suppress_health_check=[HealthCheck.too_slow,
+                                                          HealthCheck.function_scoped_fixture])
+
+
+_STARTED: list[float] = []
+
+
+def elapsed() -> float:
+    """Seconds since the first fuzzing case (for the summary line of tests/conftest.py)."""
+    return time.perf_counter() - _STARTED[0] if _STARTED else 0.0
+
+
+def count(name: str) -> None:
+    if not _STARTED:
+        _STARTED.append(time.perf_counter())
+    CASES[name] += 1
+
+
+# --------------------------------------------------------------------------- the core
+
+PRECISIONS = ("float64", "float32", "bf16-autocast")
+TOLERANCE = {"float64": dict(rtol=1e-9, atol=1e-10), "float32": dict(rtol=2e-4, atol=2e-4),
+             "bf16-autocast": dict(rtol=6e-2, atol=6e-2)}
+
+
+@st.composite
+def core_cases(draw):
+    kind = draw(st.sampled_from(KINDS))
+    precision = draw(st.sampled_from(PRECISIONS))
+    N, C, A = draw(st.integers(1, 10)), draw(st.integers(2, 6)), draw(st.integers(1, 5))
+    steps = draw(st.integers(1, 3))
+    ignore_index = draw(st.sampled_from([-100, -1, C + 3]))
+    batches = []
+    for _ in range(steps):
+        pattern = draw(st.sampled_from(["random", "single-class", "some-ignored", "all-ignored"]))
+        if pattern == "single-class":
+            labels = [draw(st.integers(0, C - 1))] * N
+        else:
+            labels = draw(st.lists(st.integers(0, C - 1), min_size=N, max_size=N))
+        if pattern == "some-ignored":
+            mask = draw(st.lists(st.booleans(), min_size=N, max_size=N))
+            labels = [ignore_index if m else y for y, m in zip(labels, mask)]
+        elif pattern == "all-ignored":
+            labels = [ignore_index] * N
+        batches.append(labels)
+    return dict(
+        kind=kind, precision=precision, N=N, C=C, A=A, batches=batches,
+        ignore_index=ignore_index, seed=draw(st.integers(0, 2**16)),
+        ratio=draw(st.sampled_from([0.0, 0.3, 1.0, 2.5])),
+        reduction=draw(st.sampled_from(["mean", "sum", "none"])),
+        validate=draw(st.booleans()) if precision != "bf16-autocast" else True,
+    )
+
+
+def _reference_loss(logits, weight, target, covariance, ratio, kind, reduction, ignore_index):
+    valid = target != ignore_index
+    per_sample = logits.sum(1) * 0.0  # ignored samples: 0, with a (zero) gradient
+    if bool(valid.any()):
+        bound = reference.isda_bound(logits[valid], weight, target[valid], covariance, ratio, kind)
+        per_sample = per_sample.index_put((valid.nonzero().squeeze(1),), bound)
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample.sum() / valid.sum()  # nan when every sample is ignored, as F.cross_entropy
+
+
+def _criterion(case):
+    dtype = torch.float64 if case["precision"] == "float64" else torch.float32
+    return ISDALoss(case["A"], case["C"], lambda0=case["ratio"], kind=case["kind"],
+                    constant_lambda=True, reduction=case["reduction"],
+                    ignore_index=case["ignore_index"], dtype=dtype, rank=case["A"],
+                    validate=case["validate"])
+
+
+def _leaves(case, generator):
+    dtype = torch.float64 if case["precision"] == "float64" else torch.float32
+    features = torch.randn(case["N"], case["A"], generator=generator, dtype=dtype)
+    weight = torch.randn(case["C"], case["A"], generator=generator, dtype=dtype)
+    bias = torch.randn(case["C"], generator=generator, dtype=dtype)
+    return [t.requires_grad_() for t in (features, weight, bias)]
+
+
+def _step(criterion, case, features, weight, bias, target):
+    if case["precision"] == "bf16-autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = F.linear(features, weight, bias)
+            loss = criterion(features, logits, target, weight)
+        return loss, logits
+    logits = F.linear(features, weight, bias)
+    return criterion(features, logits, target, weight), logits
+
+
+@fuzz_settings(120)
+@given(case=core_cases())
+def test_core_loss_and_gradients_equal_the_float64_brute_force(case):
+    count("core")
+    kind = "full" if case["kind"] == "lowrank" else case["kind"]  # rank = A: exactly full
+    generator = torch.Generator().manual_seed(case["seed"])
+    criterion = _criterion(case)
+    seen_x, seen_y = [], []
+    for labels in case["batches"]:
+        target = torch.tensor(labels)
+        features, weight, bias = _leaves(case, generator)
+        loss, logits = _step(criterion, case, features, weight, bias, target)
+        valid = target != case["ignore_index"]
+        seen_x.append(features.detach().double()[valid])  # as given, also under autocast
+        seen_y.append(target[valid])
+        covariance = reference.class_covariance(kind, torch.cat(seen_x), torch.cat(seen_y),
+                                                case["C"])
+        x64, w64, b64 = (t.detach().double().requires_grad_() for t in (features, weight, bias))
+        want = _reference_loss(F.linear(x64, w64, b64), w64, target, covariance, case["ratio"],
+                               kind, case["reduction"], case["ignore_index"])
+        tol = TOLERANCE[case["precision"]]
+        torch.testing.assert_close(loss.double(), want, equal_nan=True, **tol)
+        assert logits.requires_grad
+        if not bool(torch.isfinite(want).all()):
+            continue  # every sample ignored with reduction="mean": nan, no gradient to compare
+        got = torch.autograd.grad(loss.sum(), (features, weight, bias))
+        expected = torch.autograd.grad(want.sum(), (x64, w64, b64))
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g.double(), e, **tol)
+        assert int(criterion.estimator.count.sum()) == sum(len(y) for y in seen_y)
+
+
+@st.composite
+def bad_core_cases(draw):
+    case = draw(core_cases())
+    case["precision"] = draw(st.sampled_from(["float64", "float32"]))
+    case["validate"] = True
+    problem = draw(st.sampled_from(["label-too-large", "negative-label", "nan", "inf"]))
+    return case, problem, draw(st.integers(0, case["N"] - 1))
+
+
+@fuzz_settings(60)
+@given(bad=bad_core_cases())
+def test_core_bad_input_raises_a_clear_error_and_keeps_the_statistics(bad):
+    count("core-errors")
+    case, problem, where = bad
+    generator = torch.Generator().manual_seed(case["seed"])
+    criterion = _criterion(case)
+    features, weight, bias = _leaves(case, generator)  # one good step first
+    _step(criterion, case, features, weight, bias, torch.tensor(case["batches"][0]))
+    before = {k: v.clone() for k, v in criterion.state_dict().items()}
+    features, weight, bias = _leaves(case, generator)
+    target = torch.randint(0, case["C"], (case["N"],), generator=generator)
+    if problem == "label-too-large":
+        target[where], match = case["C"], r"labels must lie in \[0, \d+\)"
+    elif problem == "negative-label":
+        target[where] = -2 if case["ignore_index"] != -2 else -3
+        match = r"labels must lie in \[0, \d+\)"
+    else:
+        with torch.no_grad():
+            features[where, 0] = float(problem)
+        match = "NaN or Inf"
+    with pytest.raises(ValueError, match=match) as info:
+        _step(criterion, case, features, weight, bias, target)
+    assert "\n" not in str(info.value)
+    after = criterion.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
