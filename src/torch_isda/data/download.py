@@ -28,6 +28,8 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..file_mode import apply_new_file_mode
+
 __all__ = [
     "BASE_URLS",
     "ENV_BASE_URL",
@@ -157,6 +159,7 @@ def download_file(
                 f"got {actual}. The corrupted download was removed; try again or use a "
                 f"different mirror."
             )
+        apply_new_file_mode(tmp)  # mkstemp creates 0600 files
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """Atomic file writes (temporary file, ``fsync``, :func:`os.replace`; a crash leaves the
-previous version, never a truncated file) and checkpoint save/load."""
+previous version, never a truncated file; the file gets the mode ``open()`` would give it,
+``0o666`` less the umask) and checkpoint save/load."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from ..file_mode import apply_new_file_mode
 
 __all__ = ["CHECKPOINT_NAME", "atomic_write", "atomic_write_json", "atomic_write_text",
            "load_checkpoint", "save_checkpoint"]
@@ -42,6 +45,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield f
             f.flush()
             os.fsync(f.fileno())
+        apply_new_file_mode(tmp)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
