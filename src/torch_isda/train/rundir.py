@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
 from .config import TrainConfig
 
 __all__ = ["COMPARED_IGNORED_FIELDS", "CONFIG_NAME", "RESULT_NAME", "RUN_FILES",
@@ -16,7 +16,8 @@ __all__ = ["COMPARED_IGNORED_FIELDS", "CONFIG_NAME", "RESULT_NAME", "RUN_FILES",
 
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.json"
-RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", "metrics.json", CONFIG_NAME)
+RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, "metrics.csv", "metrics.json",
+             CONFIG_NAME)
 
 #: Fields that do not change what a run computes (ignored when deciding whether a
 #: finished run in ``--out`` matches the requested configuration).
