@@ -194,7 +194,9 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
         counts["reused" if result["status"] == "reused" else "trained"] += 1
         seconds = time.perf_counter() - t0
         left = eta.update(seconds, worked=result["status"] != "reused")
-        say(f"[{done}/{total}] {name}: {task.result_line(result)}, {note} in {seconds:.1f}s{left}")
+        spent = f"{note} in {seconds:.1f}s" if note == "reused" else (  # wall vs result.json
+            f"{note} in {seconds:.1f}s wall ({result.get('train_seconds', 0.0):.1f}s in epochs)")
+        say(f"[{done}/{total}] {name}: {task.result_line(result)}, {spent}{left}")
         warning = task.result_warning(result, name)
         if warning:
             print(warning, file=sys.stderr)
