@@ -19,7 +19,7 @@ from .criteria import parse_criterion_spec, spec_dirname, split_top_level
 from .engine import DivergenceError, train
 from .reporting import SweepEta, plural
 from .resolve import resolve_config
-from .rundir import RESULT_NAME, config_differences
+from .rundir import RESULT_NAME, check_out_dir, config_differences
 from .tasks import task_class
 
 __all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "parse_isda_mode",
@@ -168,6 +168,7 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     variants = variants_for(base, losses, isda)
     seeds = parse_seeds(seeds)
     out = Path(out)
+    check_out_dir(out)
     first = variants[-1]
     resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
                                            out=str(out)))
