@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from torch_isda.data import normalize
-    from torch_isda.visualize.command_visualize import load_classifier
+    from torch_isda.cli.visualize import load_classifier
     from torch_isda.visualize.conditional_gan import load_conditional_generator
 
     model, config, data, _ = load_classifier(Path(args.classifier), torch.device("cpu"))

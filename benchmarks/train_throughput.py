@@ -1,6 +1,6 @@
 """Training throughput: images/second of a full training step, CE vs ISDA.
 
-One step is exactly the classification task's (``torch_isda.train.tasks.classification``): ``forward_features``,
+One step is exactly the classification task's (``torch_isda.train.tasks.classification.task``): ``forward_features``,
 the classifier, the criterion (``ce`` or ``isda`` with the full covariance, estimator
 update included), backward and an SGD step (Nesterov momentum 0.9, weight decay 1e-4,
 lr 0.01 so that repeating one batch cannot diverge).

@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from torch_isda import __version__, cli
+from torch_isda import __version__
+from torch_isda.cli import program as cli
 
 
 def test_version(capsys):

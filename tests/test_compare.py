@@ -87,7 +87,7 @@ def test_task_result_line_and_warning_of_the_progress_log():
 def test_semi_table_with_a_method_whose_runs_all_failed():
     from torch_isda.train import TrainConfig
     from torch_isda.train.tables import MethodSummary
-    from torch_isda.train.tables_semi import render_semi_table
+    from torch_isda.train.tasks.semi.tables import render_semi_table
 
     config = TrainConfig(semi="pi", labels=100, epochs=30, preset="small_cnn", lambda0=0.5)
     ok = {"ce": MethodSummary("ce", [0, 1], [9.0, 8.0], [8.5, 7.5], None, window=3),

@@ -1,4 +1,4 @@
-"""``isda export`` / torch_isda.export: torchvision-layout ResNet state dicts (Tables 11-12).
+"""``isda export`` / torch_isda.cli.export_backbone: torchvision-layout ResNet state dicts (Tables 11-12).
 
 The round trip into torchvision and timm themselves is in tests/ecosystem/."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torch_isda.cli import main
-from torch_isda.export import export_backbone, resnet_architecture, resnet_state_dict
+from torch_isda.cli.export_backbone import export_backbone, resnet_architecture, resnet_state_dict
 from torch_isda.models import create_model
 from torch_isda.models.resnet_imagenet import ImageNetResNet
 from torch_isda.train.checkpoint import save_checkpoint

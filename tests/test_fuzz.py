@@ -200,3 +200,86 @@ def test_core_bad_input_raises_a_clear_error_and_keeps_the_statistics(bad):
     assert before.keys() == after.keys()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key
+
+
+# --------------------------------------------------------------------------- the command line
+
+#: Odd values: each makes the command invalid on its own (``{file}``: an existing file,
+#: ``{notjson}``: a file that is not JSON, ``{missing}``: a path that does not exist).
+ODD = {
+    "both": [
+        ["--lambda0", "inf"], ["--lambda0", "nan"], ["--lambda0", "-1"], ["--lambda0", "x"],
+        ["--lr", "nan"], ["--lr", "-0.1"], ["--lr", "inf"], ["--weight-decay", "nan"],
+        ["--momentum", "-inf"], ["--epochs", "0"], ["--epochs", "-2"], ["--epochs", "1.5"],
+        ["--batch-size", "0"], ["--kind", "bogus"], ["--dataset", "no_such_dataset"],
+        ["--model", "no_such_model"], ["--data-dir", "{missing}", "--dataset", "fashion_mnist"],
+        ["--dataset-kwargs", "train_size=-3"], ["--model-kwargs", "=3"], ["--gamma", "nan"],
+        ["--preset", "no_such_preset"], ["--out", "{file}"], ["--amp", "fp8"],
+    ],
+    "train": [
+        ["--loss", "isda(lambda0=-1)"], ["--loss", "isda("], ["--loss", "no_such_loss"],
+        ["--stop-after", "0"], ["--stop-after", "-1"], ["--resume", "--force"],
+        ["--config", "{notjson}"], ["--config", "{missing}"], ["--seed", "x"],
+    ],
+    "compare": [
+        ["--losses", "ce,isda(lambda0=-1)"], ["--losses", ",,"], ["--losses", "ce,no_such_loss"],
+        ["--seeds", "0"], ["--seeds", "-1"], ["--seeds", "x"],
+    ],
+}
+
+#: Valid options mixed in (never the same option as an odd value of the case).
+GOOD = [["--epochs", "1"], ["--kind", "diagonal"], ["--lambda0", "0.5"], ["--batch-size", "16"],
+        ["--lr", "0.05"], ["--quiet"], ["--device", "cpu"], ["--model-kwargs", "width=4"],
+        ["--constant-lambda"], ["--weight-decay", "0"], ["--threads", "1"]]
+
+
+@st.composite
+def odd_command_lines(draw):
+    command = draw(st.sampled_from(["train", "compare"]))
+    pool = ODD["both"] + ODD[command]
+    odd = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique_by=tuple))
+    taken = {word for option in odd for word in option if word.startswith("--")}
+    good = [g for g in GOOD if g[0] not in taken]
+    extra = draw(st.lists(st.sampled_from(good), max_size=3, unique_by=tuple)) if good else []
+    if command == "train":
+        extra = [g for g in extra if g != ["--epochs", "1"]] + [["--epochs", "1"]] * (
+            "--epochs" not in taken)
+    else:
+        extra = extra + [["--seeds", "1"]] * ("--seeds" not in taken)
+    groups = draw(st.permutations(odd + extra))
+    return [command, *(word for group in groups for word in group)]
+
+
+def _run_cli(argv):
+    from torch_isda.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse
+        return exc.code
+
+
+@fuzz_settings(40)
+@given(argv=odd_command_lines())
+def test_odd_command_lines_fail_in_one_line_and_leave_nothing(argv, tmp_path_factory, capsys):
+    count("command line")
+    files = tmp_path_factory.mktemp("inputs")
+    (files / "file").write_text("x")
+    (files / "notjson").write_text("notjson")
+    values = {"{file}": str(files / "file"), "{notjson}": str(files / "notjson"),
+              "{missing}": str(files / "missing")}
+    argv = [values.get(word, word) for word in argv]
+    work = tmp_path_factory.mktemp("cwd")
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        code = _run_cli(argv)
+    finally:
+        os.chdir(here)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, (argv, captured.err[-2000:])
+    assert len(lines) == 1 and "Traceback" not in captured.err, (argv, captured.err[-2000:])
+    assert lines[0].startswith(f"isda {argv[0]}: error: "), lines
+    assert sorted(os.listdir(work)) == [], (argv, os.listdir(work))
+    assert sorted(os.listdir(files)) == ["file", "notjson"]

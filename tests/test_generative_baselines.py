@@ -1,6 +1,6 @@
 """Table 5's generator-based and distributional baselines: the class-conditional GANs
 (torch_isda.visualize.conditional_gan, ``isda gan train --kind``), the ``gan_augment``
-modifier and the ``distribution_net`` criterion (torch_isda.baselines.generative_augmentation)."""
+modifier and the ``distribution_net`` criterion (torch_isda.train.criteria.generative_augmentation)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from torch import nn
 pytest.importorskip("matplotlib")
 
 from torch_isda import cli  # noqa: E402
-from torch_isda.baselines.generative_augmentation import (  # noqa: E402
+from torch_isda.train.criteria.generative_augmentation import (  # noqa: E402
     GANAugmentCriterion,
     distribution_net_loss,
     gaussian_entropy_per_dim,
     synthetic_count,
 )
 from torch_isda.train.criteria import CompositeCriterion, create_criterion  # noqa: E402
-from torch_isda.visualize.command_gan import KINDS  # noqa: E402
+from torch_isda.cli.gan import KINDS  # noqa: E402
 from torch_isda.visualize.conditional_gan import (  # noqa: E402
     CONDITIONAL_KINDS,
     ConditionalGANConfig,

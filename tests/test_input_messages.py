@@ -67,9 +67,9 @@ def test_final_epochs_beyond_the_run_is_refused(tmp_path, capsys):
 
 
 def test_single_class_segmentation_model_is_warned(tmp_path, capsys):
-    from torch_isda.segmentation_metrics import ConfusionMatrix
+    from torch_isda.train.tasks.segmentation.metrics import ConfusionMatrix
     from torch_isda.train.command_train import report
-    from torch_isda.train.tables_segmentation import (SegmentationMethodSummary,
+    from torch_isda.train.tasks.segmentation.tables import (SegmentationMethodSummary,
                                                        render_segmentation_table)
     import torch
 

@@ -27,7 +27,7 @@ from torch_isda.data.synthetic_segmentation import generate_shapes
 from torch_isda.models import ISDANet, create_model, list_models
 from torch_isda.models.segmentation import SegmentationNet
 from torch_isda.segmentation import SegmentationISDALoss, classifier_weight, resize_labels
-from torch_isda.segmentation_metrics import ConfusionMatrix, evaluate_segmentation, predict_probs
+from torch_isda.train.tasks.segmentation.metrics import ConfusionMatrix, evaluate_segmentation, predict_probs
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 from _measure import peak_memory_mb  # noqa: E402

@@ -1,5 +1,5 @@
 """The paper's comparison methods (Tables 4 and 5) as ``isda train`` / ``isda compare``
-choices: the baseline criteria of ``torch_isda.baselines.criteria`` and the
+choices: the baseline criteria of ``torch_isda.train.criteria.baselines`` and the
 non-semantic augmentations through ``--augment``."""
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def test_resume_is_exact_with_stateful_baselines(tmp_path):
 
 
 def test_learned_covariance_follows_the_isda_lambda_schedule():
-    from torch_isda.baselines.explicit_augmentation import LearnedCovarianceCriterion
+    from torch_isda.train.criteria.explicit_augmentation import LearnedCovarianceCriterion
 
     crit = LearnedCovarianceCriterion(4, 3, lambda0=0.8)
     crit.set_progress(0.25)

@@ -1,4 +1,4 @@
-"""Multi-process training (torch_isda.train.distributed) on the CPU with gloo.
+"""Multi-process training (torch_isda.train.parallel) on the CPU with gloo.
 
 One spawned 2-rank session runs every multi-process scenario (process start-up
 dominates the cost): a 2-epoch classification run with --sync-bn interrupted after epoch
@@ -28,7 +28,7 @@ from torch_isda import CovarianceEstimator
 from torch_isda.cli import main
 from torch_isda.train import TrainConfig, train, train_distributed
 from torch_isda.train.checkpoint import load_checkpoint
-from torch_isda.train.distributed import (
+from torch_isda.train.parallel import (
     GlobalBatchShards,
     check_distributed_config,
     choose_backend,

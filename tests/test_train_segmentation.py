@@ -17,8 +17,8 @@ from torch_isda.segmentation import SegmentationISDALoss
 from torch_isda.train import TrainConfig, resolve_config, train
 from torch_isda.train.checkpoint import load_checkpoint
 from torch_isda.train.schedules import PolyFactor
-from torch_isda.train.segmentation_config import SYNTHETIC_MODEL_KWARGS, parse_scales
-from torch_isda.segmentation_criterion import SegmentationCriterion
+from torch_isda.train.tasks.segmentation.config import SYNTHETIC_MODEL_KWARGS, parse_scales
+from torch_isda.train.tasks.segmentation.criterion import SegmentationCriterion
 
 # 16 train / 8 test images of 32 x 32: a run is a couple of seconds on one thread
 TINY_DATA = "num_train=16,num_test=8,image_size=32"

@@ -14,7 +14,7 @@ from torch_isda.semi import PAPER_TABLE6, SemiBatchSampler, labeled_split
 from torch_isda.train import TrainConfig
 from torch_isda.train.checkpoint import load_checkpoint
 from torch_isda.train import Trainer, resolve_config
-from torch_isda.semi.config import method_kwargs
+from torch_isda.train.tasks.semi.config import method_kwargs
 
 # 5 steps of 32 labeled + 256 unlabeled samples per epoch on the 1,257 digits
 FAST = ["--threads", "1", "--quiet", "--labels", "100", "--unlabeled-batch-size", "256",

@@ -1,4 +1,4 @@
-"""``isda gan train`` and ``isda visualize`` (torch_isda.visualize.command_gan / command_visualize)."""
+"""``isda gan train`` and ``isda visualize`` (torch_isda.cli.gan / torch_isda.cli.visualize)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_visualize_run_without_isda_needs_estimate_covariance(runs, tmp_path, ca
 
 def test_estimated_covariance_matches_training_features(runs):
     from torch_isda.data import normalize
-    from torch_isda.visualize.command_visualize import estimate_covariance, load_classifier
+    from torch_isda.cli.visualize import estimate_covariance, load_classifier
 
     model, config, data, _ = load_classifier(runs["ce"], torch.device("cpu"))
     est = estimate_covariance(model, data, "full", torch.device("cpu"), batch_size=100)

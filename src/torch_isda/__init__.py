@@ -16,6 +16,9 @@ from .hook import HookedISDALoss, attach, find_classifier
 from .loss import ISDALoss
 from .lowrank import LowRankCovariance
 from .segmentation import SegmentationISDALoss
+from .moved_modules import install as _install_moved_modules
+
+_install_moved_modules()  # old import paths of moved modules keep working (with a warning)
 
 __version__ = "0.1.0"
 

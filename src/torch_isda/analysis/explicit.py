@@ -5,7 +5,7 @@ features per sample (``explicit_sda(m=M)``, the estimated class covariances of I
 ``M = 0`` is the cross-entropy baseline (``ce``) and ``M = infinity`` is ISDA (``isda``).
 The "Cov" baseline learns the covariances by gradient descent instead
 (``learned_cov(m=M)`` explicit, ``learned_cov(m=inf)`` implicit, see
-:mod:`torch_isda.baselines.explicit_augmentation` for our reading of it). All runs go through
+:mod:`torch_isda.train.criteria.explicit_augmentation` for our reading of it). All runs go through
 ``isda compare``'s machinery (``OUT/runs``); the table reports mean ± std of the final test
 error over seeds.
 """

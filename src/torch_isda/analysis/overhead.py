@@ -275,7 +275,7 @@ def run_overhead(out: Union[str, Path], *, models: Optional[Sequence[str]] = Non
     are cached in ``OUT/timings/<model>-c<C>.json`` and reused when their settings match.
     """
     from ..train.seeding import num_threads
-    from ..train.distributed import resolve_device
+    from ..train.parallel import resolve_device
 
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     out = Path(out)

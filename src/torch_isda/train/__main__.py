@@ -1,8 +1,8 @@
-"""``python -m torch_isda.train ...`` is ``isda train ...``."""
+"""``python -m torch_isda.train ...`` (what torchrun workers run) is ``isda train ...``."""
 
 import sys
 
-from ..cli import main
+from .command_train import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

@@ -73,7 +73,7 @@ def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
     ``--model`` is not given); then, once the configuration resolves (a bad value is
     reported alone), print the :func:`ignored_option_notes` to stderr."""
     if overrides.get("model") == TrainConfig.model:
-        from .segmentation_config import DEFAULT_SEGMENTATION_MODEL, infer_task
+        from .tasks.segmentation.config import DEFAULT_SEGMENTATION_MODEL, infer_task
 
         if infer_task(config) == "segmentation":
             raise ValueError(

@@ -67,7 +67,7 @@ def _default_out(base: TrainConfig) -> str:
 
     if base.semi != "none":
         from .compare import parse_semi_methods
-        from ..semi.config import labels_suffix
+        from .tasks.semi.config import labels_suffix
 
         first = base.replace(semi=parse_semi_methods(base.semi)[0])
         prefix = f"runs/compare-semi-{base.dataset}-{base.model}{labels_suffix(base)}"

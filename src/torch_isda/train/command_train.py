@@ -1,4 +1,4 @@
-"""``isda train``: train one model (also ``python -m torch_isda.train``)."""
+"""``isda train``: train one model (also ``python -m torch_isda.train``, :func:`main`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_types import positive_int
+from .arg_types import positive_int, run_command
 from .config import TrainConfig, add_config_arguments, config_overrides_from_args
 from .tasks import task_class
 
-__all__ = ["add_parser", "build_config", "criteria_help", "report", "run", "run_args"]
+__all__ = ["add_parser", "build_config", "criteria_help", "main", "report", "run", "run_args"]
 
 EPILOG = """\
 Unset optimization options come from the preset of the model family (the paper's
@@ -109,7 +109,7 @@ def run_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .distributed import USER_ERRORS, launched_by_torchrun
+    from .parallel import USER_ERRORS, launched_by_torchrun
 
     config = build_config(args)
     if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
@@ -148,3 +148,12 @@ def report(result: dict[str, Any]) -> int:
     if warning:
         print(warning, file=sys.stderr)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """``python -m torch_isda.train ARGS`` (torchrun workers): ``isda train ARGS`` without
+    the other subcommands; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="isda")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    add_parser(parser.add_subparsers(dest="command")).set_defaults(_run=run)
+    return run_command(parser.parse_args(["train", *argv]))

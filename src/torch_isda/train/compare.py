@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
-from ..semi.config import canonical_semi
+from .tasks.semi.config import canonical_semi
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname, split_top_level

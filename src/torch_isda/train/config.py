@@ -81,7 +81,7 @@ class TrainConfig:
         "'diagonal' for the ImageNet models]", choices=KINDS)
     constant_lambda: bool = _field(False, "use lambda = lambda_0 from the first step "
                                           "(default: lambda = lambda_0 * t / T)")
-    # semi-supervised (Section 5, Eq. 19; see torch_isda.semi.config, docs/semi_supervised.md)
+    # semi-supervised (Section 5, Eq. 19; see torch_isda.train.tasks.semi.config, docs/semi_supervised.md)
     semi: str = _field(
         "none", "semi-supervised base method: none (supervised), pi, temporal-ensembling, "
         "mean-teacher or vat; with it --loss isda is Eq. (19) and --loss ce the method alone")
@@ -161,7 +161,7 @@ class TrainConfig:
         None, "CPU threads for torch ops (torch.set_num_threads; default: torch's choice)")
     out: Optional[str] = _field(
         None, "run directory (default: runs/<dataset>-<model>-<loss>-seed<seed>)")
-    # multi-process (torchrun / isda train --nproc; see torch_isda.train.distributed)
+    # multi-process (torchrun / isda train --nproc; see torch_isda.train.parallel)
     isda_sync: str = _field(
         "on", "[multi-process] on: all-gather every global batch so that all ranks share the "
         "ISDA statistics; off: per-rank statistics (the official code's behaviour)",

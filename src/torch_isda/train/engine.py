@@ -20,11 +20,11 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..estimator import CovarianceEstimator
-from ..sync_batchnorm import convert_sync_batchnorm
+from .sync_batchnorm import convert_sync_batchnorm
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_json,
                          load_resumable_checkpoint, save_checkpoint)
 from .config import TrainConfig
-from .distributed import (
+from .parallel import (
     DistributedContext,
     all_gather_cat,
     average_gradients,

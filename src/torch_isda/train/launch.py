@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import TrainConfig
-from .distributed import check_distributed_config
+from .parallel import check_distributed_config
 from .resolve import resolve_config
 
 __all__ = ["launch_config", "torchrun_command"]

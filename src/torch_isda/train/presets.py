@@ -3,7 +3,7 @@ model family (:func:`preset_name_for_family`); any preset can be forced with ``-
 
 The presets, their sources, their LR timing (:attr:`Preset.lr_offset`) and their ISDA
 defaults per family and model are tabulated in docs/training.md ("Presets"); the
-segmentation presets are chosen in :mod:`torch_isda.train.segmentation_config`. Values
+segmentation presets are chosen in :mod:`torch_isda.train.tasks.segmentation.config`. Values
 given explicitly (``--lambda0``, ``isda(lambda0=...)``, ...) always win.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Optional
 
-from ..semi.config import semi_run_name
+from .tasks.semi.config import semi_run_name
 from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, ISDA_PRESET_FIELDS, PRESET_FIELDS, TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname
 
@@ -142,7 +142,7 @@ PRESETS: dict[str, Preset] = {
         Preset("imagenet_120", 120, 256, 0.1, 1e-4, "step", (30, 60, 90), 0.1, nesterov=False,
                source="NeurIPS Appendix B (lambda_0, kind: TPAMI Appendix A; SGD without "
                "Nesterov as the official imagenet_DDP.py)", **_IMAGENET_ISDA),
-        # segmentation (Table 7; chosen by torch_isda.train.segmentation_config)
+        # segmentation (Table 7; chosen by torch_isda.train.tasks.segmentation.config)
         Preset("segmentation", 108, 8, 0.01, 5e-4, "poly", nesterov=False, lambda0=7.5,
                kind="diagonal", source="official ISDA segmentation code: Cityscapes, 40k "
                "iterations of batch 8 (= 108 epochs), 769 crops"),

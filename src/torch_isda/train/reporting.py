@@ -9,6 +9,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Optional
 
+from ..utils.text import format_eta
+
 __all__ = ["PAPER_FINAL_EPOCHS", "SweepEta", "bold_note", "clear_best", "counts_text",
            "final_window", "fmt_pm", "format_eta", "mean_std", "plural", "window_text"]
 
@@ -64,16 +66,6 @@ def counts_text(counts: "Sequence[int] | set[int]", word: str) -> str:
     if len(values) == 1:
         return plural(values[0], word)
     return f"{'/'.join(map(str, values))} {word}s"
-
-
-def format_eta(seconds: float) -> str:
-    """``"42s"``, ``"3m05s"``, ``"1h02m"``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class SweepEta:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ..semi.config import semi_problems
+from .tasks.semi.config import semi_problems
 from .config import TrainConfig
 from .tasks import task_class
 

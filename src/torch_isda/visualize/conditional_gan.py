@@ -7,7 +7,7 @@ standard normal distribution is adopted as input, generating images correspondin
 label. Specially, infoGAN takes additional input with two dimensions, which represent
 specific attributes of the whole training set." The generated images then augment the
 classifier's mini-batches (criterion ``gan_augment``,
-:mod:`torch_isda.baselines.generative_augmentation`).
+:mod:`torch_isda.train.criteria.generative_augmentation`).
 
 Kinds (``kind``):
 

@@ -420,7 +420,7 @@ def train_gan(
     Returns:
         The trained generator (eval mode, on ``device``).
     """
-    from ..train.reporting import format_eta
+    from ..utils.text import format_eta
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

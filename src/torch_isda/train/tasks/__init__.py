@@ -9,16 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..segmentation_config import infer_task
+from .segmentation.config import infer_task
 from .base import StepOut, Task
 
 __all__ = ["TASKS", "StepOut", "Task", "register_task", "task_class", "task_name"]
 
 #: Registered tasks: name -> ``"module:Class"``.
 TASKS: dict[str, str] = {
-    "classification": "torch_isda.train.tasks.classification:ClassificationTask",
-    "semi": "torch_isda.train.tasks.semi:SemiTask",
-    "segmentation": "torch_isda.train.tasks.segmentation:SegmentationTask",
+    "classification": "torch_isda.train.tasks.classification.task:ClassificationTask",
+    "semi": "torch_isda.train.tasks.semi.task:SemiTask",
+    "segmentation": "torch_isda.train.tasks.segmentation.task:SegmentationTask",
 }
 
 
@@ -31,7 +31,7 @@ def register_task(name: str, target: str) -> None:
 
 def task_name(config: Any) -> str:
     """The registry name of the task that runs ``config``: segmentation when its ``task`` or
-    its dataset says so (:func:`~torch_isda.train.segmentation_config.infer_task`),
+    its dataset says so (:func:`~torch_isda.train.tasks.segmentation.config.infer_task`),
     semi-supervised when ``semi != "none"``, else classification."""
     if infer_task(config) == "segmentation":
         return "segmentation"

@@ -1,30 +1,6 @@
 """The :class:`Task` protocol: what the :class:`~torch_isda.train.engine.Engine` asks of a task.
 
 A task is built with ``Task(config, engine)`` (``config`` resolved; ``engine`` gives
-``resolve(config)``             (static) fill the task's defaults: one pass, one place
-``build()``                     data, model, criterion (seeded by the engine); sets
-                                ``model``, ``criterion``, ``train_batches``, ``num_classes``,
-                                ``image_size``, ``train_size``, ``test_size``, ``augment``
-``param_groups()``              the optimizer's parameter groups
-``prepare_distributed(ctx)``    after SyncBatchNorm: DDP wrapping etc.; ``True`` when DDP
-                                averages the model's gradients
-``train_mode(epoch)``           before an epoch (``model.train()``, sampler epoch)
-``train_step(batch, progress)`` one step under the engine's AMP: a :class:`StepOut`
-``after_step(step)``            after the optimizer step (mean teacher's EMA)
-``end_epoch()``                 after the last step of an epoch
-``epoch_values(totals)``        ``(train_loss, train_error, extras)`` from the summed logs
-``evaluate(final)``             ``{"test_loss", "test_error", ...}`` (``final``: last epoch)
-``log_values()``                criterion values of the metrics row (``"lambda"``, ...)
-``summary(row)``                the epoch line's metrics
-``state_dict()``                task-owned checkpoint entries (ZCA, split, ensemble, ...)
-``load_state_dict(state)``      restore them (before the engine restores the rest)
-``result_fields(rows)``         the task's columns of ``result.json``
-``resolved_fields()``           the task's entries of ``config.json``'s ``"resolved"``
-``generators()``                the task's RNGs to checkpoint
-``result_line(result)``         (static) a finished run's score in ``isda compare``'s log
-``result_warning(...)``         (static) a warning about a finished run, or ``None``
-=============================== =============================================================
-=======
 ``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``);
 the methods it answers are tabulated in docs/architecture.md ("Tasks").
 """

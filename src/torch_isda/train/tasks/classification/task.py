@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..criteria import create_criterion
-from ..distributed import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
-from ..presets import apply_preset
-from ..tables import write_classification_comparison
-from .base import StepOut, Task
+from ...criteria import create_criterion
+from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
+from ...presets import apply_preset
+from ...tables import write_classification_comparison
+from ..base import StepOut, Task
 
 __all__ = ["ClassificationTask"]
 
@@ -43,7 +43,7 @@ class ClassificationTask(Task):
     def build_data(self) -> None:
         """Training and test batches (this rank's share under torchrun)."""
         cfg = self.config
-        from ...data import DeviceBatchIterator, ImageDataset, build_augment
+        from ....data import DeviceBatchIterator, ImageDataset, build_augment
 
         if cfg.dataset == "imagefolder":
             self._imagefolder()
@@ -75,7 +75,7 @@ class ClassificationTask(Task):
 
     def _imagefolder(self) -> None:
         cfg, ctx = self.config, self.context
-        from ...data import create_imagefolder_loaders
+        from ....data import create_imagefolder_loaders
 
         world = ctx.world_size if ctx else 1
         shard = ({"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {})

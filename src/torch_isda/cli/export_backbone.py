@@ -201,7 +201,7 @@ def load_weights(path: Union[str, os.PathLike[str]]) -> Mapping[str, Any]:
     """The weights stored at ``path``: a run directory of ``isda train`` (its
     ``checkpoint.pt``) or a file saved with ``torch.save`` (a state dict or a checkpoint
     holding one), loaded with ``weights_only=True``."""
-    from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from ..train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     path = Path(path)
     if path.is_dir():
@@ -224,7 +224,7 @@ def export_backbone(source: Union[str, os.PathLike[str], nn.Module, Mapping[str,
     :func:`load_weights`, or a model / state dict) to ``out`` atomically, with
     ``torch.save``; returns :func:`resnet_architecture` of it plus ``"keys"``, ``"format"``
     and ``"out"``. Nothing is written when the weights do not fit."""
-    from .train.checkpoint import atomic_write
+    from ..train.checkpoint import atomic_write
 
     if isinstance(source, (str, os.PathLike)):
         source = load_weights(source)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...semi import (
+from ....semi import (
     ZCA,
     SemiBatchLoader,
     SemiBatchSampler,
@@ -23,7 +23,7 @@ from ...semi import (
     global_contrast_normalize,
     labeled_split,
 )
-from ...semi.config import (
+from .config import (
     dataset_semi_defaults,
     default_translate,
     method_kwargs,
@@ -31,11 +31,11 @@ from ...semi.config import (
     resolve_semi_config,
     semi_summary,
 )
-from ..distributed import all_gather_cat, broadcast_buffers, shard_bounds
-from ..metrics import final_error
-from ..presets import apply_preset
-from ..tables_semi import write_semi_comparison
-from .base import StepOut, Task
+from ...parallel import all_gather_cat, broadcast_buffers, shard_bounds
+from ...metrics import final_error
+from ...presets import apply_preset
+from .tables import write_semi_comparison
+from ..base import StepOut, Task
 
 __all__ = ["SemiTask"]
 
@@ -94,7 +94,7 @@ class SemiTask(Task):
 
     def build_data(self) -> None:
         cfg, device = self.config, self.device
-        from ...data import ImageDataset
+        from ....data import ImageDataset
 
         data = self.load_dataset(lambda d: isinstance(d, ImageDataset),
                                  "--semi supports in-memory ImageDataset datasets")

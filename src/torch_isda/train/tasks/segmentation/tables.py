@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import TrainConfig
-from .reporting import clear_best, counts_text, fmt_pm, plural
-from .rundir import RESULT_NAME
-from .segmentation_config import TABLE7_COLUMNS
-from .tables import (MethodSummary, format_params, markdown_table, plot_band, pyplot,
+from ...config import TrainConfig
+from ...reporting import clear_best, counts_text, fmt_pm, plural
+from ...rundir import RESULT_NAME
+from .config import TABLE7_COLUMNS
+from ...tables import (MethodSummary, format_params, markdown_table, plot_band, pyplot,
                      save_figure, stats_cells, write_table_files)
 
 __all__ = ["SegmentationMethodSummary", "format_segmentation_result", "plot_miou_curves",

@@ -39,7 +39,7 @@ def _options(fn: Callable[..., Any]) -> str:
 
 
 def _models() -> Iterator[tuple[str, str, str]]:
-    from .models import list_models, model_entrypoint
+    from ..models import list_models, model_entrypoint
 
     for name in list_models():
         fn = model_entrypoint(name)
@@ -47,7 +47,7 @@ def _models() -> Iterator[tuple[str, str, str]]:
 
 
 def _datasets() -> Iterator[tuple[str, str, str]]:
-    from .data import dataset_entrypoint, list_datasets
+    from ..data import dataset_entrypoint, list_datasets
 
     for name in list_datasets():
         fn = dataset_entrypoint(name)
@@ -55,7 +55,7 @@ def _datasets() -> Iterator[tuple[str, str, str]]:
 
 
 def _criteria() -> Iterator[tuple[str, str, str]]:
-    from .train.criteria import criterion_info, list_criteria
+    from ..train.criteria import criterion_info, list_criteria
 
     for name in list_criteria():
         entry = criterion_info(name)
@@ -65,7 +65,7 @@ def _criteria() -> Iterator[tuple[str, str, str]]:
 
 
 def _augmentations() -> Iterator[tuple[str, str, str]]:
-    from .data.augment import AUGMENTATIONS, TERM_OPTIONS
+    from ..data.augment import AUGMENTATIONS, TERM_OPTIONS
 
     for name, options in TERM_OPTIONS.items():
         kind = "base" if name in AUGMENTATIONS else "extra, joined with '+'"
@@ -73,7 +73,7 @@ def _augmentations() -> Iterator[tuple[str, str, str]]:
 
 
 def _presets() -> Iterator[tuple[str, str, str]]:
-    from .train.presets import PRESETS
+    from ..train.presets import PRESETS
 
     for name, p in sorted(PRESETS.items()):
         yield (name, f"{p.epochs} epochs, batch {p.batch_size}, lr {p.lr:g}, wd "
@@ -81,7 +81,7 @@ def _presets() -> Iterator[tuple[str, str, str]]:
 
 
 def _semi() -> Iterator[tuple[str, str, str]]:
-    from .semi.methods import METHODS
+    from ..semi.methods import METHODS
 
     for name, cls in METHODS.items():
         yield name, _first_line(cls), _options(cls.__init__)

@@ -1,6 +1,6 @@
 """``isda export``: a run's ResNet backbone as a torchvision / timm ``state_dict``.
 
-See :mod:`torch_isda.export` and docs/reproduce/table11-12-detection.md (Tables 11-12).
+See :mod:`torch_isda.cli.export_backbone` and docs/reproduce/table11-12-detection.md (Tables 11-12).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ init_cfg=dict(type="Pretrained", checkpoint=FILE).
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from .export import EXPORT_FORMATS
+    from .export_backbone import EXPORT_FORMATS
 
     parser = subparsers.add_parser(
         "export", help="write a run's ResNet backbone with torchvision / timm key names",
@@ -54,7 +54,7 @@ def describe(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .export import export_backbone
+    from .export_backbone import export_backbone
 
     info = export_backbone(args.run, args.out, args.format, classifier=args.classifier)
     loader = {"torchvision": f"torchvision.models.{info['name'] or 'resnet50'}",

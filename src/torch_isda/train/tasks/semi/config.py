@@ -71,7 +71,7 @@ def canonical_semi(name: Any) -> str:
                          f"got {name!r}")
     if name.strip().lower() == "none":
         return "none"
-    from .methods import canonical_method_name
+    from ....semi.methods import canonical_method_name
 
     try:
         return canonical_method_name(name)
@@ -128,7 +128,7 @@ def semi_problems(config: Any) -> list[str]:
 def parse_semi_loss(spec: str) -> tuple[str, dict[str, Any]]:
     """``(name, kwargs)`` of ``--loss`` with ``--semi``: ``isda`` (Eq. 19) or ``ce`` (the
     base method alone), with arguments, without modifiers."""
-    from ..train.criteria import parse_single_loss
+    from ...criteria import parse_single_loss
 
     return parse_single_loss(spec, "--semi", " (isda: Eq. 19, ISDA on the labeled batch + eta1 "
                                              "x the consistency bound of Eq. 15 + eta2 x the base "
@@ -137,7 +137,7 @@ def parse_semi_loss(spec: str) -> tuple[str, dict[str, Any]]:
 
 def semi_run_name(config: Any) -> str:
     """Directory-name part of a semi-supervised run: ``<method>-<loss>-<labels>labels``."""
-    from ..train.criteria import spec_dirname
+    from ...criteria import spec_dirname
 
     return f"{canonical_semi(config.semi)}-{spec_dirname(config.loss)}{labels_suffix(config)}"
 
@@ -203,7 +203,7 @@ def method_kwargs(config: Any, steps_per_epoch: int) -> dict[str, Any]:
     """
     import inspect
 
-    from .methods import METHODS
+    from ....semi.methods import METHODS
 
     semi = canonical_semi(config.semi)
     cls = METHODS[semi]

@@ -126,7 +126,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import common
+    from ..analysis import common
 
     name = getattr(args, "analysis", None)
     if name is None:
@@ -140,27 +140,27 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     kwargs = {"force": args.force, "quiet": args.quiet}
     if name == "tightness":
-        from .tightness import run_tightness
+        from ..analysis.tightness import run_tightness
 
         result = run_tightness(base, out, every=args.every, samples=args.samples, **kwargs)
         png, md, csv = result["png"], result["table_md"], result["table_csv"]
     else:
         if name == "explicit":
-            from .explicit import run_explicit
+            from ..analysis.explicit import run_explicit
 
             result = run_explicit(base, out, ms=args.ms, seeds=seeds, learned=args.learned,
                                   cov_args=args.cov_args, **kwargs)
         elif name == "tsne":
-            from .tsne import run_tsne
+            from ..analysis.tsne import run_tsne
 
             result = run_tsne(base, out, losses=args.losses, seed=base.seed,
                               max_points=args.max_points, perplexity=args.perplexity, **kwargs)
         elif name == "sensitivity":
-            from .sensitivity import run_sensitivity
+            from ..analysis.sensitivity import run_sensitivity
 
             result = run_sensitivity(base, out, lambdas=args.lambdas, seeds=seeds, **kwargs)
         else:
-            from .ablation import run_ablation
+            from ..analysis.ablation import run_ablation
 
             result = run_ablation(base, out, seeds=seeds, **kwargs)
         png, md, csv = result["png"], result["table_md"], result["table_csv"]

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..train.criteria import CriterionModifier, TrainingCriterion, register_criterion
+from .registry import CriterionModifier, TrainingCriterion, register_criterion
 
 __all__ = [
     "DistributionNetCriterion",
@@ -187,7 +187,7 @@ class GANAugmentCriterion(CriterionModifier):
                              "`isda gan train --kind wgan-per-class|cgan|acgan|infogan`")
         self.proportion = _proportion(proportion)
         if isinstance(generator, (str, Path)):
-            from ..visualize.conditional_gan import load_conditional_generator
+            from ...visualize.conditional_gan import load_conditional_generator
 
             path = Path(generator)
             g = load_conditional_generator(path)

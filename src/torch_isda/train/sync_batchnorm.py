@@ -2,7 +2,7 @@
 
 :class:`torch.nn.SyncBatchNorm` only runs on accelerators; :class:`SyncBatchNorm` also
 runs with gloo on the CPU (multi-process training with ``--sync-bn``,
-:mod:`torch_isda.train.distributed`). Build it with :func:`convert_sync_batchnorm`.
+:mod:`torch_isda.train.parallel`). Build it with :func:`convert_sync_batchnorm`.
 """
 
 from __future__ import annotations

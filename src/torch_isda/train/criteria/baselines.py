@@ -12,14 +12,14 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..train.criteria import CriterionModifier, TrainingCriterion, register_criterion
-from .center import CenterLoss
-from .disturb_label import DisturbLabel
-from .feature_dropout import FeatureDropout
-from .focal import FocalLoss
-from .label_smoothing import LabelSmoothingLoss
-from .large_margin import LargeMarginSoftmaxLoss
-from .lq import LqLoss
+from .registry import CriterionModifier, TrainingCriterion, register_criterion
+from ...baselines.center import CenterLoss
+from ...baselines.disturb_label import DisturbLabel
+from ...baselines.feature_dropout import FeatureDropout
+from ...baselines.focal import FocalLoss
+from ...baselines.label_smoothing import LabelSmoothingLoss
+from ...baselines.large_margin import LargeMarginSoftmaxLoss
+from ...baselines.lq import LqLoss
 
 __all__ = [
     "CenterCriterion",

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cli_types import non_negative_float, non_negative_int, positive_int
+from ..train.arg_types import non_negative_float, non_negative_int, positive_int
 
 __all__ = ["add_parser", "run", "load_classifier", "find_estimator", "estimate_covariance"]
 
@@ -42,7 +42,7 @@ ImageNet (Figs. 7 and 14) with BigGAN, for a run trained on an imagefolder datas
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from .inversion import (
+    from ..visualize.inversion import (
         STEP1_ITERATIONS,
         STEP1_LR,
         STEP2_ITERATIONS,
@@ -147,7 +147,7 @@ def load_classifier(run_dir: Path, device: Any, data_dir: Optional[str] = None,
     from ..models import create_model
     from ..train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from ..train.config import TrainConfig
-    from .command_gan import load_image_dataset
+    from .gan import load_image_dataset
 
     hint = "pass the --out directory of an `isda train` run"
     _require_dir(run_dir, "classifier run directory", hint)
@@ -246,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.checkpoint import atomic_write_text
     from ..train.seeding import num_threads
-    from ..train.distributed import resolve_device
-    from .gan import load_gan_checkpoint, load_generator
-    from .inversion import run_visualization
+    from ..train.parallel import resolve_device
+    from ..visualize.gan import load_gan_checkpoint, load_generator
+    from ..visualize.inversion import run_visualization
 
     if args.generator == "biggan":
         return _run_biggan(args)
@@ -361,8 +361,8 @@ def _run_biggan(args: argparse.Namespace) -> int:
 
     from ..train.checkpoint import atomic_write_text
     from ..train.seeding import num_threads
-    from ..train.distributed import resolve_device
-    from .biggan import load_biggan, run_biggan_visualization
+    from ..train.parallel import resolve_device
+    from ..visualize.biggan import load_biggan, run_biggan_visualization
 
     run_dir = Path(args.classifier)
     device = resolve_device(args.device)

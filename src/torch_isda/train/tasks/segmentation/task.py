@@ -18,20 +18,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...segmentation import resize_labels
-from ...segmentation_criterion import ALIGN_CORNERS, SegmentationCriterion
-from ...segmentation_metrics import ConfusionMatrix, predict_probs
-from ..config import TrainConfig
-from ..distributed import GlobalBatchShards, shard_bounds
-from ..segmentation_config import (
+from ....segmentation import resize_labels
+from .criterion import ALIGN_CORNERS, SegmentationCriterion
+from .metrics import ConfusionMatrix, predict_probs
+from ...config import TrainConfig
+from ...parallel import GlobalBatchShards, shard_bounds
+from .config import (
     TABLE7_COLUMNS,
     parse_scales,
     parse_segmentation_loss,
     resolve_segmentation_config,
 )
-from ..tables_segmentation import (format_segmentation_result, single_class_warning,
+from .tables import (format_segmentation_result, single_class_warning,
                                    write_segmentation_comparison)
-from .base import StepOut, Task
+from ..base import StepOut, Task
 
 __all__ = ["DeviceSegmentationBatches", "SegmentationTask", "create_segmentation_criterion"]
 
@@ -125,7 +125,7 @@ class SegmentationTask(Task):
 
     def _cityscapes(self) -> None:
         cfg, ctx = self.config, self.context
-        from ...data.cityscapes import create_cityscapes_loaders
+        from ....data.cityscapes import create_cityscapes_loaders
 
         world = ctx.world_size if ctx else 1
         shard = {"rank": ctx.rank, "world_size": ctx.world_size} if ctx else {}

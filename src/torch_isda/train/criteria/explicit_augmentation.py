@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import isda_cross_entropy, sample_augmented_features
-from ..loss import ISDALoss
-from ..train.criteria import ISDACriterion, TrainingCriterion, register_criterion
+from ...functional import isda_cross_entropy, sample_augmented_features
+from ...loss import ISDALoss
+from .registry import ISDACriterion, TrainingCriterion, register_criterion
 
 __all__ = ["ExplicitSDACriterion", "LearnedCovarianceCriterion", "parse_samples"]
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import TrainConfig
-from .reporting import clear_best, counts_text, fmt_pm, mean_std, plural, window_text
-from .tables import (MethodSummary, markdown_table, plot_band, pyplot, save_figure, stats_cells,
+from ...config import TrainConfig
+from ...reporting import clear_best, counts_text, fmt_pm, mean_std, plural, window_text
+from ...tables import (MethodSummary, markdown_table, plot_band, pyplot, save_figure, stats_cells,
                      summarize_method, write_table_files, zoom_top)
 
 __all__ = ["METHOD_NAMES", "plot_semi_curves", "render_semi_table", "write_semi_comparison"]
@@ -25,7 +25,7 @@ _COLUMNS = {"ce": "without ISDA", "isda": "with ISDA"}
 
 
 def _paper(method: str, config: TrainConfig) -> Optional[str]:
-    from ..semi.methods import PAPER_TABLE6
+    from ....semi.methods import PAPER_TABLE6
 
     entry = PAPER_TABLE6.get((method, config.dataset, int(config.labels)))
     if entry is None:

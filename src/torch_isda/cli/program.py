@@ -12,8 +12,9 @@ module is imported to build ``isda --help``. A module that fails to import only 
 its own subcommand (running it prints the import error).
 
 Errors a user can fix (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) are
-printed as ``isda <command>: error: ...`` with exit status 2; ``isda --debug ...`` shows
-the full traceback instead.
+printed as ``isda <command>: error: ...`` with exit status 2
+(:func:`torch_isda.train.arg_types.run_command`); ``isda --debug ...`` shows the full
+traceback instead.
 """
 
 from __future__ import annotations
@@ -30,19 +31,16 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[tuple[str, str]] = [
     ("train", "torch_isda.train.command_train"),
     ("compare", "torch_isda.train.command_compare"),
-    ("list", "torch_isda.command_list"),
-    ("gan", "torch_isda.visualize.command_gan"),
-    ("visualize", "torch_isda.visualize.command_visualize"),
-    ("analyze", "torch_isda.analysis.command_analyze"),
-    ("bench", "torch_isda.analysis.command_bench"),
-    ("export", "torch_isda.command_export"),
+    ("list", "torch_isda.cli.list"),
+    ("gan", "torch_isda.cli.gan"),
+    ("visualize", "torch_isda.cli.visualize"),
+    ("analyze", "torch_isda.cli.analyze"),
+    ("bench", "torch_isda.cli.bench"),
+    ("export", "torch_isda.cli.export"),
 ]
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
-
-
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     try:
         import torch
@@ -89,17 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if run is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        status = run(args)
-    except KeyboardInterrupt:
-        print(f"isda {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as err:
-        if args.debug:
-            raise
-        print(f"isda {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0 if status is None else int(status)
+    from ..train.arg_types import run_command  # imported here: the train extra is optional
+
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

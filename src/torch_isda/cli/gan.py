@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cli_types import non_negative_int, positive_int
+from ..train.arg_types import non_negative_int, positive_int
 
 #: ``--kind`` values: the class-agnostic WGAN-GP, then
 #: :data:`torch_isda.visualize.conditional_gan.CONDITIONAL_KINDS` (kept light: no torch import
@@ -138,7 +138,7 @@ def load_image_dataset(name: str, data_dir: str, download: bool, kwargs: dict) -
 def _check_resume(args: argparse.Namespace, ckpt: Path, dataset_name: str,
                   image_shape: tuple) -> Optional[dict]:
     """The saved checkpoint when resuming, after checking it fits the request."""
-    from .gan import GANConfig, load_gan_checkpoint
+    from ..visualize.gan import GANConfig, load_gan_checkpoint
 
     state = load_gan_checkpoint(ckpt)
     config = GANConfig(**state["config"])
@@ -167,8 +167,8 @@ def _check_resume(args: argparse.Namespace, ckpt: Path, dataset_name: str,
 
 def run_train(args: argparse.Namespace) -> int:
     from ..train.seeding import num_threads
-    from ..train.distributed import resolve_device
-    from .gan import CHECKPOINT_NAME, DCGAN_ITERATIONS, DIGITS_ITERATIONS, LOG_NAME, SAMPLES_NAME, train_gan
+    from ..train.parallel import resolve_device
+    from ..visualize.gan import CHECKPOINT_NAME, DCGAN_ITERATIONS, DIGITS_ITERATIONS, LOG_NAME, SAMPLES_NAME, train_gan
 
     kind = getattr(args, "kind", "wgan-gp")
     default_out = f"runs/gan-{args.dataset}" if kind == "wgan-gp" else f"runs/{kind}-{args.dataset}"
@@ -225,7 +225,7 @@ def _run_conditional(args: argparse.Namespace, kind: str, out: Path, data: Any, 
     import shutil
 
     from ..train.seeding import num_threads
-    from .conditional_gan import load_conditional_checkpoint, train_conditional_gan
+    from ..visualize.conditional_gan import load_conditional_checkpoint, train_conditional_gan
 
     if args.force and out.exists():
         for path in [out / "gan.pt", out / "gan_log.jsonl", out / "samples.png",
@@ -267,7 +267,7 @@ def _run_conditional(args: argparse.Namespace, kind: str, out: Path, data: Any, 
 
 def _check_conditional_resume(args: argparse.Namespace, ckpt: Path, kind: str) -> None:
     """Resuming keeps the saved settings: explicit options that differ are an error."""
-    from .conditional_gan import load_conditional_checkpoint
+    from ..visualize.conditional_gan import load_conditional_checkpoint
 
     state = load_conditional_checkpoint(ckpt)
     config = state["config"]
@@ -287,6 +287,6 @@ def _check_conditional_resume(args: argparse.Namespace, ckpt: Path, kind: str) -
 
 
 def _saved_iteration(ckpt: Path) -> int:
-    from .gan import load_gan_checkpoint
+    from ..visualize.gan import load_gan_checkpoint
 
     return int(load_gan_checkpoint(ckpt)["iteration"])

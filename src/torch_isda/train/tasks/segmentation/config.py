@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from .config import TrainConfig
+from ...config import TrainConfig
 
 __all__ = [
     "TABLE7_COLUMNS",
@@ -120,7 +120,7 @@ def parse_scales(text: Any) -> list[float]:
 def parse_segmentation_loss(spec: str) -> tuple[str, dict[str, Any]]:
     """``"isda(lambda0=5)"`` -> ``("isda", {"lambda0": 5})``: one primary loss, ``ce`` or
     ``isda``, without modifiers."""
-    from .criteria import parse_single_loss
+    from ...criteria import parse_single_loss
 
     return parse_single_loss(spec, "segmentation runs")
 
@@ -129,7 +129,7 @@ def _segmentation_model(config: TrainConfig, extras: SegmentationExtras
                         ) -> tuple[str, dict, str]:
     """``(model, model_kwargs, family)``: the default model replaced by the segmentation one,
     the preset's model options under the given ones; ``ValueError`` for other families."""
-    from .presets import model_family
+    from ...presets import model_family
 
     model = config.model
     if model == TrainConfig.model:  # the classification default: use the segmentation one
@@ -151,9 +151,9 @@ def _segmentation_model(config: TrainConfig, extras: SegmentationExtras
 def resolve_segmentation_config(config: TrainConfig) -> TrainConfig:
     """Fill a segmentation config (see the module docstring); the ``resolve`` of the
     segmentation task (:func:`~torch_isda.train.resolve.resolve_config`)."""
-    from ..data import dataset_entrypoint
-    from ..functional import KINDS
-    from .presets import default_out_dir, get_preset
+    from ....data import dataset_entrypoint
+    from ....functional import KINDS
+    from ...presets import default_out_dir, get_preset
 
     config.validate()
     infer_task(config)  # refuses --semi and a task the dataset contradicts

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "bench", None) is None:
         args._bench_parser.print_help()
         return 2
-    from .overhead import run_overhead
+    from ..analysis.overhead import run_overhead
 
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"--repeats must be >= 1 and --warmup >= 0; got {args.repeats}, "
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.timed.strip().lower() == "none":
         timed = []
     elif args.timed.strip().lower() == "all":
-        from .overhead import bench_cases
+        from ..analysis.overhead import bench_cases
 
         timed = list(dict.fromkeys(c.model for c in bench_cases(models)))
     else:

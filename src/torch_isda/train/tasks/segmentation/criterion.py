@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .segmentation import SegmentationISDALoss, resize_labels
+from ....segmentation import SegmentationISDALoss, resize_labels
 
 __all__ = ["ALIGN_CORNERS", "SegmentationCriterion"]
 

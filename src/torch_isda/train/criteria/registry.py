@@ -5,11 +5,10 @@ optionally with keyword arguments: ``create_criterion("isda(lambda0=0.75)+dropou
 A, C, config)``. The interface, the composition rules and how to register a criterion are
 described in docs/training.md ("Criteria").
 
-Modules holding criteria are imported on first use of the registry (listing, lookup,
-:func:`create_criterion`): those named in :data:`BUILTIN_CRITERION_MODULES` (the paper's
-comparison methods, in :mod:`torch_isda.baselines`) and in :data:`CRITERION_MODULES`
-(plugins). They are named by strings and imported with :mod:`importlib`, so this module
-imports none of them (they import it to register).
+The built-in comparison methods register themselves from the modules beside this one
+(imported by the package, :mod:`torch_isda.train.criteria`); plugin modules named in
+:data:`CRITERION_MODULES` are imported on first use of the registry (listing, lookup,
+:func:`create_criterion`). This module imports none of them (they import it to register).
 """
 
 from __future__ import annotations
@@ -26,11 +25,10 @@ from typing import Any, ClassVar, Optional, Union
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..loss import ISDALoss
-from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
+from ...loss import ISDALoss
+from ..config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
 
 __all__ = [
-    "BUILTIN_CRITERION_MODULES",
     "CRITERION_MODULES",
     "CompositeCriterion",
     "CriterionModifier",
@@ -47,15 +45,6 @@ __all__ = [
     "split_top_level",
     "unregister_criterion",
 ]
-
-#: The modules of the built-in criteria beyond ``ce`` and ``isda``, imported (once) before
-#: the registry is first used: the Table 5 baselines, explicit augmentation / learned
-#: covariance (Fig. 10), DistributionNet and GAN augmentation.
-BUILTIN_CRITERION_MODULES: tuple[str, ...] = (
-    "torch_isda.baselines.criteria",
-    "torch_isda.baselines.explicit_augmentation",
-    "torch_isda.baselines.generative_augmentation",
-)
 
 #: Extra (plugin) modules imported (once) before the registry is first used.
 CRITERION_MODULES: list[str] = []
@@ -243,7 +232,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for module in (*BUILTIN_CRITERION_MODULES, *CRITERION_MODULES):
+    for module in CRITERION_MODULES:
         importlib.import_module(module)
 
 

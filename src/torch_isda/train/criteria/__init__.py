@@ -1,0 +1,52 @@
+"""Training criteria: the ``--loss`` registry and its spec grammar, ``ce`` and ``isda``
+(:mod:`~torch_isda.train.criteria.registry`), and the adapters that make the comparison
+methods of ``torch_isda.baselines`` criteria (:mod:`~torch_isda.train.criteria.baselines`,
+:mod:`~torch_isda.train.criteria.explicit_augmentation`,
+:mod:`~torch_isda.train.criteria.generative_augmentation`), which this package imports
+(they register themselves: the registry is found from above, never the other way).
+"""
+
+from .registry import (
+    CRITERION_MODULES,
+    CompositeCriterion,
+    CriterionEntry,
+    CriterionModifier,
+    CrossEntropyCriterion,
+    ISDACriterion,
+    TrainingCriterion,
+    create_criterion,
+    criterion_info,
+    list_criteria,
+    parse_criterion_spec,
+    parse_single_loss,
+    register_criterion,
+    spec_dirname,
+    split_top_level,
+    unregister_criterion,
+)
+from . import baselines, explicit_augmentation, generative_augmentation  # noqa: F401  (register)
+
+#: The modules of the built-in criteria beyond ``ce`` and ``isda``: the Table 5 baselines,
+#: explicit augmentation / learned covariance (Fig. 10), DistributionNet and GAN augmentation.
+BUILTIN_CRITERION_MODULES: tuple[str, ...] = (
+    baselines.__name__, explicit_augmentation.__name__, generative_augmentation.__name__)
+
+__all__ = [
+    "BUILTIN_CRITERION_MODULES",
+    "CRITERION_MODULES",
+    "CompositeCriterion",
+    "CriterionEntry",
+    "CriterionModifier",
+    "CrossEntropyCriterion",
+    "ISDACriterion",
+    "TrainingCriterion",
+    "create_criterion",
+    "criterion_info",
+    "list_criteria",
+    "parse_criterion_spec",
+    "parse_single_loss",
+    "register_criterion",
+    "spec_dirname",
+    "split_top_level",
+    "unregister_criterion",
+]
