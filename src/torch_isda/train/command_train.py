@@ -111,6 +111,10 @@ def run_args(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from .parallel import USER_ERRORS, launched_by_torchrun
 
+    if args.resume and args.force:
+        raise ValueError("--resume and --force contradict each other (--resume continues the "
+                         "run in --out, --force deletes it and starts over): pass one of them")
+
     config = build_config(args)
     if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
         from .launch import launch_config
