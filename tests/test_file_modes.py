@@ -42,9 +42,18 @@ def test_atomic_writes_get_the_mode_open_gives(tmp_path, mask):
         with open(tmp_path / "plain", "w"):
             pass
         atomic_write_json(tmp_path / "a.json", {"x": 1})
-        save_checkpoint({"w": 1}, tmp_path / "backbone.pth")  # what isda export writes with
+        save_checkpoint({"w": 1}, tmp_path / "checkpoint.pt")
     assert mode(tmp_path / "a.json") == mode(tmp_path / "plain") == 0o666 & ~mask
-    assert mode(tmp_path / "backbone.pth") == 0o666 & ~mask
+    assert mode(tmp_path / "checkpoint.pt") == 0o666 & ~mask
+
+
+def test_exported_backbone_is_readable_by_others(tmp_path):
+    from torch_isda.cli.export_backbone import export_backbone
+    from torch_isda.models.resnet_imagenet import ImageNetResNet
+
+    with umask(0o022):
+        export_backbone(ImageNetResNet((1, 1, 1, 1), 5), tmp_path / "backbone.pth", "torchvision")
+    assert mode(tmp_path / "backbone.pth") == 0o644
 
 
 def test_a_comparisons_files_are_readable_by_others(tmp_path, monkeypatch):
