@@ -44,18 +44,27 @@ def fuzz_settings(examples: int):
                                                           HealthCheck.function_scoped_fixture])
 
 
-_STARTED: list[float] = []
+_SPAN: list[float] = []  # perf_counter() at the first case and after the last one
 
 
 def elapsed() -> float:
-    """Seconds since the first fuzzing case (for the summary line of tests/conftest.py)."""
-    return time.perf_counter() - _STARTED[0] if _STARTED else 0.0
+    """Seconds from the first fuzzing case to the end of the last one (for the summary line
+    of tests/conftest.py; the module's tests run one after the other)."""
+    return _SPAN[-1] - _SPAN[0] if _SPAN else 0.0
 
 
 def count(name: str) -> None:
-    if not _STARTED:
-        _STARTED.append(time.perf_counter())
+    if not _SPAN:
+        _SPAN.append(time.perf_counter())
     CASES[name] += 1
+
+
+@pytest.fixture(autouse=True)
+def _time_cases():
+    yield
+    if _SPAN:
+        del _SPAN[1:]
+        _SPAN.append(time.perf_counter())
 
 
 # --------------------------------------------------------------------------- the core

@@ -70,8 +70,8 @@ def ignored_option_notes(overrides: dict[str, Any], config: TrainConfig) -> list
 def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
     """``ValueError`` for an explicit ``--model`` that a segmentation run would replace (the
     classification default ``digits_cnn`` stands for "the task's default model" only when
-    ``--model`` is not given); then, once the configuration resolves (a bad value is
-    reported alone), print the :func:`ignored_option_notes` to stderr."""
+    ``--model`` is not given); then, when the configuration resolves (else its error comes
+    alone, later), print the :func:`ignored_option_notes` to stderr."""
     if overrides.get("model") == TrainConfig.model:
         from .tasks.segmentation.config import DEFAULT_SEGMENTATION_MODEL, infer_task
 
@@ -82,6 +82,9 @@ def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
                 f"when --model is not given)")
     from .resolve import resolve_config
 
-    resolved = resolve_config(config)
+    try:
+        resolved = resolve_config(config)
+    except ValueError:  # reported alone, by the command's own checks or the run
+        return
     for note in ignored_option_notes(overrides, resolved):
         print(note, file=sys.stderr)
