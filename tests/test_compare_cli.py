@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from torch_isda.cli import main
 from torch_isda.train import TrainConfig
 from torch_isda.train import compare as compare_module
 from torch_isda.train import tables as tables_module
 from torch_isda.train.checkpoint import atomic_write_json
-from torch_isda.train.compare_out import config_suffix, default_comparison_out
+from torch_isda.train.compare_out import config_suffix, default_comparison_out, suffix_configs
 from torch_isda.train.metrics import write_metrics
 from torch_isda.train.resolve import resolve_config
 from torch_isda.train.rundir import prepare_run_dir
@@ -77,19 +79,26 @@ def test_explicit_out_with_other_configuration_suggests_existing_options(tmp_pat
     assert "--force" in err and "--out" in err and "--resume" not in err
 
 
+def _resolved_pair(config, reference):
+    return [resolve_config(c) for c in suffix_configs(config, reference)]
+
+
 def test_default_out_names_what_differs():
     ref = TrainConfig()
-    assert config_suffix(TrainConfig(threads=1, final_epochs=1, device="cpu"), ref) == ""
-    assert config_suffix(TrainConfig(epochs=30), ref) == ""  # the preset's value
-    assert config_suffix(TrainConfig(epochs=10, lr=0.1), ref) == "epochs10-lr0.1"
-    assert (config_suffix(TrainConfig(augment="crop_flip", nesterov=False), ref)
-            == "augment-crop_flip-nesterov-off")
-    assert config_suffix(TrainConfig(lambda0=1.0), ref) == "lambda0-1"
-    long = config_suffix(TrainConfig(augment="crop(padding=1)+cutout(size=4)", lr=0.01,
-                                     weight_decay=1e-3, batch_size=32, epochs=7), ref)
+
+    def suffix(config):
+        return config_suffix(*_resolved_pair(config, ref))
+
+    assert suffix(TrainConfig(threads=1, final_epochs=1, device="cpu")) == ""
+    assert suffix(TrainConfig(epochs=30)) == ""  # the preset's value
+    assert suffix(TrainConfig(epochs=10, lr=0.1)) == "epochs10-lr0.1"
+    assert suffix(TrainConfig(augment="crop_flip", nesterov=False)) == "augment-crop_flip-nesterov-off"
+    assert suffix(TrainConfig(lambda0=1.0)) == "lambda0-1"
+    long = suffix(TrainConfig(augment="crop(padding=1)+cutout(size=4)", lr=0.01,
+                              weight_decay=1e-3, batch_size=32, epochs=7))
     assert len(long) <= 48 and long.startswith("augment-batch-size-epochs")
-    assert default_comparison_out("runs/x", TrainConfig(epochs=4), ref) == "runs/x-epochs4"
-    assert default_comparison_out("runs/x", TrainConfig(), ref) == "runs/x"
+    assert default_comparison_out("runs/x", *_resolved_pair(TrainConfig(epochs=4), ref)) == "runs/x-epochs4"
+    assert default_comparison_out("runs/x", *_resolved_pair(TrainConfig(), ref)) == "runs/x"
 
 
 def _table_names(md):
@@ -174,3 +183,30 @@ def test_analyses_reuse_the_runs_isda_compare_trained(tmp_path, monkeypatch, cap
     assert "ce" not in fitted and len(fitted) == 5  # the five other settings are trained
     copied = tmp_path / "runs" / "analyze-ablation" / "runs" / "ce" / "seed0" / "metrics.json"
     assert copied.read_text() == (source / "ce" / "seed0" / "metrics.json").read_text()
+
+
+def test_compare_checks_every_run_before_the_first_trains(tmp_path, capsys):
+    """Issue 24 item 5: a bad spec anywhere in --losses fails at once, with one line, and
+    leaves nothing behind (today's code trained ce first, then failed on the second spec)."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "--losses", "ce,isda(lambda0=-1)", "--seeds", "2", "--epochs", "1",
+            "--threads", "1", "--out", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "lambda0" in lines[0] and "isda(lambda0=-1)" in lines[0], lines
+    assert "trained" not in captured.out and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_plans_resolved_runs(tmp_path):
+    from torch_isda.train.compare import plan_comparison
+    from torch_isda.train.config import ResolvedConfig
+
+    plan = plan_comparison(TrainConfig(epochs=1), "ce,isda", 2, tmp_path)
+    assert [(run.variant.key, run.seed) for run in plan] == [
+        ("ce", 0), ("ce", 1), ("isda", 0), ("isda", 1)]
+    assert all(isinstance(run.config, ResolvedConfig) for run in plan)
+    assert plan[3].config.out == str(tmp_path / "isda" / "seed1") and plan[3].name == "isda seed 1"
+    with pytest.raises(ValueError, match="kind of isda must be one of"):
+        plan_comparison(TrainConfig(epochs=1), "ce,isda(kind=wide)", 1, tmp_path)

@@ -103,7 +103,7 @@ def test_callbacks_get_named_events_in_order(tmp_path):
             self.events.append(("loss", step))
 
         def on_after_backward(self, engine, step):
-            grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
+            grads = [p.grad for p in engine.task.model.parameters() if p.grad is not None]
             self.events.append(("backward", step, bool(grads)))
 
         def on_epoch_end(self, engine, epoch, row):

@@ -233,16 +233,9 @@ ODD = {
         ["--config", "{notjson}"], ["--config", "{missing}"], ["--seed", "x"],
     ],
     "compare": [
-        ["--losses", ",,"], ["--losses", "ce,no_such_loss"],
+        ["--losses", "ce,isda(lambda0=-1)"], ["--losses", ",,"], ["--losses", "ce,no_such_loss"],
         ["--seeds", "0"], ["--seeds", "-1"], ["--seeds", "x"],
     ],
-}
-
-#: Odd values another change fixes (issue 24 item 5, helper arch: isda compare validates
-#: every run's criterion before the first one trains); checked alone, expected to fail
-#: until then. Move them into :data:`ODD` once they pass.
-ODD_PENDING = {
-    "compare": [["--losses", "ce,isda(lambda0=-1)"]],
 }
 
 #: Valid options mixed in (never the same option as an odd value of the case).
@@ -317,11 +310,3 @@ def test_each_odd_value_alone_fails_in_one_line(argv, tmp_path_factory, capsys):
     _check_fails_in_one_line([*argv, "--epochs", "1"] if "--epochs" not in argv else argv,
                              tmp_path_factory, capsys)
 
-
-@pytest.mark.xfail(reason="issue 24 item 5 (helper arch): compare checks each criterion only "
-                          "when it reaches it", strict=False)
-@pytest.mark.parametrize("argv", [[command, *odd, "--seeds", "1", "--epochs", "1"]
-                                  for command, odds in ODD_PENDING.items() for odd in odds],
-                         ids=lambda argv: " ".join(argv))
-def test_pending_odd_values_fail_in_one_line(argv, tmp_path_factory, capsys):
-    _check_fails_in_one_line(argv, tmp_path_factory, capsys)

@@ -180,7 +180,7 @@ def test_each_criterion_trains_one_epoch(tmp_path, loss):
 def test_center_loss_has_its_own_param_group(tmp_path):
     trainer = _trainer(tmp_path, "ce+center")
     groups = trainer.optimizer.param_groups
-    centers = trainer.criterion.components[1].center.centers
+    centers = trainer.task.criterion.components[1].center.centers
     assert len(groups) == 2 and groups[1]["params"] == [centers]
     assert groups[1]["lr"] == 0.5 and groups[1]["weight_decay"] == 0.0
     assert groups[0]["lr"] == trainer.config.lr and groups[0]["weight_decay"] > 0
@@ -194,19 +194,19 @@ def test_center_loss_has_its_own_param_group(tmp_path):
 
 def test_disturb_label_changes_training_targets_only(tmp_path, record):
     trainer = _trainer(tmp_path, "ce+t_record+disturb_label(rate=0.5)")
-    rec = trainer.criterion.components[1]
+    rec = trainer.task.criterion.components[1]
     trainer.train_epoch(0)
     true, seen = torch.cat(rec.targets_in), torch.cat(rec.targets_seen)
-    assert true.shape == seen.shape == (trainer.train_size,)
+    assert true.shape == seen.shape == (trainer.task.train_size,)
     changed = (true != seen).float().mean().item()
     assert 0.35 < changed < 0.55  # rate * (C - 1) / C = 0.45
     # the true labels come in (the training error is measured on them) ...
-    assert torch.equal(true.sort().values, trainer.train_batches.labels.sort().values)
+    assert torch.equal(true.sort().values, trainer.task.train_batches.labels.sort().values)
     # ... and evaluation never disturbs anything
     n_calls = len(rec.targets_in)
     trainer.evaluate()
     assert len(rec.targets_in) == n_calls
-    disturb = trainer.criterion.components[2]
+    disturb = trainer.task.criterion.components[2]
     disturb.eval()
     y = torch.arange(10).repeat(20)
     assert torch.equal(disturb.transform_target(y), y)
@@ -216,8 +216,8 @@ def test_disturb_label_changes_training_targets_only(tmp_path, record):
 
 def test_isda_sees_the_dropped_features(tmp_path, record, monkeypatch):
     trainer = _trainer(tmp_path, "isda+t_record+dropout(p=0.5)")
-    rec = trainer.criterion.components[1]
-    estimator = trainer.criterion.main.isda.estimator
+    rec = trainer.task.criterion.components[1]
+    estimator = trainer.task.criterion.main.isda.estimator
     received = []
 
     def spying(name):  # ISDALoss folds batches through update_scanned (one scan per step)

@@ -37,9 +37,9 @@ def run_ablation(base: TrainConfig, out: Union[str, Path], *,
     out = Path(out)
     losses = [spec for _, spec in ABLATION_SETTINGS]
     methods = sweep(base, losses, seeds, out / "runs", force=force, quiet=quiet, log=log)
-    from ..train.resolve import resolve_config
+    from .resolve import resolve_run
 
-    config = resolve_config(base.replace(loss="isda", out=str(out / "runs")))
+    config = resolve_run(base.replace(loss="isda", out=str(out / "runs")))
     rows = []
     for name, spec in ABLATION_SETTINGS:
         errors = methods[spec].final_errors

@@ -63,9 +63,9 @@ def run_explicit(base: TrainConfig, out: Union[str, Path], *,
     learned_specs = {m: _cov_spec(m, cov_args) for m in [*ms, None]} if learned else {}
     losses = list(estimated.values()) + list(learned_specs.values())
     methods = sweep(base, losses, seeds, out / "runs", force=force, quiet=quiet, log=log)
-    from ..train.resolve import resolve_config
+    from .resolve import resolve_run
 
-    config = resolve_config(base.replace(loss="isda", out=str(out / "runs")))
+    config = resolve_run(base.replace(loss="isda", out=str(out / "runs")))
 
     def stats(spec: Optional[str]) -> Optional[tuple[float, Optional[float], list[float]]]:
         if spec is None:

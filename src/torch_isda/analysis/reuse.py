@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from ..train.compare_out import comparison_dir
+from ..train.compare_out import comparison_dir, suffix_configs
 from ..train.config import TrainConfig
 from ..train.criteria import spec_dirname
-from ..train.resolve import resolve_config
+from .resolve import resolve_run
 from ..train.rundir import CONFIG_NAME, RESULT_NAME, RUN_FILES, config_differences
 
 __all__ = ["adopt_compare_runs"]
@@ -29,7 +29,8 @@ def adopt_compare_runs(base: TrainConfig, losses: Sequence[str], seeds: Sequence
                        say: Optional[Callable[[str], None]] = None) -> list[Path]:
     """Copy the finished ``isda compare`` runs that match ``(loss, seed)`` of ``base``
     into ``runs_dir/<loss>/seed<k>/``; returns the directories filled."""
-    source_root = Path(comparison_dir(base))
+    reference = TrainConfig(dataset=base.dataset, model=base.model)
+    source_root = Path(comparison_dir(*(resolve_run(c) for c in suffix_configs(base, reference))))
     runs_dir = Path(runs_dir)
     if source_root.resolve() == runs_dir.resolve():
         return []
@@ -42,7 +43,7 @@ def adopt_compare_runs(base: TrainConfig, losses: Sequence[str], seeds: Sequence
                 continue
             if any((dst / name).exists() for name in RUN_FILES):
                 continue  # the analysis has (part of) this run already
-            wanted = resolve_config(base.replace(loss=loss, seed=seed, out=str(dst)))
+            wanted = resolve_run(base.replace(loss=loss, seed=seed, out=str(dst)))
             if config_differences(TrainConfig.load(src / CONFIG_NAME), wanted):
                 continue
             dst.mkdir(parents=True, exist_ok=True)

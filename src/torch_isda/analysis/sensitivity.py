@@ -58,9 +58,9 @@ def run_sensitivity(base: TrainConfig, out: Union[str, Path], *,
     out = Path(out)
     losses = [_spec(v) for v in lambdas]
     methods = sweep(base, losses, seeds, out / "runs", force=force, quiet=quiet, log=log)
-    from ..train.resolve import resolve_config
+    from .resolve import resolve_run
 
-    config = resolve_config(base.replace(loss=losses[0], out=str(out / "runs")))
+    config = resolve_run(base.replace(loss=losses[0], out=str(out / "runs")))
     rows = []
     for value, spec in zip(lambdas, losses):
         errors = methods[spec].final_errors

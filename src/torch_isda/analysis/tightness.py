@@ -93,7 +93,7 @@ class BoundRecorder:
 
     def on_step(self, trainer: Any, step: int, features: torch.Tensor, logits: torch.Tensor,
                 target: torch.Tensor) -> None:
-        steps = len(trainer.train_batches)
+        steps = len(trainer.task.train_batches)
         if not self._started:
             self._started = True
             # resume: keep the records of the epochs the checkpoint holds
@@ -102,8 +102,8 @@ class BoundRecorder:
                 self.every = max(1, round(steps * trainer.config.epochs / 100))
         if step % self.every:
             return
-        isda = find_isda_loss(trainer.criterion)
-        record = self.measure(features, logits, target, trainer.classifier, isda,
+        isda = find_isda_loss(trainer.task.criterion)
+        record = self.measure(features, logits, target, trainer.task.classifier, isda,
                               self.seed * 1_000_003 + step)
         record.update(step=step, epoch=step // steps + 1,
                       progress=float(isda.progress))
@@ -211,14 +211,14 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
     """
     from ..train.compare import check_same_config
     from ..train.criteria import create_criterion
-    from ..train.resolve import resolve_config
+    from .resolve import resolve_run
     from ..train.engine import train
     from ..train.rundir import RESULT_NAME
 
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     out = Path(out)
     run_dir = out / "run"
-    config = resolve_config(base.replace(out=str(run_dir)))
+    config = resolve_run(base.replace(out=str(run_dir)))
     if getattr(config, "semi", "none") != "none" or getattr(config, "task", None) == "segmentation":
         raise ValueError("the tightness analysis records supervised classification runs "
                          "(Fig. 9); --semi and segmentation runs are not supported")

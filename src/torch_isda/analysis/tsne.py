@@ -33,22 +33,23 @@ def extract_test_features(run_dir: Union[str, Path]) -> tuple[np.ndarray, np.nda
     from ..train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from ..train.seeding import num_threads
     from ..train.engine import Engine
+    from .resolve import resolve_run
 
     run_dir = Path(run_dir)
-    config = TrainConfig.load(run_dir / "config.json")
+    config = resolve_run(TrainConfig.load(run_dir / "config.json"))
     trainer = Engine(config, quiet=True)
     with num_threads(config.threads):
         trainer.build()
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        trainer.model.load_state_dict(state["model"])
-        trainer.model.eval()
+        trainer.task.model.load_state_dict(state["model"])
+        trainer.task.model.eval()
         feats, labels = [], []
         with torch.no_grad():
-            for x, y in trainer.test_batches:
+            for x, y in trainer.task.test_batches:
                 x, y = trainer.task.to_device(x, y)
-                feats.append(trainer.features_fn(x).float().cpu())
+                feats.append(trainer.task.features_fn(x).float().cpu())
                 labels.append(y.cpu())
-    names = [str(c) for c in range(trainer.num_classes)]
+    names = [str(c) for c in range(trainer.task.num_classes)]
     return torch.cat(feats).numpy(), torch.cat(labels).numpy(), names
 
 
@@ -125,9 +126,9 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
             "ratio_embedding": cluster_ratio(emb, labels),
             "points": len(labels),
         })
-    from ..train.resolve import resolve_config
+    from .resolve import resolve_run
 
-    config = resolve_config(base.replace(loss=losses[0], seed=seed, out=str(out / "runs")))
+    config = resolve_run(base.replace(loss=losses[0], seed=seed, out=str(out / "runs")))
     from ..train.method_names import display_name
 
     table = Table(

@@ -5,7 +5,7 @@ extra for the datasets (scikit-learn, ...), progress bars (tqdm) and plots (matp
 Usage: docs/training.md; the layout of this package: docs/architecture.md.
 """
 
-from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
+from .config import DEFAULT_KIND, DEFAULT_LAMBDA0, ResolvedConfig, TrainConfig
 from .criteria import (
     CompositeCriterion,
     CriterionModifier,
@@ -31,6 +31,7 @@ __all__ = [
     "CriterionModifier",
     "DivergenceError",
     "Engine",
+    "ResolvedConfig",
     "TrainConfig",
     "Trainer",
     "TrainingCriterion",

@@ -62,8 +62,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _default_out(base: TrainConfig) -> str:
-    """Keyed by configuration: runs/compare-digits-epochs10, ..."""
-    from .compare_out import comparison_dir, default_comparison_out
+    """Keyed by configuration: runs/compare-digits-epochs10, ... (the base and its reference
+    resolved here: this command is an entry point)."""
+    from .compare_out import comparison_dir, default_comparison_out, suffix_configs
+    from .resolve import resolve_config
 
     if base.semi != "none":
         from .compare import parse_semi_methods
@@ -72,8 +74,11 @@ def _default_out(base: TrainConfig) -> str:
         first = base.replace(semi=parse_semi_methods(base.semi)[0])
         prefix = f"runs/compare-semi-{base.dataset}-{base.model}{labels_suffix(base)}"
         reference = TrainConfig(dataset=base.dataset, model=base.model, semi=first.semi)
-        return default_comparison_out(prefix, first, reference, ignore=("semi", "labels"))
-    return comparison_dir(base, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
+        config, ref = (resolve_config(c) for c in suffix_configs(first, reference))
+        return default_comparison_out(prefix, config, ref, ignore=("semi", "labels"))
+    reference = TrainConfig(dataset=base.dataset, model=base.model)
+    config, ref = (resolve_config(c) for c in suffix_configs(base, reference))
+    return comparison_dir(config, ref, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
         from .launch import launch_config
+        from .resolve import resolve_config
 
-        return launch_config(int(args.nproc), config, run_args(args))
+        return launch_config(int(args.nproc), config, resolve_config(config), run_args(args))
     from .engine import train
 
     kwargs = dict(resume=args.resume, force=args.force, quiet=args.quiet,

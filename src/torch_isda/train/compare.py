@@ -1,6 +1,8 @@
-"""One comparison sweep for every task (``isda compare``, docs/training.md): variants x seeds
-trained sequentially in this process (``OUT/<loss>/seed<k>/``, with ``--semi``
-``OUT/<method>/<loss>/seed<k>/``), then ``Task.write_comparison`` writes the table and curves.
+"""One comparison sweep for every task (``isda compare``, docs/training.md): the variants x
+seeds are resolved first (:func:`plan_comparison`: a bad configuration fails before any run
+trains), trained sequentially in this process (:func:`train_planned`; ``OUT/<loss>/seed<k>/``,
+with ``--semi`` ``OUT/<method>/<loss>/seed<k>/``), then ``Task.write_comparison`` writes the
+table and curves.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, NamedTuple, Optional, Union
 
 from .tasks.semi.config import canonical_semi
 from .checkpoint import CHECKPOINT_NAME
-from .config import TrainConfig
+from .config import ResolvedConfig, TrainConfig
 from .criteria import parse_criterion_spec, spec_dirname, split_top_level
 from .engine import DivergenceError, train
 from .reporting import SweepEta, plural
@@ -22,9 +24,10 @@ from .resolve import resolve_config
 from .rundir import RESULT_NAME, check_out_dir, config_differences
 from .tasks import task_class
 
-__all__ = ["ISDA_MODES", "ComparisonResult", "Variant", "check_same_config", "parse_isda_mode",
-           "parse_losses", "parse_seeds", "parse_semi_methods", "run_comparison",
-           "train_or_reuse", "variants_for"]
+__all__ = ["ISDA_MODES", "ComparisonResult", "PlannedRun", "SweepOutcome", "Variant",
+           "check_same_config", "parse_isda_mode", "parse_losses", "parse_seeds",
+           "parse_semi_methods", "plan_comparison", "run_comparison", "train_or_reuse",
+           "train_planned", "variants_for"]
 
 #: What ``--seeds`` accepts (the message of its errors).
 SEEDS_HELP = ("a count N >= 1 (seeds 0..N-1, e.g. 5) or a comma-separated list of seeds "
@@ -125,13 +128,51 @@ class ComparisonResult:
     failed: dict[str, str] = field(default_factory=dict)  # "key seed k" -> error message
 
 
-def check_same_config(run_dir: Path, config: TrainConfig, state: str = "an unfinished") -> None:
+class PlannedRun(NamedTuple):
+    """One run of a comparison: its variant, its seed and its resolved configuration
+    (``config.out`` is the run's directory, ``OUT/<variant key>/seed<k>``)."""
+
+    variant: Variant
+    seed: int
+    config: ResolvedConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.key} seed {self.seed}"
+
+
+def plan_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
+                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
+                    isda: Optional[str] = None) -> list[PlannedRun]:
+    """Every run of a sweep (:func:`variants_for` x seeds), resolved: a configuration that
+    cannot run fails here, before the first run trains."""
+    seeds = parse_seeds(seeds)
+    out = Path(out)
+    check_out_dir(out)
+    return [PlannedRun(v, seed, resolve_config(base.replace(
+                loss=v.loss, semi=v.semi, seed=seed, out=str(out / v.key / f"seed{seed}"))))
+            for v in variants_for(base, losses, isda) for seed in seeds]
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`train_planned` did: each variant's ``(seed, run directory)`` pairs, the
+    counts of trained and reused runs, and the runs that failed (name -> error message)."""
+
+    runs: dict[str, list[tuple[int, Path]]] = field(default_factory=dict)
+    trained: int = 0
+    reused: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def check_same_config(run_dir: Path, config: ResolvedConfig,
+                      state: str = "an unfinished") -> None:
     """A run in a comparison's directory is only resumed or reused with the configuration
     it was started with (the message names only options ``isda compare`` has)."""
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
         return
-    diff = config_differences(TrainConfig.load(saved_path), resolve_config(config))
+    diff = config_differences(TrainConfig.load(saved_path), config)
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise FileExistsError(
@@ -140,7 +181,7 @@ def check_same_config(run_dir: Path, config: TrainConfig, state: str = "an unfin
             f"configuration gets its own directory)")
 
 
-def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
+def train_or_reuse(cfg: ResolvedConfig, *, force: bool = False,
                    quiet: bool = False) -> tuple[dict[str, Any], str]:
     """Train the run in ``cfg.out`` for a comparison: resume it if interrupted (after
     checking it has the same configuration), reuse it if finished, retrain with ``force``.
@@ -157,50 +198,55 @@ def train_or_reuse(cfg: TrainConfig, *, force: bool = False,
     return result, note
 
 
+def train_planned(plan: Sequence[PlannedRun], *, force: bool = False, quiet: bool = False,
+                  say: Callable[[str], None] = lambda msg: None) -> SweepOutcome:
+    """Run the planned runs one after another in this process (reusing finished ones,
+    resuming interrupted ones); a run that diverges is recorded as failed and the sweep
+    goes on. The seam of other executors: they take the same plan."""
+    outcome = SweepOutcome()
+    task = task_class(plan[-1].config)
+    eta = SweepEta(len(plan))
+    for done, run in enumerate(plan, 1):
+        t0 = time.perf_counter()
+        outcome.runs.setdefault(run.variant.key, []).append((run.seed, Path(run.config.out)))
+        try:
+            result, note = train_or_reuse(run.config, force=force, quiet=quiet)
+        except DivergenceError as err:
+            outcome.failed[run.name] = str(err)
+            say(f"[{done}/{len(plan)}] {run.name}: FAILED ({err})")
+            continue
+        reused = result["status"] == "reused"
+        outcome.reused += reused
+        outcome.trained += not reused
+        seconds = time.perf_counter() - t0
+        left = eta.update(seconds, worked=not reused)
+        spent = f"{note} in {seconds:.1f}s" if reused else (  # wall vs result.json's
+            f"{note} in {seconds:.1f}s wall ({result.get('train_seconds', 0.0):.1f}s in epochs)")
+        say(f"[{done}/{len(plan)}] {run.name}: {task.result_line(result)}, {spent}{left}")
+        warning = task.result_warning(result, run.name)
+        if warning:
+            print(warning, file=sys.stderr)
+    return outcome
+
+
 def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
                    isda: Optional[str] = None, force: bool = False, quiet: bool = False,
                    log: Optional[Callable[[str], None]] = None) -> ComparisonResult:
-    """Train every variant (:func:`variants_for`) and seed into ``out``, then write the task's
-    table and curves. With ``base.semi`` naming methods, ``isda`` picks the columns and
-    ``losses`` is ignored."""
+    """Resolve every run (:func:`plan_comparison`), train them (:func:`train_planned`), then
+    write the task's table and curves. With ``base.semi`` naming methods, ``isda`` picks
+    the columns and ``losses`` is ignored."""
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
-    variants = variants_for(base, losses, isda)
-    seeds = parse_seeds(seeds)
+    plan = plan_comparison(base, losses, seeds, out, isda=isda)
     out = Path(out)
-    check_out_dir(out)
-    first = variants[-1]
-    resolved = resolve_config(base.replace(loss=first.loss, semi=first.semi, seed=seeds[0],
-                                           out=str(out)))
-    task = task_class(resolved)
-    say(f"comparing {', '.join(v.key for v in variants)} on {resolved.dataset} / "
-        f"{resolved.model} over seeds {', '.join(map(str, seeds))} "
-        f"({plural(resolved.epochs, 'epoch')} each) -> '{out}'")
-    counts = {"trained": 0, "reused": 0}
-    failed: dict[str, str] = {}
-    runs: dict[str, list[tuple[int, Path]]] = {}
-    total = len(variants) * len(seeds)
-    eta = SweepEta(total)
-    for done, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
-        run_dir, name = out / variant.key / f"seed{seed}", f"{variant.key} seed {seed}"
-        cfg = base.replace(loss=variant.loss, semi=variant.semi, seed=seed, out=str(run_dir))
-        t0 = time.perf_counter()
-        runs.setdefault(variant.key, []).append((seed, run_dir))
-        try:
-            result, note = train_or_reuse(cfg, force=force, quiet=quiet)
-        except DivergenceError as err:
-            failed[name] = str(err)
-            say(f"[{done}/{total}] {name}: FAILED ({err})")
-            continue
-        counts["reused" if result["status"] == "reused" else "trained"] += 1
-        seconds = time.perf_counter() - t0
-        left = eta.update(seconds, worked=result["status"] != "reused")
-        spent = f"{note} in {seconds:.1f}s" if note == "reused" else (  # wall vs result.json
-            f"{note} in {seconds:.1f}s wall ({result.get('train_seconds', 0.0):.1f}s in epochs)")
-        say(f"[{done}/{total}] {name}: {task.result_line(result)}, {spent}{left}")
-        warning = task.result_warning(result, name)
-        if warning:
-            print(warning, file=sys.stderr)
-    methods, table, curves = task.write_comparison(out, variants, runs, resolved)
+    variants = list(dict.fromkeys(run.variant for run in plan))
+    seeds = list(dict.fromkeys(run.seed for run in plan))
+    reference = next(run.config for run in plan if run.variant == variants[-1])
+    say(f"comparing {', '.join(v.key for v in variants)} on {reference.dataset} / "
+        f"{reference.model} over seeds {', '.join(map(str, seeds))} "
+        f"({plural(reference.epochs, 'epoch')} each) -> '{out}'")
+    outcome = train_planned(plan, force=force, quiet=quiet, say=say)
+    methods, table, curves = task_class(reference).write_comparison(
+        out, variants, outcome.runs, reference)
     return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
-                            curves, counts["trained"], counts["reused"], failed)
+                            curves, outcome.trained, outcome.reused, outcome.failed)

@@ -23,7 +23,7 @@ from ..estimator import CovarianceEstimator
 from .sync_batchnorm import convert_sync_batchnorm
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_json,
                          load_resumable_checkpoint, save_checkpoint)
-from .config import TrainConfig
+from .config import ResolvedConfig, TrainConfig
 from .parallel import (
     DistributedContext,
     all_gather_cat,
@@ -50,14 +50,21 @@ __all__ = ["Callback", "DivergenceError", "Engine", "Trainer", "train", "train_d
 
 
 class Callback:
-    """Base class of engine callbacks (any object with some of these methods works).
+    """The engine's named events: the one hook mechanism of a run (docs/architecture.md).
 
-    The events fire in this order; callbacks run on every rank of a multi-process run (see
+    :meth:`Engine.emit` calls the event's method on the task, then on the criterion's
+    modules, then on each callback that has it (any object with some of these methods works). The events
+    fire in this order; they run on every rank of a multi-process run (see
     :attr:`Engine.is_main`).
     """
 
+    def on_epoch_start(self, engine: Engine, epoch: int) -> None:
+        """Before the first step of an epoch (``epoch``: 0-based; the task's default puts
+        the model and the criterion in training mode)."""
+
     def on_step_start(self, engine: Engine, step: int) -> None:
-        """Before the step's forward (``step``: global, 0-based)."""
+        """Before the step's forward (``step``: global, 0-based; ``engine.progress`` is
+        t / T, which the task's default hands to the criterion's ``set_progress``)."""
 
     def on_step(self, engine: Engine, step: int, features: Any, logits: Any, target: Any) -> None:
         """Loss computed, before the backward pass (parameters and criterion state are those
@@ -65,6 +72,14 @@ class Callback:
 
     def on_after_backward(self, engine: Engine, step: int) -> None:
         """Gradients computed (averaged over ranks), before the optimizer step."""
+
+    def on_step_end(self, engine: Engine, step: int) -> None:
+        """After the optimizer step (and a per-iteration schedule step), e.g. the mean
+        teacher's EMA update."""
+
+    def on_train_epoch_end(self, engine: Engine, epoch: int) -> None:
+        """After the last step of an epoch, its sums checked finite, before the evaluation
+        (e.g. the temporal ensemble's update)."""
 
     def on_epoch_end(self, engine: Engine, epoch: int, row: dict[str, Any]) -> None:
         """After the epoch's checkpoint (``epoch``: 1-based, ``row``: its metrics)."""
@@ -85,11 +100,12 @@ class DivergenceError(ValueError):
 
 
 class Engine:
-    """Runs one task; most users call :func:`train`. The task's attributes (``model``,
-    ``criterion``, ``train_batches``, ``num_classes``, ...) are readable on the engine.
+    """Runs one task; most users call :func:`train`. The task (``engine.task``) holds the
+    ``model``, ``criterion``, ``train_batches``, ``num_classes``, ...
 
     Args:
-        config: resolved with :func:`~torch_isda.train.resolve.resolve_config` if it is not.
+        config: a :class:`~torch_isda.train.config.ResolvedConfig`
+            (:func:`~torch_isda.train.resolve.resolve_config`; :func:`train` resolves).
         context: the process group of a multi-process run (``None``: one process).
         quiet: no progress bar and no per-epoch lines.
         log: where messages go (default: ``print`` to stdout).
@@ -100,8 +116,9 @@ class Engine:
     def __init__(self, config: TrainConfig, *, context: Optional[DistributedContext] = None,
                  quiet: bool = False, log: Optional[Callable[[str], None]] = None,
                  epoch_log: bool = True, callbacks: Sequence[Any] = ()) -> None:
-        if config.epochs is None or config.out is None:
-            config = resolve_config(config)
+        if not isinstance(config, ResolvedConfig):
+            raise TypeError(f"Engine needs a ResolvedConfig (resolve_config(config), which "
+                            f"train() calls); got {type(config).__name__}")
         self.config = config
         self.context = context
         self.rank = context.rank if context else 0
@@ -114,14 +131,9 @@ class Engine:
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.progress = 0.0  # t / T of the current step
         self.callbacks = list(callbacks)
         self.task = task_class(config)(config, self)
-
-    def __getattr__(self, name: str) -> Any:
-        task = self.__dict__.get("task")
-        if name.startswith("_") or task is None:
-            raise AttributeError(name)
-        return getattr(task, name)
 
     @property
     def is_main(self) -> bool:
@@ -139,9 +151,11 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def emit(self, event: str, *args: Any) -> None:
-        """Call the :class:`Callback` method ``event`` on every callback that has it."""
-        for callback in self.callbacks:
-            method = getattr(callback, event, None)
+        """Fire the named event (a :class:`Callback` method): call ``event(engine, *args)``
+        on the task, the criterion's modules (a composite's components included) and every
+        callback that has it, in that order."""
+        for listener in (self.task, *self.task.criterion.modules(), *self.callbacks):
+            method = getattr(listener, event, None)
             if method is not None:
                 method(self, *args)
 
@@ -277,6 +291,7 @@ class Engine:
     def _step(self, batch: Any, step: int, progress: float) -> Any:
         """One optimization step; returns the task's :class:`StepOut`."""
         task = self.task
+        self.progress = progress
         self.emit("on_step_start", step)
         if self._broadcast_each_step:  # rank 0's BatchNorm statistics, as DDP does
             broadcast_buffers(task.model)
@@ -292,14 +307,14 @@ class Engine:
         self.scaler.update()
         if task.schedule_per_step:
             self.scheduler.step()
-        task.after_step(step)
+        self.emit("on_step_end", step)
         return out
 
     def train_epoch(self, epoch: int) -> tuple[float, float, dict[str, Any]]:
         """One pass over the training data; returns (mean loss, error %, task extras),
         global over ranks. Divergence is detected here, device-side."""
         cfg, task = self.config, self.task
-        task.train_mode(epoch)
+        self.emit("on_epoch_start", epoch)
         steps = len(task.train_batches)
         sums: Optional[torch.Tensor] = None
         names: list[str] = []
@@ -344,7 +359,7 @@ class Engine:
                 bad = rows[rows[:, 0].argmin()]
             step, value = bad.tolist()
             raise self._diverged("training loss", epoch + 1, int(step), value)
-        task.end_epoch()
+        self.emit("on_train_epoch_end", epoch)
         return task.epoch_values(totals)
 
     def _nonfinite(self, err: ValueError) -> bool:
@@ -474,7 +489,7 @@ Trainer = Engine
 # ---------------------------------------------------------------------------- entry points
 
 
-def _setup(config: TrainConfig, distributed: bool) -> tuple[TrainConfig, Any]:
+def _setup(config: TrainConfig, distributed: bool) -> tuple[ResolvedConfig, Any]:
     """Resolve the config and, for a multi-process run, join the process group (errors
     are identical on every rank: only rank 0 reports them)."""
     try:

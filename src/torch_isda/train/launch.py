@@ -14,9 +14,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import ResolvedConfig, TrainConfig
 from .parallel import check_distributed_config
-from .resolve import resolve_config
 
 __all__ = ["launch_config", "torchrun_command"]
 
@@ -29,14 +28,16 @@ def torchrun_command(nproc: int, train_args: Sequence[str], *,
             "--nproc-per-node", str(int(nproc)), "-m", "torch_isda.train", *train_args]
 
 
-def launch_config(nproc: int, config: TrainConfig, run_args: Sequence[str] = ()) -> int:
-    """``isda train --nproc K ...``: check ``config`` for ``K`` processes, write it to a
-    temporary file, then run the workers with the run-control ``run_args``; returns
+def launch_config(nproc: int, config: TrainConfig, resolved: ResolvedConfig,
+                  run_args: Sequence[str] = ()) -> int:
+    """``isda train --nproc K ...``: check ``config`` (``resolved`` by the command) for ``K``
+    processes, write it to a temporary file (each worker resolves it, as any torchrun
+    worker does), then run the workers with the run-control ``run_args``; returns
     torchrun's exit status (``128 + signal`` when it was killed by a signal)."""
     nproc = int(nproc)
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes; got {nproc}")
-    check_distributed_config(resolve_config(config), nproc)
+    check_distributed_config(resolved, nproc)
     with tempfile.TemporaryDirectory(prefix="isda-launch-") as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(config.to_json())

@@ -6,24 +6,8 @@ methods of ``torch_isda.baselines`` criteria (:mod:`~torch_isda.train.criteria.b
 (they register themselves: the registry is found from above, never the other way).
 """
 
-from .registry import (
-    CRITERION_MODULES,
-    CompositeCriterion,
-    CriterionEntry,
-    CriterionModifier,
-    CrossEntropyCriterion,
-    ISDACriterion,
-    TrainingCriterion,
-    create_criterion,
-    criterion_info,
-    list_criteria,
-    parse_criterion_spec,
-    parse_single_loss,
-    register_criterion,
-    spec_dirname,
-    split_top_level,
-    unregister_criterion,
-)
+from . import registry
+from .registry import *  # noqa: F401,F403  (the registry's public names, registry.__all__)
 from . import baselines, explicit_augmentation, generative_augmentation  # noqa: F401  (register)
 
 #: The modules of the built-in criteria beyond ``ce`` and ``isda``: the Table 5 baselines,
@@ -31,22 +15,4 @@ from . import baselines, explicit_augmentation, generative_augmentation  # noqa:
 BUILTIN_CRITERION_MODULES: tuple[str, ...] = (
     baselines.__name__, explicit_augmentation.__name__, generative_augmentation.__name__)
 
-__all__ = [
-    "BUILTIN_CRITERION_MODULES",
-    "CRITERION_MODULES",
-    "CompositeCriterion",
-    "CriterionEntry",
-    "CriterionModifier",
-    "CrossEntropyCriterion",
-    "ISDACriterion",
-    "TrainingCriterion",
-    "create_criterion",
-    "criterion_info",
-    "list_criteria",
-    "parse_criterion_spec",
-    "parse_single_loss",
-    "register_criterion",
-    "spec_dirname",
-    "split_top_level",
-    "unregister_criterion",
-]
+__all__ = [*registry.__all__, "BUILTIN_CRITERION_MODULES"]

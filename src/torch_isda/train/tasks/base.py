@@ -1,8 +1,11 @@
 """The :class:`Task` protocol: what the :class:`~torch_isda.train.engine.Engine` asks of a task.
 
-A task is built with ``Task(config, engine)`` (``config`` resolved; ``engine`` gives
-``device``, ``context`` (the process group or ``None``), ``autocast()`` and ``log()``);
-the methods it answers are tabulated in docs/architecture.md ("Tasks").
+A task is built with ``Task(config, engine)`` (``config`` a
+:class:`~torch_isda.train.config.ResolvedConfig`; ``engine`` gives ``device``, ``context``
+(the process group or ``None``), ``autocast()`` and ``log()``). It answers the
+:data:`PROTOCOL`; anything else is optional, with a default here: the :data:`OPTIONAL_HOOKS`
+and the engine's named events (:class:`~torch_isda.train.engine.Callback`), which reach the
+task first. The methods are tabulated in docs/architecture.md ("Tasks").
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from torch import Tensor, nn
 
 from ..reporting import final_window, window_text
 
-__all__ = ["StepOut", "Task"]
+__all__ = ["OPTIONAL_HOOKS", "PROTOCOL", "StepOut", "Task"]
+
+#: What the engine and a comparison ask of every task (``Task`` gives defaults for some).
+PROTOCOL = ("resolve", "build", "param_groups", "train_step", "epoch_values", "evaluate",
+            "log_values", "summary", "state_dict", "load_state_dict", "result_fields",
+            "write_comparison")
+#: Optional hooks (defaults below) that one task or two answer differently.
+OPTIONAL_HOOKS = ("prepare_distributed", "generators", "final_window", "summary_tail",
+                  "resolved_fields", "result_line", "result_warning", "run_summary")
 
 
 @dataclasses.dataclass
@@ -152,18 +163,21 @@ class Task:
         """The last epochs averaged into ``final_error`` (Section 6.1; ``--final-epochs``)."""
         return final_window(self.config.epochs, self.config.final_epochs)
 
-    def train_mode(self, epoch: int) -> None:
+    # ------------------------------------------------------------------ events (optional)
+
+    def on_epoch_start(self, engine: Any, epoch: int) -> None:
+        """Training mode for the model and the criterion."""
         self.model.train()
         self.criterion.train()
 
+    def on_step_start(self, engine: Any, step: int) -> None:
+        """The criterion's progress t / T (ISDA's ``lambda = lambda0 t / T``)."""
+        self.criterion.set_progress(engine.progress)
+
+    # ------------------------------------------------------------------ the protocol
+
     def train_step(self, batch: Any, progress: float) -> StepOut:
         raise NotImplementedError
-
-    def after_step(self, step: int) -> None:
-        """After the optimizer step ``step`` (0-based, global)."""
-
-    def end_epoch(self) -> None:
-        """After the last step of an epoch."""
 
     def epoch_values(self, totals: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
         n = max(totals["n"], 1.0)

@@ -112,15 +112,14 @@ class ClassificationTask(Task):
 
     # ------------------------------------------------------------------ steps
 
-    def train_mode(self, epoch: int) -> None:
-        super().train_mode(epoch)
+    def on_epoch_start(self, engine: Any, epoch: int) -> None:
+        super().on_epoch_start(engine, epoch)
         sampler = getattr(getattr(self.train_batches, "loader", None), "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
     def train_step(self, batch: Any, progress: float) -> StepOut:
         x, y = self.to_device(*batch)
-        self.criterion.set_progress(progress)
         x, y = self.criterion.transform_batch(x, y)
         with self.engine.autocast():
             features, logits = self.forward(x)

@@ -150,7 +150,6 @@ class SegmentationTask(Task):
 
     def train_step(self, batch: Any, progress: float) -> StepOut:
         x, y = self.to_device(*batch)
-        self.criterion.set_progress(progress)
         with self.engine.autocast():
             out = self.forward_fn(x, aux=self.criterion.use_aux)
         loss = self.criterion(out, y, self.model)

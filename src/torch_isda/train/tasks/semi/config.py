@@ -18,6 +18,8 @@ import dataclasses
 import math
 from typing import Any, Optional
 
+from ...config import SemiOptions, section_fields
+
 __all__ = [
     "DATASET_DEFAULTS",
     "REFERENCE_EPOCHS",
@@ -57,9 +59,9 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                            "mean-teacher": {"alpha": 0.99, "alpha_rampup": 0.99}}},
 }
 
-#: Fields that only mean something with ``--semi`` (an error if set without it).
-SEMI_ONLY_FIELDS = ("labels", "split_seed", "val_fraction", "eta1", "eta2", "labeled_batch_size",
-                    "unlabeled_batch_size", "zca", "semi_translate", "semi_kwargs")
+#: Fields that only mean something with ``--semi`` (an error if set without it): the
+#: semi-supervised section of the configuration but ``semi`` itself.
+SEMI_ONLY_FIELDS = tuple(name for name in section_fields(SemiOptions) if name != "semi")
 
 _FIELD_DEFAULTS = {"val_fraction": 0.0, "eta1": 1.0, "semi_kwargs": {}}
 

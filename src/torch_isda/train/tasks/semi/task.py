@@ -159,7 +159,6 @@ class SemiTask(Task):
     def train_step(self, batch: Any, progress: float) -> StepOut:
         if self.context is not None:
             batch = self._my_share(batch)
-        self.criterion.set_progress(progress)
         self.eta2 = self.method.weight(progress * self.config.epochs, self.labeled_fraction)
         x_l = self.channels_last(batch.x_labeled)
         views = tuple(self.channels_last(v) for v in batch.unlabeled_views)
@@ -177,10 +176,10 @@ class SemiTask(Task):
         return StepOut(out.loss, n, logs, features=features, logits=logits,
                        target=batch.y_labeled)
 
-    def after_step(self, step: int) -> None:
+    def on_step_end(self, engine: Any, step: int) -> None:
         self.method.after_step(self.model, step + 1)
 
-    def end_epoch(self) -> None:
+    def on_train_epoch_end(self, engine: Any, epoch: int) -> None:
         self.method.end_epoch()
 
     def epoch_values(self, totals: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
