@@ -23,6 +23,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .eager import eager_only
+
 __all__ = ["BatchClasses", "Problem", "PROBLEM_CATEGORIES", "scan_batch", "valid_indices"]
 
 #: The categories of a :class:`Problem`, in the order of the distributed validation flags
@@ -132,7 +134,7 @@ def scan_batch(
     return _scan_present(y, safe, valid, C, ignore_index, features, validate, extra)
 
 
-@torch.compiler.disable
+@eager_only
 def _scan_present(y: Tensor, safe: Tensor, valid: Optional[Tensor], C: int, ignore_index: Optional[int],
                   features: Optional[Tensor], validate: bool, extra: Optional[Tensor]):
     """The present-class set: one transfer. Never traced by ``torch.compile`` (it reads data

@@ -47,6 +47,7 @@ from torch import Tensor
 from .batch import BatchClasses, scan_batch
 from .kernels import per_class_bmm
 from .layouts import KINDS, CovarianceLayout, get_layout
+from .logit_adjustment import adjust_logits, ldam_margins, prior_log_offset
 from .lowrank import LowRankCovariance
 
 __all__ = [
@@ -63,6 +64,9 @@ __all__ = [
     "check_logits_target",
     "batch_classes",
     "per_class_bmm",
+    "adjust_logits",
+    "ldam_margins",
+    "prior_log_offset",
 ]
 
 

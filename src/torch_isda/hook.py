@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from torch import Tensor, nn
 
 from .loss import ISDALoss
+from .options import ISDAOptions, merge_options
 
 __all__ = ["find_classifier", "attach", "HookedISDALoss"]
 
@@ -80,6 +81,11 @@ class HookedISDALoss(nn.Module):
     Call it as ``criterion(logits, target)`` right after ``logits = model(x)``; the
     features are the captured input of ``layer``. Its ``state_dict`` holds the ISDA state
     only (not the layer's parameters). :meth:`remove` detaches the hook.
+
+    Modes. The criterion follows the model: it trains (folds the features into the
+    statistics and returns the ISDA bound) only while both the hooked layer and the
+    criterion are in training mode (``model.train()``; ``criterion.eval()`` turns it off too),
+    and with grad mode on. In evaluation mode it returns the plain cross-entropy of the logits.
     """
 
     def __init__(self, layer: nn.Linear, isda: ISDALoss) -> None:
@@ -129,7 +135,14 @@ class HookedISDALoss(nn.Module):
                 f"the hooked layer's input has shape {tuple(features.shape)}; ISDA expects N x A features"
             )
         self._features = self._output = None  # release the graph references
+        self._follow_mode()
         return self.isda(features, logits, target, self.layer.weight, ratio)
+
+    def _follow_mode(self) -> None:
+        """Train only when both this criterion and the hooked layer (the model) train."""
+        mode = self.training and self.layer.training
+        if self.isda.training != mode:
+            self.isda.train(mode)
 
     def remove(self) -> None:
         """Remove the forward hook from the layer."""
@@ -145,12 +158,11 @@ class _DiscoveredISDALoss(HookedISDALoss):
     equality), removes every other hook and builds the :class:`ISDALoss` for that layer.
     """
 
-    def __init__(self, model: nn.Module, loss_args: Tuple[Any, ...], loss_kwargs: Dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, options: ISDAOptions) -> None:
         nn.Module.__init__(self)
         self.isda: Optional[ISDALoss] = None
         self._model_name = type(model).__name__
-        self._loss_args = loss_args
-        self._loss_kwargs = dict(loss_kwargs)
+        self._options = options
         self._layer: List[nn.Linear] = []
         self._features = self._output = None
         self._records: List[Tuple[nn.Linear, Tensor, Tensor]] = []
@@ -196,7 +208,7 @@ class _DiscoveredISDALoss(HookedISDALoss):
         for handle in self._handles:
             handle.remove()
         self._records = []
-        isda = ISDALoss(layer.in_features, layer.out_features, *self._loss_args, **self._loss_kwargs)
+        isda = ISDALoss(layer.in_features, layer.out_features, options=self._options)
         self.isda = isda.to(layer.weight.device)
         if self._pending_state is not None:
             super().load_state_dict(self._pending_state)
@@ -226,8 +238,8 @@ class _DiscoveredISDALoss(HookedISDALoss):
     def ratio(self) -> float:
         if self.isda is not None:
             return self.isda.ratio
-        return ISDALoss.scheduled_ratio(float(self._loss_args[0]), self._pending_progress or 0.0,
-                                        bool(self._loss_kwargs.get("constant_lambda", False)))
+        return ISDALoss.scheduled_ratio(self._options.lambda0, self._pending_progress or 0.0,
+                                        self._options.constant_lambda)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.isda is None:  # applied when the classifier is found
@@ -251,31 +263,42 @@ class _DiscoveredISDALoss(HookedISDALoss):
 
 def attach(
     model: nn.Module,
-    lambda0: float = 0.5,
-    kind: str = "full",
+    lambda0: Optional[float] = None,
+    kind: Optional[str] = None,
     *,
     layer: Optional[nn.Linear] = None,
-    **loss_kwargs,
+    options: Optional[ISDAOptions] = None,
+    **option_values: Any,
 ) -> HookedISDALoss:
     """Hook ISDA onto ``model``'s final linear layer and return the criterion.
 
-    ``num_features`` and ``num_classes`` are read from the layer; ``loss_kwargs`` go to
-    :class:`ISDALoss` (``constant_lambda``, ``label_smoothing``, ``ignore_index``,
-    ``validate``, ...). The estimator's buffers are placed on the layer's device.
+    ``num_features`` and ``num_classes`` are read from the layer; ``lambda0`` (default 0.5),
+    ``kind`` (default ``"full"``), ``options`` and ``option_values`` are the options of
+    :class:`ISDALoss` (an :class:`~torch_isda.ISDAOptions` and/or its fields by keyword:
+    ``total_steps``, ``constant_lambda``, ``label_smoothing``, ``ignore_index``,
+    ``class_prior``, ``ldam_counts``, ``validate``, ...), checked here. The estimator's
+    buffers are placed on the layer's device.
+
+    With ``total_steps=N`` (or ``epochs=`` and ``steps_per_epoch=``) the criterion advances
+    ``lambda = lambda0 * t / T`` by itself at each training call; otherwise call
+    ``criterion.set_progress(epoch / epochs)``. With ``class_prior=`` / ``ldam_counts=`` the
+    criterion adds the offsets to the layer's raw output itself: pass the model's logits
+    unchanged.
 
     The layer is ``layer``, else :func:`find_classifier`'s answer; when the named attributes
     hold no Linear layer, every ``nn.Linear`` of the model is hooked and the one whose output
     is the logits is kept at the first loss call (see the module's documentation). Raises
     ``ValueError`` if the model has no ``nn.Linear`` at all.
     """
+    opts = merge_options(options, ISDALoss.default_options, lambda0=lambda0, kind=kind, **option_values)
     if layer is None:
         try:
             layer = find_classifier(model)
         except ValueError:
             if not any(isinstance(m, nn.Linear) for m in model.modules()):
                 raise
-            return _DiscoveredISDALoss(model, (lambda0, kind), loss_kwargs)
+            return _DiscoveredISDALoss(model, opts)
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"layer must be an nn.Linear; got {type(layer).__name__}")
-    isda = ISDALoss(layer.in_features, layer.out_features, lambda0, kind, **loss_kwargs)
+    isda = ISDALoss(layer.in_features, layer.out_features, options=opts)
     return HookedISDALoss(layer, isda.to(layer.weight.device)).to(layer.weight.device)

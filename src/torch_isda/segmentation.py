@@ -51,7 +51,9 @@ from torch import Tensor, nn
 
 from . import distributed as _dist
 from . import functional as isda_f
+from .eager import eager_only
 from .loss import ISDALoss
+from .options import ISDAOptions
 
 __all__ = ["SegmentationISDALoss", "resize_labels", "classifier_weight"]
 
@@ -141,53 +143,26 @@ class SegmentationISDALoss(ISDALoss):
     Args:
         num_features: channels ``A`` of the feature map entering the classifier.
         num_classes: number of classes ``C`` (19 on Cityscapes).
-        lambda0: ``lambda_0``; 7.5 is the official segmentation setting.
+        lambda0: ``lambda_0``; 7.5 (the default) is the official segmentation setting.
         kind: ``"diagonal"`` (default, as in the paper's segmentation experiments), ``"full"``,
             ``"shared"``, ``"identity"`` or ``"lowrank"`` (``rank`` components per class).
-        constant_lambda, reduction, label_smoothing, dtype, sync: as in :class:`ISDALoss`;
-            ``reduction="none"`` returns the ``B x h x w`` per-pixel loss map (0 at ignored
-            pixels).
-        ignore_index: label of void pixels (255 on Cityscapes).
-        validate, static_shapes: as in :class:`ISDALoss`: one host synchronization per step
-            by default (class set and checks), none with ``validate=False`` for the diagonal,
-            shared and identity kinds (or any kind with ``static_shapes=True``).
+        options, **option_values: as in :class:`ISDALoss` (an :class:`~torch_isda.ISDAOptions`
+            and/or its fields by keyword), with these defaults instead:
+            ``ignore_index=255`` (void pixels on Cityscapes). ``reduction="none"`` returns the
+            ``B x h x w`` per-pixel loss map (0 at ignored pixels). ``validate`` and
+            ``static_shapes``: one host synchronization per step by default (class set and
+            checks), none with ``validate=False`` for the diagonal, shared and identity kinds
+            (or any kind with ``static_shapes=True``).
+
+    In evaluation mode the loss is the plain per-pixel cross-entropy (no update) and
+    :meth:`augmented_logits` returns the logits unchanged.
 
     One instance per classifier head: an auxiliary (deep supervision) head has its own
     features and classifier, hence needs its own estimator.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        num_classes: int,
-        lambda0: float = 7.5,
-        kind: str = "diagonal",
-        *,
-        constant_lambda: bool = False,
-        reduction: str = "mean",
-        label_smoothing: float = 0.0,
-        ignore_index: int = 255,
-        dtype: torch.dtype = torch.float32,
-        sync: bool = True,
-        rank: int = 32,
-        validate: bool = True,
-        static_shapes: bool = False,
-    ) -> None:
-        super().__init__(
-            num_features,
-            num_classes,
-            lambda0,
-            kind,
-            constant_lambda=constant_lambda,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            ignore_index=ignore_index,
-            dtype=dtype,
-            sync=sync,
-            rank=rank,
-            validate=validate,
-            static_shapes=static_shapes,
-        )
+    #: the official segmentation setting: diagonal covariance, lambda0 = 7.5, void label 255
+    default_options = ISDAOptions(lambda0=7.5, kind="diagonal", ignore_index=255)
 
     # ------------------------------------------------------------------ checks
 
@@ -294,6 +269,8 @@ class SegmentationISDALoss(ISDALoss):
     ):
         """Augmented flat logits, flat target and class set (the present-class path eagerly
         under ``torch.compile``, as in :meth:`ISDALoss.forward`)."""
+        if ratio is not None:  # the caller drives lambda
+            self._progress_driven = True
         if self.static_path:
             return self._prepare_traced(features, logits, target, weight, ratio)
         return self._prepare_eager(features, logits, target, weight, ratio)
@@ -311,7 +288,7 @@ class SegmentationISDALoss(ISDALoss):
         flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, C)  # pixels x C, order (b, y, x)
         return self._augment_flat(flat_logits, W, batch, lam), flat_target, batch
 
-    _prepare_eager = torch.compiler.disable(_prepare_traced)
+    _prepare_eager = eager_only(_prepare_traced)
 
     def forward(
         self,
@@ -336,13 +313,22 @@ class SegmentationISDALoss(ISDALoss):
         Returns:
             the scalar loss (``reduction="mean"``/``"sum"``) or the ``B x h x w`` loss map.
         """
+        if not self.training:
+            return self.evaluation_loss(features, logits, target, weight)
         aug, flat_target, batch = self._prepare(features, logits, target, weight, ratio)
-        B, _, h, w = logits.shape
+        if self.options.adjusts_logits:
+            aug = self._offset(aug, flat_target)
+        return self._pixel_cross_entropy(aug, flat_target, batch.counts.sum(), logits.shape)
+
+    def _pixel_cross_entropy(self, flat_logits: Tensor, flat_target: Tensor, valid_pixels: Tensor,
+                             shape: torch.Size) -> Tensor:
+        """The cross-entropy of ``pixels x C`` logits, reduced (``B x h x w`` for ``"none"``)."""
+        aug = flat_logits
+        B, _, h, w = shape
         if self.reduction == "mean":  # sum over the valid pixels / their count, read on neither path
             total = F.cross_entropy(aug, flat_target, reduction="sum", label_smoothing=self.label_smoothing,
                                     ignore_index=self.ignore_index)
-            count = batch.counts.sum()  # valid pixels
-            return total / count.clamp_min(1).to(total.dtype)  # 0 (not nan) without valid pixels
+            return total / valid_pixels.clamp_min(1).to(total.dtype)  # 0 (not nan) without valid pixels
         loss = F.cross_entropy(
             aug,
             flat_target,
@@ -351,6 +337,16 @@ class SegmentationISDALoss(ISDALoss):
             ignore_index=self.ignore_index,
         )
         return loss.view(B, h, w) if self.reduction == "none" else loss
+
+    def evaluation_loss(  # type: ignore[override]
+        self, features: Tensor, logits: Tensor, target: Tensor, weight: Union[Tensor, nn.Module]
+    ) -> Tensor:
+        """The plain per-pixel cross-entropy of ``logits`` (evaluation mode; no update)."""
+        _, target = self._check_inputs(features, logits, target, weight)
+        C = self.num_classes
+        flat_target = target.reshape(-1)
+        valid = (flat_target != self.ignore_index).sum()
+        return self._pixel_cross_entropy(logits.permute(0, 2, 3, 1).reshape(-1, C), flat_target, valid, logits.shape)
 
     def augmented_logits(
         self,
@@ -366,8 +362,12 @@ class SegmentationISDALoss(ISDALoss):
         ``logits + lambda / 2 * sigma2[label]`` per pixel, ignored pixels unchanged. The caller
         may upsample the result to the label size and apply its own cross-entropy with
         ``ignore_index`` (as the official ``CriterionDSN`` does). Gradients flow into
-        ``logits`` and ``weight``. Memory: ``pixels x C``.
+        ``logits`` and ``weight``. Memory: ``pixels x C``. In evaluation mode ``logits`` come
+        back unchanged (no ISDA term, no update).
         """
+        if not self.training:
+            self._check_inputs(features, logits, target, weight)
+            return logits
         aug, _, _ = self._prepare(features, logits, target, weight, ratio)
         B, C, h, w = logits.shape
         return aug.view(B, h, w, C).permute(0, 3, 1, 2)

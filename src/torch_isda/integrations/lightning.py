@@ -33,7 +33,8 @@ is configurable). The criterion is *not* registered as a submodule, so the modul
   (:meth:`on_save_checkpoint`, under ``checkpoint["torch_isda"]``) and restored when a run
   resumes with ``trainer.fit(..., ckpt_path=...)`` (:meth:`on_load_checkpoint`);
 * the criterion follows the module's device and is put in eval mode during validation
-  (no estimator updates) and back in training mode for training.
+  (no estimator updates; ``self.isda(self.model(x), y)`` then returns the plain
+  cross-entropy, a validation loss) and back in training mode for training.
 
 The class derives from ``lightning.pytorch.Callback`` and, when installed too, from
 ``pytorch_lightning.Callback``, so either package's ``Trainer`` accepts it.

@@ -20,7 +20,7 @@ batch + ``eta2 * L_reg``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .. import functional as isda_f
 from ..loss import ISDALoss
+from ..options import ISDAOptions, merge_options
 from .methods import ConsistencyMethod
 
 __all__ = ["SemiISDALoss", "SemiLossOutput", "semi_supervised_loss"]
@@ -53,8 +54,10 @@ class SemiISDALoss(nn.Module):
         eta1: Weight of the ISDA consistency term (paper grid {0.5, 1, 2}).
         eta2: Default weight of the base regulariser (usually passed per step, ramped).
         use_isda: ``False``: base method only (cross-entropy + ``eta2 * L_reg``).
-        constant_lambda, label_smoothing, dtype, sync, rank: as in :class:`~torch_isda.ISDALoss`.
-        validate, static_shapes: as in :class:`~torch_isda.ISDALoss` for the supervised term;
+        options, **option_values: the supervised term's :class:`~torch_isda.ISDAOptions` (as
+            in :class:`~torch_isda.ISDALoss`: ``constant_lambda``, ``total_steps``,
+            ``label_smoothing``, ``dtype``, ``sync``, ``rank``, ...; ``reduction`` must stay
+            ``"mean"``). ``validate`` and ``static_shapes`` apply to the supervised term;
             ``static_shapes=True`` also makes the consistency term use all ``C`` classes
             (``C x C x C`` quadratic forms) instead of the pseudo-labels present.
 
@@ -65,49 +68,29 @@ class SemiISDALoss(nn.Module):
         self,
         num_features: int,
         num_classes: int,
-        lambda0: float = 0.5,
-        kind: str = "full",
+        lambda0: Optional[float] = None,
+        kind: Optional[str] = None,
         *,
         eta1: float = 1.0,
         eta2: float = 1.0,
         use_isda: bool = True,
-        constant_lambda: bool = False,
-        label_smoothing: float = 0.0,
-        dtype: torch.dtype = torch.float32,
-        sync: bool = True,
-        rank: int = 32,
-        validate: bool = True,
-        static_shapes: bool = False,
+        options: Optional[ISDAOptions] = None,
+        **option_values: Any,
     ) -> None:
         super().__init__()
         for name, value in (("eta1", eta1), ("eta2", eta2)):
             if not float(value) >= 0.0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
-        if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+        opts = merge_options(options, ISDAOptions(), lambda0=lambda0, kind=kind, **option_values)
+        if opts.reduction != "mean":
+            raise ValueError(f"SemiISDALoss averages its terms: reduction must be 'mean'; got {opts.reduction!r}")
         self.num_features = int(num_features)
         self.num_classes = int(num_classes)
         self.eta1 = float(eta1)
         self.eta2 = float(eta2)
         self.use_isda = bool(use_isda)
-        self.label_smoothing = float(label_smoothing)
-        self.isda: Optional[ISDALoss] = (
-            ISDALoss(
-                num_features,
-                num_classes,
-                lambda0,
-                kind,
-                constant_lambda=constant_lambda,
-                label_smoothing=label_smoothing,
-                dtype=dtype,
-                sync=sync,
-                rank=rank,
-                validate=validate,
-                static_shapes=static_shapes,
-            )
-            if self.use_isda
-            else None
-        )
+        self.label_smoothing = opts.label_smoothing
+        self.isda: Optional[ISDALoss] = ISDALoss(num_features, num_classes, options=opts) if self.use_isda else None
 
     def extra_repr(self) -> str:
         return f"eta1={self.eta1}, eta2={self.eta2}, use_isda={self.use_isda}"
