@@ -12,7 +12,7 @@ from typing import Any
 from .config import TrainConfig
 
 __all__ = ["FILELESS_DATASETS", "ISDA_OPTIONS", "ISDA_OPTION_CRITERIA", "check_command_line",
-           "criterion_names", "ignored_option_notes"]
+           "criterion_names", "ignored_option_notes", "print_option_notes"]
 
 #: Datasets that read no files: ``--data-dir`` and ``--download`` do nothing for them.
 FILELESS_DATASETS = {
@@ -70,8 +70,7 @@ def ignored_option_notes(overrides: dict[str, Any], config: TrainConfig) -> list
 def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
     """``ValueError`` for an explicit ``--model`` that a segmentation run would replace (the
     classification default ``digits_cnn`` stands for "the task's default model" only when
-    ``--model`` is not given); then, when the configuration resolves (else its error comes
-    alone, later), print the :func:`ignored_option_notes` to stderr."""
+    ``--model`` is not given)."""
     if overrides.get("model") == TrainConfig.model:
         from .tasks.segmentation.config import DEFAULT_SEGMENTATION_MODEL, infer_task
 
@@ -80,11 +79,10 @@ def check_command_line(overrides: dict[str, Any], config: TrainConfig) -> None:
                 f"--model {TrainConfig.model} is a classification model; segmentation runs "
                 f"need a segmentation model such as {DEFAULT_SEGMENTATION_MODEL} (the default "
                 f"when --model is not given)")
-    from .resolve import resolve_config
 
-    try:
-        resolved = resolve_config(config)
-    except ValueError:  # reported alone, by the command's own checks or the run
-        return
+
+def print_option_notes(overrides: dict[str, Any], resolved: TrainConfig) -> None:
+    """Print the :func:`ignored_option_notes` of the ``resolved`` configuration to stderr
+    (called once it resolved: a bad value is reported alone, without notes)."""
     for note in ignored_option_notes(overrides, resolved):
         print(note, file=sys.stderr)
