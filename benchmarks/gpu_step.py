@@ -5,22 +5,29 @@ Tables (printed as they are measured, and rewritten to ``--out DIR`` as ``gpu_st
 
 1. **loss** - the ISDA work alone (estimator update + loss forward + backward into the
    logits and the classifier weight, logits a leaf) at the paper's shapes, for the
-   present-class path (default, one host synchronization per step), the static all-class
-   path (``validate=False, static_shapes=True``: no synchronization, ``C x`` the update and
-   ``sigma2`` flops) and the official dense formulation (``loss_speed.DenseISDA``).
+   present-class path (the old default, one host synchronization per step), the new
+   default's accelerator route (``static_shapes=True``, the checks on the device: no
+   synchronization) and the official dense formulation (``loss_speed.DenseISDA``).
 2. **step (eager)** and 3. **step (compiled)** - a whole SGD step (forward, loss, backward,
    optimizer) of ResNet-32, ResNet-110 and WRN-28-10 on CIFAR-shaped random data (batch
-   128, 100 classes), in bf16 autocast with channels_last, for ``CE``, ``ISDA`` (full
-   covariance, default options), ``ISDA static`` (``validate=False, static_shapes=True``)
-   and ``official`` (dense). ISDA's overhead is relative to CE in the same mode. Compiled:
-   the model (features + logits) is compiled once per architecture and reused by every
-   criterion; each criterion's loss is compiled separately (``fullgraph=True`` for the
-   static path).
+   128, 100 classes), in bf16 autocast with channels_last, for ``CE``, ``ISDA default``
+   (full covariance, ``static_shapes="auto"``: the static path with device-side checks on a
+   GPU), ``ISDA old default`` (``static_shapes=False``: present classes, one
+   synchronization), ``ISDA unchecked`` (``validate=False, static_shapes=True``) and
+   ``official`` (dense). ISDA's overhead is relative to CE in the same mode. Compiled: the
+   model (features + logits) is compiled once per architecture and reused by every
+   criterion; each criterion's loss is compiled separately (``fullgraph=True`` on the static
+   path). Single measurement per row.
+4. **step (whole)** - the whole step compiled as one ``fullgraph=True`` graph (forward,
+   criterion, ``torch.autograd.grad``, a ``torch._foreach_*`` Nesterov SGD:
+   ``benchmarks/_whole_step.py``) and that graph captured in a CUDA graph
+   (``mode="reduce-overhead"``), next to the same step in eager mode, for CE and the ISDA
+   default: median and spread (max - min) of ``--repeats`` (default 3) timed runs per row.
 
 Syncs/step: on CUDA the synchronizations reported by ``torch.cuda.set_sync_debug_mode``
 during one step; on the CPU the Python-level count of ``benchmarks/_syncs.py``.
 
-Run on a GPU (about 3 minutes on an H100, compile included)::
+Run on a GPU (about 3.5 minutes on an H100 with the default budget, compile included)::
 
     PYTHONPATH=src python benchmarks/gpu_step.py --out results/
 
@@ -47,6 +54,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import markdown_table, peak_memory_mb, sync  # noqa: E402
 from _syncs import count_cuda_syncs, count_syncs  # noqa: E402
+from _whole_step import MODES, compile_step, make_train_step  # noqa: E402
 from loss_speed import DenseISDA  # noqa: E402
 
 from torch_isda import ISDALoss  # noqa: E402
@@ -156,9 +164,9 @@ class Budget:
 
 def make_criteria(A: int, C: int, device: torch.device) -> Dict[str, Callable]:
     """``criterion(features, logits, target, weight) -> loss`` for each compared method."""
-    ours = ISDALoss(A, C, lambda0=0.5, kind="full", constant_lambda=True).to(device)
-    static = ISDALoss(A, C, lambda0=0.5, kind="full", constant_lambda=True, validate=False,
-                      static_shapes=True).to(device)
+    def isda(**opts):
+        return ISDALoss(A, C, lambda0=0.5, kind="full", constant_lambda=True, **opts).to(device)
+
     dense = DenseISDA(A, C, "full", device)
 
     def official(features, logits, target, weight):
@@ -166,11 +174,16 @@ def make_criteria(A: int, C: int, device: torch.device) -> Dict[str, Callable]:
         return dense.loss(logits, weight, target, 0.5)
 
     return {
-        "CE": lambda features, logits, target, weight: F.cross_entropy(logits, target),
-        "ISDA": ours,
-        "ISDA static": static,
+        "CE": cross_entropy,
+        "ISDA default": isda(),
+        "ISDA old default": isda(static_shapes=False),
+        "ISDA unchecked": isda(validate=False, static_shapes=True),
         "official": official,
     }
+
+
+def cross_entropy(features, logits, target, weight):
+    return F.cross_entropy(logits, target)
 
 
 def repeated_blocks(model: nn.Module) -> List[nn.Module]:
@@ -201,9 +214,9 @@ class FeaturesAndLogits(nn.Module):
 
 def loss_table(report: Report, device, shapes, steps: int, warmup: int, budget: Budget,
                max_dense_gb: float) -> None:
-    name = "loss: ISDA work per step, present-class vs static path vs official"
-    report.table(name, ["shape", "(N, C, A)", "kind", "present ms", "present syncs", "static ms",
-                        "static syncs", "official ms", "official syncs", "official / present"],
+    name = "loss: ISDA work per step, present-class path vs the default's accelerator route vs official"
+    report.table(name, ["shape", "(N, C, A)", "kind", "present ms", "present syncs", "accel. route ms",
+                        "accel. route syncs", "official ms", "official syncs", "official / present"],
                  note="estimator update + loss forward + backward (logits a leaf), float32 statistics; "
                       "mean ms over back-to-back calls")
     for label, N, C, A, kind in shapes:
@@ -217,7 +230,7 @@ def loss_table(report: Report, device, shapes, steps: int, warmup: int, budget: 
         logits = (feats @ weight.detach().T).requires_grad_()
         cells = [label, f"({N}, {C}, {A})", kind]
         times = {}
-        for variant, opts in (("present", {}), ("static", {"validate": False, "static_shapes": True})):
+        for variant, opts in (("present", {"static_shapes": False}), ("static", {"static_shapes": True})):
             crit = ISDALoss(A, C, lambda0=0.5, kind=kind, constant_lambda=True, **opts).to(device)
 
             def step(crit=crit):
@@ -287,7 +300,8 @@ def step_table(report: Report, device, archs, compiled: bool, args, budget: Budg
                 continue
             loss_fn = criterion
             if compiled:
-                loss_fn = torch.compile(criterion, backend=args.backend, fullgraph=crit_name == "ISDA static")
+                loss_fn = torch.compile(criterion, backend=args.backend,
+                                        fullgraph=bool(getattr(criterion, "static_path", False)))
 
             def step(loss_fn=loss_fn):
                 with torch.autocast(device.type, dtype=amp_dtype):
@@ -318,6 +332,55 @@ def step_table(report: Report, device, archs, compiled: bool, args, budget: Budg
             torch.cuda.empty_cache()
 
 
+def repeated_ms(fn: Callable[[], object], device: torch.device, steps: int, warmup: int, repeats: int):
+    """``(median, spread)`` of ``repeats`` :func:`time_steps` runs (spread = max - min)."""
+    runs = sorted(time_steps(fn, device, steps, warmup if r == 0 else 1) for r in range(repeats))
+    return runs[len(runs) // 2], runs[-1] - runs[0]
+
+
+def whole_table(report: Report, device, archs, args, budget: Budget) -> None:
+    name = "step (whole): one fullgraph graph per step, eager vs compiled vs captured"
+    report.table(name, ["model", "criterion", "mode", "median ms/step", "spread ms", "ISDA overhead vs CE",
+                        "first call s", "note"],
+                 note=f"batch {args.batch}, {args.classes} classes, {args.image}x{args.image} random images, "
+                      f"bf16 autocast, channels_last, Nesterov SGD in torch._foreach ops; {args.repeats} runs of "
+                      f"{args.steps} steps per row; backend {args.backend}")
+    modes = [m for m in MODES if m != "captured" or device.type == "cuda"]
+    for arch in archs:
+        ce = {}
+        for crit_name in ("CE", "ISDA default"):
+            for mode in modes:
+                cells = [arch, crit_name, mode]
+                if not budget.left():
+                    report.row(name, cells + ["skipped (time budget)", "-", "-", "-", f"at {budget.elapsed():.0f} s"])
+                    continue
+                torch.manual_seed(0)
+                model = create_model(arch, num_classes=args.classes).to(device).to(memory_format=torch.channels_last)
+                crit = cross_entropy if crit_name == "CE" else ISDALoss(  # the default's GPU route, also on a CPU
+                    model.fc.in_features, args.classes, 0.5, "full", constant_lambda=True, static_shapes=True).to(device)
+                step = compile_step(make_train_step(model, crit, lr=0.01), mode, args.backend)
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(args.batch, 3, args.image, args.image, generator=g).to(device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
+                try:
+                    t0 = time.perf_counter()
+                    step(x, y)
+                    sync(device)
+                    first = time.perf_counter() - t0
+                    median, spread = repeated_ms(lambda: step(x, y), device, args.steps, args.warmup, args.repeats)
+                except Exception as err:
+                    report.row(name, cells + [f"error: {type(err).__name__}", "-", "-", "-", str(err)[:120]])
+                    continue
+                if crit_name == "CE":
+                    ce[mode] = median
+                overhead = f"{100 * (median - ce[mode]) / ce[mode]:+.1f}%" if crit_name != "CE" and mode in ce else "-"
+                report.row(name, cells + [f"{median:.2f}", f"{spread:.2f}", overhead, f"{first:.1f}", ""])
+                del model, step
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -327,7 +390,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="folder for gpu_step.md and gpu_step.json")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and steps (CPU check)")
     parser.add_argument("--skip-compile", action="store_true")
-    parser.add_argument("--tables", default="loss,eager,compiled", help="comma-separated subset")
+    parser.add_argument("--tables", default="loss,eager,compiled,whole", help="comma-separated subset")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row of the whole-step table")
+    parser.add_argument("--whole-archs", default="resnet32,resnet110", help="architectures of the whole-step table")
     parser.add_argument("--archs", default=None, help=f"comma-separated (default {','.join(ARCHS)}; resnet20 with --smoke)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--classes", type=int, default=100)
@@ -348,6 +413,7 @@ def main(argv=None) -> None:
         args.batch, args.classes, args.steps, args.warmup, args.loss_steps = 4, 10, 1, 1, 2
         args.image = 8
         args.archs = args.archs or "resnet20"
+        args.whole_archs = "resnet8"
         loss_shapes = SMOKE_LOSS_SHAPES
     args.backend = args.backend or ("aot_eager" if args.smoke or device.type == "cpu" else "inductor")
     # regional compilation: one static graph per distinct block shape, reused across blocks
@@ -357,6 +423,7 @@ def main(argv=None) -> None:
     tables = set(args.tables.split(","))
     if args.skip_compile:
         tables.discard("compiled")
+        tables.discard("whole")
     archs = [a for a in (args.archs or ",".join(ARCHS)).split(",") if a]
     budget = Budget(args.budget_s)
     meta = {
@@ -375,6 +442,8 @@ def main(argv=None) -> None:
         step_table(report, device, archs, False, args, budget)
     if "compiled" in tables:
         step_table(report, device, archs, True, args, budget)
+    if "whole" in tables:
+        whole_table(report, device, [a for a in args.whole_archs.split(",") if a], args, budget)
     report.meta["total seconds"] = f"{budget.elapsed():.0f}"
     report.save()
     print(f"\ntotal {budget.elapsed():.0f} s", flush=True)

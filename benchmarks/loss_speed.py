@@ -14,13 +14,15 @@ For each of the paper's shapes (N, C, A) it times one training-step's worth of I
 * ``syncs/step``: host synchronizations of one ``ours`` step (``benchmarks/_syncs.py``:
   ``bool()``, ``.item()``, ``.tolist()``, ``torch.unique``, boolean masks, ...);
 * ``ops/step``: operators dispatched by one step, views excluded (``benchmarks/_ops.py``):
-  the kernel launches of an eager step on an accelerator, for ours (default and static
-  paths) and the dense formulation;
+  the kernel launches of an eager step on an accelerator, for ours (the default's CPU route,
+  present classes; the default's accelerator route, ``static_shapes=True`` with the checks on
+  the device; ``validate=False, static_shapes=True``) and the dense formulation;
 * ``compiled ms``: ``ours`` with the loss module wrapped in ``torch.compile`` (default
   options; ``--backend``, ``--no-compile`` to skip), timed after its compilation;
-* ``static ms``: ``ours`` on the static all-class path (``validate=False,
-  static_shapes=True``: no host synchronization, ``C/U`` times the flops of the update and
-  of ``sigma2`` for the full kind), eager.
+* ``accel. route ms``: ``ours`` on the default's accelerator route forced on this device
+  (``static_shapes=True``, validation on, checked on the device: no host synchronization,
+  ``C/U`` times the flops of ``sigma2`` and about ``C`` times those of the update for the
+  full kind), eager; ``accel. syncs`` its host synchronizations per step.
 
 Run: ``python benchmarks/loss_speed.py`` (``--device cuda`` on a GPU). Prints a markdown table.
 """
@@ -158,9 +160,17 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
         t_ours = time_ms(step_ours, device, repeats)
         t_floor = time_ms(floor, device, repeats)
         syncs = count_syncs(step_ours).total
-        static = ISDALoss(A, C, lambda0=0.5, kind=kind, constant_lambda=True, validate=False,
-                          static_shapes=True).to(device)
+        static = ISDALoss(A, C, lambda0=0.5, kind=kind, constant_lambda=True, static_shapes=True).to(device)
         static.load_state_dict(ours.state_dict())
+        unchecked = ISDALoss(A, C, lambda0=0.5, kind=kind, constant_lambda=True, validate=False,
+                             static_shapes=True).to(device)
+        unchecked.load_state_dict(ours.state_dict())
+
+        def step_unchecked():
+            loss = unchecked(feats, logits, labels, weight)
+            loss.backward()
+            weight.grad = logits.grad = None
+
 
         def step_static():
             loss = static(feats, logits, labels, weight)
@@ -168,7 +178,8 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
             weight.grad = logits.grad = None
 
         t_static = time_ms(step_static, device, repeats)
-        ops = f"{count_ops(step_ours).total} / {count_ops(step_static).total}"
+        static_syncs = count_syncs(step_static).total
+        ops = f"{count_ops(step_ours).total} / {count_ops(step_static).total} / {count_ops(step_unchecked).total}"
         compiled_cell = "-"
         if backend:
             compiled = torch.compile(ours, backend=backend)
@@ -195,10 +206,12 @@ def run(device, repeats, max_dense_gb, only=None, backend="inductor"):
             dense_cells = [f"skipped (~{need_gb:.0f} GB)", "-", "-"]
             ops += " / -"
         rows.append([name, f"({N}, {C}, {A})", kind, U, f"{t_ours:.3f}", f"{t_floor:.3f}",
-                     f"{t_ours / t_floor:.2f}", syncs, ops, compiled_cell, f"{t_static:.3f}", f"{m_ours:.1f}", *dense_cells])
+                     f"{t_ours / t_floor:.2f}", syncs, ops, compiled_cell, f"{t_static:.3f}", static_syncs,
+                     f"{m_ours:.1f}", *dense_cells])
         print(f"done {name}", file=sys.stderr, flush=True)
     headers = ["shape", "(N, C, A)", "kind", "U present", "ours ms", "floor ms", "ours/floor", "syncs/step",
-               "ops/step (ours / static / dense)", "compiled ms", "static ms", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
+               "ops/step (ours / accel. route / unchecked static / dense)", "compiled ms", "accel. route ms",
+               "accel. syncs", "ours peak MB", "dense ms", "dense/ours", "dense peak MB"]
     return markdown_table(headers, rows)
 
 

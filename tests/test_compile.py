@@ -181,3 +181,115 @@ def test_compiled_default_path_does_not_recompile_as_the_classes_change():
         y = torch.randint(0, 2 + n % 4, (24,), generator=g)
         torch.testing.assert_close(compiled(z, y), functional_step(z, y))
     assert len(graphs) <= 6, len(graphs)
+
+
+# --------------------------------------------------------------------------- whole training step
+
+
+def _whole_step_parts(kind):
+    from torch_isda.models.resnet_cifar import resnet8
+
+    torch.manual_seed(0)
+    model = resnet8(10).double()
+    crit = ISDALoss(64, 10, 0.5, kind, static_shapes=True, rank=4, dtype=torch.float64)  # the accelerator route
+    params = list(model.parameters())
+    return model, crit, params, [torch.zeros_like(p) for p in params]
+
+
+def _whole_step(model, crit, params, momenta, x, y, lr):
+    """Forward, ISDA criterion, backward and an SGD-with-momentum step: what docs/core.md's
+    recipe compiles whole."""
+    features = model.forward_features(x)
+    loss = crit(features, model.fc(features), y, model.fc.weight)
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        torch._foreach_mul_(momenta, 0.9)
+        torch._foreach_add_(momenta, grads)
+        torch._foreach_add_(params, momenta, alpha=-lr)
+    return loss.detach()
+
+
+def _three_steps(step, compiled_parts, eager_parts):
+    g = torch.Generator().manual_seed(1)
+    for t in range(3):
+        for parts in (compiled_parts, eager_parts):
+            parts[1].set_progress(t / 3)  # a device buffer under compile: no recompilation
+        x = torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 10, (8,), generator=g)
+        y[0] = -100  # an ignored sample
+        torch.testing.assert_close(step(*compiled_parts, x, y, 0.1), _whole_step(*eager_parts, x, y, 0.1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_whole_step_of_a_resnet_compiles_fullgraph_and_equals_eager(kind):
+    """resnet8 + ISDA (validation on, static path), backward and optimizer step in one
+    ``fullgraph=True`` graph: no graph break, no recompilation as the progress moves, and
+    3 steps equal to eager (losses, parameters, statistics)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled_parts, eager_parts = _whole_step_parts(kind), _whole_step_parts(kind)
+    step = torch.compile(_whole_step, backend="aot_eager", fullgraph=True)
+    with torch._dynamo.config.patch(trace_autograd_ops=True):  # torch.autograd.grad inside the graph
+        _three_steps(step, compiled_parts, eager_parts)
+    for a, b in zip(compiled_parts[0].parameters(), eager_parts[0].parameters()):
+        torch.testing.assert_close(a, b)
+    for (name, a), b in zip(compiled_parts[1].state_dict().items(), eager_parts[1].state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_the_whole_step_recipe_of_docs_core_runs():
+    """docs/core.md's recipe (a user's loop compiled whole) runs as written (backend
+    aot_eager here, to keep the test fast): no graph break, every step folded in."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "core.md").read_text()
+    section = text[text.index("### Compiling a whole training step"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "fullgraph=True" in code and "criterion.check()" in code
+    code = code.replace("torch.compile(train_step, fullgraph=True)",
+                        "torch.compile(train_step, fullgraph=True, backend='aot_eager')")
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    scope = {}
+    exec(compile(code, "docs/core.md", "exec"), scope)
+    assert torch.isfinite(scope["loss"])
+    assert int(scope["criterion"].estimator.count.sum()) == 2 * 3 * 16
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("kind", ["full", "diagonal"])
+@pytest.mark.parametrize("tensor_ratio", [False, True])
+def test_fused_static_kernels_gradcheck_and_match_the_brute_force(kind, tensor_ratio):
+    """kernels.FullAugment / DiagonalAugment: logits + r * onehot @ sigma2, gradients into the
+    logits and the weight, against the float64 brute force of Eq. (7) and by gradcheck."""
+    from torch_isda.kernels import DiagonalAugment, FullAugment
+
+    g = torch.Generator().manual_seed(5)
+    N, C, A = 7, 4, 3
+    W = torch.randn(C, A, dtype=torch.float64, generator=g, requires_grad=True)
+    z = torch.randn(N, C, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.tensor([0, 2, 2, -100, 3, 1, 0])
+    onehot = F.one_hot(y.clamp_min(0), C).double() * (y >= 0).double().unsqueeze(1)
+    if kind == "full":
+        B = torch.randn(C, A, A, dtype=torch.float64, generator=g)
+        cov, fn = B @ B.transpose(1, 2), FullAugment
+        dense = cov
+    else:
+        cov, fn = torch.rand(C, A, dtype=torch.float64, generator=g), DiagonalAugment
+        dense = torch.diag_embed(cov)
+    r = torch.tensor(0.35, dtype=torch.float64) if tensor_ratio else 0.35
+    out = fn.apply(z, W, cov, onehot, r)
+    expected = z.clone()
+    for i in range(N):
+        if y[i] >= 0:
+            V = W - W[y[i]]
+            expected[i] = z[i] + 0.35 * torch.einsum("ja,ab,jb->j", V, dense[y[i]], V)
+    torch.testing.assert_close(out, expected)
+    torch.autograd.gradcheck(lambda z_, W_: fn.apply(z_, W_, cov, onehot, r), (z, W))

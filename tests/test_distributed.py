@@ -30,10 +30,15 @@ def make_steps(C=5, A=4, steps=4):
     return out
 
 
-def worker(rank, world, port, outdir):
+def init_gloo(rank, world, port):
+    """Join a local gloo process group (CPU)."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def worker(rank, world, port, outdir):
+    init_gloo(rank, world, port)
     try:
         results = {}
         for kind in ("full", "diagonal", "shared"):

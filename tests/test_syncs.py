@@ -1,8 +1,10 @@
 """Host synchronizations per training step, counted at the Python level (benchmarks/_syncs.py).
 
-Targets: at most one per step in every kind with validation on (the class set and the value
-checks come back in one transfer); none for the diagonal, shared and identity kinds with
-``validate=False``, nor for any kind with ``validate=False, static_shapes=True``. The
+Targets: on the default's accelerator route (the static path, forced here with
+``static_shapes=True``) none in every kind, validation on (the checks stay on the device);
+on its CPU route (present classes) at most one per step in every kind (the class set and the
+value checks come back in one transfer); none for the diagonal, shared and identity kinds
+with ``validate=False``, nor for any kind with ``validate=False, static_shapes=True``. The
 low-rank update's ``torch.linalg.eigh`` is counted apart (``linalg``): on CUDA it reads its
 error flags back.
 """
@@ -23,7 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmark
 from _syncs import count_syncs  # noqa: E402
 
 MODES = {
-    "default": ({}, {k: 1 for k in KINDS}),
+    "default": ({}, {k: 1 for k in KINDS}),  # the CPU route of static_shapes="auto"
+    "accelerator route": ({"static_shapes": True}, {k: 0 for k in KINDS}),
     "validate=False": ({"validate": False}, {"full": 1, "lowrank": 1, "diagonal": 0, "shared": 0, "identity": 0}),
     "static": ({"validate": False, "static_shapes": True}, {k: 0 for k in KINDS}),
 }
@@ -53,6 +56,27 @@ def test_isda_loss_step(kind, mode):
         counter = count_syncs(step)
         assert counter.total == target[kind], dict(counter.counts)
         assert counter.counts.get("linalg", 0) == (1 if kind == "lowrank" else 0)
+
+
+def test_auto_takes_the_static_route_on_an_accelerator_and_the_present_one_on_the_cpu():
+    from torch_isda.layouts import AUTO_STATIC_MAX_ELEMENTS, get_layout
+
+    for kind in KINDS:
+        layout = get_layout(kind)
+        assert layout.static_path(True, "auto", "cuda", 100, 640)  # CIFAR shapes
+        assert not layout.static_path(True, "auto", "cpu", 100, 640)
+        assert layout.static_path(False, "auto", "cpu", 100, 640) == layout.cheap_static_update
+    big = (1000, 2048)  # ImageNet: C A^2 = 4.2e9 > AUTO_STATIC_MAX_ELEMENTS
+    assert 1000 * 2048**2 > AUTO_STATIC_MAX_ELEMENTS
+    assert not get_layout("full").static_path(True, "auto", "cuda", *big)
+    assert get_layout("diagonal").static_path(True, "auto", "cuda", *big)
+    pixels = 8 * 128 * 256  # a segmentation batch: the C x N x A static block would take 10 GB
+    assert not get_layout("full").static_path(True, "auto", "cuda", 19, 512, pixels)
+    assert get_layout("full").static_path(True, "auto", "cuda", 100, 640, 128)
+    assert get_layout("diagonal").static_path(True, "auto", "cuda", 19, 512, pixels)
+    assert ISDALoss(6, 5).static_shapes == "auto" and not ISDALoss(6, 5).static_path  # CPU statistics
+    with pytest.raises(ValueError, match="static_shapes must be True, False or 'auto'"):
+        ISDALoss(6, 5, static_shapes="always")
 
 
 def test_old_code_paths_would_be_counted():
@@ -109,3 +133,28 @@ def test_semi_step(kind):
 
         step()
         assert count_syncs(step).total == expected
+
+
+@pytest.mark.parametrize("opts", [{"validate": False, "static_shapes": True}, {"static_shapes": True}])
+@pytest.mark.parametrize("kind", ["full", "diagonal"])
+def test_distributed_static_path_reads_nothing_back_with_ignored_labels(kind, opts, monkeypatch):
+    """Issue 24 item 13: under DDP the static path sends every row (ignored ones as label -1)
+    instead of counting the valid rows on the host. The collectives are stubbed out (one
+    process); only the estimator's own reads are counted, and the validating route's
+    per-step read of its record (all ranks raise at the same step) is the one expected."""
+    from torch_isda import distributed as isda_dist
+
+    monkeypatch.setattr(isda_dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(isda_dist, "all_gather_batch", lambda features, labels, problems: (features, labels))
+    monkeypatch.setattr(isda_dist, "any_rank", lambda flags: flags)
+    crit = ISDALoss(6, 5, 0.5, kind, constant_lambda=True, **opts)
+    W = torch.randn(5, 6, requires_grad=True)
+    x, y = _batch(ignored=3, g=torch.Generator().manual_seed(0))
+
+    def step():
+        crit(x, x @ W.T, y, W).backward()
+
+    step()
+    counter = count_syncs(step)
+    assert counter.total == (1 if opts.get("validate", True) else 0), dict(counter.counts)
+    assert int(crit.estimator.count.sum()) == 2 * (24 - 3)

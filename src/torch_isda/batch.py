@@ -8,9 +8,11 @@ with a single transfer, once per training step; the estimator and the loss share
 result (a :class:`BatchClasses`).
 
 With ``static=True`` nothing is read back: the "class set" is all ``C`` classes
-(``classes = arange(C)``, zero counts for the absent ones) and no value is checked. Shapes
-then never depend on data, which is what ``torch.compile(fullgraph=True)`` and CUDA graphs
-need.
+(``classes = arange(C)``, zero counts for the absent ones), carried as a masked ``N x C``
+one-hot matrix. Shapes then never depend on data, which is what
+``torch.compile(fullgraph=True)`` and CUDA graphs need. With ``validate`` too, the checks
+stay on the device as flags (:func:`static_scan`); :mod:`torch_isda.checks` records them
+and :func:`static_batch` masks a rejected batch out.
 
 Samples whose label equals ``ignore_index`` are handled with masks (``valid``), never with
 boolean indexing (which synchronizes).
@@ -25,7 +27,8 @@ from torch import Tensor
 
 from .eager import eager_only
 
-__all__ = ["BatchClasses", "Problem", "PROBLEM_CATEGORIES", "scan_batch", "valid_indices"]
+__all__ = ["BatchClasses", "Problem", "PROBLEM_CATEGORIES", "StaticScan", "scan_batch", "static_scan",
+           "static_batch", "valid_indices"]
 
 #: The categories of a :class:`Problem`, in the order of the distributed validation flags
 #: (see :func:`torch_isda.distributed.all_gather_batch`): shapes/dtypes, labels, values.
@@ -70,6 +73,13 @@ class BatchClasses(NamedTuple):
         static: ``True`` for the all-class, data-independent class set.
         host_extra: the values of ``extra`` (see :func:`scan_batch`) for the ``U`` classes,
             as Python numbers (``None`` when not asked for, or ``static``).
+        onehot: static path: ``N x C`` float one-hot of the samples that count (all-zero rows
+            for ignored samples, and for every sample of a rejected batch); ``None`` otherwise.
+        target: static path with validation: the labels for the cross-entropy, out-of-range
+            ones replaced by ``ignore_index`` (so that no kernel indexes out of bounds).
+        nonfinite: static path with validation: ``N`` bool, the feature rows holding NaN/Inf
+            (zeroed before the update, so they cannot poison the masked sums).
+        flags: static path with validation: bool ``(labels, values)`` device flags of this batch.
     """
 
     classes: Tensor
@@ -80,6 +90,10 @@ class BatchClasses(NamedTuple):
     host_classes: Optional[Tuple[int, ...]]
     static: bool
     host_extra: Optional[Tuple[int, ...]] = None
+    onehot: Optional[Tensor] = None
+    target: Optional[Tensor] = None
+    nonfinite: Optional[Tensor] = None
+    flags: Optional[Tensor] = None
 
     @property
     def num_valid(self) -> Optional[int]:
@@ -122,16 +136,72 @@ def scan_batch(
     C = int(num_classes)
     y = labels.to(torch.long)
     device = y.device
+    if static:
+        classes = torch.arange(C, device=device)
+        scan = static_scan(y, classes, ignore_index=ignore_index, features=features, validate=validate)
+        return static_batch(scan, classes, None, torch.float32), []
     valid = None if ignore_index is None else y != ignore_index
     safe = y if valid is None else torch.where(valid, y, torch.zeros((), dtype=torch.long, device=device))
-    if static:
-        if validate:
-            raise ValueError("static class sets are only available with validate=False")
-        ones = torch.ones_like(safe) if valid is None else valid.to(torch.long)
-        counts = torch.zeros(C, dtype=torch.long, device=device).index_add_(0, safe, ones)
-        classes = torch.arange(C, device=device)
-        return BatchClasses(classes, safe, counts, valid, None, None, True), []
     return _scan_present(y, safe, valid, C, ignore_index, features, validate, extra)
+
+
+class StaticScan(NamedTuple):
+    """The device-side scan of a batch on the static path (:func:`static_scan`).
+
+    Fields: ``hits`` (``N x C`` bool, ``hits[i, c]`` iff sample ``i`` has label ``c``:
+    all-false rows for ignored and out-of-range labels), ``inverse`` (labels clamped to
+    ``[0, C)``), ``counted`` (``N`` bool, the label is a class), and with validation
+    ``target`` (labels for the cross-entropy), ``nonfinite`` (``N`` bool, rows with NaN/Inf,
+    when features were given) and ``flags`` (bool ``(bad labels, bad values)``), else ``None``.
+    """
+
+    hits: Tensor
+    inverse: Optional[Tensor]
+    counted: Tensor
+    target: Optional[Tensor]
+    nonfinite: Optional[Tensor]
+    flags: Optional[Tensor]
+
+
+def static_scan(labels: Tensor, classes: Tensor, *, ignore_index: Optional[int] = None,
+                features: Optional[Tensor] = None, validate: bool = True, inverse: bool = True) -> StaticScan:
+    """Scan a batch for the static path without reading anything back (a few kernels).
+
+    ``classes`` is ``arange(C)`` on the labels' device. With ``validate``, a label counts as
+    bad when it is neither a class nor ``ignore_index``, and the features as bad when a
+    counted sample's row holds NaN or Inf (a row whose sum overflows counts as non-finite);
+    both come back as device flags. ``inverse=False`` leaves ``inverse`` out (``None``)
+    for callers that only use the one-hot matrix.
+    """
+    y = labels.to(torch.long)
+    C = classes.shape[0]
+    hits = y.unsqueeze(1).eq(classes)
+    counted = hits.any(1)
+    clamped = y.clamp(0, C - 1) if inverse else None
+    if not validate:
+        return StaticScan(hits, clamped, counted, None, None, None)
+    if ignore_index is None:
+        bad_labels = counted.logical_not()
+    else:
+        bad_labels = y.ne(ignore_index).gt(counted)  # a valid sample whose label is not a class
+    target = y if ignore_index is None else y.masked_fill(bad_labels, ignore_index)
+    nonfinite = None
+    if features is None:
+        flags = torch.stack([bad_labels.any(), torch.zeros_like(bad_labels[:1]).any()])
+    else:
+        nonfinite = features.sum(1).mul_(0).ne(0)  # NaN for a NaN or Inf in the row
+        flags = torch.stack([bad_labels, counted.logical_and(nonfinite)]).any(1)
+    return StaticScan(hits, clamped, counted, target, nonfinite, flags)
+
+
+def static_batch(scan: StaticScan, classes: Tensor, failed: Optional[Tensor], dtype: torch.dtype) -> BatchClasses:
+    """The static :class:`BatchClasses` of a scan; ``failed`` (0-d bool on the device, or
+    ``None``) masks every sample out (a rejected batch, or one after a rejected batch)."""
+    hits = scan.hits if failed is None else scan.hits.gt(failed)
+    counts = hits.sum(0)
+    onehot = hits.to(dtype)
+    return BatchClasses(classes, scan.inverse, counts, scan.counted, None, None, True, None,
+                        onehot, scan.target, scan.nonfinite, scan.flags)
 
 
 @eager_only

@@ -8,12 +8,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "all_gather_batch"]
+__all__ = ["is_distributed", "all_gather_batch", "any_rank"]
 
 
 def is_distributed() -> bool:
     """True when ``torch.distributed`` is initialized with more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def any_rank(flags: Tensor) -> Tensor:
+    """Element-wise OR of a bool ``flags`` tensor over all ranks, on the device (no host read)."""
+    total = flags.to(torch.long)
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return total.to(torch.bool)
 
 
 def all_gather_batch(features: Tensor, labels: Tensor, problems: Tensor) -> Tuple[Tensor, Tensor]:

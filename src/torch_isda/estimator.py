@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed as _dist
-from .batch import PROBLEM_CATEGORIES, BatchClasses, Problem, scan_batch, valid_indices
+from .batch import PROBLEM_CATEGORIES, BatchClasses, Problem, scan_batch, static_batch, static_scan, valid_indices
+from .checks import DeferredChecks
 from .layouts import KINDS, Fold, get_layout
 
 __all__ = ["CovarianceEstimator"]
+
+
+class _Gathered(NamedTuple):
+    features: Tensor
+    batch: BatchClasses
 
 
 class CovarianceEstimator(nn.Module):
@@ -84,6 +90,9 @@ class CovarianceEstimator(nn.Module):
         self.register_buffer("count", torch.zeros(C, dtype=torch.long, device=device))
         for name, value in buffers.items():
             self.register_buffer(name, value)
+        self.register_buffer("class_index", torch.arange(C, device=device), persistent=False)
+        self.checks = DeferredChecks()
+        self.checks.describe["labels"] = f"labels must lie in [0, {C}) (or equal ignore_index)"
 
     def extra_repr(self) -> str:
         return (
@@ -134,12 +143,47 @@ class CovarianceEstimator(nn.Module):
         msgs = self._shape_problems(features, labels)
         if msgs:
             return None, msgs
+        if static:
+            return self._scan_static(features, labels, ignore_index, validate, check_features, record=True), []
         batch, problems = scan_batch(
             labels, self.num_classes, ignore_index=ignore_index,
             features=features.detach() if validate and check_features else None,
             validate=validate, static=static, extra=self.count,
         )
         return batch, problems
+
+    def _scan_static(self, features: Tensor, labels: Tensor, ignore_index: Optional[int], validate: bool,
+                     check_features: bool, record: bool) -> BatchClasses:
+        """The static class set, with the checks on the device (:mod:`torch_isda.checks`).
+
+        A failed check masks the batch out (and every later one until it is raised). Under
+        synchronization the flags are recorded by :meth:`update_scanned` from the gathered
+        batch (identical on every rank); here they only gate this rank's loss.
+        """
+        scan = static_scan(labels, self.class_index, ignore_index=ignore_index, validate=validate,
+                           features=features.detach() if validate and check_features else None,
+                           inverse=not self.layout.lean_static)
+        failed = None
+        if validate:
+            distributed = self.sync and _dist.is_distributed()
+            if distributed:  # every rank reads the same record at the same step: all raise together
+                self.checks.check()
+            else:  # a failure of an earlier step that has reached the host (never waits)
+                self.checks.poll()
+            if record and not distributed:
+                failed = self.checks.update(scan.flags)
+                self.checks.publish()
+            else:  # under synchronization recorded from all ranks' flags by update_scanned
+                failed = self.checks.record.any() | scan.flags.any()
+        return static_batch(scan, self.class_index, failed, self.mean.dtype)
+
+    def check(self) -> None:
+        """Raise the ``ValueError`` of a failed device-side check, if any (waits for the device).
+
+        Only the static path defers checks (:mod:`torch_isda.checks`); the error names the
+        step it came from and is raised once.
+        """
+        self.checks.check()
 
     @staticmethod
     def _flags(problems: List[str]) -> Tensor:
@@ -188,12 +232,14 @@ class CovarianceEstimator(nn.Module):
         """
         features = features.detach()
         batch, problems = self.scan(features, labels, ignore_index=ignore_index, validate=validate,
-                                    static=self.static_update(validate, static_shapes))
+                                    static=self.static_update(validate, static_shapes, features.shape[0]))
         self.update_scanned(features, labels, batch, problems, sync)
 
-    def static_update(self, validate: bool, static_shapes: bool) -> bool:
-        """Whether an update with these options takes the all-class (static) path."""
-        return self.layout.static_path(validate, static_shapes)
+    def static_update(self, validate: bool, static_shapes, num_rows: int = 0) -> bool:
+        """Whether an update of ``num_rows`` rows with these options takes the all-class (static)
+        path (``static_shapes`` may be ``"auto"``: see :meth:`CovarianceLayout.static_path`)."""
+        return self.layout.static_path(validate, static_shapes, self.mean.device.type,
+                                       self.num_classes, self.num_features, num_rows)
 
     @torch.no_grad()
     def update_scanned(self, features: Tensor, labels: Tensor, batch: Optional[BatchClasses],
@@ -206,23 +252,46 @@ class CovarianceEstimator(nn.Module):
         """
         features = features.detach()
         if (self.sync if sync is None else sync) and _dist.is_distributed():
-            static = batch is not None and batch.static
-            if batch is not None and batch.valid is not None:  # send the valid rows only
-                n_valid = batch.num_valid if batch.num_valid is not None else int(batch.valid.sum())
-                idx = valid_indices(batch.valid, n_valid)
-                features, labels = features.index_select(0, idx), labels.index_select(0, idx)
-            try:
-                features, labels = _dist.all_gather_batch(features, labels, self._flags(problems))
-            except ValueError as err:
-                if problems:
-                    raise ValueError("; ".join(problems) + f" ({err})") from err
-                raise
-            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=static, extra=self.count)
+            batch = self._gather_and_scan(features, labels, batch, problems)
+            features = batch.features
+            batch = batch.batch
         elif problems:
             raise ValueError("; ".join(problems) + " (statistics unchanged)")
         if features.shape[0] == 0 or batch.num_valid == 0:
             return
-        self._fold(features.to(self.mean.dtype), batch)
+        with torch.autocast(self.mean.device.type, enabled=False):  # statistics in their own dtype
+            self._fold(features.to(self.mean.dtype), batch)
+
+    def _gather_and_scan(self, features: Tensor, labels: Tensor, batch: Optional[BatchClasses],
+                         problems: List[str]) -> "_Gathered":
+        """All-gather a batch (raising on every rank on ``problems``) and scan the result.
+
+        The present path sends the valid rows only (their number is known on the host); the
+        static path sends every row (no host read) and scans the gathered batch with its
+        checks on the device, so every rank records the same flags and masks the same update.
+        """
+        static = batch is not None and batch.static
+        validate = static and batch.flags is not None
+        if not static and batch is not None and batch.valid is not None:  # send the valid rows only
+            idx = valid_indices(batch.valid, batch.num_valid)
+            features, labels = features.index_select(0, idx), labels.index_select(0, idx)
+        elif static:  # rows that do not count travel as label -1 (never a class)
+            labels = torch.where(batch.valid, labels.to(torch.long), -1)
+        try:
+            features, labels = _dist.all_gather_batch(features, labels, self._flags(problems))
+        except ValueError as err:
+            if problems:
+                raise ValueError("; ".join(problems) + f" ({err})") from err
+            raise
+        if not static:
+            batch, _ = scan_batch(labels, self.num_classes, validate=False, static=False, extra=self.count)
+            return _Gathered(features, batch)
+        scan = static_scan(labels, self.class_index, ignore_index=-1, features=features, validate=validate,
+                           inverse=not self.layout.lean_static)
+        failed = None
+        if validate:  # every rank records the flags of all ranks
+            failed = self.checks.update(_dist.any_rank(batch.flags))
+        return _Gathered(features, static_batch(scan, self.class_index, failed, self.mean.dtype))
 
     def _fold(self, x: Tensor, batch: BatchClasses) -> None:
         classes = batch.classes
@@ -230,9 +299,13 @@ class CovarianceEstimator(nn.Module):
         onehot = None
         inverse = batch.inverse
         if batch.static:
-            C = self.num_classes
-            keep = torch.ones_like(inverse, dtype=dtype) if batch.valid is None else batch.valid.to(dtype)
-            onehot = x.new_zeros(x.shape[0], C).scatter_(1, inverse.unsqueeze(1), keep.unsqueeze(1))
+            onehot = batch.onehot.to(dtype)
+            if batch.nonfinite is not None:  # NaN/Inf rows must not poison the masked sums
+                x = x.masked_fill(batch.nonfinite.unsqueeze(1), 0.0)
+            if self.layout.lean_static:
+                self.layout.static_update(self, x, onehot, batch.counts)
+                return
+            keep = onehot.sum(1)
             mf = batch.counts.to(dtype)
             batch_mean = (onehot.T @ x).div_(mf.clamp_min(1).unsqueeze(1))
             xc = (x - batch_mean.index_select(0, inverse)).mul_(keep.unsqueeze(1))

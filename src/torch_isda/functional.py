@@ -62,6 +62,7 @@ __all__ = [
     "sample_augmented_features",
     "expected_cross_entropy_mc",
     "check_logits_target",
+    "augment_static",
     "batch_classes",
     "per_class_bmm",
     "adjust_logits",
@@ -224,14 +225,19 @@ def batch_classes(
     diagonal, shared and identity layouts (and any layout with ``static_shapes=True``) take
     the static all-class set: no host transfer, ``sigma2`` for all ``C`` classes.
     """
-    static = get_layout(kind).static_path(validate, static_shapes)
+    static = get_layout(kind).static_path(validate, static_shapes, target.device.type, num_classes)
     batch, problems = scan_batch(target, num_classes, ignore_index=ignore_index, validate=validate, static=static)
+    if batch.flags is not None and bool(batch.flags.any()):  # no state to defer to: read it now
+        bad_labels, _ = batch.flags.tolist()
+        problems = [f"labels must lie in [0, {num_classes}) (or equal ignore_index)"] if bad_labels else []
     if problems:
         raise ValueError("; ".join(problems))
     return batch
 
 
-def _check_ratio(ratio: float) -> float:
+def _check_ratio(ratio):
+    if isinstance(ratio, Tensor):  # a device value (torch.compile, CUDA graphs): not read back
+        return ratio
     ratio = float(ratio)
     if not ratio >= 0.0:
         raise ValueError(f"ratio (lambda) must be a non-negative number; got {ratio}")
@@ -243,10 +249,12 @@ def _float_logits(logits: Tensor) -> Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
-def _augment(logits: Tensor, weight: Tensor, covariance, ratio: float, kind: str, batch: BatchClasses) -> Tensor:
+def _augment(logits: Tensor, weight: Tensor, covariance, ratio, kind: str, batch: BatchClasses) -> Tensor:
     out = _float_logits(logits)
-    if ratio == 0.0 or batch.classes.shape[0] == 0:
+    if (not isinstance(ratio, Tensor) and ratio == 0.0) or batch.classes.shape[0] == 0:
         return out
+    if batch.onehot is not None:
+        return augment_static(out, weight, covariance, ratio, kind, batch.onehot)
     # host values only outside torch.compile (a traced tuple of classes would be a guard)
     host = None if torch.compiler.is_compiling() else batch.host_classes
     sigma2 = class_sigma2(weight, covariance, batch.classes, kind, host_classes=host)  # U x C
@@ -254,6 +262,19 @@ def _augment(logits: Tensor, weight: Tensor, covariance, ratio: float, kind: str
     if batch.valid is not None:  # ignored samples stay un-augmented
         rows = rows * batch.valid.unsqueeze(1).to(rows.dtype)
     return out + (0.5 * ratio) * rows.to(out.dtype)
+
+
+def augment_static(out: Tensor, weight: Tensor, covariance, ratio, kind: str, onehot: Tensor) -> Tensor:
+    """The static path: ``out + ratio/2 * onehot @ sigma2`` for all ``C`` classes (rows of
+    samples that do not count are zero in ``onehot``); the full and diagonal layouts fuse it."""
+    layout = get_layout(kind)
+    half = ratio * 0.5
+    if layout.lean_static and not covariance.requires_grad:
+        dtype = _compute_dtype(layout, covariance, weight)
+        with _no_autocast(weight.device):
+            return layout.static_augment(out, weight, layout.cast(covariance, dtype), onehot.to(dtype), half)
+    sigma2 = class_sigma2(weight, covariance, torch.arange(weight.shape[0], device=weight.device), kind)
+    return out + (onehot.to(sigma2.dtype) @ sigma2).mul_(half).to(out.dtype)
 
 
 def augment_logits(
@@ -292,21 +313,25 @@ def augment_logits(
         ``N x C`` augmented logits, float32 at least (half-precision logits are promoted).
     """
     return _checked_augment(logits, weight, target, covariance, ratio, kind, batch,
-                            validate=validate, static_shapes=static_shapes)
+                            validate=validate, static_shapes=static_shapes)[0]
 
 
-def _checked_augment(logits: Tensor, weight: Tensor, target: Tensor, covariance, ratio: float,
-                     kind: Optional[str], batch: Optional[BatchClasses], **scan) -> Tensor:
-    """Checks, then :func:`_augment` (``scan``: the options of :func:`batch_classes`)."""
+def _checked_augment(logits: Tensor, weight: Tensor, target: Tensor, covariance, ratio,
+                     kind: Optional[str], batch: Optional[BatchClasses], **scan):
+    """Checks, then :func:`_augment` (``scan``: the options of :func:`batch_classes`).
+
+    Returns ``(augmented logits, target for the cross-entropy)``: on the static path with
+    device-side checks, out-of-range labels are replaced by ``ignore_index``."""
     check_logits_target(logits, weight, target)
     ratio = _check_ratio(ratio)
     C, A = weight.shape
     kind = resolve_kind(covariance, C, A, kind)
     if target.shape[0] == 0:
-        return _float_logits(logits)
+        return _float_logits(logits), target
     if batch is None:
         batch = batch_classes(target, C, kind, **scan)
-    return _augment(logits, weight, covariance, ratio, kind, batch)
+    safe_target = target if batch.target is None else batch.target
+    return _augment(logits, weight, covariance, ratio, kind, batch), safe_target
 
 
 def isda_cross_entropy(
@@ -331,8 +356,8 @@ def isda_cross_entropy(
     ``static_shapes`` and ``batch`` as in :func:`augment_logits` (``batch`` must have been
     computed with this ``ignore_index``).
     """
-    aug = _checked_augment(logits, weight, target, covariance, ratio, kind, batch,
-                           ignore_index=ignore_index, validate=validate, static_shapes=static_shapes)
+    aug, target = _checked_augment(logits, weight, target, covariance, ratio, kind, batch,
+                                   ignore_index=ignore_index, validate=validate, static_shapes=static_shapes)
     return F.cross_entropy(
         aug, target, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index
     )
@@ -369,6 +394,23 @@ def isda_consistency_loss(
             the pseudo-labels present (one host synchronization fewer, no data-dependent
             shape); the shared and identity layouts never need either.
     """
+    _check_consistency_inputs(logits, weight, probs, reduction)
+    p = probs.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    z = _float_logits(logits)
+    if z.shape[0] == 0:
+        loss = z.sum(1)
+    else:
+        lse = _augmented_logsumexp(z, weight, p.argmax(1), covariance, ratio, kind, static_shapes)
+        loss = (p.to(z.dtype) * (lse - z)).sum(1)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_consistency_inputs(logits: Tensor, weight: Tensor, probs: Tensor, reduction: str) -> None:
+    """Shapes and reduction of :func:`isda_consistency_loss` (``ValueError`` naming the problem)."""
     _check_weight(weight)
     if logits.dim() != 2 or logits.shape[1] != weight.shape[0]:
         raise ValueError(
@@ -378,31 +420,24 @@ def isda_consistency_loss(
         raise ValueError(f"probs must have the shape of logits {tuple(logits.shape)}; got {tuple(probs.shape)}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    p = probs.detach().to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    z = _float_logits(logits)
-    if z.shape[0] == 0:
-        loss = z.sum(1)
+
+
+def _augmented_logsumexp(z: Tensor, weight: Tensor, pseudo: Tensor, covariance, ratio, kind: Optional[str],
+                         static_shapes: bool) -> Tensor:
+    """``N x C``: ``logsumexp_j(z_j + ratio/2 Q[y, k, j])`` for every candidate class ``k``,
+    with ``y`` the pseudo-labels and ``Q`` the pairwise quadratic forms of Eq. (15)."""
+    kind = resolve_kind(covariance, weight.shape[0], weight.shape[1], kind)
+    if float(ratio) == 0.0:
+        return torch.logsumexp(z, 1, keepdim=True).expand_as(z)
+    if get_layout(kind).class_independent:
+        Q = pairwise_sigma2(weight, covariance, pseudo[:1], kind)  # 1 x C x C
+        inverse = torch.zeros_like(pseudo)
     else:
-        pseudo = p.argmax(1)
-        kind = resolve_kind(covariance, weight.shape[0], weight.shape[1], kind)
-        if float(ratio) == 0.0:
-            lse = torch.logsumexp(z, 1, keepdim=True).expand_as(z)
-        else:
-            if get_layout(kind).class_independent:
-                Q = pairwise_sigma2(weight, covariance, pseudo[:1], kind)  # 1 x C x C
-                inverse = torch.zeros_like(pseudo)
-            else:
-                batch, _ = scan_batch(pseudo, weight.shape[0], validate=False, static=static_shapes)
-                inverse = batch.inverse
-                Q = pairwise_sigma2(weight, covariance, batch.classes, kind)  # U x C x C
-            aug = z.unsqueeze(1) + (0.5 * float(ratio)) * Q.index_select(0, inverse).to(z.dtype)
-            lse = torch.logsumexp(aug, dim=2)  # N x C: one log-sum-exp per candidate class k
-        loss = (p.to(z.dtype) * (lse - z)).sum(1)
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
+        batch, _ = scan_batch(pseudo, weight.shape[0], validate=False, static=static_shapes)
+        inverse = batch.inverse
+        Q = pairwise_sigma2(weight, covariance, batch.classes, kind)  # U x C x C
+    aug = z.unsqueeze(1) + (0.5 * float(ratio)) * Q.index_select(0, inverse).to(z.dtype)
+    return torch.logsumexp(aug, dim=2)  # N x C: one log-sum-exp per candidate class k
 
 
 # --------------------------------------------------------------------------- Monte Carlo

@@ -22,6 +22,8 @@ __all__ = [
     "per_class_views",
     "full_sigma2_autograd",
     "diagonal_sigma2_autograd",
+    "FullAugment",
+    "DiagonalAugment",
 ]
 
 # Above this many covariance elements (U x A x A) per-class products on views beat a
@@ -139,3 +141,93 @@ def diagonal_sigma2_autograd(W: Tensor, var: Tensor, classes: Tensor) -> Tensor:
     """Diagonal-layout ``sigma2`` through autograd (gradients into ``var`` too)."""
     V = W.unsqueeze(0) - W.index_select(0, classes).unsqueeze(1)
     return (V * V * var.index_select(0, classes).unsqueeze(1)).sum(-1)
+
+
+# --------------------------------------------------------------------------- static path
+
+
+def _scaled_product(a: Tensor, b: Tensor, scale) -> Tensor:
+    """``scale * (a @ b)`` in one kernel for a Python ``scale``, two for a tensor one."""
+    if isinstance(scale, Tensor):
+        return torch.mm(a, b).mul_(scale)
+    return torch.addmm(a[:1, :1], a, b, beta=0.0, alpha=scale)  # beta=0: the first argument is not read
+
+
+def _add_rows(logits: Tensor, onehot: Tensor, sigma2: Tensor, half_ratio) -> Tensor:
+    """``logits + half_ratio * onehot @ sigma2`` (one ``addmm`` for a Python ratio)."""
+    sigma2 = sigma2.to(logits.dtype)
+    if isinstance(half_ratio, Tensor):
+        return logits + torch.mm(onehot.to(logits.dtype), sigma2).mul_(half_ratio.to(logits.dtype))
+    return torch.addmm(logits, onehot.to(logits.dtype), sigma2, alpha=half_ratio)
+
+
+def _finish_forward(ctx, logits: Tensor, weight: Tensor, onehot: Tensor, sigma2: Tensor, half_ratio,
+                    *saved: Tensor) -> Tensor:
+    """Save what the backward needs and return ``logits + half_ratio * onehot @ sigma2``."""
+    ctx.save_for_backward(onehot, *saved)
+    ctx.half_ratio = half_ratio
+    ctx.weight_dtype = weight.dtype
+    return _add_rows(logits, onehot, sigma2, half_ratio)
+
+
+class FullAugment(torch.autograd.Function):
+    """Static path, full layout: ``logits + r * onehot @ sigma2`` for all ``C`` classes.
+
+    ``sigma2[c, j] = (w_j - w_c)^T Sigma_c (w_j - w_c)`` comes from ``V_c = W - w_c`` and one
+    batched product ``T = V Sigma`` (``C x [C x A] @ [A x A]``), as in :class:`FullSigma2`;
+    the per-sample gather is the ``N x C`` one-hot product fused with the addition. Backward:
+    ``G = r * onehot^T g`` (``C x C``) and, ``Sigma`` being symmetric,
+    ``dW[j] = 2 sum_c G[c, j] T[c, j] - 2 sum_j' G[j, j'] T[j, j']``: two batched
+    vector-matrix products. ``r`` (``half_ratio``) is a Python float or a 0-d tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, weight: Tensor, covariance: Tensor, onehot: Tensor, half_ratio) -> Tensor:
+        W = weight.to(covariance.dtype)
+        V = W.unsqueeze(0) - W.unsqueeze(1)  # C x C x A: V[c, j] = w_j - w_c
+        T = torch.bmm(V, covariance)
+        sigma2 = torch.linalg.vecdot(T, V)  # C x C
+        return _finish_forward(ctx, logits, weight, onehot, sigma2, half_ratio, T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        onehot, T = ctx.saved_tensors
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            scale = ctx.half_ratio * 2.0
+            G = _scaled_product(onehot.T.to(T.dtype), grad.to(T.dtype), scale)  # C x C, times 2
+            by_row = torch.bmm(G.T.unsqueeze(1), T.transpose(0, 1)).squeeze(1)  # sum_c G[c, j] T[c, j]
+            by_class = torch.bmm(G.unsqueeze(1), T).squeeze(1)  # sum_j G[c, j] T[c, j]
+            grad_weight = by_row.sub_(by_class).to(ctx.weight_dtype)
+        return grad, grad_weight, None, None, None
+
+
+class DiagonalAugment(torch.autograd.Function):
+    """Static path, diagonal layout: ``logits + r * onehot @ sigma2`` for all ``C`` classes.
+
+    With ``D`` the ``C x A`` variances, ``sigma2 = D (W*W)^T - 2 (D*W) W^T + q 1^T`` where
+    ``q[c] = d_c . (w_c * w_c)`` is the diagonal of the first product (all classes present).
+    Backward with ``G' = -2 r onehot^T g``:
+    ``dW = G'^T (D*W) - W * (G'^T D) + D * (G' W) - (D*W) * rowsum(G')``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, weight: Tensor, variances: Tensor, onehot: Tensor, half_ratio) -> Tensor:
+        W = weight.to(variances.dtype)
+        DW = variances * W
+        P = torch.mm(variances, (W * W).T)  # P[c, j] = d_c . (w_j * w_j)
+        sigma2 = torch.addmm(P, DW, W.T, alpha=-2.0).add_(P.diagonal().unsqueeze(1))
+        return _finish_forward(ctx, logits, weight, onehot, sigma2, half_ratio, W, variances, DW)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        onehot, W, D, DW = ctx.saved_tensors
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            G = _scaled_product(onehot.T.to(W.dtype), grad.to(W.dtype), ctx.half_ratio * -2.0)  # G'
+            out = torch.addcmul(G.T @ DW, W, G.T @ D, value=-1.0)
+            out.addcmul_(D, G @ W).addcmul_(DW, G.sum(1, keepdim=True), value=-1.0)
+            grad_weight = out.to(ctx.weight_dtype)
+        return grad, grad_weight, None, None, None

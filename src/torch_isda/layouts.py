@@ -38,7 +38,9 @@ import torch
 from torch import Tensor
 
 from .kernels import (
+    DiagonalAugment,
     DiagonalSigma2,
+    FullAugment,
     FullSigma2,
     diagonal_sigma2_autograd,
     full_sigma2_autograd,
@@ -48,6 +50,10 @@ from .lowrank import LowRankCovariance, check_lowrank, lowrank_gram, lowrank_sig
 
 __all__ = [
     "KINDS",
+    "AUTO_STATIC_MAX_ELEMENTS",
+    "AUTO_STATIC_MAX_BLOCK",
+    "static_moments",
+    "checked_static_shapes",
     "Fold",
     "CovarianceLayout",
     "FullLayout",
@@ -58,6 +64,50 @@ __all__ = [
     "get_layout",
     "class_blocks",
 ]
+
+
+#: ``static_shapes="auto"`` on an accelerator takes the static path for the full and
+#: low-rank kinds up to this many covariance elements (``C x A x A``); above it (e.g. ImageNet's
+#: C = 1000, A = 2048) the present-class path, whose update costs ``U / C`` of the static one.
+#: The largest full shape measured on a GPU (C = 100, A = 640: 4.1e7) was faster static.
+AUTO_STATIC_MAX_ELEMENTS = 1 << 27
+
+#: ... and up to this many elements of the static update's block (``C x N x A`` for ``N``
+#: rows, e.g. the pixels of a segmentation batch: 1 GiB in float32).
+AUTO_STATIC_MAX_BLOCK = 1 << 28
+
+
+def checked_static_shapes(value):
+    """``value`` if it is ``True``, ``False`` or ``"auto"``; ``ValueError`` otherwise."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"static_shapes must be True, False or 'auto'; got {value!r}")
+        return value
+    return bool(value)
+
+
+def static_moments(est, x: Tensor, onehot: Tensor, counts: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The shared part of the lean static update of all ``C`` classes (few kernels).
+
+    Moves ``count`` and ``mean`` and returns ``(d, total, keep)``: the rows
+    ``d_i = x_i - p_{c_i}`` (zero for samples that do not count) centred on
+    ``p_c = mu'_c + sqrt(1 - w_c) (mu'_c - mu_c)``, ``total = max(n + m, 1)`` and
+    ``keep = 1 - w = n / (n + m)`` (exactly 1 for absent classes). With that centre
+    ``sum_i d_i d_i^T = M2 + m (1 - w) delta delta^T``, so Eq. (2) reads
+    ``Sigma <- keep * Sigma + sum_i d_i d_i^T / total``: the mean-shift term needs no row of
+    its own. ``x`` must be finite where ``onehot`` is zero.
+    """
+    dtype = x.dtype
+    est.count.add_(counts)
+    total = est.count.to(dtype).clamp_min(1)
+    m = counts.to(dtype)
+    w = m / total
+    keep = 1 - w
+    batch_mean = (onehot.T @ x).div_(m.clamp_min(1).unsqueeze(1))
+    centre = torch.addcmul(batch_mean, keep.sqrt().unsqueeze(1), batch_mean - est.mean)
+    d = torch.addmm(x, onehot, centre, alpha=-1.0)
+    est.mean.lerp_(batch_mean, w.unsqueeze(1))  # mu - w (mu - mu'); absent classes unchanged
+    return d, total, keep
 
 
 class Fold(NamedTuple):
@@ -145,10 +195,27 @@ class CovarianceLayout:
     cheap_static_update: bool = True
     split_padded_batches: bool = False
 
-    def static_path(self, validate: bool, static_shapes: bool) -> bool:
-        """Whether a step with these options takes the all-class (static) path: only without
-        validation, and then always when it is cheap or when ``static_shapes`` asks for it."""
-        return not validate and (static_shapes or self.cheap_static_update)
+    #: :meth:`static_update` and :meth:`static_augment` exist (fewer kernels on the static path)
+    lean_static: bool = False
+
+    def static_path(self, validate: bool, static_shapes, device_type: str = "cpu",
+                    num_classes: int = 0, num_features: int = 0, num_rows: int = 0) -> bool:
+        """Whether a step with these options takes the all-class (static) path.
+
+        ``static_shapes=True``: always (with ``validate`` the checks stay on the device).
+        ``"auto"``: on an accelerator (``device_type`` not ``"cpu"``), unless the kind's
+        static update is costly and ``C A^2`` exceeds :data:`AUTO_STATIC_MAX_ELEMENTS` or
+        ``C N A`` (``num_rows`` = N, when known) :data:`AUTO_STATIC_MAX_BLOCK`; on the CPU as
+        ``False``. ``False``: only without validation, for the kinds whose static update is
+        cheap (diagonal, shared, identity).
+        """
+        if static_shapes == "auto":
+            if device_type != "cpu":
+                C, A = num_classes, num_features
+                return self.cheap_static_update or (C * A * A <= AUTO_STATIC_MAX_ELEMENTS
+                                                    and C * num_rows * A <= AUTO_STATIC_MAX_BLOCK)
+            static_shapes = False
+        return bool(static_shapes) or (not validate and self.cheap_static_update)
 
     # ------------------------------------------------------------------ estimator state
 
@@ -230,6 +297,18 @@ class FullLayout(CovarianceLayout):
     kind = "full"
     cheap_static_update = False
     split_padded_batches = True
+    lean_static = True
+
+    def static_update(self, est, x: Tensor, onehot: Tensor, counts: Tensor) -> None:
+        """All ``C`` classes at once: ``Sigma_c <- keep_c Sigma_c + R_c^T R_c`` with the rows
+        ``R_c = onehot[:, c] d / sqrt(total_c)`` (:func:`static_moments`), one batched product."""
+        d, total, keep = static_moments(est, x, onehot, counts)
+        rows = (onehot.T * total.rsqrt().unsqueeze(1)).unsqueeze(2) * d.unsqueeze(0)  # C x N x A
+        est.covariance.mul_(keep.view(-1, 1, 1)).baddbmm_(rows.transpose(1, 2), rows)
+
+    def static_augment(self, logits, weight, cov, onehot, half_ratio):
+        """``logits + half_ratio * onehot @ sigma2`` for all classes (:class:`FullAugment`)."""
+        return FullAugment.apply(logits, weight, cov, onehot, half_ratio)
 
     def buffers(self, C, A, rank, factory):
         return {"covariance": torch.zeros(C, A, A, **factory)}
@@ -274,6 +353,16 @@ def _diagonal_update(est, fold: Fold, var: Tensor) -> Tensor:
 
 class DiagonalLayout(CovarianceLayout):
     kind = "diagonal"
+    lean_static = True
+
+    def static_update(self, est, x: Tensor, onehot: Tensor, counts: Tensor) -> None:
+        """All ``C`` classes at once: ``var <- keep * var + onehot^T (d * d) / total``."""
+        d, total, keep = static_moments(est, x, onehot, counts)
+        est.covariance.mul_(keep.unsqueeze(1)).addcdiv_(onehot.T @ (d * d), total.unsqueeze(1))
+
+    def static_augment(self, logits, weight, var, onehot, half_ratio):
+        """``logits + half_ratio * onehot @ sigma2`` for all classes (:class:`DiagonalAugment`)."""
+        return DiagonalAugment.apply(logits, weight, var, onehot, half_ratio)
 
     def buffers(self, C, A, rank, factory):
         return {"covariance": torch.zeros(C, A, **factory)}

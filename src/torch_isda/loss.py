@@ -54,15 +54,19 @@ class ISDALoss(nn.Module):
             * ``dtype``, ``sync``: passed to the estimator; ``rank``: components kept per class
               by ``kind="lowrank"`` (default 32; see :mod:`torch_isda.lowrank`);
             * ``validate``: check the labels' range and the features' finiteness every step
-              (default). The checks and the batch's class set come back in one host
-              synchronization per step. ``False`` skips the checks (bad labels or NaN features
-              are then undefined behaviour) and, for the diagonal, shared and identity kinds,
-              uses the static all-class path: no host synchronization at all, so a training
-              step compiles with ``torch.compile(fullgraph=True)``;
-            * ``static_shapes``: with ``validate=False``, use the static all-class path for the
-              full and low-rank kinds too (zero synchronizations; the update then costs about
-              ``C x`` the flops of the present-class path and ``sigma2`` ``C / U x``, for ``U``
-              classes present: cheap on a GPU, slow on a CPU).
+              (default). On the present-class path the checks and the class set come back in
+              one host synchronization and a bad batch raises at once; on the static path they
+              stay on the device and a bad batch raises later, naming its step (see
+              :mod:`torch_isda.checks` and :meth:`check`). ``False`` skips the checks (bad
+              labels or NaN features are then undefined behaviour);
+            * ``static_shapes``: ``"auto"`` (default): the static all-class path on an
+              accelerator (no host synchronization, no data-dependent shape, so a training step
+              compiles with ``torch.compile(fullgraph=True)``), unless the kind is full or
+              low-rank and ``C A^2`` is above :data:`~torch_isda.layouts.AUTO_STATIC_MAX_ELEMENTS`;
+              the present-class path on the CPU (one synchronization, faster there). ``True``:
+              always static (the update then costs about ``C x`` the flops of the present-class
+              path for the full kind). ``False``: present-class, except with ``validate=False``
+              for the diagonal, shared and identity kinds.
 
     Modes. The statistics are updated only in training mode with grad mode on: never under
     ``torch.no_grad()`` (the loss is then the ISDA bound with the current statistics) nor in
@@ -201,8 +205,15 @@ class ISDALoss(nn.Module):
         """The current ``lambda``: ``lambda0`` or ``lambda0 * t / T`` (a Python float)."""
         return self.scheduled_ratio(self.lambda0, self._progress, self.constant_lambda)
 
-    def _step_ratio(self, ratio: Optional[float]) -> float:
-        """This call's ``lambda`` (the schedule's when ``None``), checked before any state moves."""
+    def _step_ratio(self, ratio: Optional[float]):
+        """This call's ``lambda`` (the schedule's when ``None``), checked before any state moves.
+
+        Under ``torch.compile`` the schedule's value is a device tensor computed from the
+        ``progress`` buffer, so that a new progress does not recompile the step."""
+        if ratio is None and torch.compiler.is_compiling():
+            return self.progress * self.lambda0 if not self.constant_lambda else self.lambda0
+        if isinstance(ratio, Tensor):
+            return ratio
         lam = self.ratio if ratio is None else float(ratio)
         if not lam >= 0.0:
             raise ValueError(f"ratio (lambda) must be a non-negative number; got {lam}")
@@ -223,7 +234,7 @@ class ISDALoss(nn.Module):
             check_features=self.folds_statistics,
             ignore_index=self.ignore_index,
             validate=self.validate,
-            static=self.static_path,
+            static=self.static_for(features.shape[0]),
         )
 
     def _fold_scanned(self, features: Tensor, target: Tensor, batch, problems) -> None:
@@ -247,8 +258,20 @@ class ISDALoss(nn.Module):
 
     @property
     def static_path(self) -> bool:
-        """Whether a step takes the static all-class path (no host synchronization)."""
-        return self.estimator.static_update(self.validate, self.static_shapes)
+        """Whether a step takes the static all-class path (no host synchronization); for
+        ``static_shapes="auto"`` decided from the statistics' device and the shape (the batch
+        size not counted: see :meth:`static_for`)."""
+        return self.static_for(0)
+
+    def static_for(self, rows: int) -> bool:
+        """Whether a step folding ``rows`` feature rows takes the static path."""
+        return self.estimator.static_update(self.validate, self.static_shapes, rows)
+
+    def check(self) -> None:
+        """Raise the error of a batch rejected by the device-side checks of the static path,
+        if any, naming its step (waits for the device: call it where a synchronization is
+        fine, e.g. at the end of an epoch). Also done by ``state_dict()``."""
+        self.estimator.check()
 
     def forward(
         self,
@@ -278,7 +301,7 @@ class ISDALoss(nn.Module):
             return self.evaluation_loss(logits, target, weight)
         if ratio is not None:  # the caller drives lambda
             self._progress_driven = True
-        if self.static_path:
+        if self.static_for(features.shape[0] if features.dim() else 0):
             return self._forward(features, logits, target, weight, ratio)
         return self._forward_eager(features, logits, target, weight, ratio)
 
@@ -317,7 +340,8 @@ class ISDALoss(nn.Module):
         (:mod:`torch_isda.logit_adjustment`)."""
         aug = isda_f.augment_logits(logits, weight, target, self.estimator.functional_covariance(), lam,
                                     self.kind, batch=batch)
-        return F.cross_entropy(self._offset(aug, target), target, reduction=self.reduction,
+        safe = target if batch.target is None else batch.target  # static path: no out-of-range index
+        return F.cross_entropy(self._offset(aug, safe), safe, reduction=self.reduction,
                                label_smoothing=self.label_smoothing, ignore_index=self.ignore_index)
 
     def _offset(self, logits: Tensor, target: Tensor) -> Tensor:

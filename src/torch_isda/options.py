@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .layouts import get_layout
+from .layouts import checked_static_shapes, get_layout
 
 __all__ = ["ISDAOptions", "merge_options"]
 
@@ -117,7 +117,7 @@ class ISDAOptions:
     sync: bool = True
     rank: int = 32
     validate: bool = True
-    static_shapes: bool = False
+    static_shapes: Union[bool, str] = "auto"
 
     def __post_init__(self) -> None:
         if not float(self.lambda0) >= 0.0:
@@ -130,8 +130,9 @@ class ISDAOptions:
         self._set("lambda0", float(self.lambda0))
         self._set("label_smoothing", float(self.label_smoothing))
         self._set("ignore_index", int(self.ignore_index))
-        for name in ("constant_lambda", "sync", "validate", "static_shapes"):
+        for name in ("constant_lambda", "sync", "validate"):
             self._set(name, bool(getattr(self, name)))
+        self._set("static_shapes", checked_static_shapes(self.static_shapes))
         self._check_schedule()
         self._check_adjustments()
 

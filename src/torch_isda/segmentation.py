@@ -150,9 +150,9 @@ class SegmentationISDALoss(ISDALoss):
             and/or its fields by keyword), with these defaults instead:
             ``ignore_index=255`` (void pixels on Cityscapes). ``reduction="none"`` returns the
             ``B x h x w`` per-pixel loss map (0 at ignored pixels). ``validate`` and
-            ``static_shapes``: one host synchronization per step by default (class set and
-            checks), none with ``validate=False`` for the diagonal, shared and identity kinds
-            (or any kind with ``static_shapes=True``).
+            ``static_shapes``: as in :class:`ISDALoss`: by default (``"auto"``) the static
+            path with device-side checks on an accelerator (no host synchronization) and the
+            present-class path on the CPU (one synchronization per step).
 
     In evaluation mode the loss is the plain per-pixel cross-entropy (no update) and
     :meth:`augmented_logits` returns the logits unchanged.
@@ -254,8 +254,10 @@ class SegmentationISDALoss(ISDALoss):
         """
         out = flat_logits if flat_logits.dtype in (torch.float32, torch.float64) else flat_logits.float()
         U = batch.classes.shape[0]
-        if lam == 0.0 or U == 0:
+        if (not isinstance(lam, Tensor) and lam == 0.0) or U == 0:
             return out
+        if batch.onehot is not None:  # static path: the masked one-hot matrix of all C classes
+            return isda_f.augment_static(out, W, self.estimator.functional_covariance(), lam, self.kind, batch.onehot)
         sigma2 = isda_f.class_sigma2(W, self.estimator.functional_covariance(), batch.classes, self.kind,
                                      host_classes=batch.host_classes)  # U x C
         P = batch.inverse.shape[0]
@@ -271,7 +273,7 @@ class SegmentationISDALoss(ISDALoss):
         under ``torch.compile``, as in :meth:`ISDALoss.forward`)."""
         if ratio is not None:  # the caller drives lambda
             self._progress_driven = True
-        if self.static_path:
+        if self.static_for(logits.numel() // max(logits.shape[1], 1) if logits.dim() == 4 else 0):
             return self._prepare_traced(features, logits, target, weight, ratio)
         return self._prepare_eager(features, logits, target, weight, ratio)
 
@@ -316,6 +318,8 @@ class SegmentationISDALoss(ISDALoss):
         if not self.training:
             return self.evaluation_loss(features, logits, target, weight)
         aug, flat_target, batch = self._prepare(features, logits, target, weight, ratio)
+        if batch.target is not None:  # device-side checks: out-of-range labels are ignored
+            flat_target = batch.target
         if self.options.adjusts_logits:
             aug = self._offset(aug, flat_target)
         return self._pixel_cross_entropy(aug, flat_target, batch.counts.sum(), logits.shape)

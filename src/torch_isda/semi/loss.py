@@ -57,9 +57,10 @@ class SemiISDALoss(nn.Module):
         options, **option_values: the supervised term's :class:`~torch_isda.ISDAOptions` (as
             in :class:`~torch_isda.ISDALoss`: ``constant_lambda``, ``total_steps``,
             ``label_smoothing``, ``dtype``, ``sync``, ``rank``, ...; ``reduction`` must stay
-            ``"mean"``). ``validate`` and ``static_shapes`` apply to the supervised term;
-            ``static_shapes=True`` also makes the consistency term use all ``C`` classes
-            (``C x C x C`` quadratic forms) instead of the pseudo-labels present.
+            ``"mean"``). ``validate`` and ``static_shapes`` apply to the supervised term; the
+            static path (``static_shapes=True``, or ``"auto"`` on an accelerator) also makes
+            the consistency term use all ``C`` classes (``C x C x C`` quadratic forms) instead
+            of the pseudo-labels present.
 
     In evaluation mode the estimator is not updated.
     """
@@ -142,7 +143,7 @@ class SemiISDALoss(nn.Module):
         lam = self.isda.ratio if ratio is None else float(ratio)
         per_sample = isda_f.isda_consistency_loss(
             logits, weight, probs, self.covariance, lam, self.isda.kind, reduction="none",
-            static_shapes=self.isda.static_shapes,
+            static_shapes=self.isda.static_path,
         )
         if mask is None:
             return per_sample.mean() if per_sample.numel() else per_sample.sum()
