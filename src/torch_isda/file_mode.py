@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 
-__all__ = ["apply_new_file_mode", "new_file_mode"]
+__all__ = ["apply_new_file_mode", "move_into_place", "new_file_mode"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -37,3 +37,10 @@ def apply_new_file_mode(path: str | os.PathLike[str]) -> None:
     """Give ``path`` (e.g. a ``mkstemp`` file about to replace a result) :func:`new_file_mode`."""
     if os.name == "posix":
         os.chmod(path, new_file_mode())
+
+
+def move_into_place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Give the temporary file ``tmp`` :func:`new_file_mode`, then :func:`os.replace` it
+    onto ``path`` (the last step of an atomic write)."""
+    apply_new_file_mode(tmp)
+    os.replace(tmp, path)

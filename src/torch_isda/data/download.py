@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..file_mode import apply_new_file_mode
+from ..file_mode import move_into_place
 
 __all__ = [
     "BASE_URLS",
@@ -159,8 +159,7 @@ def download_file(
                 f"got {actual}. The corrupted download was removed; try again or use a "
                 f"different mirror."
             )
-        apply_new_file_mode(tmp)  # mkstemp creates 0600 files
-        os.replace(tmp, dest)
+        move_into_place(tmp, dest)  # with the mode open() gives (mkstemp's is 0600)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -19,7 +19,7 @@ from typing import IO, Any, Callable
 
 import torch
 
-from ..file_mode import apply_new_file_mode
+from ..file_mode import move_into_place
 
 __all__ = ["CHECKPOINT_NAME", "INTEGRITY_KEY", "KEPT_CHECKPOINTS", "PREVIOUS_CHECKPOINT_NAME",
            "CheckpointError", "atomic_write", "atomic_write_json", "atomic_write_text",
@@ -62,8 +62,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield f
             f.flush()
             os.fsync(f.fileno())
-        apply_new_file_mode(tmp)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
+        move_into_place(tmp, path)  # with the mode open() gives (mkstemp's is 0600)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
