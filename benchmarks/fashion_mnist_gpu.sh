@@ -18,7 +18,10 @@
 #   env:  EPOCHS (default 15; measured 320 s for the ten runs on an H100), SEEDS (default "0 1 2 3 4"), BUDGET_S (default 420: every
 #         training process is stopped this many seconds after the script started),
 #         HARD_S (default 460: the final `isda compare` table is only made if it fits
-#         before this), PYTHON (default python3), DEVICE (default cuda), AMP (default bf16).
+#         before this), PYTHON (default python3), DEVICE (default cuda), AMP (default bf16),
+#         MODEL (default resnet32), LOSSES (default "ce isda": the criterion specs,
+#         space-separated), DATASET_KWARGS (default none: options of the training set, e.g.
+#         imbalance=100,val_per_class=10; benchmarks/long_tailed_gpu.sh sets them).
 #   SMOKE=1: a CPU plumbing check: 1 epoch on a 600-image subset with a 100-image
 #         validation split in place of the test set, seeds 0 1 (4 processes), --device cpu,
 #         no autocast. It needs about 26 CPU-seconds in all; on the shared 2-core
@@ -41,14 +44,16 @@ SMOKE=${SMOKE:-0}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=1
 
+LOSSES=${LOSSES:-"ce isda"}
 if [[ "$SMOKE" == 1 ]]; then
   EPOCHS=${EPOCHS:-1}; SEEDS=${SEEDS:-"0 1"}; DEVICE=${DEVICE:-cpu}; AMP=${AMP:-none}
   BUDGET_S=${BUDGET_S:-150}; HARD_S=${HARD_S:-190}
-  SUBSET=(--dataset-kwargs train_size=600,val_size=100 --batch-size 64)
+  SUBSET=(--dataset-kwargs "${DATASET_KWARGS:-train_size=600,val_size=100}" --batch-size 64)
 else
   EPOCHS=${EPOCHS:-15}; SEEDS=${SEEDS:-"0 1 2 3 4"}; DEVICE=${DEVICE:-cuda}; AMP=${AMP:-bf16}
   BUDGET_S=${BUDGET_S:-420}; HARD_S=${HARD_S:-460}
   SUBSET=()
+  if [[ -n "${DATASET_KWARGS:-}" ]]; then SUBSET=(--dataset-kwargs "$DATASET_KWARGS"); fi
 fi
 
 for name in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz \
@@ -74,7 +79,7 @@ for f in "$DATA"/*-ubyte.gz; do ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename
 } > "$OUTDIR/env.txt"
 cat "$OUTDIR/env.txt"
 
-COMMON=(--dataset fashion_mnist --data-dir "$WORK/data" --model resnet32
+COMMON=(--dataset fashion_mnist --data-dir "$WORK/data" --model "${MODEL:-resnet32}"
         --model-kwargs in_chans=1 --epochs "$EPOCHS" --device "$DEVICE" --amp "$AMP"
         --channels-last --no-deterministic --threads 1 "${SUBSET[@]}")
 
@@ -94,11 +99,12 @@ sync_results() {  # copy the small per-run files into OUT and rewrite the summar
 
 pids=()
 for seed in $SEEDS; do
-  for loss in ce isda; do
+  for loss in $LOSSES; do
     left=$(( BUDGET_S - ($(date +%s) - START) ))
+    key=$(echo "$loss" | sed -E 's/[[:space:]]+//g; s/[^A-Za-z0-9_.+=,-]+/_/g; s/^_+|_+$//g')
     timeout --signal=TERM --kill-after=5 "$left" \
       "$PYTHON" -m torch_isda.cli train "${COMMON[@]}" --loss "$loss" --seed "$seed" \
-      --out "$WORK/runs/$loss/seed$seed" > "$OUTDIR/logs/$loss-seed$seed.log" 2>&1 &
+      --out "$WORK/runs/$key/seed$seed" > "$OUTDIR/logs/$key-seed$seed.log" 2>&1 &
     pids+=($!)
   done
 done
@@ -121,7 +127,8 @@ echo "runs finished: $finished of ${#pids[@]} ($failed exited non-zero or were s
 left=$(( HARD_S - elapsed - 3 ))
 if [[ $failed == 0 && $left -gt 10 ]]; then
   seeds_csv="$(echo $SEEDS | tr ' ' ','),"
-  timeout "$(( left < 40 ? left : 40 ))" "$PYTHON" -m torch_isda.cli compare "${COMMON[@]}" --losses ce,isda \
+  timeout "$(( left < 40 ? left : 40 ))" "$PYTHON" -m torch_isda.cli compare "${COMMON[@]}" \
+    --losses "$(echo $LOSSES | tr ' ' ',')" \
     --seeds "$seeds_csv" --out "$WORK/runs" --quiet > "$OUTDIR/logs/compare.log" 2>&1 &&
     cp "$WORK"/runs/table.md "$WORK"/runs/table.csv "$WORK"/runs/curves.png "$OUTDIR/" 2>/dev/null
 fi

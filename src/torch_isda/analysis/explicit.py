@@ -79,6 +79,14 @@ def run_explicit(base: TrainConfig, out: Union[str, Path], *,
         est = stats(estimated[m])
         cov = stats(estimated[0] if m == 0 else learned_specs.get(m))
         rows.append((m, estimated[m], est, ("ce" if m == 0 else learned_specs.get(m)), cov))
+    table = _explicit_table(rows, config)
+    md, csv_path, text = write_table(out, "explicit", table)
+    png = _plot(out / "explicit.png", rows, config)
+    return {"table": text, "rows": rows, "table_md": md, "table_csv": csv_path, "png": png}
+
+
+def _explicit_table(rows: list, config: Any) -> Table:
+    """The markdown / CSV table of :func:`run_explicit` (``rows``: one per M)."""
     label = {0: "0 (Basic)", None: "∞ (implicit)"}
     md_rows, csv_rows = [], []
     for m, est_spec, est, cov_spec, cov in rows:
@@ -92,7 +100,7 @@ def run_explicit(base: TrainConfig, out: Union[str, Path], *,
                          "" if cov is None else ";".join(f"{x:.4f}" for x in cov[2]),
                          len(est[2]), config.dataset, config.model, config.lambda0, config.epochs])
     n_seeds = len(rows[0][2][2])
-    table = Table(
+    return Table(
         caption=(f"Explicit vs implicit semantic data augmentation (Fig. 10): test error (%) of "
                  f"{config.model} on {config.dataset}, mean ± std over {plural(n_seeds, 'seed')}, vs the "
                  f"number M of sampled augmented features per sample (Eq. 5). M = 0: basic CE; "
@@ -108,9 +116,6 @@ def run_explicit(base: TrainConfig, out: Union[str, Path], *,
                      "learned_errors", "n_seeds", "dataset", "model", "lambda0", "epochs"],
         csv_rows=csv_rows,
     )
-    md, csv_path, text = write_table(out, "explicit", table)
-    png = _plot(out / "explicit.png", rows, config)
-    return {"table": text, "rows": rows, "table_md": md, "table_csv": csv_path, "png": png}
 
 
 def _plot(path: Path, rows: list, config: TrainConfig) -> Path:

@@ -296,22 +296,8 @@ def run_overhead(out: Union[str, Path], *, models: Optional[Sequence[str]] = Non
             row = {"case": case, **theoretical(case)}
             if case in to_time:
                 done += 1
-                settings = {"model": case.model, "num_classes": case.num_classes,
-                            "input_size": list(case.input_size), "kind": case.kind,
-                            "batch_size": batch_size or _default_batch_size(case),
-                            "repeats": int(repeats), "warmup": int(warmup), "device": str(dev),
-                            "amp": amp, "threads": threads, "torch": torch.__version__}
-                cache = out / "timings" / f"{case.key}.json"
-                cached = json.loads(cache.read_text()) if cache.is_file() else None
-                if cached is not None and not force and cached.get("settings") == settings:
-                    timing = cached["timing"]
-                    note = "reused"
-                else:
-                    t0 = time.perf_counter()
-                    timing = measure_step_overhead(case, batch_size=batch_size, repeats=repeats,
-                                                   warmup=warmup, device=dev, amp=amp)
-                    atomic_write_json(cache, {"settings": settings, "timing": timing})
-                    note = f"measured in {time.perf_counter() - t0:.1f}s"
+                timing, note = _case_timing(case, out, dev, batch_size, repeats, warmup, amp,
+                                            threads, force)
                 say(f"[{done}/{len(to_time)}] {case.model} C={case.num_classes} batch "
                     f"{timing['batch_size']}: CE {_fmt_seconds(timing['ce_seconds'])}, ISDA "
                     f"{_fmt_seconds(timing['isda_seconds'])} per step, overhead "
@@ -325,6 +311,26 @@ def run_overhead(out: Union[str, Path], *, models: Optional[Sequence[str]] = Non
     md, csv_path, _ = write_table(out, "overhead", table, markdown=text)
     png = _plot(out / "overhead.png", rows, dev)
     return {"table": text, "rows": rows, "table_md": md, "table_csv": csv_path, "png": png}
+
+
+def _case_timing(case: BenchCase, out: Path, dev: Any, batch_size: Optional[int], repeats: int,
+                 warmup: int, amp: str, threads: Optional[int], force: bool) -> tuple[dict, str]:
+    """The measured step times of ``case``, reused from ``OUT/timings/<case>.json`` when
+    measured with the same settings (unless ``force``); and how they were obtained."""
+    settings = {"model": case.model, "num_classes": case.num_classes,
+                "input_size": list(case.input_size), "kind": case.kind,
+                "batch_size": batch_size or _default_batch_size(case),
+                "repeats": int(repeats), "warmup": int(warmup), "device": str(dev),
+                "amp": amp, "threads": threads, "torch": torch.__version__}
+    cache = out / "timings" / f"{case.key}.json"
+    cached = json.loads(cache.read_text()) if cache.is_file() else None
+    if cached is not None and not force and cached.get("settings") == settings:
+        return cached["timing"], "reused"
+    t0 = time.perf_counter()
+    timing = measure_step_overhead(case, batch_size=batch_size, repeats=repeats,
+                                   warmup=warmup, device=dev, amp=amp)
+    atomic_write_json(cache, {"settings": settings, "timing": timing})
+    return timing, f"measured in {time.perf_counter() - t0:.1f}s"
 
 
 def _paper(case: BenchCase) -> tuple[Optional[float], Optional[float], Optional[float]]:

@@ -52,13 +52,7 @@ def render_overhead_markdown(rows: Sequence[dict[str, Any]], caption: str, notes
     quartiles of the paired step-time ratios."""
 
     def cells(r: dict[str, Any]) -> list[str]:
-        p_extra, p_rel, p_wall = paper(r["case"])
-        t = r.get("timing")
-        wall = EMPTY if t is None else f"{100 * t['overhead']:+.1f}%"
-        return [_with_paper(fmt_m(r["extra_total"]), None if p_extra is None else fmt_m(p_extra)),
-                _with_paper(f"{100 * r['relative']:.2f}%",
-                            None if p_rel is None else f"{p_rel:.2f}%"),
-                _with_paper(wall, None if p_wall is None else f"{p_wall:.2f}%")]
+        return _paper_cells(r, paper, fmt_m)
 
     cifar: dict[str, dict[int, dict[str, Any]]] = {}
     imagenet, other = [], []
@@ -72,18 +66,7 @@ def render_overhead_markdown(rows: Sequence[dict[str, Any]], caption: str, notes
             other.append(r)
     lines = [caption, ""]
     if cifar:
-        headers = ["Network", "A", "Standard FLOPs"]
-        for c in (10, 100):
-            headers += [f"CIFAR-{c}: ISDA extra FLOPs", f"CIFAR-{c}: relative",
-                        f"CIFAR-{c}: wall time"]
-        body = []
-        for model, by_c in cifar.items():
-            first = next(iter(by_c.values()))
-            row = [model, str(first["num_features"]), fmt_count(first["forward_macs"])]
-            for c in (10, 100):
-                row += cells(by_c[c]) if c in by_c else [EMPTY] * 3
-            body.append(row)
-        lines += ["**Table 3 (CIFAR, full covariance)**", "", *_markdown(headers, body), ""]
+        lines += _cifar_table(cifar, cells, fmt_count)
     if imagenet:
         headers = ["Network", "A", "Standard FLOPs", "ISDA extra FLOPs", "relative",
                    "wall time"]
@@ -100,16 +83,52 @@ def render_overhead_markdown(rows: Sequence[dict[str, Any]], caption: str, notes
         lines += ["**Other models (not in the paper)**", "", *_markdown(headers, body), ""]
     timed = [r for r in rows if r.get("timing")]
     if timed:
-        headers = ["Network", "dataset", "C", "batch", "CE step", "ISDA step",
-                   "wall-time overhead", "paired IQR"]
-        body = []
-        for r in timed:
-            t, (q25, q75) = r["timing"], spread(r["timing"])
-            body.append([r["case"].model, r["case"].dataset, str(r["case"].num_classes),
-                         str(t["batch_size"]), fmt_seconds(t["ce_seconds"]),
-                         fmt_seconds(t["isda_seconds"]), f"{100 * t['overhead']:+.1f}%",
-                         f"[{100 * q25:+.1f}%, {100 * q75:+.1f}%]"])
-        lines += ["**Measured training steps**", "", *_markdown(headers, body), ""]
+        lines += _timing_table(timed, fmt_seconds, spread)
     if notes:
         lines += [notes]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _paper_cells(r: dict[str, Any], paper: Callable[[Any], tuple],
+                 fmt_m: Callable[[float], str]) -> list[str]:
+    """Extra FLOPs, relative and wall-time overhead of a row, each with the paper's value."""
+    p_extra, p_rel, p_wall = paper(r["case"])
+    t = r.get("timing")
+    wall = EMPTY if t is None else f"{100 * t['overhead']:+.1f}%"
+    return [_with_paper(fmt_m(r["extra_total"]), None if p_extra is None else fmt_m(p_extra)),
+            _with_paper(f"{100 * r['relative']:.2f}%",
+                        None if p_rel is None else f"{p_rel:.2f}%"),
+            _with_paper(wall, None if p_wall is None else f"{p_wall:.2f}%")]
+
+
+def _cifar_table(cifar: dict[str, dict[int, dict[str, Any]]],
+                 cells: Callable[[dict[str, Any]], list[str]],
+                 fmt_count: Callable[[float], str]) -> list[str]:
+    """Table 3's layout: one row per network, CIFAR-10 and CIFAR-100 side by side."""
+    headers = ["Network", "A", "Standard FLOPs"]
+    for c in (10, 100):
+        headers += [f"CIFAR-{c}: ISDA extra FLOPs", f"CIFAR-{c}: relative",
+                    f"CIFAR-{c}: wall time"]
+    body = []
+    for model, by_c in cifar.items():
+        first = next(iter(by_c.values()))
+        row = [model, str(first["num_features"]), fmt_count(first["forward_macs"])]
+        for c in (10, 100):
+            row += cells(by_c[c]) if c in by_c else [EMPTY] * 3
+        body.append(row)
+    return ["**Table 3 (CIFAR, full covariance)**", "", *_markdown(headers, body), ""]
+
+
+def _timing_table(timed: list[dict[str, Any]], fmt_seconds: Callable[[float], str],
+                  spread: Callable[[dict], tuple[float, float]]) -> list[str]:
+    """The measured CE and ISDA training steps."""
+    headers = ["Network", "dataset", "C", "batch", "CE step", "ISDA step",
+               "wall-time overhead", "paired IQR"]
+    body = []
+    for r in timed:
+        t, (q25, q75) = r["timing"], spread(r["timing"])
+        body.append([r["case"].model, r["case"].dataset, str(r["case"].num_classes),
+                     str(t["batch_size"]), fmt_seconds(t["ce_seconds"]),
+                     fmt_seconds(t["isda_seconds"]), f"{100 * t['overhead']:+.1f}%",
+                     f"[{100 * q25:+.1f}%, {100 * q75:+.1f}%]"])
+    return ["**Measured training steps**", "", *_markdown(headers, body), ""]

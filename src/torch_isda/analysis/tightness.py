@@ -209,11 +209,9 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
     interrupted one is resumed (trace included); a finished run without a matching trace
     is an error unless ``force`` (retrain).
     """
-    from ..train.compare import check_same_config
     from ..train.criteria import create_criterion
     from .resolve import resolve_run
     from ..train.engine import train
-    from ..train.rundir import RESULT_NAME
 
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     out = Path(out)
@@ -226,6 +224,32 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
     recorder = BoundRecorder(every, samples, seed=config.seed, splits=splits,
                              trace_path=out / TRACE_NAME, log=say)
     meta = _meta(config, recorder)
+    trace_path, meta_path = out / TRACE_NAME, out / META_NAME
+    unfinished = _check_previous_run(out, run_dir, config, meta, recorder, force)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(meta_path, meta)
+    say(f"tightness: {config.loss} on {config.dataset} / {config.model}, "
+        f"{plural(config.epochs, 'epoch')}, "
+        f"Monte Carlo with {recorder.samples} samples every "
+        f"{'~1%' if every is None else every} steps -> '{out}'")
+    result = train(config, resume=unfinished and not force, force=force, quiet=quiet,
+                   log=lambda msg: None, epoch_log=False, callbacks=[recorder])
+    if result["status"] == "reused":
+        rows = read_trace(trace_path)
+        say(f"finished run and trace reused from '{out}'")
+    else:
+        rows = recorder.rows
+        write_trace(trace_path, rows)
+    return _report(out, rows, config, recorder.samples, result)
+
+
+def _check_previous_run(out: Path, run_dir: Path, config: Any, meta: dict, recorder: Any,
+                        force: bool) -> bool:
+    """Whether ``run_dir`` holds an interrupted run to resume (its trace loaded into
+    ``recorder``); an error if a finished or interrupted run was traced with other settings."""
+    from ..train.compare import check_same_config
+    from ..train.rundir import RESULT_NAME
+
     trace_path, meta_path = out / TRACE_NAME, out / META_NAME
     saved_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     trace_matches = saved_meta == meta and trace_path.is_file()
@@ -248,20 +272,7 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
                 f"to start over or another --out")
         if trace_matches:
             recorder.rows = read_trace(trace_path)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(meta_path, meta)
-    say(f"tightness: {config.loss} on {config.dataset} / {config.model}, {plural(config.epochs, 'epoch')}, "
-        f"Monte Carlo with {recorder.samples} samples every "
-        f"{'~1%' if every is None else every} steps -> '{out}'")
-    result = train(config, resume=unfinished and not force, force=force, quiet=quiet,
-                   log=lambda msg: None, epoch_log=False, callbacks=[recorder])
-    if result["status"] == "reused":
-        rows = read_trace(trace_path)
-        say(f"finished run and trace reused from '{out}'")
-    else:
-        rows = recorder.rows
-        write_trace(trace_path, rows)
-    return _report(out, rows, config, recorder.samples, result)
+    return unfinished
 
 
 def _scopes(rows: list[dict[str, float]]) -> list[tuple[str, list[dict[str, float]]]]:

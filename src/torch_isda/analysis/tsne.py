@@ -13,7 +13,7 @@ separated clusters, the paper's observation for ISDA).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -97,26 +97,8 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
     for loss in losses:
         run_dir = out / "runs" / spec_dirname(loss) / f"seed{seed}"
         cache = out / "embeddings" / f"{spec_dirname(loss)}.npz"
-        key = json.dumps({"run_mtime": (run_dir / "result.json").stat().st_mtime_ns,
-                          "max_points": int(max_points), "perplexity": float(perplexity),
-                          "seed": int(seed)}, sort_keys=True)
-        if cache.is_file() and not force and str(np.load(cache)["key"]) == key:
-            data = np.load(cache)
-            feats, labels, emb = data["features"], data["labels"], data["embedding"]
-            say(f"t-SNE of {loss}: reused {cache}")
-        else:
-            say(f"t-SNE of {loss}: extracting test features of {run_dir} ...")
-            feats, labels, _ = extract_test_features(run_dir)
-            if len(labels) > max_points:  # a fixed random subset, the same for every model
-                keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:max_points])
-                feats, labels = feats[keep], labels[keep]
-            emb = embed(feats, seed, perplexity)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.stem + ".tmp.npz")
-            np.savez_compressed(tmp, features=feats, labels=labels, embedding=emb,
-                                key=np.array(key))
-            tmp.replace(cache)
-            say(f"t-SNE of {loss}: {len(labels)} points embedded")
+        feats, labels, emb = _cached_embedding(loss, run_dir, cache, seed, max_points, perplexity,
+                                               force, say)
         panels.append({
             "loss": loss, "embedding": emb, "labels": labels,
             "error": methods[loss].final_errors[0],
@@ -129,9 +111,44 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
     from .resolve import resolve_run
 
     config = resolve_run(base.replace(loss=losses[0], seed=seed, out=str(out / "runs")))
+    table = _tsne_table(panels, config, seed)
+    md, csv_path, text = write_table(out, "tsne", table)
+    png = _plot(out / "tsne.png", panels, config)
+    return {"table": text, "panels": panels, "table_md": md, "table_csv": csv_path, "png": png}
+
+
+def _cached_embedding(loss: str, run_dir: Path, cache: Path, seed: int, max_points: int,
+                      perplexity: float, force: bool, say: Callable[[str], None]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(features, labels, embedding)`` of a run's test set: from ``cache`` when it was made
+    with the same run and settings, else computed and cached (atomically)."""
+    key = json.dumps({"run_mtime": (run_dir / "result.json").stat().st_mtime_ns,
+                      "max_points": int(max_points), "perplexity": float(perplexity),
+                      "seed": int(seed)}, sort_keys=True)
+    if cache.is_file() and not force and str(np.load(cache)["key"]) == key:
+        data = np.load(cache)
+        say(f"t-SNE of {loss}: reused {cache}")
+        return data["features"], data["labels"], data["embedding"]
+    say(f"t-SNE of {loss}: extracting test features of {run_dir} ...")
+    feats, labels, _ = extract_test_features(run_dir)
+    if len(labels) > max_points:  # a fixed random subset, the same for every model
+        keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:max_points])
+        feats, labels = feats[keep], labels[keep]
+    emb = embed(feats, seed, perplexity)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.stem + ".tmp.npz")
+    np.savez_compressed(tmp, features=feats, labels=labels, embedding=emb,
+                        key=np.array(key))
+    tmp.replace(cache)
+    say(f"t-SNE of {loss}: {len(labels)} points embedded")
+    return feats, labels, emb
+
+
+def _tsne_table(panels: list[dict[str, Any]], config: Any, seed: int) -> Table:
+    """The markdown / CSV table of :func:`run_tsne`."""
     from ..train.method_names import display_name
 
-    table = Table(
+    return Table(
         caption=(f"t-SNE of the test-set deep features (Fig. 8): {config.model} on "
                  f"{config.dataset}, seed {seed}, {plural(config.epochs, 'epoch')}. Silhouette: class "
                  f"separation (higher is better, in [-1, 1]); within/between: mean distance to "
@@ -149,9 +166,6 @@ def run_tsne(base: TrainConfig, out: Union[str, Path], *,
                    p["ratio_features"], p["ratio_embedding"], config.dataset, config.model,
                    seed, config.epochs] for p in panels],
     )
-    md, csv_path, text = write_table(out, "tsne", table)
-    png = _plot(out / "tsne.png", panels, config)
-    return {"table": text, "panels": panels, "table_md": md, "table_csv": csv_path, "png": png}
 
 
 def _plot(path: Path, panels: list[dict[str, Any]], config: TrainConfig) -> Path:

@@ -15,6 +15,12 @@ L_q loss               :class:`LqLoss`                                 loss(logi
 Label smoothing        :class:`LabelSmoothingLoss`                     loss(logits, target)
 =====================  ==============================================  =========================
 
+Long-tailed recognition (issue 23): :class:`ClassBalancedLoss` (Cui et al. 2019),
+:class:`LDAMLoss` with deferred re-weighting (Cao et al. 2019), :class:`LogitAdjustedLoss`
+(Balanced Softmax, Ren et al. 2020; logit adjustment, Menon et al. 2021), all
+``loss(logits, target)`` built from the per-class training counts, and MetaSAug (Li et al.
+2021): :class:`MetaSAugLoss` and its meta step :func:`meta_covariance_step`.
+
 ``features`` are the inputs of the model's final ``nn.Linear`` (see
 :func:`torch_isda.find_classifier`), ``logits`` its outputs.  Defaults follow Appendix C
 of the paper where it gives values (focal ``alpha = 0.5, gamma = 1``; ``q = 0.4``;
@@ -23,6 +29,7 @@ otherwise; each module's docstring cites its source.
 """
 
 from .center import CenterLoss, center_loss
+from .class_balanced import ClassBalancedLoss, class_balanced_loss, effective_number_weights
 from .disturb_label import DisturbLabel, disturb_labels
 from .feature_dropout import FeatureDropout, feature_dropout
 from .focal import FocalLoss, focal_loss
@@ -34,17 +41,31 @@ from .large_margin import (
     lsoftmax_beta,
     lsoftmax_psi,
 )
+from .ldam import LDAMLoss, ldam_loss, ldam_margins
+from .balanced_softmax import LogitAdjustedLoss, log_prior, logit_adjusted_loss
 from .lq import LqLoss, lq_loss
+from .metasaug import MetaSAugLoss, MetaStep, meta_covariance_step
 
 __all__ = [
     "CenterLoss",
+    "ClassBalancedLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
     "DisturbLabel",
     "FeatureDropout",
     "FocalLoss",
     "LabelSmoothingLoss",
     "LargeMarginSoftmaxLoss",
     "LqLoss",
+    "MetaSAugLoss",
+    "MetaStep",
     "center_loss",
+    "class_balanced_loss",
+    "effective_number_weights",
+    "ldam_loss",
+    "ldam_margins",
+    "log_prior",
+    "logit_adjusted_loss",
     "disturb_labels",
     "feature_dropout",
     "focal_loss",
@@ -52,6 +73,7 @@ __all__ = [
     "large_margin_logits",
     "large_margin_softmax_loss",
     "lq_loss",
+    "meta_covariance_step",
     "lsoftmax_beta",
     "lsoftmax_psi",
 ]

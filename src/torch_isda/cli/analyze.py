@@ -74,6 +74,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")
     parser.set_defaults(_analyze_parser=parser)
 
+    _add_tightness_parser(subs)
+    _add_explicit_parser(subs)
+    _add_tsne_parser(subs)
+    _add_sensitivity_parser(subs)
+    _add_ablation_parser(subs)
+    return parser
+
+
+def _add_tightness_parser(subs: Any) -> None:
     p = subs.add_parser("tightness", help=f"{ANALYSES[0][1]} ({ANALYSES[0][2]})",
                         description="Train one ISDA run and record, every --every steps, the ISDA "
                                     "bound (Eq. 7) and the Monte Carlo expected cross-entropy "
@@ -86,6 +95,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config_arguments(p, exclude=("out", *MULTI_PROCESS_OPTIONS, *OTHER_TASK_OPTIONS),
                          title="training configuration")
 
+
+def _add_explicit_parser(subs: Any) -> None:
     p = subs.add_parser("explicit", help=f"{ANALYSES[1][1]} ({ANALYSES[1][2]})",
                         description="Train with explicit semantic data augmentation (Eq. 5, M "
                                     "sampled features per sample) for each M, the CE baseline "
@@ -102,6 +113,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config_arguments(p, exclude=("loss", "seed", "out", *MULTI_PROCESS_OPTIONS),
                          title="training configuration (applies to every run)")
 
+
+def _add_tsne_parser(subs: Any) -> None:
     p = subs.add_parser("tsne", help=f"{ANALYSES[2][1]} ({ANALYSES[2][2]})",
                         description="Train (or reuse) a CE and an ISDA model and draw t-SNE "
                                     "embeddings of their test-set deep features side by side "
@@ -116,6 +129,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config_arguments(p, exclude=("loss", "out", *MULTI_PROCESS_OPTIONS),
                          title="training configuration (applies to every run)")
 
+
+def _add_sensitivity_parser(subs: Any) -> None:
     p = subs.add_parser("sensitivity", help=f"{ANALYSES[3][1]} ({ANALYSES[3][2]})",
                         description="Train ISDA for every lambda0 of the grid and every seed "
                                     "(Fig. 11).")
@@ -126,6 +141,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config_arguments(p, exclude=("loss", "seed", "out", "lambda0", *MULTI_PROCESS_OPTIONS),
                          title="training configuration (applies to every run)")
 
+
+def _add_ablation_parser(subs: Any) -> None:
     p = subs.add_parser("ablation", help=f"{ANALYSES[4][1]} ({ANALYSES[4][2]})",
                         description="Basic CE, identity matrix, diagonal matrix, single "
                                     "covariance, constant lambda0 and full ISDA over seeds "
@@ -134,7 +151,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config_arguments(p, exclude=("loss", "seed", "out", "kind", "constant_lambda",
                                      *MULTI_PROCESS_OPTIONS, *OTHER_TASK_OPTIONS),
                          title="training configuration (applies to every run)")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

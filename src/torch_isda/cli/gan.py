@@ -63,13 +63,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "the DCGAN-style CIFAR networks for larger ones. Writes gan.pt, samples.png "
                     "and gan_log.jsonl.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = train.add_argument_group("data")
-    data.add_argument("--dataset", default="digits",
-                      help="dataset name (torch_isda.data.list_datasets(); default: digits)")
-    data.add_argument("--data-dir", default="data", help="directory of the dataset files")
-    data.add_argument("--download", action="store_true", help="download missing dataset files")
-    data.add_argument("--dataset-kwargs", default=None, metavar="KW",
-                      help="extra dataset options, JSON or key=value[,key=value]")
+    _add_data_arguments(train)
     gan = train.add_argument_group("GAN (unset: the defaults of torch_isda.visualize.gan / .conditional_gan)")
     gan.add_argument("--kind", choices=KINDS, default="wgan-gp",
                      help="wgan-gp: class-agnostic WGAN-GP (for isda visualize; default); "
@@ -93,6 +87,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     gan.add_argument("--gp-weight", type=float, default=None, help="gradient-penalty weight (10)")
     gan.add_argument("--lr-decay", action="store_true",
                      help="decay the learning rates linearly to 0 (new runs only)")
+    _add_control_arguments(train)
+    train.set_defaults(_gan_run=run_train)
+    return parser
+
+
+def _add_data_arguments(train: argparse.ArgumentParser) -> None:
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", default="digits",
+                      help="dataset name (torch_isda.data.list_datasets(); default: digits)")
+    data.add_argument("--data-dir", default="data", help="directory of the dataset files")
+    data.add_argument("--download", action="store_true", help="download missing dataset files")
+    data.add_argument("--dataset-kwargs", default=None, metavar="KW",
+                      help="extra dataset options, JSON or key=value[,key=value]")
+
+
+def _add_control_arguments(train: argparse.ArgumentParser) -> None:
     ctl = train.add_argument_group("run control")
     ctl.add_argument("--out", default=None,
                      help="output directory (default: runs/gan-<dataset>)")
@@ -106,8 +116,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ctl.add_argument("--force", action="store_true",
                      help="start over even if --out holds gan.pt")
     ctl.add_argument("--quiet", action="store_true", help="no progress lines")
-    train.set_defaults(_gan_run=run_train)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

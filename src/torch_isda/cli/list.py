@@ -16,7 +16,7 @@ __all__ = ["CATEGORIES", "add_parser", "entries", "run"]
 
 #: Parameters that are not user options (filled by the harness).
 _HIDDEN = {"self", "num_features", "num_classes", "config", "model", "num_samples", "root",
-           "download", "generator", "args", "kwargs", "in_channels"}
+           "download", "generator", "args", "kwargs", "in_channels", "class_counts"}
 
 
 def _first_line(obj: Any) -> str:

@@ -42,14 +42,6 @@ ImageNet (Figs. 7 and 14) with BigGAN, for a run trained on an imagefolder datas
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from ..visualize.inversion import (
-        STEP1_ITERATIONS,
-        STEP1_LR,
-        STEP2_ITERATIONS,
-        STEP2_LR,
-        VISUALIZE_RESTARTS,
-    )
-
     parser = subparsers.add_parser(
         "visualize", help="map ISDA-augmented features back to images with a trained generator",
         description="Visualise ISDA's semantic augmentations (Wang et al., TPAMI 2021, Appendix E): "
@@ -57,6 +49,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "feature space (Step I, Eq. 20), augment their features with ISDA and find "
                     "the images of the augmented features (Step II, Eq. 21).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_input_output_arguments(parser)
+    _add_augmentation_arguments(parser)
+    _add_biggan_arguments(parser)
+    _add_inversion_arguments(parser)
+    _add_control_arguments(parser)
+    return parser
+
+
+def _add_input_output_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--classifier", required=True, metavar="RUN_DIR",
                     help="an `isda train` run directory (config.json, checkpoint.pt)")
@@ -69,6 +70,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     io.add_argument("--data-dir", default=None,
                     help="dataset directory (default: the run's --data-dir)")
     io.add_argument("--download", action="store_true", help="download missing dataset files")
+
+
+def _add_augmentation_arguments(parser: argparse.ArgumentParser) -> None:
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--lam", type=non_negative_float, default=0.5,
                      help="lambda of a~ ~ N(a, lambda Sigma_y) (0.5)")
@@ -87,6 +91,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     aug.add_argument("--kind", default=None,
                      help="covariance kind for --estimate-covariance: full, diagonal, shared, "
                           "identity, lowrank (default: the run's --kind, else full)")
+
+
+def _add_biggan_arguments(parser: argparse.ArgumentParser) -> None:
     big = parser.add_argument_group("BigGAN (--generator biggan)")
     big.add_argument("--biggan-model", default="biggan-deep-256", metavar="NAME|DIR",
                      help="biggan-deep-128, biggan-deep-256 (default) or biggan-deep-512 "
@@ -97,6 +104,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     big.add_argument("--biggan-classes", default=None, metavar="LIST",
                      help="BigGAN's ImageNet class of each dataset class, comma-separated "
                           "(default: the identity, for a dataset with ImageNet's 1000 classes)")
+
+
+def _add_inversion_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..visualize.inversion import (
+        STEP1_ITERATIONS,
+        STEP1_LR,
+        STEP2_ITERATIONS,
+        STEP2_LR,
+        VISUALIZE_RESTARTS,
+    )
+
     opt = parser.add_argument_group("inversion (defaults tuned for digits; see the epilog)")
     opt.add_argument("--step1-iterations", type=non_negative_int, default=STEP1_ITERATIONS,
                      help=f"Step I (Eq. 20) SGD iterations ({STEP1_ITERATIONS}; paper 10000)")
@@ -113,6 +131,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="weight of the pixel term of Eq. 20 (1.0; not given in the paper)")
     opt.add_argument("--reduction", choices=("mean", "sum"), default="mean",
                      help="'mean': mean squared errors (default); 'sum': squared L2 norms")
+
+
+def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
     ctl = parser.add_argument_group("run control")
     ctl.add_argument("--seed", type=int, default=0,
                      help="seeds the image choice, the latents and the feature sampling (0)")
@@ -121,7 +142,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ctl.add_argument("--threads", type=positive_int, default=None,
                      help="CPU threads for torch ops (default: torch's choice)")
     ctl.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
 
 
 # ---------------------------------------------------------------------------- loading
@@ -266,34 +286,8 @@ def run(args: argparse.Namespace) -> int:
         model, config, data, state = load_classifier(run_dir, device, args.data_dir, args.download)
         G = load_generator(gan_dir, device)
         gan_name = str(gan_state.get("dataset", "") or "")
-        if tuple(G.image_shape) != tuple(int(s) for s in data.image_size):
-            raise ValueError(
-                f"the generator in '{gan_dir}' makes {_shape(G.image_shape)} images (trained on "
-                f"{gan_name or 'an unknown dataset'}), but the classifier in '{run_dir}' was trained "
-                f"on {config.dataset} with {_shape(data.image_size)} images; train a generator on "
-                f"{config.dataset}: isda gan train --dataset {config.dataset} --out DIR")
-        if gan_name and gan_name not in (config.dataset, "tensor", "dataset"):
-            say(f"warning: the generator was trained on {gan_name}, the classifier on "
-                f"{config.dataset} (same image size {_shape(data.image_size)})")
-
-        kind = args.kind
-        if args.estimate_covariance:
-            kind = kind or (config.kind if config.kind else "full")
-            estimator = estimate_covariance(model, data, kind, device)
-            source = f"estimated from the training-set features of the trained model ({kind})"
-        else:
-            if args.kind is not None:
-                raise ValueError("--kind applies to --estimate-covariance only (the run's ISDA "
-                                 "estimate has the kind it was trained with)")
-            estimator = find_estimator(config, state, model.num_features, data.num_classes)
-            if estimator is None:
-                raise ValueError(
-                    f"the classifier run '{run_dir}' was trained with --loss {config.loss!r}: its "
-                    f"checkpoint holds no ISDA covariance estimate; pass --estimate-covariance to "
-                    f"compute the class covariances from the training-set features of the trained "
-                    f"model, or train with --loss isda")
-            estimator.to(device)
-            source = f"ISDA estimate of run '{run_dir}' (checkpoint.pt, {estimator.kind})"
+        _check_generator_fits(G, gan_dir, gan_name, run_dir, config, data, say)
+        estimator, source = _covariance(args, run_dir, model, config, data, state, device)
         t_loaded = time.perf_counter()
         say(f"[visualize] classifier {config.model} ({config.loss}) from '{run_dir}', generator "
             f"({G.config.arch}, {G.iteration} iterations) from '{gan_dir}', covariance: {source}")
@@ -318,6 +312,44 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, paths, t_end - t_start)
     return 0
+
+
+def _check_generator_fits(G: Any, gan_dir: Path, gan_name: str, run_dir: Path, config: Any,
+                          data: Any, say: Any) -> None:
+    """An error if the generator's images differ in shape from the classifier's; a warning
+    if it was trained on another dataset of the same shape."""
+    if tuple(G.image_shape) != tuple(int(s) for s in data.image_size):
+        raise ValueError(
+            f"the generator in '{gan_dir}' makes {_shape(G.image_shape)} images (trained on "
+            f"{gan_name or 'an unknown dataset'}), but the classifier in '{run_dir}' was trained "
+            f"on {config.dataset} with {_shape(data.image_size)} images; train a generator on "
+            f"{config.dataset}: isda gan train --dataset {config.dataset} --out DIR")
+    if gan_name and gan_name not in (config.dataset, "tensor", "dataset"):
+        say(f"warning: the generator was trained on {gan_name}, the classifier on "
+            f"{config.dataset} (same image size {_shape(data.image_size)})")
+
+
+def _covariance(args: argparse.Namespace, run_dir: Path, model: Any, config: Any, data: Any,
+                state: Any, device: Any) -> tuple[Any, str]:
+    """The class covariances to augment with (``--estimate-covariance`` or the run's ISDA
+    estimate) and a description of where they come from."""
+    kind = args.kind
+    if args.estimate_covariance:
+        kind = kind or (config.kind if config.kind else "full")
+        estimator = estimate_covariance(model, data, kind, device)
+        return estimator, f"estimated from the training-set features of the trained model ({kind})"
+    if args.kind is not None:
+        raise ValueError("--kind applies to --estimate-covariance only (the run's ISDA "
+                         "estimate has the kind it was trained with)")
+    estimator = find_estimator(config, state, model.num_features, data.num_classes)
+    if estimator is None:
+        raise ValueError(
+            f"the classifier run '{run_dir}' was trained with --loss {config.loss!r}: its "
+            f"checkpoint holds no ISDA covariance estimate; pass --estimate-covariance to "
+            f"compute the class covariances from the training-set features of the trained "
+            f"model, or train with --loss isda")
+    estimator.to(device)
+    return estimator, f"ISDA estimate of run '{run_dir}' (checkpoint.pt, {estimator.kind})"
 
 
 def _inversion_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from .registry import (
     is_dataset,
     list_datasets,
     register_dataset,
+    take_long_tail,
     take_training_subset,
 )
 
@@ -40,6 +41,7 @@ from .randaugment import RandAugment
 from .download import BASE_URLS, ENV_BASE_URL, ChecksumError, download_file, file_md5
 from .idx import IDXFormatError, read_idx
 from .subset import balanced_split
+from .longtail import long_tail_counts, long_tail_split, shot_groups
 from .imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -76,13 +78,17 @@ __all__ = [
     "imagefolder",
     "is_dataset",
     "list_datasets",
+    "long_tail_counts",
+    "long_tail_split",
     "mnist",
     "normalize",
     "random_crop",
     "random_flip",
     "read_idx",
     "register_dataset",
+    "shot_groups",
     "svhn",
+    "take_long_tail",
     "take_training_subset",
     "to_float",
 ]

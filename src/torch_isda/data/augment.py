@@ -22,13 +22,13 @@ options, e.g. ``"crop(padding=1)+cutout(size=4)"`` (see :data:`TERM_OPTIONS`).
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..utils.spec_grammar import key_value_items, match_term, split_top_level
 from .autoaugment import AutoAugment, check_batch, gen_device
 from .cutout import Cutout
 from .randaugment import RandAugment
@@ -68,48 +68,51 @@ TERM_OPTIONS = {
     "randaugment": {"n": "randaugment_ops", "m": "randaugment_magnitude", "fill": "fill"},
 }
 
-_TERM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
-
-
 def _parse_term_options(term: str, arg_text: str, name: str) -> dict[str, object]:
     """``"size=4, holes=2"`` of term ``cutout`` -> ``{"cutout_size": 4, "cutout_holes": 2}``."""
     allowed = TERM_OPTIONS[term]
     options: dict[str, object] = {}
-    for item in arg_text.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ValueError(f"augmentation options must be key=value; got {item.strip()!r} in {name!r}")
-        key, value = (v.strip() for v in item.split("=", 1))
+    for key, value in key_value_items(arg_text, name, "augmentation options", "augmentation spec"):
         if key not in allowed:
             accepted = ", ".join(allowed) or "no options"
             raise ValueError(f"unknown option {key!r} for augmentation {term!r} in {name!r}; "
                              f"it accepts: {accepted}")
         try:
-            options[allowed[key]] = ast.literal_eval(value)
+            parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            if not value.isidentifier():  # a bare word is a string: crop(pad_mode=zeros)
-                raise ValueError(
-                    f"invalid value {value!r} for {term}({key}=...) in {name!r}") from None
-            options[allowed[key]] = value
+            parsed = value  # a bare word is a string: crop(pad_mode=zeros)
+            if not value.isidentifier():
+                parsed = None
+        if not isinstance(parsed, (int, float, str)):  # every option is a number or a word
+            raise ValueError(f"invalid value {value!r} for {term}({key}=...) in {name!r}")
+        options[allowed[key]] = parsed
     return options
+
+
+def _split_terms(name: str, usage: str) -> list[str]:
+    """The ``'+'``-joined terms of ``name`` (unbalanced brackets: the usage error)."""
+    try:
+        return split_top_level(name, "+", "augmentation spec")
+    except ValueError:
+        raise ValueError(f"unknown augmentation {name!r}; {usage}") from None
 
 
 def _parse_spec(name: str) -> tuple[str, tuple[str, ...], dict[str, object]]:
     """``"crop(padding=1)+cutout(size=4)"`` -> ``("crop", ("cutout",), {"padding": 1,
     "cutout_size": 4})``: the base name, the extras and the :func:`build_augment` keyword
-    arguments given by the terms' options (see :data:`TERM_OPTIONS`)."""
+    arguments given by the terms' options (see :data:`TERM_OPTIONS`). The grammar is
+    :mod:`torch_isda.utils.spec_grammar`'s."""
     if not isinstance(name, str):
         raise ValueError(f"augmentation name must be a string; got {name!r}")
     usage = (f"choose one of {AUGMENTATIONS}, optionally followed by '+'-joined extras from "
              f"{EXTRA_AUGMENTATIONS} (e.g. 'crop_flip+autoaugment+cutout'); each term may carry "
              f"options such as 'cutout(size=4)'")
     parts, options = [], {}
-    for raw in name.split("+"):
-        match = _TERM_RE.match(raw)
-        term = match.group(1) if match else raw.strip()
-        if match and term in TERM_OPTIONS and match.group(2) is not None:
-            options.update(_parse_term_options(term, match.group(2), name))
+    for raw in _split_terms(name, usage):
+        parsed = match_term(raw)
+        term = parsed[0] if parsed else raw.strip()
+        if parsed and term in TERM_OPTIONS and parsed[1] is not None:
+            options.update(_parse_term_options(term, parsed[1], name))
         parts.append(term)
     base = [t for t in parts if t in AUGMENTATIONS]
     extras = [t for t in parts if t in EXTRA_AUGMENTATIONS]
@@ -324,19 +327,10 @@ class BatchAugment:
 
 
 def build_augment(
-    name: str,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    *,
-    padding: int = 4,
-    flip_p: float = 0.5,
-    dtype: torch.dtype = torch.float32,
-    cutout_size: int = 16,
-    cutout_holes: int = 1,
-    randaugment_ops: int = 2,
-    randaugment_magnitude: int = 9,
-    fill: float = 128.0,
-    pad_mode: str = "reflect",
+    name: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, *,
+    padding: int = 4, flip_p: float = 0.5, dtype: torch.dtype = torch.float32,
+    cutout_size: int = 16, cutout_holes: int = 1, randaugment_ops: int = 2,
+    randaugment_magnitude: int = 9, fill: float = 128.0, pad_mode: str = "reflect",
 ) -> BatchAugment:
     """Build a batch augmentation by name.
 
@@ -378,16 +372,7 @@ def build_augment(
         A callable ``f(images, generator=None)``.
     """
     return BatchAugment(
-        name,
-        mean,
-        std,
-        padding=padding,
-        flip_p=flip_p,
-        dtype=dtype,
-        cutout_size=cutout_size,
-        cutout_holes=cutout_holes,
-        randaugment_ops=randaugment_ops,
-        randaugment_magnitude=randaugment_magnitude,
-        fill=fill,
-        pad_mode=pad_mode,
+        name, mean, std, padding=padding, flip_p=flip_p, dtype=dtype, cutout_size=cutout_size,
+        cutout_holes=cutout_holes, randaugment_ops=randaugment_ops,
+        randaugment_magnitude=randaugment_magnitude, fill=fill, pad_mode=pad_mode,
     )

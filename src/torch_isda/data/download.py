@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from typing import Any
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -127,27 +128,8 @@ def download_file(
     tmp = Path(tmp_name)
     try:
         digest = hashlib.md5(usedforsecurity=False)
-        received = 0
         with os.fdopen(fd, "wb") as out:
-            try:
-                request = urllib.request.Request(url, headers={"User-Agent": "torch-isda"})
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    bar = _progress_bar(total, dest.name, progress)
-                    try:
-                        while chunk := response.read(_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-                    finally:
-                        bar.close()
-            except (urllib.error.URLError, OSError) as err:
-                raise RuntimeError(
-                    f"Failed to download {url} to {dest}: {err}. Set {ENV_BASE_URL} or pass "
-                    f"base_url= to use a mirror, or place the file in {dest.parent} manually."
-                ) from err
+            received, total = _stream(url, dest, out, digest, progress, timeout)
             if total is not None and received != total:
                 raise RuntimeError(
                     f"Download of {url} is truncated: got {received} of {total} bytes"
@@ -164,6 +146,33 @@ def download_file(
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _stream(url: str, dest: Path, out: Any, digest: Any, progress: bool, timeout: float
+            ) -> tuple[int, int | None]:
+    """Copy the body of ``url`` into ``out``, updating ``digest``; ``(bytes received, the
+    announced length or None)``. Network errors become a ``RuntimeError`` naming ``dest``."""
+    received = 0
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "torch-isda"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            bar = _progress_bar(total, dest.name, progress)
+            try:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            finally:
+                bar.close()
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(
+            f"Failed to download {url} to {dest}: {err}. Set {ENV_BASE_URL} or pass "
+            f"base_url= to use a mirror, or place the file in {dest.parent} manually."
+        ) from err
+    return received, total
 
 
 def ensure_file(

@@ -336,21 +336,11 @@ class ImageFolderLoaders(NamedTuple):
 
 
 def create_imagefolder_loaders(
-    root: str | os.PathLike[str],
-    batch_size: int,
-    workers: int,
-    image_size: int = 224,
-    *,
-    resize_size: int | None = None,
-    val_batch_size: int | None = None,
-    distributed: bool | None = None,
-    rank: int | None = None,
-    world_size: int | None = None,
-    seed: int | None = None,
-    pin_memory: bool | None = None,
-    drop_last: bool = True,
-    persistent_workers: bool | None = None,
-    prefetch_factor: int | None = None,
+    root: str | os.PathLike[str], batch_size: int, workers: int, image_size: int = 224, *,
+    resize_size: int | None = None, val_batch_size: int | None = None,
+    distributed: bool | None = None, rank: int | None = None, world_size: int | None = None,
+    seed: int | None = None, pin_memory: bool | None = None, drop_last: bool = True,
+    persistent_workers: bool | None = None, prefetch_factor: int | None = None,
     **dataset_kwargs: Any,
 ) -> ImageFolderLoaders:
     """Train/val :class:`~torch.utils.data.DataLoader` s over an image folder.
@@ -385,23 +375,8 @@ def create_imagefolder_loaders(
     train_sampler: Sampler[int] | None = None
     val_sampler: Sampler[int] | None = None
     if distributed:
-        if rank is None:
-            rank = dist.get_rank()
-        if world_size is None:
-            world_size = dist.get_world_size()
-        train_sampler = DistributedSampler(
-            data.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed or 0
-        )
-        val_sampler = ShardSampler(len(data.val), rank, world_size)
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    common: dict[str, Any] = {
-        "num_workers": workers,
-        "pin_memory": pin_memory,
-        "persistent_workers": workers > 0 if persistent_workers is None else persistent_workers,
-    }
-    if workers > 0 and prefetch_factor is not None:
-        common["prefetch_factor"] = prefetch_factor
+        train_sampler, val_sampler = _shard_samplers(data, rank, world_size, seed)
+    common = _loader_options(workers, pin_memory, persistent_workers, prefetch_factor)
     train = DataLoader(
         data.train,
         batch_size=batch_size,
@@ -420,3 +395,32 @@ def create_imagefolder_loaders(
         **common,
     )
     return ImageFolderLoaders(train, val, data)
+
+
+def _shard_samplers(data: ImageFolderData, rank: int | None, world_size: int | None,
+                    seed: int | None) -> tuple[Sampler[int], Sampler[int]]:
+    """The training and validation samplers of one rank (default: the process group's)."""
+    dist = torch.distributed
+    if rank is None:
+        rank = dist.get_rank()
+    if world_size is None:
+        world_size = dist.get_world_size()
+    train_sampler = DistributedSampler(
+        data.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed or 0
+    )
+    return train_sampler, ShardSampler(len(data.val), rank, world_size)
+
+
+def _loader_options(workers: int, pin_memory: bool | None, persistent_workers: bool | None,
+                    prefetch_factor: int | None) -> dict[str, Any]:
+    """The DataLoader options shared by the training and validation loaders."""
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": workers > 0 if persistent_workers is None else persistent_workers,
+    }
+    if workers > 0 and prefetch_factor is not None:
+        common["prefetch_factor"] = prefetch_factor
+    return common

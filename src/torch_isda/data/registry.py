@@ -19,12 +19,12 @@ moved to the accelerator once (:meth:`ImageDataset.to`) and batched there by
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import fnmatch
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import torch
+
+from ..utils.registry import Registry
 
 __all__ = [
     "ImageDataset",
@@ -34,12 +34,13 @@ __all__ = [
     "is_dataset",
     "list_datasets",
     "register_dataset",
+    "take_long_tail",
     "take_training_subset",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_dataset_entrypoints: dict[str, Callable[..., Any]] = {}
+_DATASETS = Registry("dataset")
 
 #: Valid values of :attr:`ImageDataset.default_augment`.
 AUGMENT_NAMES = ("none", "crop", "crop_flip")
@@ -65,6 +66,9 @@ class ImageDataset:
             (``"none"``, ``"crop"`` or ``"crop_flip"``, optionally with options such as
             ``"crop_flip(padding=2)"``), see :func:`~torch_isda.data.augment.build_augment`.
         classes: Optional human-readable class names, ``num_classes`` long.
+        meta_images, meta_labels: Optional balanced held-out set carved from the training
+            images (``val_per_class``, see :mod:`~torch_isda.data.longtail`), e.g. the meta
+            set of MetaSAug; ``None`` when there is none.
         source: Where the data was read from (folder and files), for the log and
             ``config.json``; ``None`` for built-in or generated data.
     """
@@ -80,6 +84,8 @@ class ImageDataset:
     image_size: tuple[int, int, int]
     default_augment: str = "none"
     classes: tuple[str, ...] | None = None
+    meta_images: torch.Tensor | None = None
+    meta_labels: torch.Tensor | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -155,12 +161,15 @@ class ImageDataset:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=non_blocking)
 
+        meta = {} if self.meta_images is None else {
+            "meta_images": move(self.meta_images), "meta_labels": move(self.meta_labels)}
         return dataclasses.replace(
             self,
             train_images=move(self.train_images),
             train_labels=move(self.train_labels),
             test_images=move(self.test_images),
             test_labels=move(self.test_labels),
+            **meta,
         )
 
     def __repr__(self) -> str:
@@ -224,30 +233,17 @@ def register_dataset(fn: _F | str) -> _F | Callable[[_F], _F]:
 def _register(name: str, fn: _F) -> _F:
     if name != name.lower() or not name:
         raise ValueError(f"dataset names must be non-empty and lower-case, got {name!r}")
-    existing = _dataset_entrypoints.get(name)
-    if existing is not None and (existing.__module__, existing.__qualname__) != (
-        fn.__module__,
-        fn.__qualname__,
-    ):
-        raise ValueError(
-            f"dataset {name!r} is already registered by "
-            f"{existing.__module__}.{existing.__qualname__}"
-        )
-    _dataset_entrypoints[name] = fn
-    return fn
+    return _DATASETS.register(name, fn)
 
 
 def list_datasets(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered datasets, optionally ``fnmatch``-filtered."""
-    names = sorted(_dataset_entrypoints)
-    if pattern is not None:
-        names = fnmatch.filter(names, pattern)
-    return names
+    return _DATASETS.names(pattern)
 
 
 def is_dataset(name: str) -> bool:
     """Whether a dataset called ``name`` is registered."""
-    return name in _dataset_entrypoints
+    return name in _DATASETS
 
 
 def dataset_entrypoint(name: str) -> Callable[..., Any]:
@@ -257,17 +253,7 @@ def dataset_entrypoint(name: str) -> Callable[..., Any]:
         ValueError: if ``name`` is unknown; the message lists the available
             datasets and suggests the closest match.
     """
-    try:
-        return _dataset_entrypoints[name]
-    except KeyError:
-        pass
-    available = list_datasets()
-    message = f"Unknown dataset {name!r}."
-    close = difflib.get_close_matches(str(name).lower(), available, n=1)
-    if close:
-        message += f" Did you mean {close[0]!r}?"
-    message += f" Available datasets: {', '.join(available)}."
-    raise ValueError(message)
+    return _DATASETS.get(name)
 
 
 def create_dataset(name: str, root: str = "data", download: bool = False, **kwargs: Any) -> Any:
@@ -284,7 +270,9 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
             images), ``val_size`` (that many images of the subset become the
             evaluation split instead of the test set, for hyper-parameter
             selection) and ``subset_seed`` (seed of the draw, default 0); see
-            :func:`~torch_isda.data.subset.balanced_split`. The mean/std are
+            :func:`~torch_isda.data.subset.balanced_split`; or the long-tailed
+            options ``imbalance``, ``profile``, ``val_per_class`` and ``n_max``
+            (:func:`~torch_isda.data.longtail.long_tail_split`). The mean/std are
             recomputed on the images kept for training.
 
     Returns:
@@ -296,13 +284,51 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
         ValueError: if ``name`` is not registered.
         FileNotFoundError: if the files are missing and ``download`` is false.
     """
+    from .longtail import LONG_TAIL_OPTIONS
     from .subset import SUBSET_OPTIONS
 
     subset = {key: kwargs.pop(key) for key in SUBSET_OPTIONS if key in kwargs}
+    long_tail = {key: kwargs.pop(key) for key in LONG_TAIL_OPTIONS if key in kwargs}
+    if long_tail and "imbalance" not in long_tail:
+        raise ValueError(f"{', '.join(sorted(long_tail))} need imbalance=rho (a long-tailed "
+                         f"subset)")
+    if long_tail and ({"train_size", "val_size"} & subset.keys()):
+        raise ValueError("imbalance cannot be combined with train_size/val_size (use n_max "
+                         "and val_per_class)")
     data = dataset_entrypoint(name)(root=root, download=download, **kwargs)
-    if subset:
+    if long_tail:
+        data = take_long_tail(data, **long_tail, subset_seed=subset.get("subset_seed", 0))
+    elif subset:
         data = take_training_subset(data, **subset)
     return data
+
+
+def take_long_tail(data: ImageDataset, imbalance: float, profile: str = "exp",
+                   val_per_class: int | None = None, n_max: int | None = None,
+                   subset_seed: int = 0, many_shot: int = 100, few_shot: int = 20
+                   ) -> ImageDataset:
+    """A copy of ``data`` whose training split is long-tailed
+    (:func:`~torch_isda.data.longtail.long_tail_split`), with the balanced held-out set as
+    ``meta_images``/``meta_labels`` when ``val_per_class`` is given; the test split is kept.
+    ``data`` is unchanged. ``many_shot``/``few_shot`` (the report's shot thresholds) are
+    only checked."""
+    from .longtail import long_tail_split, shot_groups
+
+    shot_groups([], many_shot, few_shot)
+
+    if not isinstance(data, ImageDataset):
+        raise ValueError(f"imbalance needs an in-memory dataset, got {type(data).__name__}")
+    split = long_tail_split(data.train_labels, data.num_classes, imbalance, profile,
+                            val_per_class, n_max, subset_seed)
+    train_idx = split.train.to(data.device)
+    images = data.train_images[train_idx]
+    changes: dict[str, Any] = {"train_images": images, "train_labels": data.train_labels[train_idx]}
+    if split.held_out is not None:
+        held = split.held_out.to(data.device)
+        changes["meta_images"] = data.train_images[held]
+        changes["meta_labels"] = data.train_labels[held]
+    changes["mean"], changes["std"] = channel_stats(images)
+    return dataclasses.replace(data, **changes)
 
 
 def take_training_subset(data: ImageDataset, train_size: int | None = None,

@@ -73,13 +73,7 @@ def balanced_split(labels: torch.Tensor, num_classes: int, train_size: Optional[
     if train_size is None:
         quotas = counts.clone()
     else:
-        train_size = _check_count("train_size", train_size)
-        if train_size < num_classes:
-            raise ValueError(f"train_size={train_size} cannot be balanced over {num_classes} "
-                             f"classes; use at least {num_classes}")
-        if train_size > labels.numel():
-            raise ValueError(f"train_size={train_size} exceeds the {labels.numel()} training "
-                             f"images")
+        train_size = _check_train_size(train_size, num_classes, labels.numel())
         quotas = balanced_quotas(train_size, num_classes, generator)
     val_quotas = None
     if val_size is not None:
@@ -89,19 +83,40 @@ def balanced_split(labels: torch.Tensor, num_classes: int, train_size: Optional[
     shuffled = labels[order]
     for c in range(num_classes):
         members = order[shuffled == c]  # this class's images, in the seeded random order
-        quota = int(quotas[c])
-        if members.numel() < quota:
-            raise ValueError(f"class {c} has {members.numel()} training images, fewer than the "
-                             f"{quota} a balanced train_size={train_size} needs")
-        chosen = members[:quota]
-        if val_quotas is not None:
-            v = int(val_quotas[c])
-            if v >= quota:
-                raise ValueError(f"val_size={val_size} leaves class {c} no training image "
-                                 f"({v} of its {quota} subset images would be validation)")
-            val_parts.append(chosen[:v])
-            chosen = chosen[v:]
+        chosen, held_out = _class_picks(c, members, int(quotas[c]), train_size, val_quotas, val_size)
+        if held_out is not None:
+            val_parts.append(held_out)
         train_parts.append(chosen)
     train_idx = torch.cat(train_parts).sort().values
     val_idx = torch.cat(val_parts).sort().values if val_quotas is not None else None
     return train_idx, val_idx
+
+
+def _check_train_size(train_size: object, num_classes: int, available: int) -> int:
+    """``train_size`` checked to be an integer in ``[num_classes, available]``."""
+    train_size = _check_count("train_size", train_size)
+    if train_size < num_classes:
+        raise ValueError(f"train_size={train_size} cannot be balanced over {num_classes} "
+                         f"classes; use at least {num_classes}")
+    if train_size > available:
+        raise ValueError(f"train_size={train_size} exceeds the {available} training "
+                         f"images")
+    return train_size
+
+
+def _class_picks(c: int, members: torch.Tensor, quota: int, train_size: Optional[int],
+                 val_quotas: Optional[torch.Tensor], val_size: Optional[int]
+                 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Class ``c``'s training indices and (with ``val_quotas``) validation indices: the
+    first ``quota`` of its shuffled ``members``, the first ``val_quotas[c]`` held out."""
+    if members.numel() < quota:
+        raise ValueError(f"class {c} has {members.numel()} training images, fewer than the "
+                         f"{quota} a balanced train_size={train_size} needs")
+    chosen = members[:quota]
+    if val_quotas is None:
+        return chosen, None
+    v = int(val_quotas[c])
+    if v >= quota:
+        raise ValueError(f"val_size={val_size} leaves class {c} no training image "
+                         f"({v} of its {quota} subset images would be validation)")
+    return chosen[v:], chosen[:v]

@@ -51,6 +51,69 @@ IGNORE_INDEX = 255
 _PALETTE = torch.tensor([[0.5, 0.5, 0.5], [0.85, 0.25, 0.2], [0.25, 0.8, 0.3], [0.25, 0.35, 0.9]])
 
 
+class _Canvas:
+    """Pixel coordinates of an ``H x W`` image (normalised by its shorter side) and the
+    random draws of :func:`generate_shapes`, all from ``generator``."""
+
+    def __init__(self, H: int, W: int, generator: Optional[torch.Generator]) -> None:
+        self.g = generator
+        self.scale = float(min(H, W))
+        self.yy = ((torch.arange(H, dtype=torch.float32) + 0.5) / self.scale).view(1, H, 1)
+        self.xx = ((torch.arange(W, dtype=torch.float32) + 0.5) / self.scale).view(1, 1, W)
+        self.h_c, self.w_c = H / self.scale, W / self.scale  # extent in normalized units
+
+    def uniform(self, *shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.g) * (hi - lo) + lo
+
+    def grating(self, freq: torch.Tensor, angle: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        f, a, p = (t.view(-1, 1, 1) for t in (freq, angle, phase))
+        return torch.sin(2 * math.pi * f * (self.xx * torch.cos(a) + self.yy * torch.sin(a)) + p)  # n x H x W
+
+    def draw_shapes(self, images: torch.Tensor, masks: torch.Tensor, active: torch.Tensor,
+                    color_prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random shape per image (where ``active``) painted into ``images`` and ``masks``."""
+        u, n = self.uniform, images.shape[0]
+        cls = torch.randint(1, 4, (n,), generator=self.g).view(n, 1, 1)
+        cy = u(n, lo=0.15 * self.h_c, hi=0.85 * self.h_c).view(n, 1, 1)
+        cx = u(n, lo=0.15 * self.w_c, hi=0.85 * self.w_c).view(n, 1, 1)
+        r = u(n, lo=0.12, hi=0.28).view(n, 1, 1)
+        rot = u(n, hi=2 * math.pi).view(n, 1, 1)
+        circle, square, triangle = _shape_regions(self.yy - cy, self.xx - cx, r, rot)
+        inside = active & torch.where(cls == 1, circle, torch.where(cls == 2, square, triangle))
+        shade = (1 - color_prior) * u(n, 3, lo=0.1, hi=0.9) + color_prior * _PALETTE[cls.view(n)]
+        shade = shade.view(n, 3, 1, 1)
+        stripes = self.grating(u(n, lo=3.0, hi=12.0), u(n, hi=math.pi), u(n, hi=2 * math.pi))
+        fill = shade + (u(n, lo=0.05, hi=0.2).view(n, 1, 1) * stripes).unsqueeze(1)
+        images = torch.where(inside.unsqueeze(1), fill, images)
+        masks = torch.where(inside, cls.expand_as(masks), masks)
+        return images, masks
+
+
+def _shape_regions(dy: torch.Tensor, dx: torch.Tensor, r: torch.Tensor, rot: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where a circle, a square and a triangle of size ``r`` and rotation ``rot`` centred at
+    offset ``(dy, dx)`` lie."""
+    circle = dx * dx + dy * dy <= r * r
+    c, s = torch.cos(rot), torch.sin(rot)
+    rx, ry = dx * c + dy * s, -dx * s + dy * c
+    square = torch.maximum(rx.abs(), ry.abs()) <= 0.8 * r
+    triangle = torch.ones_like(circle)
+    for i in range(3):  # equilateral, circumradius 1.5 r (area ~ the square's): 3 half-planes
+        a = rot + math.pi / 3 + 2 * math.pi * i / 3
+        triangle &= dx * torch.cos(a) + dy * torch.sin(a) <= 0.75 * r
+    return circle, square, triangle
+
+
+def _ignore_borders(masks: torch.Tensor, ignore_border: int) -> torch.Tensor:
+    """``masks`` with every pixel within ``ignore_border`` of a class boundary set to
+    :data:`IGNORE_INDEX`."""
+    k = 2 * ignore_border + 1
+    m = masks.unsqueeze(1).to(torch.float32)
+    hi_ = F.max_pool2d(m, k, 1, ignore_border)
+    lo_ = -F.max_pool2d(-m, k, 1, ignore_border)
+    return masks.masked_fill((hi_ != lo_).squeeze(1), IGNORE_INDEX)
+
+
 def generate_shapes(
     n: int,
     size: int | tuple[int, int] = 64,
@@ -68,57 +131,20 @@ def generate_shapes(
     if n < 0 or H < 4 or W < 4 or max_shapes < 1 or ignore_border < 0 or not 0 <= color_prior <= 1:
         raise ValueError(f"invalid arguments n={n}, size={(H, W)}, max_shapes={max_shapes}, "
                          f"ignore_border={ignore_border}, color_prior={color_prior}")
-    g = generator
-
-    def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-        return torch.rand(*shape, generator=g) * (hi - lo) + lo
-
-    scale = float(min(H, W))
-    yy = ((torch.arange(H, dtype=torch.float32) + 0.5) / scale).view(1, H, 1)
-    xx = ((torch.arange(W, dtype=torch.float32) + 0.5) / scale).view(1, 1, W)
-
-    def grating(freq: torch.Tensor, angle: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        f, a, p = (t.view(-1, 1, 1) for t in (freq, angle, phase))
-        return torch.sin(2 * math.pi * f * (xx * torch.cos(a) + yy * torch.sin(a)) + p)  # n x H x W
-
+    canvas = _Canvas(H, W, generator)
+    u, grating = canvas.uniform, canvas.grating
     # background: colour + grating + noise
     color = u(n, 3, lo=0.15, hi=0.85)
     amp = u(n, lo=0.05, hi=0.25)
     tex = grating(u(n, lo=2.0, hi=10.0), u(n, hi=math.pi), u(n, hi=2 * math.pi))
     images = color.view(n, 3, 1, 1) + (amp.view(n, 1, 1) * tex).unsqueeze(1)
     masks = torch.zeros(n, H, W, dtype=torch.int64)
-    count = torch.randint(1, max_shapes + 1, (n,), generator=g)
-    h_c, w_c = H / scale, W / scale  # extent of the image in normalized units
+    count = torch.randint(1, max_shapes + 1, (n,), generator=generator)
     for k in range(max_shapes):
-        active = (count > k).view(n, 1, 1)
-        cls = torch.randint(1, 4, (n,), generator=g).view(n, 1, 1)
-        cy = u(n, lo=0.15 * h_c, hi=0.85 * h_c).view(n, 1, 1)
-        cx = u(n, lo=0.15 * w_c, hi=0.85 * w_c).view(n, 1, 1)
-        r = u(n, lo=0.12, hi=0.28).view(n, 1, 1)
-        rot = u(n, hi=2 * math.pi).view(n, 1, 1)
-        dy, dx = yy - cy, xx - cx
-        circle = dx * dx + dy * dy <= r * r
-        c, s = torch.cos(rot), torch.sin(rot)
-        rx, ry = dx * c + dy * s, -dx * s + dy * c
-        square = torch.maximum(rx.abs(), ry.abs()) <= 0.8 * r
-        triangle = torch.ones_like(circle)
-        for i in range(3):  # equilateral, circumradius 1.5 r (area ~ the square's): 3 half-planes
-            a = rot + math.pi / 3 + 2 * math.pi * i / 3
-            triangle &= dx * torch.cos(a) + dy * torch.sin(a) <= 0.75 * r
-        inside = active & torch.where(cls == 1, circle, torch.where(cls == 2, square, triangle))
-        shade = (1 - color_prior) * u(n, 3, lo=0.1, hi=0.9) + color_prior * _PALETTE[cls.view(n)]
-        shade = shade.view(n, 3, 1, 1)
-        stripes = grating(u(n, lo=3.0, hi=12.0), u(n, hi=math.pi), u(n, hi=2 * math.pi))
-        fill = shade + (u(n, lo=0.05, hi=0.2).view(n, 1, 1) * stripes).unsqueeze(1)
-        images = torch.where(inside.unsqueeze(1), fill, images)
-        masks = torch.where(inside, cls.expand_as(masks), masks)
-    images = images + 0.03 * torch.randn(images.shape, generator=g)
+        images, masks = canvas.draw_shapes(images, masks, (count > k).view(n, 1, 1), color_prior)
+    images = images + 0.03 * torch.randn(images.shape, generator=generator)
     if ignore_border > 0 and n > 0:
-        k = 2 * ignore_border + 1
-        m = masks.unsqueeze(1).to(torch.float32)
-        hi_ = F.max_pool2d(m, k, 1, ignore_border)
-        lo_ = -F.max_pool2d(-m, k, 1, ignore_border)
-        masks = masks.masked_fill((hi_ != lo_).squeeze(1), IGNORE_INDEX)
+        masks = _ignore_borders(masks, ignore_border)
     images = (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
     return images, masks
 

@@ -14,18 +14,18 @@ keyword arguments (always ``in_channels``, also accepted as timm's ``in_chans`` 
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from collections.abc import Callable
 from typing import TypeVar
 
 from torch import nn
 
+from ..utils.registry import Registry
+
 __all__ = ["create_model", "is_model", "list_models", "model_entrypoint", "register_model"]
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])
 
-_model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+_MODELS = Registry("model")
 
 
 def register_model(fn: _F) -> _F:
@@ -38,30 +38,18 @@ def register_model(fn: _F) -> _F:
     name = fn.__name__
     if name != name.lower():
         raise ValueError(f"model names must be lower-case, got {name!r}")
-    existing = _model_entrypoints.get(name)
-    if existing is not None and (existing.__module__, existing.__qualname__) != (
-        fn.__module__,
-        fn.__qualname__,
-    ):
-        raise ValueError(
-            f"model {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
-        )
-    _model_entrypoints[name] = fn
-    return fn
+    return _MODELS.register(name, fn)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Return the sorted names of registered models, optionally filtered by an
     ``fnmatch`` wildcard ``pattern`` (e.g. ``"resnet*"``)."""
-    names = sorted(_model_entrypoints)
-    if pattern is not None:
-        names = fnmatch.filter(names, pattern)
-    return names
+    return _MODELS.names(pattern)
 
 
 def is_model(name: str) -> bool:
     """Return whether a model called ``name`` is registered."""
-    return name in _model_entrypoints
+    return name in _MODELS
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
@@ -71,17 +59,7 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
         ValueError: if ``name`` is unknown; the message lists the available
             models and suggests the closest match.
     """
-    try:
-        return _model_entrypoints[name]
-    except KeyError:
-        pass
-    available = list_models()
-    message = f"Unknown model {name!r}."
-    close = difflib.get_close_matches(name.lower(), available, n=1)
-    if close:
-        message += f" Did you mean {close[0]!r}?"
-    message += f" Available models: {', '.join(available)}."
-    raise ValueError(message)
+    return _MODELS.get(name)
 
 
 def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:

@@ -63,20 +63,45 @@ def labeled_split(
             exceeds a class's sample count, if labels are out of range, or if
             ``val_fraction`` leaves no labeled (or no validation) sample per class.
     """
+    y = _checked_labels(labels, int(num_classes))
+    num_classes = int(num_classes)
+    per_class = _labels_per_class(y, int(num_labels), num_classes)
+    num_val = _validation_per_class(float(val_fraction), per_class)
+    gen = torch.Generator().manual_seed(int(seed))
+    labeled, validation = [], []
+    for c in range(num_classes):
+        members = (y == c).nonzero().flatten()
+        picks = members[torch.randperm(members.numel(), generator=gen)[:per_class]]
+        validation.append(picks[:num_val])
+        labeled.append(picks[num_val:])
+    lab = torch.cat(labeled).sort().values
+    val = torch.cat(validation).sort().values
+    taken = torch.zeros(y.numel(), dtype=torch.bool)
+    taken[lab] = True
+    taken[val] = True
+    unl = (~taken).nonzero().flatten()
+    return SemiSplit(lab, unl, val)
+
+
+def _checked_labels(labels: LabelsLike, num_classes: int) -> torch.Tensor:
+    """``labels`` as a CPU ``int64`` vector, checked to be class indices in ``[0, num_classes)``."""
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if y.dim() != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise ValueError(f"labels must hold integer class indices, got dtype {y.dtype}")
     y = y.to("cpu", torch.int64)
-    num_classes = int(num_classes)
-    num_labels = int(num_labels)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(
             f"labels must lie in [0, {num_classes}); got values in [{int(y.min())}, {int(y.max())}]"
         )
+    return y
+
+
+def _labels_per_class(y: torch.Tensor, num_labels: int, num_classes: int) -> int:
+    """``num_labels / num_classes``, checked to be a whole number every class can give."""
     if num_labels < num_classes or num_labels % num_classes:
         raise ValueError(
             f"num_labels={num_labels} must be a positive multiple of num_classes={num_classes} "
@@ -92,7 +117,11 @@ def labeled_split(
             f"only {int(counts[c])} ({len(short)} class(es) too small); the largest balanced "
             f"budget is {int(counts.min()) * num_classes}"
         )
-    val_fraction = float(val_fraction)
+    return per_class
+
+
+def _validation_per_class(val_fraction: float, per_class: int) -> int:
+    """``round(val_fraction * per_class)``, checked to leave both splits non-empty."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     num_val = int(np.floor(val_fraction * per_class + 0.5))
@@ -102,18 +131,4 @@ def labeled_split(
             f"{num_val} validation and {per_class - num_val} labeled samples per class; "
             "both must be at least 1"
         )
-
-    gen = torch.Generator().manual_seed(int(seed))
-    labeled, validation = [], []
-    for c in range(num_classes):
-        members = (y == c).nonzero().flatten()
-        picks = members[torch.randperm(members.numel(), generator=gen)[:per_class]]
-        validation.append(picks[:num_val])
-        labeled.append(picks[num_val:])
-    lab = torch.cat(labeled).sort().values
-    val = torch.cat(validation).sort().values
-    taken = torch.zeros(y.numel(), dtype=torch.bool)
-    taken[lab] = True
-    taken[val] = True
-    unl = (~taken).nonzero().flatten()
-    return SemiSplit(lab, unl, val)
+    return num_val

@@ -19,6 +19,11 @@ PAPER_NAMES = {
     "dropout": "Dropout",
     "explicit_sda": "Explicit SDA",
     "learned_cov": "Learned Cov",
+    # long-tailed recognition (not in the paper; docs/reproduce/long-tailed.md)
+    "class_balanced": "CB Loss",
+    "balanced_softmax": "Balanced Softmax",
+    "ldam_drw": "LDAM-DRW",
+    "metasaug": "MetaSAug",
 }
 
 #: Modifiers that are a baseline loss of their own: "ce+center" is "Center Loss".

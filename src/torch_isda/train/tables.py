@@ -18,6 +18,9 @@ from typing import Any, Optional
 from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
 from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
+from ..data.longtail import SHOT_GROUPS
+from .long_tailed import (GROUP_COLUMNS, final_class_errors, final_group_errors,
+                          group_csv_cells, group_csv_header, group_rows)
 from .method_names import display_name
 from .metrics import final_error
 from .reporting import (bold_note, clear_best, counts_text, final_window, fmt_pm, mean_std, plural,
@@ -25,8 +28,9 @@ from .reporting import (bold_note, clear_best, counts_text, final_window, fmt_pm
 from .rundir import RESULT_NAME
 
 __all__ = ["WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params", "markdown_table",
-           "plot_band", "plot_curves", "pyplot", "render_table", "save_figure", "stats_cells",
-           "summarize_method", "write_classification_comparison", "write_table_files", "zoom_top"]
+           "plot_band", "plot_curves", "plot_group_curves", "pyplot", "render_table",
+           "save_figure", "stats_cells", "summarize_method", "write_classification_comparison",
+           "write_table_files", "zoom_top"]
 
 #: Up to this many methods the summary is one row with a column per method (Table 2
 #: style); with more, one row per method named by its spec (Table 5 style).
@@ -43,6 +47,9 @@ class MethodSummary:
     curves: list[list[float]] = field(default_factory=list)  # test error per epoch, per seed
     window: int = 1  # the last epochs averaged into each final error
     failed: list[int] = field(default_factory=list)  # seeds whose run diverged
+    group_errors: list[dict] = field(default_factory=list)  # long-tailed: shot groups, per seed
+    class_errors: list[list] = field(default_factory=list)  # long-tailed: per class, per seed
+    group_curves: list[dict] = field(default_factory=list)  # long-tailed: per group, per seed
 
     @property
     def display(self) -> str:
@@ -68,6 +75,7 @@ def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
     :func:`~torch_isda.train.reporting.final_window` epochs; runs without ``result.json``
     diverged (``failed``)."""
     finals, bests, curves, params, seeds, failed = [], [], [], None, [], []
+    groups, classes, group_curves = [], [], []
     windows = set()
     for seed, run_dir in run_dirs:
         if not (run_dir / RESULT_NAME).is_file():
@@ -82,8 +90,14 @@ def summarize_method(loss: str, run_dirs: Sequence[tuple[int, Path]],
         curves.append([math.nan if r["test_error"] is None else float(r["test_error"]) for r in rows])
         params = result.get("num_parameters", params)
         seeds.append(seed)
+        if rows and GROUP_COLUMNS[0] in rows[-1]:  # a long-tailed run
+            groups.append(final_group_errors(rows, window))
+            classes.append(final_class_errors(rows, window))
+            group_curves.append({g: [math.nan if r.get(c) is None else float(r[c]) for r in rows]
+                                 for g, c in zip(SHOT_GROUPS, GROUP_COLUMNS)})
     return MethodSummary(loss, seeds, finals, bests, params, curves,
-                         window=max(windows, default=1), failed=failed)
+                         window=max(windows, default=1), failed=failed, group_errors=groups,
+                         class_errors=classes, group_curves=group_curves)
 
 
 def format_params(n: Optional[int]) -> str:
@@ -133,6 +147,13 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
         ["Method", "Spec", "Final error (%)", "Best error (%)", "Seeds", "Final error per seed (%)"],
         [[m.display, f"`{m.loss}`", fmt_pm(*m.final), fmt_pm(*m.best), len(m.seeds), text]
          for m, text in zip(methods, per_seed)])]
+    if all(m.group_errors for m in methods if m.seeds):
+        rows, seeds = group_rows([m for m in methods if m.seeds])
+        lines += ["", "Test error by shot group (many > many_shot, few < few_shot training "
+                  "images per class; '-': no class in the group):", "",
+                  *markdown_table(["Method", "All (%)", "Many (%)", "Medium (%)", "Few (%)"], rows),
+                  "", *markdown_table(["Method", "Many per seed (%)", "Medium per seed (%)",
+                                       "Few per seed (%)"], seeds)]
     return "\n".join(lines) + "\n"
 
 
@@ -239,6 +260,25 @@ def plot_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfi
     return legend.get_title().get_text(), [t.get_text() for t in legend.get_texts()]
 
 
+def plot_group_curves(path: Path, methods: Sequence[MethodSummary], config: TrainConfig) -> None:
+    """Long-tailed runs: test error vs. epoch of each shot group (one panel per group with a
+    class in it), mean over seeds with a ±std band."""
+    shown = [g for g in SHOT_GROUPS if any(e[g] is not None for m in methods
+                                           for e in m.group_errors)]
+    fig, axes = pyplot().subplots(1, len(shown), figsize=(4.2 * len(shown), 3.8), dpi=120,
+                                  squeeze=False)
+    for ax, g in zip(axes[0], shown):
+        for m in methods:
+            if m.group_curves:
+                plot_band(ax, [c[g] for c in m.group_curves], m.display)
+        ax.set(xlabel="epoch", ylabel="test error (%)", title=f"{g}-shot classes")
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize="small")
+    fig.suptitle(f"{config.model} on {config.dataset} (long-tailed), by shot group")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def write_classification_comparison(out: Path, variants: Sequence[Any],
                                     runs: dict[str, list[tuple[int, Path]]], config: TrainConfig
                                     ) -> tuple[list[MethodSummary], str, Path]:
@@ -252,8 +292,13 @@ def write_classification_comparison(out: Path, variants: Sequence[Any],
              len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best), m.num_parameters,
              ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
              ";".join(str(s) for s in m.failed)] for m in methods]
+    if any(m.group_errors for m in methods):  # long-tailed: shot groups and per-class errors
+        header += group_csv_header()
+        rows = [row + group_csv_cells(m) for row, m in zip(rows, methods)]
     table = render_table(methods, config)
     write_table_files(out, table, header, rows)
     curves = out / "curves.png"
     plot_curves(curves, methods, config)
+    if any(m.group_curves for m in methods):
+        plot_group_curves(out / "curves_groups.png", methods, config)
     return methods, table, curves

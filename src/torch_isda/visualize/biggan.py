@@ -236,21 +236,10 @@ def imagefolder_nearest_neighbours(images: Tensor, split: Any, k: int = 5, chunk
 
 
 def run_biggan_visualization(
-    out_dir: Union[str, os.PathLike],
-    classifier: nn.Module,
-    estimator: Any,
-    generator: BigGANGenerator,
-    data: Any,
-    lam: float,
-    *,
-    class_map: Optional[Sequence[int]] = None,
-    num_samples: int = 10,
-    num_augmented: int = 4,
-    split: str = "val",
-    num_neighbours: int = 5,
-    seed: int = 0,
-    progress: bool = True,
-    **kwargs: Any,
+    out_dir: Union[str, os.PathLike], classifier: nn.Module, estimator: Any,
+    generator: BigGANGenerator, data: Any, lam: float, *, class_map: Optional[Sequence[int]] = None,
+    num_samples: int = 10, num_augmented: int = 4, split: str = "val", num_neighbours: int = 5,
+    seed: int = 0, progress: bool = True, **kwargs: Any,
 ) -> tuple[Any, dict]:
     """Figs. 7/14 on an image-folder dataset: pick ``num_samples`` images of ``split`` (one
     class after the other), invert BigGAN for each with its class (Step I), augment the
@@ -268,14 +257,7 @@ def run_biggan_visualization(
     if parts is None or not hasattr(parts, "load"):
         raise ValueError(f"split {split!r} is not an image-folder split of {type(data).__name__}")
     num_classes = int(data.num_classes)
-    if class_map is None:
-        if num_classes != generator.num_classes:
-            raise ValueError(f"the dataset has {num_classes} classes, BigGAN {generator.num_classes}: "
-                             f"give class_map (--biggan-classes), BigGAN's class of each dataset class")
-        class_map = list(range(num_classes))
-    class_map = [int(c) for c in class_map]
-    if len(class_map) != num_classes:
-        raise ValueError(f"class_map has {len(class_map)} entries for {num_classes} dataset classes")
+    class_map = _checked_class_map(class_map, num_classes, generator.num_classes)
     labels_all = torch.as_tensor(parts.targets, dtype=torch.long)
     idx = select_images(labels_all, num_samples, num_classes, seed)
     size = int(generator.image_shape[-1])
@@ -286,17 +268,37 @@ def run_biggan_visualization(
     result = visualize(classifier, estimator, bound, images, labels, lam, num_augmented,
                        mean=data.mean, std=data.std, seed=seed, progress=progress, **kwargs)
     if num_neighbours > 0:
-        N, K = result.augmented.shape[:2]
-        nn_idx, nn_dist = imagefolder_nearest_neighbours(result.augmented.flatten(0, 1), data.train,
-                                                         num_neighbours, progress=progress)
-        k = nn_idx.shape[1]
-        result.neighbour_indices = nn_idx.view(N, K, k)
-        result.neighbour_distances = nn_dist.view(N, K, k)
-        result.neighbour_images = imagefolder_images(data.train, nn_idx.flatten().tolist(), size).view(
-            N, K, k, *result.augmented.shape[2:])
+        _add_imagefolder_neighbours(result, data.train, num_neighbours, size, progress)
     result.settings.update(dataset=str(getattr(data, "name", "")), split=split, indices=idx.tolist(),
                            generator="biggan", truncation=generator.truncation,
                            biggan_classes=[class_map[int(c)] for c in labels])
     title = f"ISDA augmentations with BigGAN (lambda = {lam:g}, truncation = {generator.truncation:g})"
     paths = save_visualization(result, out_dir, class_names=getattr(data, "classes", None), title=title)
     return result, paths
+
+
+def _checked_class_map(class_map: Optional[Sequence[int]], num_classes: int, biggan_classes: int
+                       ) -> list[int]:
+    """BigGAN's class of every dataset class (default: the identity, if the counts agree)."""
+    if class_map is None:
+        if num_classes != biggan_classes:
+            raise ValueError(f"the dataset has {num_classes} classes, BigGAN {biggan_classes}: "
+                             f"give class_map (--biggan-classes), BigGAN's class of each dataset class")
+        class_map = list(range(num_classes))
+    class_map = [int(c) for c in class_map]
+    if len(class_map) != num_classes:
+        raise ValueError(f"class_map has {len(class_map)} entries for {num_classes} dataset classes")
+    return class_map
+
+
+def _add_imagefolder_neighbours(result: Any, train: Any, num_neighbours: int, size: int,
+                                progress: bool) -> None:
+    """The ``num_neighbours`` nearest training images (pixel space) of every augmented image."""
+    N, K = result.augmented.shape[:2]
+    nn_idx, nn_dist = imagefolder_nearest_neighbours(result.augmented.flatten(0, 1), train,
+                                                     num_neighbours, progress=progress)
+    k = nn_idx.shape[1]
+    result.neighbour_indices = nn_idx.view(N, K, k)
+    result.neighbour_distances = nn_dist.view(N, K, k)
+    result.neighbour_images = imagefolder_images(train, nn_idx.flatten().tolist(), size).view(
+        N, K, k, *result.augmented.shape[2:])

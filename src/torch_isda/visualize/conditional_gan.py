@@ -50,10 +50,7 @@ directory resumes.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -62,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adversarial_loop import AdversarialLoop, log_progress
 from .gan import (
-    LOG_NAME,
     SAMPLES_NAME,
     GANConfig,
     adversarial_setup,
@@ -81,6 +78,7 @@ __all__ = [
     "CONDITIONAL_KINDS",
     "ConditionalDiscriminator",
     "ConditionalGANConfig",
+    "ConditionalGANLoop",
     "ConditionalGenerator",
     "PerClassGenerator",
     "build_conditional_gan",
@@ -331,10 +329,6 @@ def generator_loss(kind: str, D: nn.Module, fake: Tensor, fake_labels: Tensor,
 # --------------------------------------------------------------------------- training
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _dataset_parts(dataset: Any) -> tuple[Tensor, Tensor, str, tuple, tuple]:
     if isinstance(dataset, str):
         from ..data import create_dataset
@@ -361,24 +355,92 @@ def _write_samples(out: Path, G: nn.Module, num_classes: int, seed: int) -> None
     save_image_grid(out / SAMPLES_NAME, images, nrow=per_row)
 
 
+class ConditionalGANLoop(AdversarialLoop):
+    """The iterations of a cgan / acgan / infogan (one discriminator step, then one
+    generator step) on the shared :class:`~torch_isda.visualize.adversarial_loop.AdversarialLoop`."""
+
+    def __init__(self, nets: tuple, rng: torch.Generator, config: ConditionalGANConfig,
+                 data: tuple[Tensor, Tensor], meta: dict, **loop: Any) -> None:
+        super().__init__(**loop)
+        self.G, self.D, self.opt_g, self.opt_d = nets
+        self.rng, self.config = rng, config
+        self.real_all, self.labels_all = data
+        self.meta = meta  # seed, dataset name, mean and std, saved in the checkpoint
+
+    def _draw(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+        """A real batch with its labels, noise, fake labels and (infogan) codes."""
+        config, rng, device = self.config, self.rng, self.real_all.device
+        idx = torch.randint(0, self.real_all.shape[0], (config.batch_size,), generator=rng, device=device)
+        z = torch.randn(config.batch_size, config.z_dim, generator=rng, device=device)
+        fake_labels = torch.randint(0, config.num_classes, (config.batch_size,), generator=rng,
+                                    device=device)
+        codes = None
+        if config.codes:
+            codes = torch.rand(config.batch_size, config.codes, generator=rng, device=device).mul(2).sub(1)
+        return self.real_all[idx], self.labels_all[idx], z, fake_labels, codes
+
+    def train_step(self, iteration: int) -> dict[str, Tensor]:
+        kind, info_weight = self.config.kind, self.config.info_weight
+        real, real_labels, z, fake_labels, codes = self._draw()
+        fake = self.G(z, fake_labels, codes)
+        loss_d = discriminator_loss(kind, self.D, real, real_labels, fake, fake_labels, codes, info_weight)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # generator step against the updated discriminator (D frozen)
+        self.D.requires_grad_(False)
+        try:
+            loss_g = generator_loss(kind, self.D, fake, fake_labels, codes, info_weight)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+        finally:
+            self.D.requires_grad_(True)
+        return {"loss_d": loss_d, "loss_g": loss_g}
+
+    def checkpoint_state(self, iteration: int) -> dict[str, Any]:
+        m = self.meta
+        return _checkpoint(self.config, iteration, m["seed"], m["name"], m["mean"], m["std"],
+                           self.G.state_dict(), self.history, discriminator=self.D.state_dict(),
+                           opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
+                           rng_state=self.rng.get_state())
+
+    def progress_line(self, done: int, record: dict[str, Any]) -> str:
+        return (f"[gan] {self.config.kind} it {done}/{self.iterations}  loss_d {record['loss_d']:.4f}  "
+                f"loss_g {record['loss_g']:.4f}")
+
+
+def _checked_dataset(dataset: Any) -> tuple[Tensor, Tensor, str, tuple, tuple, int]:
+    """:func:`_dataset_parts` checked for shapes, with the number of classes."""
+    images, labels, name, mean, std = _dataset_parts(dataset)
+    if images.dim() != 4 or labels.shape != images.shape[:1]:
+        raise ValueError(f"expected (N, C, H, W) images and N labels; got {tuple(images.shape)} "
+                         f"and {tuple(labels.shape)}")
+    num_classes = int(getattr(dataset, "num_classes", int(labels.max()) + 1))
+    return images, labels, name, mean, std, num_classes
+
+
+def _resume_state(ckpt: Path, kind: str, image_shape: tuple, num_classes: int,
+                  device: torch.device) -> dict:
+    """The checkpoint in ``ckpt``, checked to hold a ``kind`` GAN of these images."""
+    state = load_conditional_checkpoint(ckpt, map_location=device)
+    if state["config"]["kind"] != kind:
+        raise ValueError(f"'{ckpt}' holds a {state['config']['kind']} GAN, not {kind}; use "
+                         f"another out_dir or resume=False")
+    config = ConditionalGANConfig(**state["config"])
+    if tuple(config.image_shape) != tuple(image_shape) or config.num_classes != num_classes:
+        raise ValueError(f"'{ckpt}' was trained on {config.num_classes} classes of "
+                         f"{config.image_shape} images; the dataset has {num_classes} of "
+                         f"{tuple(image_shape)}")
+    return state
+
+
 def train_conditional_gan(
-    dataset: Any,
-    out_dir: PathLike,
-    kind: str,
-    iterations: Optional[int] = None,
-    *,
-    batch_size: int = 64,
-    z_dim: int = 100,
-    seed: int = 0,
-    device: Union[str, torch.device] = "cpu",
-    progress: bool = True,
-    arch: Optional[str] = None,
-    dim: Optional[int] = None,
-    lr: Optional[float] = None,
-    info_weight: float = 0.1,
-    log_every: int = 100,
-    checkpoint_every: int = 500,
-    resume: bool = True,
+    dataset: Any, out_dir: PathLike, kind: str, iterations: Optional[int] = None, *,
+    batch_size: int = 64, z_dim: int = 100, seed: int = 0,
+    device: Union[str, torch.device] = "cpu", progress: bool = True, arch: Optional[str] = None,
+    dim: Optional[int] = None, lr: Optional[float] = None, info_weight: float = 0.1,
+    log_every: int = 100, checkpoint_every: int = 500, resume: bool = True,
     wgan_options: Optional[dict] = None,
 ) -> nn.Module:
     """Train a class-conditional generator of ``kind`` on a dataset; return it (eval mode).
@@ -398,23 +460,12 @@ def train_conditional_gan(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    images, labels, name, mean, std = _dataset_parts(dataset)
-    if images.dim() != 4 or labels.shape != images.shape[:1]:
-        raise ValueError(f"expected (N, C, H, W) images and N labels; got {tuple(images.shape)} "
-                         f"and {tuple(labels.shape)}")
-    num_classes = int(getattr(dataset, "num_classes", int(labels.max()) + 1))
+    images, labels, name, mean, std, num_classes = _checked_dataset(dataset)
     ckpt = out / "gan.pt"
     state = None
     if resume and ckpt.exists():
-        state = load_conditional_checkpoint(ckpt, map_location=device)
-        if state["config"]["kind"] != kind:
-            raise ValueError(f"'{ckpt}' holds a {state['config']['kind']} GAN, not {kind}; use "
-                             f"another out_dir or resume=False")
+        state = _resume_state(ckpt, kind, tuple(images.shape[1:]), num_classes, device)
         config = ConditionalGANConfig(**state["config"])
-        if tuple(config.image_shape) != tuple(images.shape[1:]) or config.num_classes != num_classes:
-            raise ValueError(f"'{ckpt}' was trained on {config.num_classes} classes of "
-                             f"{config.image_shape} images; the dataset has {num_classes} of "
-                             f"{tuple(images.shape[1:])}")
     else:
         config = ConditionalGANConfig(kind=kind, num_classes=num_classes,
                                       image_shape=tuple(images.shape[1:]), z_dim=z_dim, arch=arch,
@@ -424,70 +475,32 @@ def train_conditional_gan(
                                 device, progress, resume, dict(wgan_options or {}))
     if iterations is None:
         iterations = MLP_ITERATIONS if config.arch == "mlp" else DCGAN_ITERATIONS
+    loop = _conditional_loop(state, config, (images, labels), {"name": name, "mean": mean, "std": std},
+                             seed, device, out=out, checkpoint_path=ckpt, iterations=iterations,
+                             progress=progress, log_every=log_every,
+                             checkpoint_every=checkpoint_every)
+    loop.run()
+    _write_samples(out, loop.G, num_classes, loop.meta["seed"])
+    return loop.G.eval()
 
-    real_all = to_generator_space(images).to(device)
-    labels_all = labels.to(device)
+
+def _conditional_loop(state: Optional[dict], config: ConditionalGANConfig, data: tuple[Tensor, Tensor],
+                      meta: dict, seed: int, device: torch.device, **loop: Any) -> ConditionalGANLoop:
+    """The networks of ``config``, fresh from ``seed`` or restored from ``state``, in their loop."""
+    images, labels = data
     G, D, opt_g, opt_d, rng = adversarial_setup(build_conditional_gan, config, seed, device)
     start, history = 0, []
     if state is not None:
         start, history, seed = restore_adversarial(state, "discriminator", G, D, opt_g, opt_d,
                                                    rng, seed)
-
-    def save(iteration: int) -> None:
-        atomic_torch_save(_checkpoint(config, iteration, seed, name, mean, std, G.state_dict(),
-                                      history, discriminator=D.state_dict(),
-                                      opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(),
-                                      rng_state=rng.get_state()), ckpt)
-
-    if progress and start < iterations:
-        _log(f"[gan] {kind} {config.arch} on {name} {tuple(config.image_shape)} ({len(labels)} images, "
-             f"{num_classes} classes), iterations {start}->{iterations}, device {device}")
-    n_images = real_all.shape[0]
-    t0 = time.perf_counter()
-    log_f = open(out / LOG_NAME, "a" if state is not None else "w") if start < iterations else None
-    try:
-        for it in range(start, iterations):
-            idx = torch.randint(0, n_images, (config.batch_size,), generator=rng, device=device)
-            real, real_labels = real_all[idx], labels_all[idx]
-            z = torch.randn(config.batch_size, config.z_dim, generator=rng, device=device)
-            fake_labels = torch.randint(0, num_classes, (config.batch_size,), generator=rng, device=device)
-            codes = None
-            if config.codes:
-                codes = torch.rand(config.batch_size, config.codes, generator=rng, device=device).mul(2).sub(1)
-            fake = G(z, fake_labels, codes)
-            loss_d = discriminator_loss(kind, D, real, real_labels, fake, fake_labels, codes,
-                                        config.info_weight)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            # generator step against the updated discriminator (D frozen)
-            D.requires_grad_(False)
-            try:
-                loss_g = generator_loss(kind, D, fake, fake_labels, codes, config.info_weight)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-            finally:
-                D.requires_grad_(True)
-            done = it + 1
-            if done % log_every == 0 or done == iterations:
-                rec = {"iteration": done, "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                       "elapsed_s": round(time.perf_counter() - t0, 3)}
-                history.append(rec)
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-                if progress:
-                    _log(f"[gan] {kind} it {done}/{iterations}  loss_d {rec['loss_d']:.4f}  "
-                         f"loss_g {rec['loss_g']:.4f}")
-            if checkpoint_every and done % checkpoint_every == 0 and done != iterations:
-                save(done)
-    finally:
-        if log_f is not None:
-            log_f.close()
-    if start < iterations or not ckpt.exists():
-        save(max(start, iterations))
-    _write_samples(out, G, num_classes, seed)
-    return G.eval()
+    run = ConditionalGANLoop((G, D, opt_g, opt_d), rng, config,
+                             (to_generator_space(images).to(device), labels.to(device)),
+                             {**meta, "seed": seed}, start=start, history=history, **loop)
+    if run.progress and run.pending:
+        log_progress(f"[gan] {config.kind} {config.arch} on {meta['name']} {tuple(config.image_shape)} "
+                     f"({len(labels)} images, {config.num_classes} classes), iterations "
+                     f"{start}->{run.iterations}, device {device}")
+    return run
 
 
 def _train_per_class(images: Tensor, labels: Tensor, name: str, mean: tuple, std: tuple, out: Path,
@@ -503,7 +516,7 @@ def _train_per_class(images: Tensor, labels: Tensor, name: str, mean: tuple, std
         if subset.shape[0] == 0:
             raise ValueError(f"class {c} has no training images; wgan-per-class needs every class")
         if progress:
-            _log(f"[gan] wgan-per-class: class {c + 1}/{config.num_classes} ({subset.shape[0]} images)")
+            log_progress(f"[gan] wgan-per-class: class {c + 1}/{config.num_classes} ({subset.shape[0]} images)")
         g = train_gan(subset, out / f"class_{c:02d}", iterations=iterations, batch_size=config.batch_size,
                       z_dim=config.z_dim, seed=seed + c, device=device, progress=progress,
                       arch=base.arch, dim=base.dim, resume=resume, sample_every=0, **options)

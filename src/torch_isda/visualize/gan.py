@@ -41,10 +41,8 @@ Files written by :func:`train_gan` into ``out_dir``:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +51,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..utils.text import format_eta
+from .adversarial_loop import LOG_NAME, AdversarialLoop, log_progress
 from .grid import atomic_write_with
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "LOG_NAME",
     "DIGITS_ITERATIONS",
     "GANConfig",
+    "WGANGPLoop",
     "MLPGenerator",
     "MLPCritic",
     "DCGANGenerator",
@@ -80,7 +81,6 @@ __all__ = [
 
 CHECKPOINT_NAME = "gan.pt"
 SAMPLES_NAME = "samples.png"
-LOG_NAME = "gan_log.jsonl"
 CHECKPOINT_FORMAT = "torch_isda.gan"
 CHECKPOINT_VERSION = 1
 
@@ -364,30 +364,121 @@ def sample_images(generator: nn.Module, z: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- training
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+class WGANGPLoop(AdversarialLoop):
+    """The WGAN-GP iterations of :func:`train_gan` (Gulrajani et al., Algorithm 1) on the
+    shared :class:`~torch_isda.visualize.adversarial_loop.AdversarialLoop`."""
+
+    def __init__(self, nets: tuple, rng: torch.Generator, config: GANConfig, real_all: Tensor,
+                 fixed_z: Tensor, meta: dict, **loop: Any) -> None:
+        super().__init__(**loop)
+        self.G, self.D, self.opt_g, self.opt_d = nets
+        self.rng, self.config, self.real_all, self.fixed_z = rng, config, real_all, fixed_z
+        self.meta = meta  # seed and dataset name, saved in the checkpoint
+
+    def _decay_learning_rates(self, it: int) -> None:
+        """Linear decay to 0 (Gulrajani et al.'s gan_cifar_resnet)."""
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = self.config.lr * (1.0 - it / self.iterations)
+
+    def _critic_step(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One critic update (Algorithm 1, lines 2-9); ``(d_real, d_fake, gp, loss_d)``."""
+        config, rng, device = self.config, self.rng, self.real_all.device
+        idx = torch.randint(0, self.real_all.shape[0], (config.batch_size,), generator=rng, device=device)
+        real = self.real_all[idx]
+        z = torch.randn(config.batch_size, config.z_dim, generator=rng, device=device)
+        with torch.no_grad():
+            fake = self.G(z)
+        d_real, d_fake = self.D(real).mean(), self.D(fake).mean()
+        gp = gradient_penalty(self.D, real, fake, rng)
+        loss_d = d_fake - d_real + config.gp_weight * gp
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        return d_real, d_fake, gp, loss_d
+
+    def _generator_step(self) -> Tensor:
+        """One generator update against the frozen critic (lines 10-11); its loss."""
+        config = self.config
+        self.D.requires_grad_(False)
+        z = torch.randn(config.batch_size, config.z_dim, generator=self.rng, device=self.real_all.device)
+        loss_g = -self.D(self.G(z)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        return loss_g
+
+    def train_step(self, iteration: int) -> dict[str, Tensor]:
+        if self.config.lr_decay:
+            self._decay_learning_rates(iteration)
+        for _ in range(self.config.n_critic):
+            d_real, d_fake, gp, loss_d = self._critic_step()
+        loss_g = self._generator_step()
+        return {"wasserstein": d_real - d_fake, "gp": gp, "loss_d": loss_d, "loss_g": loss_g}
+
+    def checkpoint_state(self, iteration: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": asdict(self.config),
+            "iteration": iteration,
+            "seed": self.meta["seed"],
+            "dataset": self.meta["name"],
+            "generator": self.G.state_dict(),
+            "critic": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng_state": self.rng.get_state(),
+            "fixed_z": self.fixed_z.cpu(),
+            "history": self.history,
+        }
+
+    def write_samples(self, iteration: int) -> None:
+        from .grid import save_sample_grid
+
+        title = (f"WGAN-GP ({self.config.arch}) samples of {self.meta['name']}, fixed noise\n"
+                 f"iteration {iteration:,} of {self.iterations:,}")
+        save_sample_grid(self.out / SAMPLES_NAME, sample_images(self.G, self.fixed_z).cpu(), nrow=8,
+                         title=title)
+
+    def progress_line(self, done: int, record: dict[str, Any]) -> str:
+        speed, rate = self.speed(done)
+        eta = f"  ETA {format_eta((self.iterations - done) / rate)}" if done < self.iterations else ""
+        return (f"[gan] it {done}/{self.iterations}  W {record['wasserstein']:.4f}  gp {record['gp']:.4f}  "
+                f"loss_g {record['loss_g']:.4f}  {speed:.1f} it/s{eta}")
+
+
+def _training_images(dataset: Any, device: torch.device) -> tuple[Tensor, str]:
+    """The dataset's training images in generator space on ``device``, and its name."""
+    images, name = _dataset_images(dataset)
+    if images.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) training images; got shape {tuple(images.shape)}")
+    return to_generator_space(images).to(device), name
+
+
+def _resume_state(ckpt_path: Path, resume: bool, image_shape: tuple, device: torch.device
+                  ) -> Optional[dict]:
+    """The checkpoint to continue from (``None``: start afresh), checked to fit the images."""
+    if not (resume and ckpt_path.exists()):
+        return None
+    state = load_gan_checkpoint(ckpt_path, map_location=device)
+    config = GANConfig(**state["config"])
+    if tuple(config.image_shape) != tuple(image_shape):
+        raise ValueError(
+            f"{ckpt_path} was trained on images of shape {config.image_shape}, but the dataset's "
+            f"are {tuple(image_shape)}; use another out_dir or resume=False"
+        )
+    return state
 
 
 def train_gan(
-    dataset: Any,
-    out_dir: PathLike,
-    iterations: Optional[int] = None,
-    batch_size: int = 64,
-    z_dim: int = 128,
-    seed: int = 0,
-    device: Union[str, torch.device] = "cpu",
-    progress: bool = True,
-    sample_every: int = 500,
-    *,
-    arch: Optional[str] = None,
-    dim: Optional[int] = None,
-    lr: Optional[float] = None,
-    betas: Optional[tuple[float, float]] = None,
-    n_critic: int = 5,
-    gp_weight: float = 10.0,
-    lr_decay: bool = False,
-    checkpoint_every: Optional[int] = None,
-    log_every: int = 100,
+    dataset: Any, out_dir: PathLike, iterations: Optional[int] = None, batch_size: int = 64,
+    z_dim: int = 128, seed: int = 0, device: Union[str, torch.device] = "cpu",
+    progress: bool = True, sample_every: int = 500, *, arch: Optional[str] = None,
+    dim: Optional[int] = None, lr: Optional[float] = None,
+    betas: Optional[tuple[float, float]] = None, n_critic: int = 5, gp_weight: float = 10.0,
+    lr_decay: bool = False, checkpoint_every: Optional[int] = None, log_every: int = 100,
     resume: bool = True,
 ) -> nn.Module:
     """Train a class-agnostic WGAN-GP on a dataset's training images; return the generator.
@@ -420,148 +511,50 @@ def train_gan(
     Returns:
         The trained generator (eval mode, on ``device``).
     """
-    from ..utils.text import format_eta
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    images, name = _dataset_images(dataset)
-    if images.dim() != 4:
-        raise ValueError(f"expected (N, C, H, W) training images; got shape {tuple(images.shape)}")
-    real_all = to_generator_space(images).to(device)
-    n_images = real_all.shape[0]
-
+    real_all, name = _training_images(dataset, device)
     ckpt_path = out / CHECKPOINT_NAME
-    state = load_gan_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.exists() else None
-    if state is not None:
-        config = GANConfig(**state["config"])
-        if tuple(config.image_shape) != tuple(real_all.shape[1:]):
-            raise ValueError(
-                f"{ckpt_path} was trained on images of shape {config.image_shape}, but the dataset's "
-                f"are {tuple(real_all.shape[1:])}; use another out_dir or resume=False"
-            )
-    else:
-        config = GANConfig(
-            image_shape=tuple(real_all.shape[1:]), z_dim=z_dim, arch=arch, dim=dim, lr=lr, betas=betas,
-            n_critic=n_critic, gp_weight=gp_weight, batch_size=batch_size, lr_decay=lr_decay,
-        )
+    state = _resume_state(ckpt_path, resume, tuple(real_all.shape[1:]), device)
+    config = GANConfig(**state["config"]) if state is not None else GANConfig(
+        image_shape=tuple(real_all.shape[1:]), z_dim=z_dim, arch=arch, dim=dim, lr=lr, betas=betas,
+        n_critic=n_critic, gp_weight=gp_weight, batch_size=batch_size, lr_decay=lr_decay)
     if iterations is None:
         iterations = DIGITS_ITERATIONS if config.arch == "mlp" else DCGAN_ITERATIONS
-    checkpoint_every = sample_every if checkpoint_every is None else checkpoint_every
+    loop = _wgan_gp_loop(state, config, real_all, name, seed, device, out=out, checkpoint_path=ckpt_path,
+                         iterations=iterations, progress=progress,
+                         log_every=log_every, sample_every=sample_every,
+                         checkpoint_every=sample_every if checkpoint_every is None else checkpoint_every)
+    if loop.run():
+        loop.write_samples(loop.final_iteration)
+    if progress and loop.pending:
+        log_progress(f"[gan] done: {iterations - loop.start} iterations in "
+                     f"{time.perf_counter() - loop.t0:.1f} s; wrote {out}")
+    return loop.G.eval()
 
+
+def _wgan_gp_loop(state: Optional[dict], config: GANConfig, real_all: Tensor, name: str, seed: int,
+                  device: torch.device, **loop: Any) -> WGANGPLoop:
+    """The networks of ``config``, fresh from ``seed`` or restored from ``state``, in their loop."""
     G, D, opt_g, opt_d, rng = adversarial_setup(build_gan, config, seed, device)
     fixed_z = torch.randn(64, config.z_dim, generator=rng, device=device)
     start, history = 0, []
     if state is not None:
         start, history, seed = restore_adversarial(state, "critic", G, D, opt_g, opt_d, rng, seed)
         fixed_z = state["fixed_z"].to(device)
-        if progress and start < iterations:  # a finished run is reported by the caller
-            _log(f"[gan] resuming {ckpt_path} at iteration {start}")
-
-    def save(iteration: int) -> None:
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "config": asdict(config),
-                "iteration": iteration,
-                "seed": seed,
-                "dataset": name,
-                "generator": G.state_dict(),
-                "critic": D.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "rng_state": rng.get_state(),
-                "fixed_z": fixed_z.cpu(),
-                "history": history,
-            },
-            ckpt_path,
-        )
-
-    def write_samples(iteration: int) -> None:
-        from .grid import save_sample_grid
-
-        title = (f"WGAN-GP ({config.arch}) samples of {name}, fixed noise\n"
-                 f"iteration {iteration:,} of {iterations:,}")
-        save_sample_grid(out / SAMPLES_NAME, sample_images(G, fixed_z).cpu(), nrow=8, title=title)
-
-    if progress and start < iterations:
+        if loop["progress"] and start < loop["iterations"]:  # a finished run is reported by the caller
+            log_progress(f"[gan] resuming {loop['checkpoint_path']} at iteration {start}")
+    run = WGANGPLoop((G, D, opt_g, opt_d), rng, config, real_all, fixed_z, {"seed": seed, "name": name},
+                     start=start, history=history, **loop)
+    if run.progress and run.pending:
         n_g = sum(p.numel() for p in G.parameters())
         n_d = sum(p.numel() for p in D.parameters())
-        _log(
-            f"[gan] WGAN-GP {config.arch} on {name} {tuple(config.image_shape)} ({n_images} images), "
-            f"G {n_g:,} / D {n_d:,} params, iterations {start}->{iterations}, device {device}"
+        log_progress(
+            f"[gan] WGAN-GP {config.arch} on {name} {tuple(config.image_shape)} ({real_all.shape[0]} images), "
+            f"G {n_g:,} / D {n_d:,} params, iterations {start}->{run.iterations}, device {device}"
         )
-    t0, t_last, it_last = time.perf_counter(), time.perf_counter(), start
-    log_f = open(out / LOG_NAME, "a" if state is not None else "w") if start < iterations else None
-    try:
-        for it in range(start, iterations):
-            if config.lr_decay:  # linear decay to 0 (Gulrajani et al.'s gan_cifar_resnet)
-                for opt in (opt_g, opt_d):
-                    for group in opt.param_groups:
-                        group["lr"] = config.lr * (1.0 - it / iterations)
-            # --- critic: n_critic steps (Gulrajani et al., Algorithm 1, lines 2-9)
-            for p in D.parameters():
-                p.requires_grad_(True)
-            for _ in range(config.n_critic):
-                idx = torch.randint(0, n_images, (config.batch_size,), generator=rng, device=device)
-                real = real_all[idx]
-                z = torch.randn(config.batch_size, config.z_dim, generator=rng, device=device)
-                with torch.no_grad():
-                    fake = G(z)
-                d_real, d_fake = D(real).mean(), D(fake).mean()
-                gp = gradient_penalty(D, real, fake, rng)
-                loss_d = d_fake - d_real + config.gp_weight * gp
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-            # --- generator (lines 10-11)
-            for p in D.parameters():
-                p.requires_grad_(False)
-            z = torch.randn(config.batch_size, config.z_dim, generator=rng, device=device)
-            loss_g = -D(G(z)).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-
-            done = it + 1
-            if done % log_every == 0 or done == iterations:
-                rec = {
-                    "iteration": done,
-                    "wasserstein": (d_real - d_fake).item(),
-                    "gp": gp.item(),
-                    "loss_d": loss_d.item(),
-                    "loss_g": loss_g.item(),
-                    "elapsed_s": round(time.perf_counter() - t0, 3),
-                }
-                history.append(rec)
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-                if progress:
-                    now = time.perf_counter()
-                    speed = (done - it_last) / max(now - t_last, 1e-9)
-                    t_last, it_last = now, done
-                    rate = (done - start) / max(now - t0, 1e-9)  # since this process started
-                    eta = f"  ETA {format_eta((iterations - done) / rate)}" if done < iterations else ""
-                    _log(
-                        f"[gan] it {done}/{iterations}  W {rec['wasserstein']:.4f}  gp {rec['gp']:.4f}  "
-                        f"loss_g {rec['loss_g']:.4f}  {speed:.1f} it/s{eta}"
-                    )
-            if sample_every and done % sample_every == 0 and done != iterations:
-                write_samples(done)
-            if checkpoint_every and done % checkpoint_every == 0 and done != iterations:
-                save(done)
-    finally:
-        if log_f is not None:
-            log_f.close()
-    for p in D.parameters():
-        p.requires_grad_(True)
-    if start < iterations or not ckpt_path.exists():
-        save(max(start, iterations))
-        write_samples(max(start, iterations))
-    if progress and start < iterations:
-        _log(f"[gan] done: {iterations - start} iterations in {time.perf_counter() - t0:.1f} s; wrote {out}")
-    return G.eval()
+    return run
 
 
 # --------------------------------------------------------------------------- loading

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ def _chmod_default(path) -> None:
 
 
 def atomic_write_with(path: PathLike, write) -> Path:
+    """``write(f)`` into a temporary binary file next to ``path``, then ``os.replace`` it
+    onto ``path`` (with the usual umask-based mode): readers see the old file or the
+    complete new one. (visualize/ does not import the training harness, whose
+    ``train.checkpoint.atomic_write`` does the same for checkpoints.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -114,14 +118,9 @@ def save_image_grid(
 
 
 def save_titled_grid(
-    path: PathLike,
-    columns: Sequence[tuple[str, Tensor]],
-    row_labels: Optional[Sequence[str]] = None,
-    title: Optional[str] = None,
-    cell_inches: float = 0.85,
-    dpi: int = 100,
-    separate_before: Optional[int] = None,
-    group_titles: Optional[tuple[str, str]] = None,
+    path: PathLike, columns: Sequence[tuple[str, Tensor]], row_labels: Optional[Sequence[str]] = None,
+    title: Optional[str] = None, cell_inches: float = 0.85, dpi: int = 100,
+    separate_before: Optional[int] = None, group_titles: Optional[tuple[str, str]] = None,
 ) -> Path:
     """A figure with one titled column per ``(title, images)`` entry; row ``i`` shows image
     ``i`` of every column (all columns need the same number of rows).
@@ -135,9 +134,34 @@ def save_titled_grid(
     converted to RGB when another column is in colour), so large figures (hundreds of
     cells, e.g. ``neighbours.png``) render in well under a second.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    cols, nrows = _checked_columns(columns, row_labels)
+    ncols = len(cols)
+    if separate_before is not None and not 0 < separate_before < ncols:
+        separate_before = None
+    layout = _ColumnLayout(max(max(x.shape[2], x.shape[3]) for _, x in cols), separate_before)
+    mosaic = _column_mosaic(cols, nrows, layout)
+    head = 0.35 + (0.3 if title else 0.0) + (0.2 if group_titles else 0.0)
+    left = 0.45 if row_labels is not None else 0.1
+    right = 0.35  # keeps the last column and its title off the edge
+    inner_w = ncols * cell_inches + layout.extra * cell_inches / layout.size
+    bottom = 0.15  # keeps the last row off the edge
+    fig, fw, fh = _agg_figure((left + inner_w + right, head + max(nrows, 1) * cell_inches + bottom), dpi)
+    ax = fig.add_axes((left / fw, bottom / fh, inner_w / fw, 1 - head / fh - bottom / fh))
+    _show_mosaic(ax, mosaic)
+    _label_columns(ax, [name for name, _ in cols], layout, mosaic.shape[0], group_titles)
+    if row_labels is not None:
+        size, step = layout.size, layout.step
+        for i, label in enumerate(row_labels):
+            ax.text(-0.5 - 0.08 * size, i * step + (size - 1) / 2, str(label), fontsize=7,
+                    rotation=90, ha="right", va="center", clip_on=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
+
+def _checked_columns(columns: Sequence[tuple[str, Tensor]], row_labels: Optional[Sequence[str]]
+                     ) -> tuple[list[tuple[str, Tensor]], int]:
+    """The columns as ``(title, images in [0, 1])`` and their common number of rows."""
     if not columns:
         raise ValueError("need at least one column")
     cols = [(str(t), _to_unit(x)) for t, x in columns]
@@ -146,19 +170,30 @@ def save_titled_grid(
         raise ValueError(f"every column needs {nrows} images; got {[x.shape[0] for _, x in cols]}")
     if row_labels is not None and len(row_labels) != nrows:
         raise ValueError(f"{len(row_labels)} row labels for {nrows} rows")
-    ncols = len(cols)
-    if separate_before is not None and not 0 < separate_before < ncols:
-        separate_before = None
+    return cols, nrows
+
+
+class _ColumnLayout:
+    """Square cells of ``size`` pixels with white gaps; columns from ``separate_before`` on
+    are shifted right by ``extra`` pixels (the second group of :func:`save_titled_grid`)."""
+
+    def __init__(self, size: int, separate_before: Optional[int]) -> None:
+        self.size, self.separate_before = size, separate_before
+        self.gap = max(1, round(0.07 * size))
+        self.step = size + self.gap
+        self.extra = round(0.6 * size) if separate_before is not None else 0
+
+    def col_x(self, j: int) -> int:
+        """Left edge of column ``j`` in the mosaic."""
+        shifted = self.separate_before is not None and j >= self.separate_before
+        return j * self.step + (self.extra if shifted else 0)
+
+
+def _column_mosaic(cols: list[tuple[str, Tensor]], nrows: int, layout: _ColumnLayout) -> np.ndarray:
+    """The cells tiled into one array (grey columns in RGB when another column is in colour)."""
     rgb = any(x.shape[1] == 3 for _, x in cols)
-    size = max(max(x.shape[2], x.shape[3]) for _, x in cols)
-    gap = max(1, round(0.07 * size))
-    step = size + gap
-    extra = round(0.6 * size) if separate_before is not None else 0
-
-    def col_x(j: int) -> int:  # left edge of column j in the mosaic
-        return j * step + (extra if separate_before is not None and j >= separate_before else 0)
-
-    H, W = max(nrows, 1) * step - gap, col_x(ncols - 1) + size
+    size, step = layout.size, layout.step
+    H, W = max(nrows, 1) * step - layout.gap, layout.col_x(len(cols) - 1) + size
     mosaic = np.ones((H, W, 3) if rgb else (H, W), dtype=np.float32)
     for j, (_, x) in enumerate(cols):
         h, w = x.shape[2], x.shape[3]
@@ -166,41 +201,45 @@ def save_titled_grid(
             img = _hwc(x[i])
             if rgb and img.ndim == 2:
                 img = np.repeat(img[:, :, None], 3, axis=2)
-            y0, x0 = i * step + (size - h) // 2, col_x(j) + (size - w) // 2
+            y0, x0 = i * step + (size - h) // 2, layout.col_x(j) + (size - w) // 2
             mosaic[y0 : y0 + h, x0 : x0 + w] = img
-    head = 0.35 + (0.3 if title else 0.0) + (0.2 if group_titles else 0.0)
-    left = 0.45 if row_labels is not None else 0.1
-    right = 0.35  # keeps the last column and its title off the edge
-    inner_w = ncols * cell_inches + extra * cell_inches / size
-    bottom = 0.15  # keeps the last row off the edge
-    fig = Figure(figsize=(left + inner_w + right, head + max(nrows, 1) * cell_inches + bottom),
-                 dpi=dpi)
+    return mosaic
+
+
+def _label_columns(ax: Any, names: list[str], layout: _ColumnLayout, H: int,
+                   group_titles: Optional[tuple[str, str]]) -> None:
+    """Column titles; with a second group, the rule before it and the two group titles."""
+    size, col_x, split, ncols = layout.size, layout.col_x, layout.separate_before, len(names)
+    for j, name in enumerate(names):
+        ax.text(col_x(j) + (size - 1) / 2, -0.5 - 0.04 * size, name, fontsize=7,
+                ha="center", va="bottom", clip_on=False)
+    if split is None:
+        return
+    x_rule = col_x(split) - 0.5 - layout.extra / 2 - layout.gap / 2
+    ax.plot([x_rule, x_rule], [-0.5, H - 0.5], color="0.6", lw=0.8, clip_on=False)
+    if group_titles:
+        y_group = -0.5 - 0.3 * size
+        for (lo, hi), text in zip(((0, split - 1), (split, ncols - 1)), group_titles):
+            x_mid = (col_x(lo) + col_x(hi) + size - 1) / 2
+            ax.text(x_mid, y_group, text, fontsize=7.5, ha="center", va="bottom",
+                    fontweight="bold", clip_on=False)
+
+
+def _agg_figure(figsize: tuple[float, float], dpi: int) -> tuple[Any, float, float]:
+    """A matplotlib Agg figure (no pyplot) and its width and height in inches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
-    fw, fh = fig.get_figwidth(), fig.get_figheight()
-    ax = fig.add_axes((left / fw, bottom / fh, inner_w / fw, 1 - head / fh - bottom / fh))
+    return fig, fig.get_figwidth(), fig.get_figheight()
+
+
+def _show_mosaic(ax: Any, mosaic: np.ndarray) -> None:
+    """``mosaic`` drawn pixel for pixel on ``ax`` (grey arrays in grey), without axes."""
     kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if mosaic.ndim == 2 else {}
     ax.imshow(mosaic, interpolation="nearest", aspect="auto", **kw)
     ax.set_axis_off()
-    for j, (name, _) in enumerate(cols):
-        ax.text(col_x(j) + (size - 1) / 2, -0.5 - 0.04 * size, name, fontsize=7,
-                ha="center", va="bottom", clip_on=False)
-    if separate_before is not None:
-        x_rule = col_x(separate_before) - 0.5 - extra / 2 - gap / 2
-        ax.plot([x_rule, x_rule], [-0.5, H - 0.5], color="0.6", lw=0.8, clip_on=False)
-        if group_titles:
-            y_group = -0.5 - 0.3 * size
-            for (lo, hi), text in zip(((0, separate_before - 1),
-                                       (separate_before, ncols - 1)), group_titles):
-                x_mid = (col_x(lo) + col_x(hi) + size - 1) / 2
-                ax.text(x_mid, y_group, text, fontsize=7.5, ha="center", va="bottom",
-                        fontweight="bold", clip_on=False)
-    if row_labels is not None:
-        for i, label in enumerate(row_labels):
-            ax.text(-0.5 - 0.08 * size, i * step + (size - 1) / 2, str(label), fontsize=7,
-                    rotation=90, ha="right", va="center", clip_on=False)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def visualization_columns(result: Any, neighbours_of: Optional[int] = 0) -> list[tuple[str, Tensor]]:
@@ -266,13 +305,8 @@ def _default_label(result: Any, noun: str, class_names: Optional[Sequence[str]])
 
 
 def save_neighbour_grid(
-    path: PathLike,
-    result: Any,
-    title: Optional[str] = None,
-    *,
-    class_names: Optional[Sequence[str]] = None,
-    noun: str = "class",
-    cell_inches: float = 0.42,
+    path: PathLike, result: Any, title: Optional[str] = None, *,
+    class_names: Optional[Sequence[str]] = None, noun: str = "class", cell_inches: float = 0.42,
     dpi: int = 100,
 ) -> Path:
     """Fig. 14 as a compact grid: one row per shown image ``i``, one block per augmentation
@@ -280,19 +314,35 @@ def save_neighbour_grid(
     nearest training images (pixel space) with their Euclidean distances (in ``[0, 1]``
     pixel units) under them. Blocks are labelled "digit 0, aug 1" (``noun`` and the class,
     or ``class_names``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if getattr(result, "neighbour_images", None) is None:
         raise ValueError("the result holds no nearest neighbours (pass train_images to visualize)")
+    mosaic, texts, size = _neighbour_mosaic(result, _default_label(result, noun, class_names))
+    H, W = mosaic.shape[:2]
+    margin_l, margin_r, margin_b = 0.15, 0.15, 0.1
+    unit = cell_inches / size  # inches per mosaic pixel
+    if title:
+        title = _wrap(title, margin_l + W * unit + margin_r, 9)
+    head = 0.2 + 0.17 * title.count("\n") + 0.2 if title else 0.15
+    fig, fw, fh = _agg_figure((margin_l + W * unit + margin_r, head + H * unit + margin_b), dpi)
+    ax = fig.add_axes((margin_l / fw, margin_b / fh, W * unit / fw, H * unit / fh))
+    _show_mosaic(ax, mosaic)
+    for x, y, text, va, fontsize in texts:
+        ax.text(x, y, text, fontsize=fontsize, ha="center" if va == "top" else "left", va=va,
+                clip_on=False)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.1 / fh, va="top")
+    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
+def _neighbour_mosaic(result: Any, label: Callable[[int, int], str]) -> tuple[np.ndarray, list, int]:
+    """The cells of :func:`save_neighbour_grid` tiled into one array, the texts to draw on it
+    ``(x, y, text, va, fontsize)`` and the cell size in pixels."""
     aug = _to_unit(result.augmented.flatten(0, 1))
     N, K = result.augmented.shape[:2]
     nn_all = result.neighbour_images  # (N, K, m, C, H, W)
     m = nn_all.shape[2]
     nn_unit = _to_unit(nn_all.flatten(0, 2)).view(N, K, m, *aug.shape[1:])
     dist = getattr(result, "neighbour_distances", None)
-    label = _default_label(result, noun, class_names)
-    rgb = aug.shape[1] == 3
     h, w = aug.shape[2], aug.shape[3]
     size = max(h, w)
     gap = max(1, round(0.08 * size))
@@ -303,7 +353,7 @@ def save_neighbour_grid(
     row_h = label_h + size + dist_h
     W = K * block_w + (K - 1) * block_gap
     H = int(np.ceil(N * row_h))
-    mosaic = np.ones((H, W, 3) if rgb else (H, W), dtype=np.float32)
+    mosaic = np.ones((H, W, 3) if aug.shape[1] == 3 else (H, W), dtype=np.float32)
     texts = []
     for i in range(N):
         y0 = int(round(i * row_h + label_h))
@@ -318,33 +368,13 @@ def save_neighbour_grid(
                     texts.append((xj + (size - 1) / 2, y0 + size + 0.05 * size,
                                   f"{float(dist[i, k, j - 1]):.2f}", "top", 5.5))
             texts.append((x0 - 0.5, y0 - 0.12 * size, label(i, k), "bottom", 6.5))
-    margin_l, margin_r, margin_b = 0.15, 0.15, 0.1
-    unit = cell_inches / size  # inches per mosaic pixel
-    if title:
-        title = _wrap(title, margin_l + W * unit + margin_r, 9)
-    head = 0.2 + 0.17 * title.count("\n") + 0.2 if title else 0.15
-    fig = Figure(figsize=(margin_l + W * unit + margin_r, head + H * unit + margin_b), dpi=dpi)
-    FigureCanvasAgg(fig)
-    fw, fh = fig.get_figwidth(), fig.get_figheight()
-    ax = fig.add_axes((margin_l / fw, margin_b / fh, W * unit / fw, H * unit / fh))
-    kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if mosaic.ndim == 2 else {}
-    ax.imshow(mosaic, interpolation="nearest", aspect="auto", **kw)
-    ax.set_axis_off()
-    for x, y, text, va, fontsize in texts:
-        ax.text(x, y, text, fontsize=fontsize, ha="center" if va == "top" else "left", va=va,
-                clip_on=False)
-    if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.1 / fh, va="top")
-    return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return mosaic, texts, size
 
 
 def save_sample_grid(path: PathLike, images: Tensor, nrow: int = 8,
                      title: Optional[str] = None, cell_inches: float = 0.42,
                      dpi: int = 100) -> Path:
     """GAN samples as a titled grid (``nrow`` images per row), e.g. ``samples.png``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     x = _to_unit(images)
     grid = image_grid(x, nrow, padding=1, pad_value=1.0)
     size = max(x.shape[2], x.shape[3])
@@ -353,13 +383,9 @@ def save_sample_grid(path: PathLike, images: Tensor, nrow: int = 8,
     if title:
         title = _wrap(title, 0.2 + gw * unit, 8)
     head = 0.25 + 0.15 * title.count("\n") + 0.1 if title else 0.1
-    fig = Figure(figsize=(0.2 + gw * unit, head + gh * unit + 0.1), dpi=dpi)
-    FigureCanvasAgg(fig)
-    fw, fh = fig.get_figwidth(), fig.get_figheight()
+    fig, fw, fh = _agg_figure((0.2 + gw * unit, head + gh * unit + 0.1), dpi)
     ax = fig.add_axes((0.1 / fw, 0.1 / fh, gw * unit / fw, gh * unit / fh))
-    kw = dict(cmap="gray", vmin=0.0, vmax=1.0) if grid.ndim == 2 else {}
-    ax.imshow(grid, interpolation="nearest", aspect="auto", **kw)
-    ax.set_axis_off()
+    _show_mosaic(ax, grid)
     if title:
         fig.suptitle(title, fontsize=8, y=1 - 0.06 / fh, va="top")
     return atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

@@ -245,25 +245,12 @@ def _optimise(
 
 
 def invert(
-    generator: Callable[[Tensor], Tensor],
-    feature_fn: FeatureFn,
-    images: Tensor,
-    *,
-    target_features: Optional[Tensor] = None,
-    eta: float = 1.0,
-    iterations: int = STEP1_ITERATIONS,
-    lr: float = STEP1_LR,
-    momentum: float = MOMENTUM,
-    weight_decay: float = WEIGHT_DECAY,
-    lr_step: Optional[int] = None,
-    lr_gamma: float = LR_GAMMA,
-    reduction: str = "mean",
-    z0: Optional[Tensor] = None,
-    z_dim: Optional[int] = None,
-    rng: Optional[torch.Generator] = None,
-    restarts: int = 1,
-    log_every: int = 100,
-    callback: Optional[Callable[[int, Tensor], None]] = None,
+    generator: Callable[[Tensor], Tensor], feature_fn: FeatureFn, images: Tensor, *,
+    target_features: Optional[Tensor] = None, eta: float = 1.0, iterations: int = STEP1_ITERATIONS,
+    lr: float = STEP1_LR, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY,
+    lr_step: Optional[int] = None, lr_gamma: float = LR_GAMMA, reduction: str = "mean",
+    z0: Optional[Tensor] = None, z_dim: Optional[int] = None, rng: Optional[torch.Generator] = None,
+    restarts: int = 1, log_every: int = 100, callback: Optional[Callable[[int, Tensor], None]] = None,
 ) -> InversionResult:
     """Step I (Eq. 20): latents ``z_i`` whose generated images match ``images`` in feature
     space (through ``feature_fn``) and, weighted by ``eta``, in pixel space.
@@ -302,17 +289,7 @@ def invert(
     restarts = int(restarts)
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1; got {restarts}")
-    if z0 is None:
-        z_dim = z_dim if z_dim is not None else getattr(generator, "z_dim", None)
-        if z_dim is None:
-            raise ValueError("pass z0 or z_dim (the generator has no z_dim attribute)")
-        sampler = getattr(generator, "sample_latent", None)  # e.g. BigGAN's truncated noise
-        if callable(sampler):
-            z0 = sampler(x.shape[0] * restarts, rng).to(device)
-        else:
-            z0 = torch.randn(x.shape[0] * restarts, int(z_dim), device=device, generator=rng)
-    elif restarts != 1:
-        raise ValueError("restarts > 1 draws its own initial latents: leave z0=None")
+    z0 = _initial_latents(generator, z0, z_dim, x.shape[0], restarts, rng, device)
     target_features = target_features.to(device)
     if restarts > 1:  # sample-major copies: rows i*R .. i*R+R-1 belong to image i
         x = x.repeat_interleave(restarts, 0)
@@ -322,9 +299,28 @@ def invert(
         lr=lr, momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma,
         reduction=reduction, log_every=log_every, callback=callback,
     )
-    if restarts == 1:
-        return res
-    N = x.shape[0] // restarts
+    return res if restarts == 1 else _best_restarts(res, restarts)
+
+
+def _initial_latents(generator: Any, z0: Optional[Tensor], z_dim: Optional[int], n: int, restarts: int,
+                     rng: Optional[torch.Generator], device: torch.device) -> Tensor:
+    """``z0``, or ``n * restarts`` latents drawn from the generator's prior (see :func:`invert`)."""
+    if z0 is not None:
+        if restarts != 1:
+            raise ValueError("restarts > 1 draws its own initial latents: leave z0=None")
+        return z0
+    z_dim = z_dim if z_dim is not None else getattr(generator, "z_dim", None)
+    if z_dim is None:
+        raise ValueError("pass z0 or z_dim (the generator has no z_dim attribute)")
+    sampler = getattr(generator, "sample_latent", None)  # e.g. BigGAN's truncated noise
+    if callable(sampler):
+        return sampler(n * restarts, rng).to(device)
+    return torch.randn(n * restarts, int(z_dim), device=device, generator=rng)
+
+
+def _best_restarts(res: InversionResult, restarts: int) -> InversionResult:
+    """Of every image's ``restarts`` consecutive rows, the one with the lowest objective."""
+    N = res.loss.shape[0] // restarts
     best = res.loss.view(N, restarts).argmin(1) + torch.arange(N, device=res.loss.device) * restarts
     return InversionResult(
         z=res.z[best], z_hat=res.z_hat[best], images=res.images[best], feature_mse=res.feature_mse[best],
@@ -585,31 +581,14 @@ class VisualizationResult:
 
 
 def visualize(
-    classifier: nn.Module,
-    estimator: Any,
-    generator: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    lam: float,
-    num_augmented: int = 4,
-    *,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    feature_fn: Optional[FeatureFn] = None,
-    kind: Optional[str] = None,
-    eta: float = 1.0,
-    step1_iterations: int = STEP1_ITERATIONS,
-    step2_iterations: int = STEP2_ITERATIONS,
-    step1_lr: float = STEP1_LR,
-    step2_lr: float = STEP2_LR,
-    momentum: float = MOMENTUM,
-    weight_decay: float = WEIGHT_DECAY,
-    reduction: str = "mean",
-    restarts: int = VISUALIZE_RESTARTS,
-    train_images: Optional[Tensor] = None,
-    num_neighbours: int = 5,
-    seed: int = 0,
-    progress: bool = False,
+    classifier: nn.Module, estimator: Any, generator: nn.Module, images: Tensor, labels: Tensor,
+    lam: float, num_augmented: int = 4, *, mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None, feature_fn: Optional[FeatureFn] = None,
+    kind: Optional[str] = None, eta: float = 1.0, step1_iterations: int = STEP1_ITERATIONS,
+    step2_iterations: int = STEP2_ITERATIONS, step1_lr: float = STEP1_LR, step2_lr: float = STEP2_LR,
+    momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY, reduction: str = "mean",
+    restarts: int = VISUALIZE_RESTARTS, train_images: Optional[Tensor] = None,
+    num_neighbours: int = 5, seed: int = 0, progress: bool = False,
 ) -> VisualizationResult:
     """Original | Step-I reconstruction | ``num_augmented`` ISDA-augmented images per sample.
 
@@ -633,13 +612,31 @@ def visualize(
         seed: seeds the initial latents and the feature sampling.
         progress: print the errors of both steps to stderr.
     """
-    import sys
-    import time
-
     if feature_fn is None:
         if mean is None or std is None:
             raise ValueError("pass mean and std (the classifier's input normalisation), or a feature_fn")
         feature_fn = classifier_feature_fn(classifier, mean, std)
+    x01, labels = _checked_images(generator, images, labels)
+    rng = torch.Generator(device=x01.device)
+    rng.manual_seed(int(seed))
+    settings = dict(
+        lam=float(lam), num_augmented=int(num_augmented), eta=float(eta), step1_iterations=int(step1_iterations),
+        step2_iterations=int(step2_iterations), step1_lr=float(step1_lr), step2_lr=float(step2_lr),
+        momentum=float(momentum), weight_decay=float(weight_decay), reduction=reduction, seed=int(seed),
+        restarts=int(restarts),
+        lr_schedule="divide by 10 every quarter of the iterations",
+    )
+    with _EvalMode(classifier, generator):
+        steps = _two_steps(classifier, estimator, generator, feature_fn, x01 * 2.0 - 1.0, labels, kind,
+                           rng, settings, progress)
+    result = _visualization_result(x01, labels, steps, settings, progress)
+    if train_images is not None and num_neighbours > 0:
+        _add_neighbours(result, train_images, num_neighbours)
+    return result
+
+
+def _checked_images(generator: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``images`` in ``[0, 1]`` and ``labels`` on the generator's device, checked to fit it."""
     device = _module_device(generator, images.device)
     x01 = _unit(images).to(device)
     if x01.dim() != 4:
@@ -648,78 +645,92 @@ def visualize(
         raise ValueError(
             f"images of shape {tuple(x01.shape[1:])} but the generator makes {tuple(generator.image_shape)}"
         )
-    labels = labels.to(device).long()
-    rng = torch.Generator(device=device)
-    rng.manual_seed(int(seed))
-    xg = x01 * 2.0 - 1.0
+    return x01, labels.to(device).long()
+
+
+def _two_steps(classifier: nn.Module, estimator: Any, generator: nn.Module, feature_fn: FeatureFn,
+               xg: Tensor, labels: Tensor, kind: Optional[str], rng: torch.Generator, settings: dict,
+               progress: bool) -> dict:
+    """Step I and Step II of :func:`visualize` (models in eval mode); their results, the
+    features, the augmented features, the classifier's predictions and the step times."""
+    import time
+
     t0 = time.perf_counter()
-    with _EvalMode(classifier, generator):
+    with torch.no_grad():
+        feats = feature_fn(xg)
+    aug_feats = augment_features(feats, labels, estimator, settings["lam"], settings["num_augmented"],
+                                 kind=kind, rng=rng)
+    aug_feats = aug_feats.to(feats.dtype)
+    opt = dict(momentum=settings["momentum"], weight_decay=settings["weight_decay"],
+               reduction=settings["reduction"])
+    s1 = invert(generator, feature_fn, xg, target_features=feats, eta=settings["eta"],
+                iterations=settings["step1_iterations"], lr=settings["step1_lr"], rng=rng,
+                restarts=settings["restarts"], **opt)
+    t1 = time.perf_counter()
+    if progress:
+        _log(f"[visualize] Step I: {settings['step1_iterations']} its in {t1 - t0:.1f} s, feature MSE "
+             f"{s1.feature_mse.mean():.4g}, pixel MSE {s1.pixel_mse.mean():.4g} "
+             f"(mean square feature {feats.square().mean():.4g})")
+    s2 = augment_step(generator, feature_fn, s1.z, aug_feats, iterations=settings["step2_iterations"],
+                      lr=settings["step2_lr"], **opt)
+    t2 = time.perf_counter()
+    head = _final_layer(classifier)
+    preds = None
+    if head is not None:
         with torch.no_grad():
-            feats = feature_fn(xg)
-        aug_feats = augment_features(feats, labels, estimator, lam, num_augmented, kind=kind, rng=rng)
-        aug_feats = aug_feats.to(feats.dtype)
-        s1 = invert(
-            generator, feature_fn, xg, target_features=feats, eta=eta, iterations=step1_iterations,
-            lr=step1_lr, momentum=momentum, weight_decay=weight_decay, reduction=reduction, rng=rng,
-            restarts=restarts,
-        )
-        t1 = time.perf_counter()
-        if progress:
-            print(
-                f"[visualize] Step I: {step1_iterations} its in {t1 - t0:.1f} s, feature MSE "
-                f"{s1.feature_mse.mean():.4g}, pixel MSE {s1.pixel_mse.mean():.4g} "
-                f"(mean square feature {feats.square().mean():.4g})",
-                file=sys.stderr, flush=True,
-            )
-        s2 = augment_step(
-            generator, feature_fn, s1.z, aug_feats, iterations=step2_iterations, lr=step2_lr,
-            momentum=momentum, weight_decay=weight_decay, reduction=reduction,
-        )
-        t2 = time.perf_counter()
-        head = _final_layer(classifier)
-        preds = None
-        if head is not None:
-            with torch.no_grad():
-                preds = head(feature_fn(torch.cat([s1.images, s2.images.flatten(0, 1)]))).argmax(1).cpu()
+            preds = head(feature_fn(torch.cat([s1.images, s2.images.flatten(0, 1)]))).argmax(1).cpu()
+    return {"s1": s1, "s2": s2, "feats": feats, "aug_feats": aug_feats, "preds": preds,
+            "step1_seconds": round(t1 - t0, 3), "step2_seconds": round(t2 - t1, 3)}
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _visualization_result(x01: Tensor, labels: Tensor, steps: dict, settings: dict,
+                          progress: bool) -> VisualizationResult:
+    """The :class:`VisualizationResult` of :func:`_two_steps` (with the Step II progress line)."""
+    s1, s2, feats, aug_feats, preds = (steps[k] for k in ("s1", "s2", "feats", "aug_feats", "preds"))
     aug_mse = (aug_feats - feats.unsqueeze(1)).square().mean(-1)
     if progress:
         msg = (
-            f"[visualize] Step II: {step2_iterations} its in {t2 - t1:.1f} s, feature MSE to a~ "
-            f"{s2.feature_mse.mean():.4g} (augmentation moved features by MSE {aug_mse.mean():.4g})"
+            f"[visualize] Step II: {settings['step2_iterations']} its in {steps['step2_seconds']:.1f} s, "
+            f"feature MSE to a~ {s2.feature_mse.mean():.4g} (augmentation moved features by MSE "
+            f"{aug_mse.mean():.4g})"
         )
         if preds is not None:
             n = s1.images.shape[0]
             acc = (preds[n:].view(n, -1) == labels.cpu().unsqueeze(1)).float().mean()
             msg += f"; classifier keeps the label on {100 * float(acc):.0f}% of augmented images"
-        print(msg, file=sys.stderr, flush=True)
-    augmented = from_generator_space(s2.images)
+        _log(msg)
     result = VisualizationResult(
-        originals=x01.cpu(), reconstructions=from_generator_space(s1.images).cpu(), augmented=augmented.cpu(),
-        labels=labels.cpu(), features=feats.detach().cpu(), augmented_features=aug_feats.cpu(),
+        originals=x01.cpu(), reconstructions=from_generator_space(s1.images).cpu(),
+        augmented=from_generator_space(s2.images).cpu(), labels=labels.cpu(),
+        features=feats.detach().cpu(), augmented_features=aug_feats.cpu(),
         step1_feature_mse=s1.feature_mse.cpu(), step1_pixel_mse=s1.pixel_mse.cpu(),
         step2_feature_mse=s2.feature_mse.cpu(), augmentation_mse=aug_mse.cpu(), z=s1.z.cpu(),
         z_augmented=s2.z.cpu(),
-        settings=dict(
-            lam=float(lam), num_augmented=int(num_augmented), eta=float(eta), step1_iterations=int(step1_iterations),
-            step2_iterations=int(step2_iterations), step1_lr=float(step1_lr), step2_lr=float(step2_lr),
-            momentum=float(momentum), weight_decay=float(weight_decay), reduction=reduction, seed=int(seed),
-            restarts=int(restarts),
-            lr_schedule="divide by 10 every quarter of the iterations",
-            step1_seconds=round(t1 - t0, 3), step2_seconds=round(t2 - t1, 3),
-        ),
+        settings={**settings, "step1_seconds": steps["step1_seconds"],
+                  "step2_seconds": steps["step2_seconds"]},
     )
     if preds is not None:
         N = s1.images.shape[0]
         result.reconstruction_predictions = preds[:N]
         result.augmented_predictions = preds[N:].view(N, -1)
-    if train_images is not None and num_neighbours > 0:
-        N, K = augmented.shape[:2]
-        idx, dist = nearest_neighbours(augmented.flatten(0, 1).cpu(), train_images.cpu(), num_neighbours)
-        k = idx.shape[1]
-        result.neighbour_indices = idx.view(N, K, k)
-        result.neighbour_distances = dist.view(N, K, k)
-        result.neighbour_images = _unit(train_images.cpu()[idx.flatten()]).view(N, K, k, *augmented.shape[2:])
     return result
+
+
+def _add_neighbours(result: VisualizationResult, train_images: Tensor, num_neighbours: int) -> None:
+    """The ``num_neighbours`` nearest training images of every augmented image (Fig. 14)."""
+    augmented = result.augmented
+    N, K = augmented.shape[:2]
+    idx, dist = nearest_neighbours(augmented.flatten(0, 1).cpu(), train_images.cpu(), num_neighbours)
+    k = idx.shape[1]
+    result.neighbour_indices = idx.view(N, K, k)
+    result.neighbour_distances = dist.view(N, K, k)
+    result.neighbour_images = _unit(train_images.cpu()[idx.flatten()]).view(N, K, k, *augmented.shape[2:])
 
 
 # --------------------------------------------------------------------------- output / runner

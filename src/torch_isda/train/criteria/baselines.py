@@ -29,6 +29,7 @@ __all__ = [
     "LSOFTMAX_ANNEAL_ITERATIONS",
     "LabelSmoothingCriterion",
     "LargeMarginSoftmaxCriterion",
+    "LogitsCriterion",
     "LqCriterion",
 ]
 
@@ -40,7 +41,7 @@ LSOFTMAX_ANNEAL_ITERATIONS = 160 * 391
 # ---------------------------------------------------------------------------- primaries
 
 
-class _LogitsCriterion(TrainingCriterion):
+class LogitsCriterion(TrainingCriterion):
     """A primary loss of the logits alone (``self.loss(logits, target)``)."""
 
     loss: nn.Module
@@ -51,7 +52,7 @@ class _LogitsCriterion(TrainingCriterion):
 
 
 @register_criterion("label_smoothing")
-class LabelSmoothingCriterion(_LogitsCriterion):
+class LabelSmoothingCriterion(LogitsCriterion):
     """Label smoothing (Mueller et al. 2019), ``epsilon=0.1`` (Szegedy et al.; the ISDA
     paper does not report its value)."""
 
@@ -61,7 +62,7 @@ class LabelSmoothingCriterion(_LogitsCriterion):
 
 
 @register_criterion("focal")
-class FocalCriterion(_LogitsCriterion):
+class FocalCriterion(LogitsCriterion):
     """Focal loss (Lin et al. 2017), ``alpha=0.5, gamma=1`` (ISDA Appendix C); ``alpha``
     may also be a list of per-class weights."""
 
@@ -71,7 +72,7 @@ class FocalCriterion(_LogitsCriterion):
 
 
 @register_criterion("lq")
-class LqCriterion(_LogitsCriterion):
+class LqCriterion(LogitsCriterion):
     """L_q loss / generalized cross-entropy (Zhang & Sabuncu 2018), ``q=0.4`` (ISDA
     Appendix C)."""
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...loss import ISDALoss
+from ...utils.spec_grammar import key_value_items, match_term, split_top_level
 from ..config import DEFAULT_KIND, DEFAULT_LAMBDA0, TrainConfig
 
 __all__ = [
@@ -265,27 +266,6 @@ def criterion_info(name: str) -> CriterionEntry:
 # ---------------------------------------------------------------------------- specs
 
 
-def split_top_level(text: str, sep: str) -> list[str]:
-    """``text`` split at the ``sep`` outside brackets (``ValueError`` if unbalanced)."""
-    parts, depth, current = [], 0, []
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced parentheses in criterion spec {text!r}")
-        if ch == sep and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    if depth != 0:
-        raise ValueError(f"unbalanced parentheses in criterion spec {text!r}")
-    parts.append("".join(current))
-    return parts
-
-
 def _parse_value(text: str) -> Any:
     text = text.strip()
     low = text.lower()
@@ -299,9 +279,6 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-_TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
-
-
 def parse_criterion_spec(spec: str, *, check_registered: bool = False
                          ) -> list[tuple[str, dict[str, Any]]]:
     """``"isda(lambda0=0.75)+dropout"`` -> ``[("isda", {"lambda0": 0.75}), ("dropout", {})]``.
@@ -313,22 +290,13 @@ def parse_criterion_spec(spec: str, *, check_registered: bool = False
         raise ValueError(f"empty criterion spec {spec!r}. {_available()}")
     terms: list[tuple[str, dict[str, Any]]] = []
     for raw in split_top_level(spec, "+"):
-        match = _TERM.match(raw)
-        if not match:
+        term = match_term(raw)
+        if term is None:
             raise ValueError(
                 f"cannot parse {raw.strip()!r} in criterion spec {spec!r}; expected "
                 f"'name' or 'name(key=value, ...)' terms joined by '+'")
-        name, arg_text = match.group(1).lower(), match.group(2)
-        kwargs: dict[str, Any] = {}
-        for item in split_top_level(arg_text or "", ","):
-            if not item.strip():
-                continue
-            if "=" not in item:
-                raise ValueError(
-                    f"criterion arguments must be key=value; got {item.strip()!r} in {spec!r}")
-            key, value = item.split("=", 1)
-            kwargs[key.strip()] = _parse_value(value)
-        terms.append((name, kwargs))
+        items = key_value_items(term[1] or "", spec, "criterion arguments")
+        terms.append((term[0].lower(), {key: _parse_value(value) for key, value in items}))
     if check_registered:
         entries = [criterion_info(name) for name, _ in terms]
         names = [name for name, _ in terms]
@@ -373,12 +341,29 @@ def spec_dirname(spec: str) -> str:
     return text or "loss"
 
 
-def create_criterion(spec: str, num_features: int, num_classes: int, config: Any = None
-                     ) -> TrainingCriterion:
+def _class_counts_argument(name: str, target: Any, class_counts: Optional[list[int]]
+                           ) -> dict[str, Any]:
+    """``{"class_counts": ...}`` for a criterion whose ``__init__`` takes them (the
+    long-tailed losses), ``{}`` otherwise; ``ValueError`` when it needs them and none are known."""
+    init = target.__init__ if isinstance(target, type) else target
+    param = inspect.signature(init).parameters.get("class_counts")
+    if param is None:
+        return {}
+    if class_counts is None:
+        if param.default is inspect.Parameter.empty:
+            raise ValueError(f"criterion {name!r} needs the per-class training counts "
+                             f"(class_counts), which this task does not provide")
+        return {}
+    return {"class_counts": list(class_counts)}
+
+
+def create_criterion(spec: str, num_features: int, num_classes: int, config: Any = None,
+                     class_counts: Optional[list[int]] = None) -> TrainingCriterion:
     """The criterion of ``spec`` for ``num_features``-dimensional features and
     ``num_classes`` classes under the run's ``config`` (default: ``TrainConfig()``): a
-    single term's criterion, or a :class:`CompositeCriterion`. ``ValueError`` for unknown
-    names, not exactly one primary loss or bad arguments."""
+    single term's criterion, or a :class:`CompositeCriterion`. ``class_counts`` (the
+    training images per class) go to the criteria whose ``__init__`` takes them.
+    ``ValueError`` for unknown names, not exactly one primary loss or bad arguments."""
     if config is None:
         config = TrainConfig()
     if getattr(config, "lambda0", 0) is None or getattr(config, "kind", "") is None:
@@ -390,14 +375,17 @@ def create_criterion(spec: str, num_features: int, num_classes: int, config: Any
     built: list[tuple[bool, TrainingCriterion]] = []
     for name, kwargs in terms:
         entry = criterion_info(name)
+        counts = {} if "class_counts" in kwargs else _class_counts_argument(
+            name, entry.target, class_counts)
         try:
-            criterion = entry.factory(num_features, num_classes, config, **kwargs)
+            criterion = entry.factory(num_features, num_classes, config, **kwargs, **counts)
         except TypeError as err:
             if kwargs and ("argument" in str(err)):
                 target = entry.target
                 init = target.__init__ if isinstance(target, type) else target
                 accepted = [p for p in inspect.signature(init).parameters
-                            if p not in ("self", "num_features", "num_classes", "config")]
+                            if p not in ("self", "num_features", "num_classes", "config",
+                                         "class_counts")]
                 raise ValueError(
                     f"bad arguments {kwargs} for criterion {name!r}: {err}; it accepts: "
                     f"{', '.join(accepted) or 'no arguments'}") from None
@@ -434,13 +422,21 @@ class CrossEntropyCriterion(TrainingCriterion):
 @register_criterion("isda")
 class ISDACriterion(TrainingCriterion):
     """ISDA (Eq. 7) with the online covariance estimate and lambda = lambda0 * t / T; the
-    run's ``lambda0``, ``kind``, ``constant_lambda`` unless the spec overrides them."""
+    run's ``lambda0``, ``kind``, ``constant_lambda`` unless the spec overrides them;
+    ``logit_adjustment=tau`` adds ``tau * log(pi)`` (``pi``: the training class prior) to the
+    logits, ISDALoss's ``class_prior`` option (ISDA + Balanced Softmax / logit adjustment)."""
 
     def __init__(self, num_features: int, num_classes: int, lambda0: float = 0.5,
                  kind: str = "full", constant_lambda: bool = False,
-                 label_smoothing: float = 0.0, rank: Optional[int] = None) -> None:
+                 label_smoothing: float = 0.0, rank: Optional[int] = None,
+                 logit_adjustment: float = 0.0, class_counts: Optional[list[int]] = None
+                 ) -> None:
         super().__init__()
-        extra = {} if rank is None else {"rank": int(rank)}  # kind="lowrank" only
+        extra: dict[str, Any] = {} if rank is None else {"rank": int(rank)}  # kind="lowrank"
+        if float(logit_adjustment) != 0.0:
+            if class_counts is None:
+                raise ValueError("isda(logit_adjustment=...) needs the per-class training counts")
+            extra.update(class_prior=list(class_counts), logit_adjustment=float(logit_adjustment))
         self.isda = ISDALoss(num_features, num_classes, lambda0, kind,
                              constant_lambda=constant_lambda, label_smoothing=label_smoothing,
                              **extra)

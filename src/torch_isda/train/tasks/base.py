@@ -127,23 +127,30 @@ class Task:
         return self.channels_last(x), y.to(self.device, non_blocking=non_blocking)
 
     @torch.no_grad()
-    def cross_entropy_error(self, net: Any, batches: Any, sharded: bool = False
-                            ) -> tuple[float, float, float]:
+    def cross_entropy_error(self, net: Any, batches: Any, sharded: bool = False,
+                            per_class: int = 0) -> tuple[Any, ...]:
         """Summed cross-entropy, wrong predictions and samples of ``net`` (a callable from
         images to logits, run under the engine's AMP) over ``(x, y)`` ``batches``, summed
-        over ranks when ``sharded``; one host sync."""
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        over ranks when ``sharded``; one host sync. With ``per_class = C`` also the wrong
+        predictions and samples of each class (two lists of ``C``)."""
+        sums = torch.zeros(3 + 2 * per_class, dtype=torch.float64, device=self.device)
         for x, y in batches:
             x, y = self.to_device(x, y)
             with self.engine.autocast():
                 logits = net(x).float()
+            wrong = logits.argmax(1) != y
             sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            sums[1] += (logits.argmax(1) != y).sum()
+            sums[1] += wrong.sum()
             sums[2] += y.shape[0]
+            if per_class:
+                sums[3:3 + per_class].index_add_(0, y, wrong.double())
+                sums[3 + per_class:].index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
         if sharded and self.context is not None:
             dist.all_reduce(sums)
-        loss, wrong, seen = sums.tolist()
-        return loss, wrong, seen
+        values = sums.tolist()
+        if per_class:
+            return (*values[:3], values[3:3 + per_class], values[3 + per_class:])
+        return tuple(values)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The model's trainable parameters (plus the criterion's, in its own groups when

@@ -7,12 +7,14 @@ batch, ``x -> (features, logits)`` runs through DDP and the evaluation is sharde
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from ...criteria import create_criterion
+from ...long_tailed import (LongTailReport, bind_meta_set, class_counts, criterion_parts,
+                            is_long_tailed)
 from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
 from ...presets import apply_preset
 from ...tables import write_classification_comparison
@@ -26,6 +28,13 @@ class ClassificationTask(Task):
 
     write_comparison = staticmethod(write_classification_comparison)
 
+    #: Training images per class, the long-tailed report and the in-memory dataset (its meta
+    #: set; :mod:`torch_isda.train.long_tailed`).
+    class_counts: Optional[list[int]] = None
+    long_tail: Optional[LongTailReport] = None
+    meta_data: Any = None
+    meta_set: Optional[str] = None  # where the meta batches come from (MetaSAug)
+
     resolve = staticmethod(apply_preset)
 
     # ------------------------------------------------------------------ setup
@@ -37,7 +46,8 @@ class ClassificationTask(Task):
         self.features_fn = (torch.compile(model.forward_features) if cfg.compile
                             else model.forward_features)
         self.criterion = create_criterion(cfg.loss, int(model.num_features), self.num_classes,
-                                          cfg).to(self.device)
+                                          cfg, class_counts=self.class_counts).to(self.device)
+        self.meta_set = bind_meta_set(self, self.meta_data)
         self.forward = TrainForward(model, self.features_fn, self.criterion.transform_features)
 
     def build_data(self) -> None:
@@ -50,6 +60,10 @@ class ClassificationTask(Task):
             return
         data = self.load_dataset(lambda d: isinstance(d, ImageDataset), "the trainer supports "
                                  "in-memory ImageDataset datasets and imagefolder").to(self.device)
+        self.class_counts = class_counts(data.train_labels, data.num_classes)
+        self.long_tail = (LongTailReport.from_config(cfg, self.class_counts)
+                          if is_long_tailed(cfg) else None)
+        self.meta_data = data
         self.augment = cfg.augment or data.default_augment
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.train_batches = DeviceBatchIterator(
@@ -140,8 +154,20 @@ class ClassificationTask(Task):
     def evaluate(self, final: bool) -> dict[str, Any]:
         """Test loss (cross-entropy of the plain logits) and error (%), global over ranks."""
         self.model.eval()
-        loss, wrong, seen = self.cross_entropy_error(
-            lambda x: self.classifier(self.features_fn(x)), self.test_batches, sharded=True)
+        per_class = self.num_classes if self.long_tail is not None else 0
+        loss, wrong, seen, *classes = self.cross_entropy_error(
+            lambda x: self.classifier(self.features_fn(x)), self.test_batches, sharded=True,
+            per_class=per_class)
         if seen == 0:
             raise ValueError("the test set is empty")
-        return {"test_loss": loss / seen, "test_error": 100.0 * round(wrong) / seen}
+        groups = self.long_tail.row(*classes) if self.long_tail is not None else {}
+        return {"test_loss": loss / seen, "test_error": 100.0 * round(wrong) / seen, **groups}
+
+    def resolved_fields(self) -> dict[str, Any]:
+        fields = self.long_tail.resolved() if self.long_tail is not None else {}
+        return {**fields, **({"meta_set": self.meta_set} if self.meta_set else {})}
+
+    def generators(self) -> dict[str, Any]:
+        meta = [p.meta_source.generator for p in criterion_parts(self.criterion)
+                if getattr(p, "meta_source", None) is not None]
+        return {**super().generators(), **({"meta": meta[0]} if meta else {})}
