@@ -10,7 +10,6 @@ import pytest
 from torch_isda.cli import main
 from torch_isda.train import TrainConfig
 from torch_isda.train import compare as compare_module
-from torch_isda.train import tables as tables_module
 from torch_isda.train.checkpoint import atomic_write_json
 from torch_isda.train.compare_out import config_suffix, default_comparison_out, suffix_configs
 from torch_isda.train.metrics import write_metrics
@@ -118,7 +117,9 @@ def test_table_and_legend_carry_the_same_names_and_window(tmp_path, monkeypatch)
         legends.append(plot_curves(path, methods, config))
         return legends[-1]
 
-    monkeypatch.setattr(tables_module, "plot_curves", recording_plot)
+    from torch_isda.train.tasks.classification import tables as classification_tables
+
+    monkeypatch.setattr(classification_tables, "plot_curves", recording_plot)
     result = run_comparison(TrainConfig(epochs=3, threads=1), "ce,focal,ce+center", [0],
                             tmp_path / "cmp", quiet=True)
     md = result.table

@@ -132,6 +132,7 @@ class Engine:
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.progress = 0.0  # t / T of the current step
+        self._listeners: Optional[tuple[Any, ...]] = None
         self.callbacks = list(callbacks)
         self.task = task_class(config)(config, self)
 
@@ -154,7 +155,9 @@ class Engine:
         """Fire the named event (a :class:`Callback` method): call ``event(engine, *args)``
         on the task, the criterion's modules (a composite's components included) and every
         callback that has it, in that order."""
-        for listener in (self.task, *self.task.criterion.modules(), *self.callbacks):
+        if self._listeners is None:  # fixed once the task is built
+            self._listeners = (self.task, *self.task.criterion.modules())
+        for listener in (*self._listeners, *self.callbacks):
             method = getattr(listener, event, None)
             if method is not None:
                 method(self, *args)

@@ -1,7 +1,8 @@
-"""Tables and curves of an ``isda compare`` sweep of classification runs (Table 2 / Table 5;
-docs/training.md). Each run's final error is recomputed from its ``metrics.json`` with the
-requested window; runs that diverged are marked failed and left out of the statistics. The
-summaries, the file writer and the plotting helpers serve the other tasks' tables too.
+"""Tables and curves of ``isda compare`` sweeps (docs/training.md): the Table 2 / Table 5
+layout of criteria (which the classification task and the analyses use), the summaries of
+runs, the file writer and the plotting helpers the tasks' tables share. Each run's final
+error is recomputed from its ``metrics.json`` with the requested window; runs that diverged
+are marked failed and left out of the statistics.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from .checkpoint import atomic_write, atomic_write_text
 from .config import TrainConfig
 from .curve_inset import INSET_MIN_METHODS, add_last_epochs_inset
 from ..data.longtail import SHOT_GROUPS
-from .long_tailed import (GROUP_COLUMNS, final_class_errors, final_group_errors,
-                          group_csv_cells, group_csv_header, group_rows)
+from .long_tailed import GROUP_COLUMNS, final_class_errors, final_group_errors, group_rows
 from .method_names import display_name
 from .metrics import final_error
 from .reporting import (bold_note, clear_best, counts_text, final_window, fmt_pm, mean_std, plural,
@@ -29,8 +29,7 @@ from .rundir import RESULT_NAME
 
 __all__ = ["WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params", "markdown_table",
            "plot_band", "plot_curves", "plot_group_curves", "pyplot", "render_table",
-           "save_figure", "stats_cells", "summarize_method", "write_classification_comparison",
-           "write_table_files", "zoom_top"]
+           "save_figure", "stats_cells", "summarize_method", "write_table_files", "zoom_top"]
 
 #: Up to this many methods the summary is one row with a column per method (Table 2
 #: style); with more, one row per method named by its spec (Table 5 style).
@@ -278,27 +277,3 @@ def plot_group_curves(path: Path, methods: Sequence[MethodSummary], config: Trai
     fig.tight_layout()
     save_figure(fig, path)
 
-
-def write_classification_comparison(out: Path, variants: Sequence[Any],
-                                    runs: dict[str, list[tuple[int, Path]]], config: TrainConfig
-                                    ) -> tuple[list[MethodSummary], str, Path]:
-    """Summaries, ``table.md``/``table.csv`` and ``curves.png`` of a sweep over criteria;
-    returns ``(methods, markdown, curves path)``."""
-    methods = [summarize_method(v.loss, runs[v.key], config.final_epochs) for v in variants]
-    header = ["method", "name", "dataset", "model", "epochs", "final_epochs", "n_seeds",
-              "final_error_mean", "final_error_std", "best_error_mean", "best_error_std",
-              "num_parameters", "seeds", "final_errors", "failed_seeds"]
-    rows = [[m.loss, m.display, config.dataset, config.model, config.epochs, m.window,
-             len(m.seeds), *stats_cells(*m.final), *stats_cells(*m.best), m.num_parameters,
-             ";".join(str(s) for s in m.seeds), ";".join(f"{e:.4f}" for e in m.final_errors),
-             ";".join(str(s) for s in m.failed)] for m in methods]
-    if any(m.group_errors for m in methods):  # long-tailed: shot groups and per-class errors
-        header += group_csv_header()
-        rows = [row + group_csv_cells(m) for row, m in zip(rows, methods)]
-    table = render_table(methods, config)
-    write_table_files(out, table, header, rows)
-    curves = out / "curves.png"
-    plot_curves(curves, methods, config)
-    if any(m.group_curves for m in methods):
-        plot_group_curves(out / "curves_groups.png", methods, config)
-    return methods, table, curves

@@ -17,8 +17,8 @@ from ...long_tailed import (LongTailReport, bind_meta_set, class_counts, criteri
                             is_long_tailed)
 from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
 from ...presets import apply_preset
-from ...tables import write_classification_comparison
 from ..base import StepOut, Task
+from .tables import write_classification_comparison
 
 __all__ = ["ClassificationTask"]
 
