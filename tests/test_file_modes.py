@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import serve_directory
-from torch_isda.file_mode import new_file_mode
+from torch_isda.utils.file_mode import new_file_mode
 from torch_isda.train.checkpoint import atomic_write_json, save_checkpoint
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")

@@ -29,7 +29,7 @@ from typing import Any
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..file_mode import move_into_place
+from ..utils.file_mode import move_into_place
 
 __all__ = [
     "BASE_URLS",

@@ -19,7 +19,7 @@ from typing import IO, Any, Callable
 
 import torch
 
-from ..file_mode import move_into_place
+from ..utils.file_mode import move_into_place
 
 __all__ = ["CHECKPOINT_NAME", "INTEGRITY_KEY", "KEPT_CHECKPOINTS", "PREVIOUS_CHECKPOINT_NAME",
            "CheckpointError", "atomic_write", "atomic_write_json", "atomic_write_text",
