@@ -7,19 +7,16 @@ contents, so a truncated, bit-flipped or foreign file is reported at load
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import torch
 
-from ..utils.file_mode import move_into_place
+from ..utils.atomic_file import atomic_write
 
 __all__ = ["CHECKPOINT_NAME", "INTEGRITY_KEY", "KEPT_CHECKPOINTS", "PREVIOUS_CHECKPOINT_NAME",
            "CheckpointError", "atomic_write", "atomic_write_json", "atomic_write_text",
@@ -37,37 +34,6 @@ INTEGRITY_KEY = "integrity_sha256"
 class CheckpointError(ValueError):
     """A checkpoint file is damaged (unreadable, truncated, its contents do not match its
     digest) or does not belong to the run loading it."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # pragma: no cover
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically,
-    on an exception it is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        move_into_place(tmp, path)  # with the mode open() gives (mkstemp's is 0600)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
