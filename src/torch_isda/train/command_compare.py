@@ -81,6 +81,19 @@ def _default_out(base: TrainConfig) -> str:
     return comparison_dir(config, ref, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
 
 
+def _print_notes(overrides: dict, base: TrainConfig) -> None:
+    """The option notes of ``isda train``, when the shared base configuration resolves (a
+    list of --semi methods does not: each run is then resolved, and reported, by the plan)."""
+    from .cli_checks import print_option_notes
+    from .resolve import resolve_config
+
+    try:
+        resolved = resolve_config(base)
+    except ValueError:
+        return
+    print_option_notes(overrides, resolved)
+
+
 def run(args: argparse.Namespace) -> int:
     from .compare import run_comparison
 
@@ -96,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
                          "base method alone, isda = Eq. 19), not --losses; set ISDA options "
                          "with --lambda0, --kind, --eta1")
+    _print_notes(overrides, base)
     out = args.out or _default_out(base)
     t0 = time.perf_counter()
     result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,

@@ -22,7 +22,8 @@ from .. import __version__
 from ..estimator import CovarianceEstimator
 from .sync_batchnorm import convert_sync_batchnorm
 from .compiled_step import whole_step_for
-from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_json,
+                         load_resumable_checkpoint, save_checkpoint)
 from .config import ResolvedConfig, TrainConfig
 from .parallel import (
     DistributedContext,
@@ -262,12 +263,16 @@ class Engine:
             gathered: Optional[list] = [None] * self.world_size if self.is_main else None
             dist.gather_object(to_cpu(mine), gathered, dst=0)
             state["rank_states"] = gathered
-        if self.is_main:
-            save_checkpoint(state, self.out / CHECKPOINT_NAME)
+        if self.is_main:  # a checkpoint damaged on disk is never kept as the previous one
+            save_checkpoint(state, self.out / CHECKPOINT_NAME,
+                            keep_previous=not getattr(self, "_current_damaged", False))
+            self._current_damaged = False
 
-    def resume(self) -> None:
-        """Continue from ``checkpoint.pt`` (logging the settings that changed)."""
-        state = load_checkpoint(self.out / CHECKPOINT_NAME)
+    def resume(self, fallback: bool = False) -> None:
+        """Continue from ``checkpoint.pt`` (logging the settings that changed); ``fallback``
+        (``--resume auto``): from ``checkpoint.prev.pt`` when ``checkpoint.pt`` is damaged."""
+        state, path = load_resumable_checkpoint(self.out, fallback, self.log)
+        self._current_damaged = path.name != CHECKPOINT_NAME
         diff = config_differences(TrainConfig.from_dict(state["config"]), self.config)
         if diff:
             self.log("resuming with changed settings: " + ", ".join(
@@ -276,6 +281,11 @@ class Engine:
             self.load_state_dict(state)
         except ValueError as err:  # e.g. another world size: identical on all ranks
             raise mirrored(err) from None
+        except (RuntimeError, KeyError, TypeError) as err:  # another model, kind, optimizer...
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise mirrored(CheckpointError(
+                f"cannot resume from '{path}': it was written by another configuration "
+                f"({reason}); use --force to start over or another --out")) from None
         if self.is_main:
             (self.out / RESULT_NAME).unlink(missing_ok=True)
             write_metrics(self.out, self.rows)
@@ -476,6 +486,8 @@ class Engine:
                 "train_size": task.train_size, "test_size": task.test_size,
                 "family": str(getattr(task.model, "family", "")),
                 "num_parameters": sum(p.numel() for p in task.model.parameters()),
+                "data_source": getattr(task, "data_source", None),
+                "resumed_from_previous_checkpoint": getattr(self, "_current_damaged", False),
                 **task.resolved_fields(),
             },
             "torch_isda_version": __version__,
@@ -558,7 +570,7 @@ def train(config: TrainConfig, *, resume: Any = False, force: bool = False, quie
             if is_main:
                 out.mkdir(parents=True, exist_ok=True)
             if resuming:
-                engine.resume()
+                engine.resume(fallback=resume == "auto")
             engine.write_config()
             engine.log(engine.describe())
             finished = engine.fit(stop_after=stop_after)
