@@ -194,7 +194,13 @@ class RunOptions:
     device: str = _field("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     amp: str = _field("none", "autocast mixed precision", choices=AMP_MODES)
     channels_last: bool = _field(False, "channels-last memory format for model and inputs")
-    compile: bool = _field(False, "torch.compile the feature extractor")
+    compile: bool = _field(
+        False, "torch.compile the whole training step (forward, loss, backward, SGD update) "
+        "as one graph; drops the last incomplete batch of an epoch, ISDA takes its static "
+        "path (one-process classification; otherwise the forward pass only)")
+    cuda_graphs: bool = _field(
+        False, "with --compile, capture the compiled step in CUDA graphs "
+        "(mode='reduce-overhead'; CUDA only)")
     deterministic: bool = _field(
         True, "deterministic algorithms (torch.use_deterministic_algorithms, warn_only) and "
         "no cuDNN autotuning")

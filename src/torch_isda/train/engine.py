@@ -21,6 +21,7 @@ import torch.distributed as dist
 from .. import __version__
 from ..estimator import CovarianceEstimator
 from .sync_batchnorm import convert_sync_batchnorm
+from .compiled_step import whole_step_for
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_json,
                          load_resumable_checkpoint, save_checkpoint)
 from .config import ResolvedConfig, TrainConfig
@@ -182,6 +183,7 @@ class Engine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [self.lr_factor] * len(self.optimizer.param_groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.compiled_step = whole_step_for(self, Callback)  # --compile: None without
 
     def _build_distributed(self) -> None:
         """SyncBatchNorm, ISDA synchronization, the task's DDP preparation, gradient
@@ -296,6 +298,8 @@ class Engine:
         task = self.task
         self.progress = progress
         self.emit("on_step_start", step)
+        if self.compiled_step is not None:
+            return self._compiled_step(batch, step)
         if self._broadcast_each_step:  # rank 0's BatchNorm statistics, as DDP does
             broadcast_buffers(task.model)
         out = task.train_step(batch, progress)
@@ -312,6 +316,26 @@ class Engine:
             self.scheduler.step()
         self.emit("on_step_end", step)
         return out
+
+    def _compiled_step(self, batch: Any, step: int) -> Any:
+        """:meth:`_step` under ``--compile``: forward to optimizer step in one graph."""
+        out = self.compiled_step(batch)
+        if self.task.schedule_per_step:
+            self.scheduler.step()
+        self.emit("on_step_end", step)
+        return out
+
+    def _check_deferred(self, epoch: int) -> None:
+        """Raise the error of a batch that the ISDA statistics' device-side checks rejected
+        (the static path defers it; one host sync per epoch)."""
+        for module in self.task.criterion.modules():
+            if isinstance(module, CovarianceEstimator):
+                try:
+                    module.check()
+                except ValueError as err:
+                    if "NaN" not in str(err):
+                        raise
+                    raise self._diverged("deep features", epoch + 1, None, "NaN/Inf") from err
 
     def train_epoch(self, epoch: int) -> tuple[float, float, dict[str, Any]]:
         """One pass over the training data; returns (mean loss, error %, task extras),
@@ -362,6 +386,7 @@ class Engine:
                 bad = rows[rows[:, 0].argmin()]
             step, value = bad.tolist()
             raise self._diverged("training loss", epoch + 1, int(step), value)
+        self._check_deferred(epoch)
         self.emit("on_train_epoch_end", epoch)
         return task.epoch_values(totals)
 
