@@ -11,9 +11,10 @@
 #
 # Usage (repository root):  bash benchmarks/fashion_mnist_cpu.sh
 #   env: OUT (default runs/fashion-mnist-cpu), EPOCHS (10), SEEDS ("0 1 2 3 4"), JOBS (2),
-#        PYTHON (default python), DATA_DIR (default data; the Debian copy in
-#        /usr/share/datasets/fashion-mnist is used when DATA_DIR has none), DOWNLOAD=1 to
-#        fetch the official files into DATA_DIR/fashion_mnist.
+#        PYTHON (default: the project's .venv/bin/python when present, else python3),
+#        DATA_DIR (default data; the Debian copy in /usr/share/datasets/fashion-mnist is used
+#        when the default data/ has none), DOWNLOAD=1 to fetch the official files into
+#        DATA_DIR/fashion_mnist.
 # Re-running continues: finished runs are reused, interrupted ones resumed (never while
 # another process is still training them).
 set -euo pipefail
@@ -22,7 +23,9 @@ OUT=${OUT:-runs/fashion-mnist-cpu}
 EPOCHS=${EPOCHS:-10}
 JOBS=${JOBS:-2}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
-PYTHON=${PYTHON:-python}
+project_python="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+if [[ -x "$project_python" ]]; then default_python=$project_python; else default_python=python3; fi
+PYTHON=${PYTHON:-$default_python}
 DATA_DIR=${DATA_DIR:-data}
 export PYTHONPATH=${PYTHONPATH:-$PWD/src}
 export OMP_NUM_THREADS=1

@@ -53,7 +53,7 @@ def test_sections_keep_the_flat_fields_and_their_order():
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     sections = (*SHARED_SECTIONS, *TASK_SECTIONS.values())
     declared = [n for s in sections for n in section_fields(s)]
-    assert sorted(declared) == sorted(names) and len(declared) == len(set(declared)) == 54
+    assert sorted(declared) == sorted(names) and len(declared) == len(set(declared)) == 55
     assert names[:5] == ["dataset", "data_dir", "download", "dataset_kwargs", "augment"]
     assert TrainConfig(labels=7).section(SemiOptions)["labels"] == 7
 

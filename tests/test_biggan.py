@@ -4,12 +4,12 @@ pytorch-pretrained-biggan, tested with a small randomly initialised model of the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 import torch
 
-pytest.importorskip("pytorch_pretrained_biggan")
 pytest.importorskip("matplotlib")
 pytest.importorskip("PIL")
 
@@ -35,7 +35,10 @@ TINY = {"output_dim": 32, "z_dim": 8, "class_embed_dim": 8, "channel_width": 4, 
 
 @pytest.fixture(scope="module")
 def biggan_dir(tmp_path_factory):
-    """A randomly initialised BigGAN saved like a pretrained one (config.json + weights)."""
+    """A randomly initialised BigGAN saved like a pretrained one (config.json + weights);
+    the tests using it skip without the ``biggan`` extra (not part of ``test``)."""
+    if importlib.util.find_spec("pytorch_pretrained_biggan") is None:
+        pytest.skip("pytorch-pretrained-biggan is not installed: pip install -e '.[test,biggan]'")
     root = tmp_path_factory.mktemp("biggan")
     model = build_biggan(TINY, seed=0)
     (root / "config.json").write_text(json.dumps(TINY))

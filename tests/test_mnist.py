@@ -132,30 +132,86 @@ def test_load_from_data_dir(tmp_path, name, augment):
     assert aug.padding == 2 and (aug.base == "crop_flip") == (name == "fashion_mnist")
 
 
-def test_lookup_order_data_dir_then_alias_then_system(tmp_path):
+def test_lookup_order_data_dir_then_alias_then_system(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default root, "data", is relative
     system = tmp_path / "system" / "fashion-mnist"  # Debian's directory name
     in_system = make_mnist_files(system, seed=1)
-    ds = create_dataset("fashion_mnist", root=tmp_path / "data")
+    ds = create_dataset("fashion_mnist")
     np.testing.assert_array_equal(ds.train_images.numpy(), in_system.train.images)
+    assert ds.source.startswith(f"'{system}' (train-images-idx3-ubyte.gz, ")
     in_alias = make_mnist_files(tmp_path / "data" / "fashion-mnist", seed=2)
-    ds = create_dataset("fashion_mnist", root=tmp_path / "data")
+    ds = create_dataset("fashion_mnist", root="data")
     np.testing.assert_array_equal(ds.train_images.numpy(), in_alias.train.images)
     in_data = make_mnist_files(tmp_path / "data" / "fashion_mnist", seed=3)
-    ds = create_dataset("fashion_mnist", root=tmp_path / "data")
+    ds = create_dataset("fashion_mnist")
     np.testing.assert_array_equal(ds.train_images.numpy(), in_data.train.images)
     # an incomplete copy in --data-dir is skipped in favour of a complete one
     (tmp_path / "data" / "fashion_mnist" / MNIST_FILE_NAMES["test_labels"]).unlink()
-    ds = create_dataset("fashion_mnist", root=tmp_path / "data")
+    ds = create_dataset("fashion_mnist")
     np.testing.assert_array_equal(ds.train_images.numpy(), in_alias.train.images)
 
 
-def test_missing_files_error_lists_the_places_searched(tmp_path):
+def test_missing_files_error_lists_the_places_searched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as info:
-        create_dataset("kmnist", root=tmp_path / "data")
+        create_dataset("kmnist")
     message = str(info.value)
     assert "--download" in message and "train-images-idx3-ubyte.gz" in message
-    assert str(tmp_path / "data" / "kmnist") in message
+    assert str(Path("data") / "kmnist") in message
     assert str(tmp_path / "system" / "KMNIST") in message
+
+
+@pytest.mark.parametrize("make_root", [False, True], ids=["missing", "empty"])
+def test_explicit_data_dir_never_falls_back_to_the_system_copy(tmp_path, make_root):
+    make_mnist_files(tmp_path / "system" / "fashion-mnist", seed=1)
+    root = tmp_path / "nonexistent"
+    if make_root:
+        root.mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        create_dataset("fashion_mnist", root=root)
+    message = str(info.value)
+    assert "train-images-idx3-ubyte.gz (or train-images-idx3-ubyte)" in message
+    assert f"'{root / 'fashion_mnist'}'" in message and f"'{root}'" in message
+    assert "system" not in message
+    assert ("does not exist" in message) != make_root
+    assert "\n" not in message
+
+
+def test_the_folder_holding_the_files_is_accepted(tmp_path):
+    tiny = make_mnist_files(tmp_path / "files", seed=4)
+    ds = create_dataset("fashion_mnist", root=tmp_path / "files")
+    np.testing.assert_array_equal(ds.test_images.numpy(), tiny.test.images)
+    assert ds.source == (f"'{tmp_path / 'files'}' (train-images-idx3-ubyte.gz, "
+                         "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+                         "t10k-labels-idx1-ubyte.gz)")
+
+
+def test_uncompressed_idx_files_are_read(tmp_path):
+    folder = tmp_path / "data" / "mnist"
+    tiny = make_mnist_files(folder, seed=5)
+    for name in MNIST_FILE_NAMES.values():  # gunzip them: train-images-idx3-ubyte, ...
+        packed = folder / name
+        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+        packed.unlink()
+    ds = create_dataset("mnist", root=tmp_path / "data")
+    np.testing.assert_array_equal(ds.train_images.numpy(), tiny.train.images)
+    np.testing.assert_array_equal(ds.test_labels.numpy(), tiny.test.labels)
+    assert "(train-images-idx3-ubyte, train-labels-idx1-ubyte, " in ds.source
+
+
+def test_wrong_data_dir_on_the_command_line_is_one_line_and_leaves_nothing(tmp_path, capsys,
+                                                                           monkeypatch):
+    from torch_isda.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make_mnist_files(tmp_path / "system" / "fashion-mnist", seed=1)
+    code = main(["train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "nonexistent"),
+                 "--model", "resnet20", "--epochs", "1", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "does not exist" in err and "train-images-idx3-ubyte.gz" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_inconsistent_files_are_rejected(tmp_path):
@@ -368,13 +424,17 @@ def test_train_fashion_mnist_subset_end_to_end(tmp_path):
         "train_size=20,subset_seed=1", "--epochs", "1", "--batch-size", "8",
         "--out", str(out), "--device", "cpu"])
     cfg = TrainConfig(**config_overrides_from_args(args))
-    result = train(cfg, quiet=True)
+    logged = []
+    result = train(cfg, log=logged.append, epoch_log=False)
     assert result["status"] == "trained" and result["epochs_done"] == 1
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["dataset_kwargs"] == {"train_size": 20, "subset_seed": 1}
     assert saved["config"]["model_kwargs"] == {"in_chans": 1}
     assert saved["config"]["preset"] == "mnist"
     resolved = saved["resolved"]
+    folder = tmp_path / "data" / "fashion_mnist"
+    assert resolved["data_source"].startswith(f"'{folder}' (train-images-idx3-ubyte.gz, ")
+    assert f"fashion_mnist: read from {resolved['data_source']}" in logged
     assert resolved["train_size"] == 20 and resolved["test_size"] == 10
     assert resolved["image_size"] == [1, 28, 28] and resolved["augment"] == "crop_flip(padding=2)"
     # without in_chans the stem follows the dataset's channel count

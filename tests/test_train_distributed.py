@@ -185,7 +185,8 @@ def test_two_ranks_equal_one_process_and_resume(session):
         assert a["test_error"] == pytest.approx(b["test_error"], abs=0.2)
     assert resumed["final_error"] == pytest.approx(single["final_error"], abs=0.2)
     assert sorted(p.name for p in (tmp / "ddp").iterdir()) == [
-        "checkpoint.pt", "config.json", "metrics.csv", "metrics.json", "result.json"]
+        "checkpoint.prev.pt", "checkpoint.pt", "config.json", "metrics.csv", "metrics.json",
+        "result.json"]
 
 
 def test_resume_needs_the_same_world_size(session):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..train.config import TrainConfig
-from ..train.reporting import bold_note, clear_best, window_text
+from ..train.reporting import bold_note, clear_best, plural, window_text
 from .common import Logger, Table, fmt_pm, mean_std, pyplot, save_figure, sweep, write_table
 
 __all__ = ["ABLATION_SETTINGS", "run_ablation"]
@@ -52,7 +52,7 @@ def run_ablation(base: TrainConfig, out: Union[str, Path], *,
     table = Table(
         caption=(f"Ablation study (Table 8): test error (%) of {config.model} on "
                  f"{config.dataset}, mean ± std over seeds (each run: mean test error of its "
-                 f"{window}); lambda0 = {config.lambda0}, {config.epochs} epochs, preset "
+                 f"{window}); lambda0 = {config.lambda0}, {plural(config.epochs, 'epoch')}, preset "
                  f"{config.preset}.{bold_note(marked, len(rows), spread)}"),
         headers=["Setting", "criterion", "test error (%)", "Δ vs Basic", "Δ vs ISDA", "seeds",
                  "per seed"],

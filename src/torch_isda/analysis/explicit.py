@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..train.config import TrainConfig
+from ..train.reporting import plural
 from .common import Logger, Table, fmt_pm, mean_std, pyplot, save_figure, sweep, write_table
 
 __all__ = ["PAPER_MS", "parse_ms", "run_explicit"]
@@ -101,12 +102,12 @@ def _explicit_table(rows: list, config: Any) -> Table:
     n_seeds = len(rows[0][2][2])
     return Table(
         caption=(f"Explicit vs implicit semantic data augmentation (Fig. 10): test error (%) of "
-                 f"{config.model} on {config.dataset}, mean ± std over {n_seeds} seeds, vs the "
+                 f"{config.model} on {config.dataset}, mean ± std over {plural(n_seeds, 'seed')}, vs the "
                  f"number M of sampled augmented features per sample (Eq. 5). M = 0: basic CE; "
                  f"M = ∞: ISDA's bound (Eq. 7). Estimated Σ: ISDA's online class covariances "
                  f"(kind {config.kind}); learned Σ (Cov): Σ_c = D_c D_cᵀ learned by SGD with "
                  f"DistributionNet's feature-uncertainty loss. lambda0 = {config.lambda0}, "
-                 f"{config.epochs} epochs."),
+                 f"{plural(config.epochs, 'epoch')}."),
         headers=["M", "estimated Σ (explicit SDA / ISDA)", "criterion", "learned Σ (Cov)",
                  "criterion"],
         rows=md_rows,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..train.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
 from ..train.config import TrainConfig
+from ..train.reporting import plural, window_text
 from .common import Logger, Table, pyplot, save_figure, write_table
 
 __all__ = ["BoundRecorder", "TightnessResult", "find_isda_loss", "gap_statistics",
@@ -227,7 +228,8 @@ def run_tightness(base: TrainConfig, out: Union[str, Path], *, every: Optional[i
     unfinished = _check_previous_run(out, run_dir, config, meta, recorder, force)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, meta)
-    say(f"tightness: {config.loss} on {config.dataset} / {config.model}, {config.epochs} epochs, "
+    say(f"tightness: {config.loss} on {config.dataset} / {config.model}, "
+        f"{plural(config.epochs, 'epoch')}, "
         f"Monte Carlo with {recorder.samples} samples every "
         f"{'~1%' if every is None else every} steps -> '{out}'")
     result = train(config, resume=unfinished and not force, force=force, quiet=quiet,
@@ -290,7 +292,7 @@ def _report(out: Path, rows: list[dict[str, float]], config: TrainConfig, sample
                "mean rel. gap", "max rel. gap", "mean MC s.e.", "bound < MC − 3 s.e."]
     table = Table(
         caption=(f"Tightness of the ISDA bound (Fig. 9): {config.model} on {config.dataset}, "
-                 f"loss {config.loss}, {config.epochs} epochs, lambda0 = {config.lambda0}. "
+                 f"loss {config.loss}, {plural(config.epochs, 'epoch')}, lambda0 = {config.lambda0}. "
                  f"L̄∞: Eq. (7) on the training batch; L∞: Eq. (6) by Monte Carlo with "
                  f"{samples} samples per feature; gap = L̄∞ − L∞ (≥ 0 by Jensen)."),
         headers=["scope"] + headers,
@@ -305,8 +307,8 @@ def _report(out: Path, rows: list[dict[str, float]], config: TrainConfig, sample
                    s["gap_mean"], s["gap_max"], s["gap_min"], s["rel_gap_mean"],
                    s["rel_gap_max"], s["mc_se_mean"], s["violations"], config.dataset,
                    config.model, config.loss, config.epochs, samples] for name, s in stats],
-        notes=(f"Final test error of the run: {run['final_error']:.2f}% (mean of the last "
-               f"{run.get('final_error_epochs', 10)} epochs). Per-record values: {TRACE_NAME}."),
+        notes=(f"Final test error of the run: {run['final_error']:.2f}% (mean of the "
+               f"{window_text(run.get('final_error_epochs', 10))}). Per-record values: {TRACE_NAME}."),
     )
     md, csv_path, text = write_table(out, "tightness", table)
     png = plot_trace(out / "tightness.png", rows, config, samples)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..train.config import TrainConfig
+from ..train.reporting import plural
 from .common import Logger, Table, pyplot, save_figure, sweep, write_table
 
 __all__ = ["cluster_ratio", "embed", "extract_test_features", "run_tsne"]
@@ -149,7 +150,7 @@ def _tsne_table(panels: list[dict[str, Any]], config: Any, seed: int) -> Table:
 
     return Table(
         caption=(f"t-SNE of the test-set deep features (Fig. 8): {config.model} on "
-                 f"{config.dataset}, seed {seed}, {config.epochs} epochs. Silhouette: class "
+                 f"{config.dataset}, seed {seed}, {plural(config.epochs, 'epoch')}. Silhouette: class "
                  f"separation (higher is better, in [-1, 1]); within/between: mean distance to "
                  f"the class centroid over mean distance between centroids (lower: tighter "
                  f"clusters)."),

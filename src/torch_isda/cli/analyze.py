@@ -41,6 +41,16 @@ ANALYSES = (
 )
 
 
+#: Options no analysis uses: analyses train in one process.
+MULTI_PROCESS_OPTIONS = ("isda_sync", "sync_bn", "dist_backend", "dist_timeout")
+#: Options of the semi-supervised and segmentation tasks, left out of the help (and the
+#: parser) of the analyses that train supervised classifiers only.
+OTHER_TASK_OPTIONS = ("semi", "labels", "split_seed", "val_fraction", "eta1", "eta2",
+                      "labeled_batch_size", "unlabeled_batch_size", "zca", "semi_translate",
+                      "semi_kwargs", "task", "crop_size", "eval_scales", "seg_loss_at",
+                      "aux_weight")
+
+
 def _common(parser: argparse.ArgumentParser, *, seeds: bool) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("analysis")
     group.add_argument("--out", default=None, metavar="DIR",
@@ -82,7 +92,8 @@ def _add_tightness_parser(subs: Any) -> None:
                    help="record every STEPS training steps (default: ~100 records per run)")
     g.add_argument("--samples", type=int, default=1000,
                    help="Monte Carlo samples per feature (default: 1000, as in the paper)")
-    add_config_arguments(p, exclude=("out",), title="training configuration")
+    add_config_arguments(p, exclude=("out", *MULTI_PROCESS_OPTIONS, *OTHER_TASK_OPTIONS),
+                         title="training configuration")
 
 
 def _add_explicit_parser(subs: Any) -> None:
@@ -99,7 +110,7 @@ def _add_explicit_parser(subs: Any) -> None:
     g.add_argument("--cov-args", default="", metavar="K=V,...",
                    help="extra learned_cov arguments, e.g. beta=0.5,std=0.2 (its feature-"
                         "uncertainty weight and entropy margin)")
-    add_config_arguments(p, exclude=("loss", "seed", "out"),
+    add_config_arguments(p, exclude=("loss", "seed", "out", *MULTI_PROCESS_OPTIONS),
                          title="training configuration (applies to every run)")
 
 
@@ -115,7 +126,7 @@ def _add_tsne_parser(subs: Any) -> None:
                    help="embed at most this many test samples (a fixed random subset; "
                         "default: 2000)")
     g.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: 30)")
-    add_config_arguments(p, exclude=("loss", "out"),
+    add_config_arguments(p, exclude=("loss", "out", *MULTI_PROCESS_OPTIONS),
                          title="training configuration (applies to every run)")
 
 
@@ -127,7 +138,7 @@ def _add_sensitivity_parser(subs: Any) -> None:
     g.add_argument("--lambdas", default="0,0.1,0.25,0.5,0.75,1,2.5,5,10", metavar="L1,L2",
                    help="lambda0 grid (default: the paper's 0,0.1,0.25,0.5,0.75,1,2.5,5,10; "
                         "0 is the CE baseline)")
-    add_config_arguments(p, exclude=("loss", "seed", "out", "lambda0"),
+    add_config_arguments(p, exclude=("loss", "seed", "out", "lambda0", *MULTI_PROCESS_OPTIONS),
                          title="training configuration (applies to every run)")
 
 
@@ -137,7 +148,8 @@ def _add_ablation_parser(subs: Any) -> None:
                                     "covariance, constant lambda0 and full ISDA over seeds "
                                     "(Table 8).")
     _common(p, seeds=True)
-    add_config_arguments(p, exclude=("loss", "seed", "out", "kind", "constant_lambda"),
+    add_config_arguments(p, exclude=("loss", "seed", "out", "kind", "constant_lambda",
+                                     *MULTI_PROCESS_OPTIONS, *OTHER_TASK_OPTIONS),
                          title="training configuration (applies to every run)")
 
 

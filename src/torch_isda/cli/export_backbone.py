@@ -224,12 +224,13 @@ def export_backbone(source: Union[str, os.PathLike[str], nn.Module, Mapping[str,
     :func:`load_weights`, or a model / state dict) to ``out`` atomically, with
     ``torch.save``; returns :func:`resnet_architecture` of it plus ``"keys"``, ``"format"``
     and ``"out"``. Nothing is written when the weights do not fit."""
-    from ..train.checkpoint import save_checkpoint
+    from ..train.checkpoint import atomic_write
 
     if isinstance(source, (str, os.PathLike)):
         source = load_weights(source)
     state, info = _exported(source, format, classifier)
-    save_checkpoint(state, out)
+    with atomic_write(out, "wb") as f:  # a plain state dict, as torchvision / timm load it
+        torch.save(state, f)
     info.update(keys=len(state), format=format, out=str(out))
     return info
 

@@ -25,7 +25,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -91,6 +91,28 @@ def _unavailable(name: str, error: BaseException) -> Any:
     return run
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other error of ``isda``
+    (``isda train: error: argument --epochs: invalid int value: 'x'; see 'isda train
+    --help'``) instead of the whole usage; its subcommand parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if not hasattr(namespace, "_innermost_parser"):  # the subcommand's parser, if any
+            namespace._innermost_parser = self
+        return namespace, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Unknown options are reported by the subcommand that got them (``isda train:``)."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            namespace._innermost_parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+
 def chosen_command(argv: Sequence[str]) -> str:
     """The subcommand named in ``argv`` (``""`` when none is, e.g. ``isda --help``)."""
     names = {name for name, _ in COMMANDS}
@@ -104,7 +126,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``isda`` parser; with ``only``, just that subcommand's module is imported (the
     others are listed with their :data:`SUMMARIES` line; a command without one is
     imported), so ``isda --help`` and ``isda list`` do not import the training harness."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="isda",
         description="Implicit Semantic Data Augmentation (ISDA) for PyTorch: training and "
                     "experiments.")

@@ -29,6 +29,8 @@ from typing import Any
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..utils.file_mode import move_into_place
+
 __all__ = [
     "BASE_URLS",
     "ENV_BASE_URL",
@@ -139,7 +141,7 @@ def download_file(
                 f"got {actual}. The corrupted download was removed; try again or use a "
                 f"different mirror."
             )
-        os.replace(tmp, dest)
+        move_into_place(tmp, dest)  # with the mode open() gives (mkstemp's is 0600)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

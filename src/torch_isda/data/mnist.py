@@ -1,24 +1,28 @@
 """MNIST, Fashion-MNIST and Kuzushiji-MNIST (KMNIST) from their official IDX files.
 
-Each dataset is four gzip-compressed IDX files (:mod:`torch_isda.data.idx`) with the
-official names ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
-``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``: 60,000 training and
-10,000 test images of 28x28 grey pixels, 10 classes.
+Each dataset is four IDX files (:mod:`torch_isda.data.idx`) with the official names
+``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``
+and ``t10k-labels-idx1-ubyte.gz`` (gzip-compressed, or uncompressed without the ``.gz``):
+60,000 training and 10,000 test images of 28x28 grey pixels, 10 classes.
 
 Where the files are looked for, in order:
 
-1. ``root/<name>/`` (``--data-dir``; e.g. ``data/fashion_mnist/``) or ``root/<alias>/``
-   (e.g. ``data/fashion-mnist/``, the Debian directory name): the first folder that holds
-   all four files wins;
-2. a system copy in :data:`SYSTEM_ROOTS` (``/usr/share/datasets/<alias>``, where Debian's
-   ``dataset-fashion-mnist`` package installs the files);
+1. ``root/<name>/`` (``--data-dir``; e.g. ``data/fashion_mnist/``), ``root/<alias>/``
+   (e.g. ``data/fashion-mnist/``, the Debian directory name) or ``root`` itself (the folder
+   holding the files): the first folder that holds all four files wins;
+2. only when ``root`` is the default :data:`DEFAULT_ROOT` (``data``, no ``--data-dir``
+   given): a system copy in :data:`SYSTEM_ROOTS` (``/usr/share/datasets/<alias>``, where
+   Debian's ``dataset-fashion-mnist`` package installs the files). An explicit ``root``
+   that does not exist or holds no complete copy is an error naming what was looked for;
 3. with ``download=True``, missing files are fetched into ``root/<name>/`` from the
    official site (or ``base_url`` / ``$TORCH_ISDA_DATA_URL``) and MD5-checked.
 
-Downloads are verified against the official MD5 of the ``.gz`` files (:data:`MD5`).
-Existing files are not hashed (Debian recompresses the files, so its ``.gz`` differ from
-the official ones byte for byte); they are checked by format instead: IDX magic and
-dimensions, 28x28 uint8 images, as many labels as images, labels in ``0..9``.
+The dataset's ``source`` names the folder and the files read (the harness logs it and
+records it in ``config.json``'s ``resolved``). Downloads are verified against the official
+MD5 of the ``.gz`` files (:data:`MD5`). Existing files are not hashed (Debian recompresses
+the files, so its ``.gz`` differ from the official ones byte for byte); they are checked by
+format instead: IDX magic and dimensions, 28x28 uint8 images, as many labels as images,
+labels in ``0..9``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .download import ensure_file, missing_files
 from .idx import IDXFormatError, read_idx
 from .registry import ImageDataset, channel_stats, register_dataset
 
-__all__ = ["FILES", "MD5", "MNIST_SPECS", "SYSTEM_ROOTS", "MnistSpec", "fashion_mnist",
+__all__ = ["DEFAULT_ROOT", "FILES", "MD5", "MNIST_SPECS", "SYSTEM_ROOTS", "MnistSpec", "describe_source", "fashion_mnist",
            "kmnist", "load_mnist_family", "locate_mnist_files", "mnist", "read_idx_split"]
 
 #: The official file of every split and part.
@@ -70,6 +74,9 @@ MD5: dict[str, dict[str, str]] = {
 #: Directories searched for a system-wide copy (after ``root``), e.g. Debian's
 #: ``/usr/share/datasets/fashion-mnist``. Patchable (tests set it to ``()``).
 SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)
+
+#: The default ``root`` (``--data-dir``): only with it are :data:`SYSTEM_ROOTS` searched.
+DEFAULT_ROOT = "data"
 
 IMAGE_SIZE = (1, 28, 28)
 
@@ -130,43 +137,74 @@ def read_idx_split(images_path: str | Path, labels_path: str | Path,
     return images[:, None], labels.astype(np.int64)
 
 
-def _complete_folder(folders: list[Path]) -> Optional[Path]:
+def _files_in(folder: Path) -> Optional[dict[str, Path]]:
+    """The four files in ``folder`` (each ``.gz`` or uncompressed), or ``None``."""
+    if not folder.is_dir():
+        return None
+    found = {}
+    for key, name in FILES.items():
+        candidates = [folder / name, folder / name.removesuffix(".gz")]
+        present = [path for path in candidates if path.is_file()]
+        if not present:
+            return None
+        found[key] = present[0]
+    return found
+
+
+def _first_complete(folders: list[Path]) -> Optional[dict[str, Path]]:
     for folder in folders:
-        if folder.is_dir() and not missing_files(folder, FILES.values()):
-            return folder
+        found = _files_in(folder)
+        if found is not None:
+            return found
     return None
 
 
-def locate_mnist_files(spec: MnistSpec, root: str | Path, download: bool = False, *,
-                       base_url: Optional[str] = None, progress: bool = True) -> dict[str, Path]:
+def _not_found_message(spec: MnistSpec, root: Path, searched: list[Path], explicit: bool) -> str:
+    wanted = ", ".join(f"{name} (or {name.removesuffix('.gz')})" for name in FILES.values())
+    places = ", ".join(f"'{p}'" for p in searched)
+    if explicit and not root.is_dir():
+        return (f"{spec.name}: the data directory '{root}' does not exist (looked for {wanted} "
+                f"in {places}); pass an existing --data-dir, or add --download to fetch the "
+                f"files into '{root / spec.name}'")
+    return (f"{spec.name}: the files {wanted} were not found together in any of {places}. "
+            f"Pass download=True (--download on the command line) to fetch them into "
+            f"'{root / spec.name}', or point --data-dir at the folder holding them (or at its "
+            f"parent, holding '{spec.name}/').")
+
+
+def locate_mnist_files(spec: MnistSpec, root: str | Path = DEFAULT_ROOT, download: bool = False,
+                       *, base_url: Optional[str] = None, progress: bool = True
+                       ) -> dict[str, Path]:
     """The four files of ``spec`` (keys of :data:`FILES`), found or downloaded as
     described in the module docstring.
 
     Raises:
         FileNotFoundError: no complete copy exists and ``download`` is false; the message
-            lists the folders searched and suggests ``--download``.
+            names the files and the folders searched and suggests ``--download``.
     """
+    explicit = str(root) != DEFAULT_ROOT
     root = Path(root)
-    local = [root / folder for folder in spec.folders]
-    system = [Path(s) / folder for s in SYSTEM_ROOTS for folder in spec.folders]
-    found = _complete_folder(local) or _complete_folder(system)
+    local = [root / folder for folder in spec.folders] + [root]
+    system = [] if explicit else [Path(s) / folder for s in SYSTEM_ROOTS for folder in spec.folders]
+    found = _first_complete(local) or _first_complete(system)
     if found is None and download:
         target = root / spec.name
         for key, name in FILES.items():
             ensure_file(target / name, dataset=spec.name, md5=MD5[spec.name].get(name),
                         download=True, base_url=base_url, progress=progress)
-        found = target
+        found = {key: target / name for key, name in FILES.items()}
     if found is None:
-        searched = ", ".join(f"'{p}'" for p in local + system)
-        raise FileNotFoundError(
-            f"{spec.name}: the files {', '.join(FILES.values())} were not found together in "
-            f"any of {searched}. Pass download=True (--download on the command line) to "
-            f"fetch them into '{root / spec.name}', or point --data-dir at a folder holding "
-            f"'{spec.name}/' with them.")
-    return {key: found / name for key, name in FILES.items()}
+        raise FileNotFoundError(_not_found_message(spec, root, local + system, explicit))
+    return found
 
 
-def load_mnist_family(name: str, root: str | Path = "data", download: bool = False, *,
+def describe_source(paths: dict[str, Path]) -> str:
+    """``"'<folder>' (train-images-idx3-ubyte.gz, ...)"``: where the files were read from."""
+    folders = sorted({str(p.parent) for p in paths.values()})
+    return f"'{', '.join(folders)}' ({', '.join(p.name for p in paths.values())})"
+
+
+def load_mnist_family(name: str, root: str | Path = DEFAULT_ROOT, download: bool = False, *,
                       base_url: Optional[str] = None, progress: bool = True,
                       test_split: bool = True) -> ImageDataset:
     """Load ``"mnist"``, ``"fashion_mnist"`` or ``"kmnist"`` as an :class:`ImageDataset`
@@ -192,11 +230,12 @@ def load_mnist_family(name: str, root: str | Path = "data", download: bool = Fal
         image_size=IMAGE_SIZE,
         default_augment=spec.default_augment,
         classes=spec.classes,
+        source=describe_source(paths),
     )
 
 
 @register_dataset
-def mnist(root: str = "data", download: bool = False, *, base_url: Optional[str] = None,
+def mnist(root: str = DEFAULT_ROOT, download: bool = False, *, base_url: Optional[str] = None,
           progress: bool = True, test_split: bool = True) -> ImageDataset:
     """MNIST: 60000 train / 10000 test 28x28 grey handwritten digits, 10 classes."""
     return load_mnist_family("mnist", root, download, base_url=base_url, progress=progress,
@@ -204,7 +243,7 @@ def mnist(root: str = "data", download: bool = False, *, base_url: Optional[str]
 
 
 @register_dataset
-def fashion_mnist(root: str = "data", download: bool = False, *,
+def fashion_mnist(root: str = DEFAULT_ROOT, download: bool = False, *,
                   base_url: Optional[str] = None, progress: bool = True,
                   test_split: bool = True) -> ImageDataset:
     """Fashion-MNIST: 60000 train / 10000 test 28x28 grey Zalando article images, 10 classes."""
@@ -213,7 +252,7 @@ def fashion_mnist(root: str = "data", download: bool = False, *,
 
 
 @register_dataset
-def kmnist(root: str = "data", download: bool = False, *, base_url: Optional[str] = None,
+def kmnist(root: str = DEFAULT_ROOT, download: bool = False, *, base_url: Optional[str] = None,
            progress: bool = True, test_split: bool = True) -> ImageDataset:
     """Kuzushiji-MNIST: 60000 train / 10000 test 28x28 grey cursive kana, 10 classes."""
     return load_mnist_family("kmnist", root, download, base_url=base_url, progress=progress,

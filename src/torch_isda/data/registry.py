@@ -70,6 +70,8 @@ class ImageDataset:
         meta_images, meta_labels: Optional balanced held-out set carved from the training
             images (``val_per_class``, see :mod:`~torch_isda.data.longtail`), e.g. the meta
             set of MetaSAug; ``None`` when there is none.
+        source: Where the data was read from (folder and files), for the log and
+            ``config.json``; ``None`` for built-in or generated data.
     """
 
     name: str
@@ -85,6 +87,7 @@ class ImageDataset:
     classes: tuple[str, ...] | None = None
     meta_images: torch.Tensor | None = None
     meta_labels: torch.Tensor | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)

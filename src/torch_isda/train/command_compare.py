@@ -88,6 +88,19 @@ def _default_out(base: TrainConfig) -> str:
     return comparison_dir(config, ref, DEFAULTS["out"], (DEFAULTS["dataset"], DEFAULTS["model"]))
 
 
+def _print_notes(overrides: dict, base: TrainConfig) -> None:
+    """The option notes of ``isda train``, when the shared base configuration resolves (a
+    list of --semi methods does not: each run is then resolved, and reported, by the plan)."""
+    from .cli_checks import print_option_notes
+    from .resolve import resolve_config
+
+    try:
+        resolved = resolve_config(base)
+    except ValueError:
+        return
+    print_option_notes(overrides, resolved)
+
+
 def run(args: argparse.Namespace) -> int:
     from .compare import run_comparison
 
@@ -107,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("with --semi the columns are chosen by --isda off|on|both (ce = the "
                          "base method alone, isda = Eq. 19), not --losses; set ISDA options "
                          "with --lambda0, --kind, --eta1")
+    _print_notes(overrides, base)
     out = args.out or _default_out(base)
     from .sweep.cli_args import sweep_options_from_args
     from .sweep.local import SweepInterrupted

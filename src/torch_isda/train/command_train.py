@@ -111,6 +111,10 @@ def run_args(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from .parallel import USER_ERRORS, launched_by_torchrun
 
+    if args.resume and args.force:
+        raise ValueError("--resume and --force contradict each other (--resume continues the "
+                         "run in --out, --force deletes it and starts over): pass one of them")
+
     config = build_config(args)
     if getattr(args, "nproc", None) is not None:  # isda train --nproc K: launch torchrun
         from .launch import launch_config
@@ -122,10 +126,14 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(resume=args.resume, force=args.force, quiet=args.quiet,
                   stop_after=args.stop_after)
     if not launched_by_torchrun():
-        from .cli_checks import check_command_line
+        from .cli_checks import check_command_line, print_option_notes
+        from .resolve import resolve_config
 
-        check_command_line(config_overrides_from_args(args), config)
-        return report(train(config, **kwargs))
+        overrides = config_overrides_from_args(args)
+        check_command_line(overrides, config)
+        resolved = resolve_config(config)  # a bad value is reported alone, before any note
+        print_option_notes(overrides, resolved)
+        return report(train(resolved, **kwargs))
     # a torchrun worker: errors every rank raises identically are reported by rank 0 only
     rank = int(os.environ.get("RANK", "0"))
     try:

@@ -21,7 +21,7 @@ from .criteria import parse_criterion_spec, spec_dirname, split_top_level
 from .engine import DivergenceError, train
 from .reporting import SweepEta, plural
 from .resolve import resolve_config
-from .rundir import RESULT_NAME, config_differences
+from .rundir import RESULT_NAME, check_out_dir, config_differences
 from .tasks import task_class
 
 __all__ = ["ISDA_MODES", "ComparisonResult", "PlannedRun", "SweepOutcome", "Variant",
@@ -148,6 +148,7 @@ def plan_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     cannot run fails here, before the first run trains."""
     seeds = parse_seeds(seeds)
     out = Path(out)
+    check_out_dir(out)
     return [PlannedRun(v, seed, resolve_config(base.replace(
                 loss=v.loss, semi=v.semi, seed=seed, out=str(out / v.key / f"seed{seed}"))))
             for v in variants_for(base, losses, isda) for seed in seeds]
@@ -221,8 +222,9 @@ def train_planned(plan: Sequence[PlannedRun], *, force: bool = False, quiet: boo
         outcome.trained += not reused
         seconds = time.perf_counter() - t0
         left = eta.update(seconds, worked=not reused)
-        say(f"[{done}/{len(plan)}] {run.name}: {task.result_line(result)}, {note} in "
-            f"{seconds:.1f}s{left}")
+        spent = f"{note} in {seconds:.1f}s" if reused else (  # wall vs result.json's
+            f"{note} in {seconds:.1f}s wall ({result.get('train_seconds', 0.0):.1f}s in epochs)")
+        say(f"[{done}/{len(plan)}] {run.name}: {task.result_line(result)}, {spent}{left}")
         warning = task.result_warning(result, run.name)
         if warning:
             print(warning, file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
 from pathlib import Path
@@ -193,7 +194,13 @@ class RunOptions:
     device: str = _field("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     amp: str = _field("none", "autocast mixed precision", choices=AMP_MODES)
     channels_last: bool = _field(False, "channels-last memory format for model and inputs")
-    compile: bool = _field(False, "torch.compile the feature extractor")
+    compile: bool = _field(
+        False, "torch.compile the whole training step (forward, loss, backward, SGD update) "
+        "as one graph; drops the last incomplete batch of an epoch, ISDA takes its static "
+        "path (one-process classification; otherwise the forward pass only)")
+    cuda_graphs: bool = _field(
+        False, "with --compile, capture the compiled step in CUDA graphs "
+        "(mode='reduce-overhead'; CUDA only)")
     deterministic: bool = _field(
         True, "deterministic algorithms (torch.use_deterministic_algorithms, warn_only) and "
         "no cuDNN autotuning")
@@ -281,7 +288,15 @@ class TrainConfig(ParallelOptions, RunOptions, SegmentationOptions, OptimOptions
     def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a config written by :meth:`to_json` or a run directory's ``config.json``
         (whose config sits under the ``"config"`` key)."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{path}' is not a JSON configuration: {err}") from None
+        except IsADirectoryError:
+            raise ValueError(f"'{path}' is a directory, not a JSON configuration file") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"'{path}' holds a JSON {type(data).__name__}, not a configuration "
+                             f"object")
         if isinstance(data, dict) and isinstance(data.get("config"), dict):
             data = data["config"]
         return cls.from_dict(data)
@@ -307,7 +322,9 @@ class TrainConfig(ParallelOptions, RunOptions, SegmentationOptions, OptimOptions
         for name in ("lr", "weight_decay", "momentum", "gamma", "lambda0", "poly_power",
                      "aux_weight"):
             value = getattr(self, name)
-            if value is not None and not float(value) >= 0:
+            if value is not None and not math.isfinite(float(value)):
+                problems.append(f"{name} must be a finite number; got {value}")
+            elif value is not None and not float(value) >= 0:
                 problems.append(f"{name} must be non-negative; got {value}")
         if (self.final_epochs is not None and self.epochs is not None
                 and 1 <= int(self.epochs) < int(self.final_epochs)):

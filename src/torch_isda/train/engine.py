@@ -21,7 +21,9 @@ import torch.distributed as dist
 from .. import __version__
 from ..estimator import CovarianceEstimator
 from .sync_batchnorm import convert_sync_batchnorm
-from .checkpoint import CHECKPOINT_NAME, atomic_write_json, load_checkpoint, save_checkpoint
+from .compiled_step import whole_step_for
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_json,
+                         load_resumable_checkpoint, save_checkpoint)
 from .config import ResolvedConfig, TrainConfig
 from .parallel import (
     DistributedContext,
@@ -181,6 +183,7 @@ class Engine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [self.lr_factor] * len(self.optimizer.param_groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.compiled_step = whole_step_for(self, Callback)  # --compile: None without
 
     def _build_distributed(self) -> None:
         """SyncBatchNorm, ISDA synchronization, the task's DDP preparation, gradient
@@ -260,12 +263,16 @@ class Engine:
             gathered: Optional[list] = [None] * self.world_size if self.is_main else None
             dist.gather_object(to_cpu(mine), gathered, dst=0)
             state["rank_states"] = gathered
-        if self.is_main:
-            save_checkpoint(state, self.out / CHECKPOINT_NAME)
+        if self.is_main:  # a checkpoint damaged on disk is never kept as the previous one
+            save_checkpoint(state, self.out / CHECKPOINT_NAME,
+                            keep_previous=not getattr(self, "_current_damaged", False))
+            self._current_damaged = False
 
-    def resume(self) -> None:
-        """Continue from ``checkpoint.pt`` (logging the settings that changed)."""
-        state = load_checkpoint(self.out / CHECKPOINT_NAME)
+    def resume(self, fallback: bool = False) -> None:
+        """Continue from ``checkpoint.pt`` (logging the settings that changed); ``fallback``
+        (``--resume auto``): from ``checkpoint.prev.pt`` when ``checkpoint.pt`` is damaged."""
+        state, path = load_resumable_checkpoint(self.out, fallback, self.log)
+        self._current_damaged = path.name != CHECKPOINT_NAME
         diff = config_differences(TrainConfig.from_dict(state["config"]), self.config)
         if diff:
             self.log("resuming with changed settings: " + ", ".join(
@@ -274,6 +281,11 @@ class Engine:
             self.load_state_dict(state)
         except ValueError as err:  # e.g. another world size: identical on all ranks
             raise mirrored(err) from None
+        except (RuntimeError, KeyError, TypeError) as err:  # another model, kind, optimizer...
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise mirrored(CheckpointError(
+                f"cannot resume from '{path}': it was written by another configuration "
+                f"({reason}); use --force to start over or another --out")) from None
         if self.is_main:
             (self.out / RESULT_NAME).unlink(missing_ok=True)
             write_metrics(self.out, self.rows)
@@ -286,6 +298,8 @@ class Engine:
         task = self.task
         self.progress = progress
         self.emit("on_step_start", step)
+        if self.compiled_step is not None:
+            return self._compiled_step(batch, step)
         if self._broadcast_each_step:  # rank 0's BatchNorm statistics, as DDP does
             broadcast_buffers(task.model)
         out = task.train_step(batch, progress)
@@ -302,6 +316,26 @@ class Engine:
             self.scheduler.step()
         self.emit("on_step_end", step)
         return out
+
+    def _compiled_step(self, batch: Any, step: int) -> Any:
+        """:meth:`_step` under ``--compile``: forward to optimizer step in one graph."""
+        out = self.compiled_step(batch)
+        if self.task.schedule_per_step:
+            self.scheduler.step()
+        self.emit("on_step_end", step)
+        return out
+
+    def _check_deferred(self, epoch: int) -> None:
+        """Raise the error of a batch that the ISDA statistics' device-side checks rejected
+        (the static path defers it; one host sync per epoch)."""
+        for module in self.task.criterion.modules():
+            if isinstance(module, CovarianceEstimator):
+                try:
+                    module.check()
+                except ValueError as err:
+                    if "NaN" not in str(err):
+                        raise
+                    raise self._diverged("deep features", epoch + 1, None, "NaN/Inf") from err
 
     def train_epoch(self, epoch: int) -> tuple[float, float, dict[str, Any]]:
         """One pass over the training data; returns (mean loss, error %, task extras),
@@ -352,6 +386,7 @@ class Engine:
                 bad = rows[rows[:, 0].argmin()]
             step, value = bad.tolist()
             raise self._diverged("training loss", epoch + 1, int(step), value)
+        self._check_deferred(epoch)
         self.emit("on_train_epoch_end", epoch)
         return task.epoch_values(totals)
 
@@ -451,6 +486,8 @@ class Engine:
                 "train_size": task.train_size, "test_size": task.test_size,
                 "family": str(getattr(task.model, "family", "")),
                 "num_parameters": sum(p.numel() for p in task.model.parameters()),
+                "data_source": getattr(task, "data_source", None),
+                "resumed_from_previous_checkpoint": getattr(self, "_current_damaged", False),
                 **task.resolved_fields(),
             },
             "torch_isda_version": __version__,
@@ -533,7 +570,7 @@ def train(config: TrainConfig, *, resume: Any = False, force: bool = False, quie
             if is_main:
                 out.mkdir(parents=True, exist_ok=True)
             if resuming:
-                engine.resume()
+                engine.resume(fallback=resume == "auto")
             engine.write_config()
             engine.log(engine.describe())
             finished = engine.fit(stop_after=stop_after)

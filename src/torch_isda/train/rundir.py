@@ -8,15 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
 from .config import TrainConfig
 
-__all__ = ["COMPARED_IGNORED_FIELDS", "CONFIG_NAME", "RESULT_NAME", "RUN_FILES",
+__all__ = ["COMPARED_IGNORED_FIELDS", "CONFIG_NAME", "RESULT_NAME", "RUN_FILES", "check_out_dir",
            "config_differences", "prepare_run_dir", "wants_resume"]
 
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.json"
-RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, "metrics.csv", "metrics.json", CONFIG_NAME)
+RUN_FILES = (RESULT_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, "metrics.csv", "metrics.json",
+             CONFIG_NAME)
 
 #: Fields that do not change what a run computes (ignored when deciding whether a
 #: finished run in ``--out`` matches the requested configuration).
@@ -62,6 +63,18 @@ def _reuse_or_refuse(cfg: TrainConfig, resume: bool, say: Callable[[str], None]
     return None
 
 
+def check_out_dir(out: Union[str, Path]) -> None:
+    """``FileExistsError`` unless ``out`` is a directory or can be created as one (neither
+    it nor a parent is an existing file)."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == out else f"is inside '{path}', which is"
+                raise FileExistsError(f"--out '{out}' {what} a file, not a directory")
+            return
+
+
 def prepare_run_dir(cfg: TrainConfig, *, resume: Resume, force: bool,
                     say: Callable[[str], None]) -> Optional[dict[str, Any]]:
     """Apply the run-directory rules (docs/training.md) to the resolved ``cfg``.
@@ -71,6 +84,7 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: Resume, force: bool,
     ``FileExistsError`` / ``FileNotFoundError`` with the fix.
     """
     out = Path(cfg.out)
+    check_out_dir(out)
     auto = resume == "auto"
     resume = wants_resume(out, resume)
     if force:

@@ -75,16 +75,26 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             out = out * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                          else self.momentum)
-                total = float(n)
-                unbiased = var.detach() * (total / max(total - 1.0, 1.0))
-                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype),
-                                                        alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype),
-                                                       alpha=factor)
+                self._update_running_stats(mean.detach(), var.detach(), n)
         return out.to(input.dtype)
+
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        """Fold the global batch's mean and unbiased variance into the running statistics
+        on the device (no host read: the count ``n`` and the factor stay tensors)."""
+        self.num_batches_tracked.add_(1)
+        factor = _momentum(self)
+        unbiased = var * (n / (n - 1.0).clamp_min(1.0))
+        dtype = self.running_mean.dtype
+        self.running_mean.mul_(1 - factor).add_(mean.to(dtype) * factor)
+        self.running_var.mul_(1 - factor).add_(unbiased.to(dtype) * factor)
+
+
+def _momentum(module: "SyncBatchNorm"):
+    """The running statistics' factor: ``momentum``, or ``1 / batches tracked`` (a device
+    value, never read back) for the cumulative average (``momentum=None``)."""
+    if module.momentum is None:
+        return module.num_batches_tracked.reciprocal().to(module.running_mean.dtype)
+    return module.momentum
 
 
 def convert_sync_batchnorm(module: nn.Module, device: Optional[torch.device] = None) -> nn.Module:

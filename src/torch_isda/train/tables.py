@@ -23,7 +23,8 @@ from ..data.longtail import SHOT_GROUPS
 from .long_tailed import GROUP_COLUMNS, final_class_errors, final_group_errors, group_rows
 from .method_names import display_name
 from .metrics import final_error
-from .reporting import bold_note, clear_best, counts_text, final_window, fmt_pm, mean_std, window_text
+from .reporting import (bold_note, clear_best, counts_text, final_window, fmt_pm, mean_std, plural,
+                        window_text)
 from .rundir import RESULT_NAME
 
 __all__ = ["WIDE_TABLE_MAX_METHODS", "MethodSummary", "format_params", "markdown_table",
@@ -128,8 +129,9 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
     lines = [
         f"Test error of {config.model} on {config.dataset}: mean ± std (sample std) over "
         f"{seeds_text}; each run's error is the mean test error of its "
-        f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). {config.epochs} "
-        f"epochs, preset {config.preset}.{bold_note(marked, len(methods), spread)}",
+        f"{window_text(methods[0].window)} (Section 6.1; --final-epochs). "
+        f"{plural(config.epochs, 'epoch')}, preset {config.preset}."
+        f"{bold_note(marked, len(methods), spread)}",
         "",
     ]
     if len(methods) <= WIDE_TABLE_MAX_METHODS:  # Table 2 style: one column per method
@@ -193,22 +195,28 @@ def plot_band(ax: Any, curves: Sequence[Sequence[float]], label: str, lw: float 
     epochs = np.arange(1, length + 1)
     mean = np.nanmean(values, axis=0)
     std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
-    (line,) = ax.plot(epochs, mean, lw=lw, label=label)
+    marker = {"marker": "o", "markersize": 4} if length <= 10 else {}  # 1 epoch: a dot
+    (line,) = ax.plot(epochs, mean, lw=lw, label=label, **marker)
     ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     return epochs, mean, std, line.get_color()
 
 
 def zoom_top(ax: Any, series: Sequence[Any]) -> None:
-    """y from 0 to 1.1 x the highest ``mean + std`` past the first 10% of training
+    """y from 0 to 1.1 x the highest ``mean + std`` past the first 10% of training (every
+    epoch of a run under 10 epochs), x over every epoch with whole-number ticks
     (``series``: what :func:`plot_band` returned)."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     peaks = []
     for _, mean, std, _ in series:
         top = mean + std
-        skip = max(1, int(math.ceil(0.1 * len(top))))
+        skip = int(0.1 * len(top))
         if len(top) > skip:
             peaks.append(float(np.nanmax(top[skip:])))
+    longest = max((len(s[0]) for s in series), default=1)
+    ax.set_xlim(0.5, longest + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     peaks = [p for p in peaks if math.isfinite(p)]
     if peaks:
         ax.set_ylim(bottom=0.0, top=max(peaks) * 1.1 + 1e-6)

@@ -9,13 +9,14 @@ same directory, then ``os.replace``). Only matplotlib's object-oriented Agg API 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..utils.atomic_file import atomic_write
 
 __all__ = [
     "image_grid",
@@ -47,34 +48,13 @@ def _hwc(image: Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
-def _chmod_default(path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def atomic_write_with(path: PathLike, write) -> Path:
-    """``write(f)`` into a temporary binary file next to ``path``, then ``os.replace`` it
-    onto ``path`` (with the usual umask-based mode): readers see the old file or the
-    complete new one. (visualize/ does not import the training harness, whose
-    ``train.checkpoint.atomic_write`` does the same for checkpoints.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _chmod_default(tmp)  # mkstemp makes 0600 files; use the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """``write(f)`` into a temporary binary file next to ``path``, then move it onto ``path``
+    (:func:`torch_isda.utils.atomic_file.atomic_write`): readers see the old file or the
+    complete new one."""
+    with atomic_write(path, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def image_grid(images: Tensor, nrow: int = 8, padding: int = 1, pad_value: float = 1.0) -> np.ndarray:

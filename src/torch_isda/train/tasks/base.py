@@ -88,6 +88,9 @@ class Task:
                               **cfg.dataset_kwargs)
         if not usable(data):
             raise ValueError(f"dataset {cfg.dataset!r} returned {type(data).__name__}; {supported}")
+        self.data_source = getattr(data, "source", None)
+        if self.data_source:
+            self.log(f"{cfg.dataset}: read from {self.data_source}")
         self.num_classes, self.image_size = data.num_classes, tuple(data.image_size)
         self.train_size, self.test_size = data.train_size, data.test_size
         return data

@@ -43,8 +43,10 @@ class ClassificationTask(Task):
         cfg = self.config
         self.build_data()
         model = self.create_model(in_channels=self.image_size[0])
-        self.features_fn = (torch.compile(model.forward_features) if cfg.compile
-                            else model.forward_features)
+        # --compile: the engine compiles the whole step (train/compiled_step.py); a
+        # multi-process run compiles the feature extractor only
+        self.features_fn = (torch.compile(model.forward_features)
+                            if cfg.compile and self.context is not None else model.forward_features)
         self.criterion = create_criterion(cfg.loss, int(model.num_features), self.num_classes,
                                           cfg, class_counts=self.class_counts).to(self.device)
         self.meta_set = bind_meta_set(self, self.meta_data)
@@ -68,6 +70,7 @@ class ClassificationTask(Task):
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.train_batches = DeviceBatchIterator(
             data.train_images, data.train_labels, cfg.batch_size, shuffle=True,
+            drop_last=bool(cfg.compile),  # one batch shape: one compiled graph
             generator=self.data_generator,
             transform=build_augment(self.augment, data.mean, data.std))
         lo, hi, per_rank = 0, data.test_size, cfg.eval_batch_size
@@ -133,7 +136,11 @@ class ClassificationTask(Task):
             sampler.set_epoch(epoch)
 
     def train_step(self, batch: Any, progress: float) -> StepOut:
-        x, y = self.to_device(*batch)
+        return self.loss_step(*self.to_device(*batch))
+
+    def loss_step(self, x: Tensor, y: Tensor) -> StepOut:
+        """The loss and logs of a batch on the device (what ``--compile`` traces whole with
+        the backward and the update: no host read, no data-dependent shape)."""
         x, y = self.criterion.transform_batch(x, y)
         with self.engine.autocast():
             features, logits = self.forward(x)
