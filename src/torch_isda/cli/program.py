@@ -33,6 +33,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[tuple[str, str]] = [
     ("train", "torch_isda.train.command_train"),
     ("compare", "torch_isda.train.command_compare"),
+    ("status", "torch_isda.train.command_status"),
+    ("tune", "torch_isda.train.command_tune"),
     ("list", "torch_isda.cli.list"),
     ("gan", "torch_isda.cli.gan"),
     ("visualize", "torch_isda.cli.visualize"),
@@ -46,6 +48,8 @@ COMMANDS: list[tuple[str, str]] = [
 SUMMARIES: dict[str, str] = {
     "train": "train one model (presets from the paper's Table 9)",
     "compare": "compare criteria over seeds: Table-2-style table and curves",
+    "status": "the runs of an isda compare sweep: pending, running, done, failed",
+    "tune": "search lambda_0 (or any numeric option) with Optuna on a validation split",
     "list": "list models, datasets, criteria, augmentations, presets or semi methods",
     "gan": "train the generators of `isda visualize` and of Table 5's GAN baselines",
     "visualize": "map ISDA-augmented features back to images with a trained generator",

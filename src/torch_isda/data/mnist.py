@@ -205,12 +205,17 @@ def describe_source(paths: dict[str, Path]) -> str:
 
 
 def load_mnist_family(name: str, root: str | Path = DEFAULT_ROOT, download: bool = False, *,
-                      base_url: Optional[str] = None, progress: bool = True) -> ImageDataset:
-    """Load ``"mnist"``, ``"fashion_mnist"`` or ``"kmnist"`` as an :class:`ImageDataset`."""
+                      base_url: Optional[str] = None, progress: bool = True,
+                      test_split: bool = True) -> ImageDataset:
+    """Load ``"mnist"``, ``"fashion_mnist"`` or ``"kmnist"`` as an :class:`ImageDataset`
+    (``test_split=False``: the test files are not read, the test split is empty)."""
     spec = MNIST_SPECS[name]
     paths = locate_mnist_files(spec, root, download, base_url=base_url, progress=progress)
     train_images, train_labels = read_idx_split(paths["train_images"], paths["train_labels"])
-    test_images, test_labels = read_idx_split(paths["test_images"], paths["test_labels"])
+    if test_split:
+        test_images, test_labels = read_idx_split(paths["test_images"], paths["test_labels"])
+    else:
+        test_images, test_labels = train_images[:0], train_labels[:0]
     train_t = torch.from_numpy(np.ascontiguousarray(train_images))
     mean, std = channel_stats(train_t)
     return ImageDataset(
@@ -231,21 +236,24 @@ def load_mnist_family(name: str, root: str | Path = DEFAULT_ROOT, download: bool
 
 @register_dataset
 def mnist(root: str = DEFAULT_ROOT, download: bool = False, *, base_url: Optional[str] = None,
-          progress: bool = True) -> ImageDataset:
+          progress: bool = True, test_split: bool = True) -> ImageDataset:
     """MNIST: 60000 train / 10000 test 28x28 grey handwritten digits, 10 classes."""
-    return load_mnist_family("mnist", root, download, base_url=base_url, progress=progress)
+    return load_mnist_family("mnist", root, download, base_url=base_url, progress=progress,
+                             test_split=test_split)
 
 
 @register_dataset
 def fashion_mnist(root: str = DEFAULT_ROOT, download: bool = False, *,
-                  base_url: Optional[str] = None, progress: bool = True) -> ImageDataset:
+                  base_url: Optional[str] = None, progress: bool = True,
+                  test_split: bool = True) -> ImageDataset:
     """Fashion-MNIST: 60000 train / 10000 test 28x28 grey Zalando article images, 10 classes."""
     return load_mnist_family("fashion_mnist", root, download, base_url=base_url,
-                             progress=progress)
+                             progress=progress, test_split=test_split)
 
 
 @register_dataset
 def kmnist(root: str = DEFAULT_ROOT, download: bool = False, *, base_url: Optional[str] = None,
-           progress: bool = True) -> ImageDataset:
+           progress: bool = True, test_split: bool = True) -> ImageDataset:
     """Kuzushiji-MNIST: 60000 train / 10000 test 28x28 grey cursive kana, 10 classes."""
-    return load_mnist_family("kmnist", root, download, base_url=base_url, progress=progress)
+    return load_mnist_family("kmnist", root, download, base_url=base_url, progress=progress,
+                             test_split=test_split)

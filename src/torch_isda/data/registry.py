@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from inspect import signature
 from typing import Any, TypeVar, overload
 
 import torch
@@ -269,7 +270,8 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
             ``train_size`` (a class-balanced subset of that many training
             images), ``val_size`` (that many images of the subset become the
             evaluation split instead of the test set, for hyper-parameter
-            selection) and ``subset_seed`` (seed of the draw, default 0); see
+            selection; a loader with a ``test_split`` option then skips its test
+            files) and ``subset_seed`` (seed of the draw, default 0); see
             :func:`~torch_isda.data.subset.balanced_split`; or the long-tailed
             options ``imbalance``, ``profile``, ``val_per_class`` and ``n_max``
             (:func:`~torch_isda.data.longtail.long_tail_split`). The mean/std are
@@ -295,7 +297,10 @@ def create_dataset(name: str, root: str = "data", download: bool = False, **kwar
     if long_tail and ({"train_size", "val_size"} & subset.keys()):
         raise ValueError("imbalance cannot be combined with train_size/val_size (use n_max "
                          "and val_per_class)")
-    data = dataset_entrypoint(name)(root=root, download=download, **kwargs)
+    entrypoint = dataset_entrypoint(name)
+    if subset.get("val_size") is not None and "test_split" in signature(entrypoint).parameters:
+        kwargs["test_split"] = False  # replaced by the validation split: never read it
+    data = entrypoint(root=root, download=download, **kwargs)
     if long_tail:
         data = take_long_tail(data, **long_tail, subset_seed=subset.get("subset_seed", 0))
     elif subset:

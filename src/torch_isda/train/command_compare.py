@@ -4,6 +4,7 @@ and tabulate (Table 2 / 6 / 7 style; the sweep is :mod:`torch_isda.train.compare
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -52,12 +53,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             f"the settings that differ from the defaults, e.g. "
                             f"{DEFAULTS['out']}-epochs10)")
     group.add_argument("--force", action="store_true", help="retrain finished runs")
+    group.add_argument("--tuned", default=None, metavar="TUNE_OUT",
+                       help="train with the best parameters of an isda tune search (its OUT "
+                            "or OUT/best.json), on the full training set")
     group.add_argument("--quiet", action="store_true", help="print only the table")
     group.add_argument("--isda", default="both", choices=("off", "on", "both"),
                        help="with --semi M1,M2: train each method without ISDA (--loss ce), "
                             "with ISDA (Eq. 19, --loss isda) or both (Table 6; default: both)")
     add_config_arguments(parser, exclude=("loss", "seed", "out"),
                          title="training configuration (applies to every run)")
+    from .sweep.cli_args import add_sweep_arguments
+
+    add_sweep_arguments(parser)
     return parser
 
 
@@ -98,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     from .compare import run_comparison
 
     overrides = config_overrides_from_args(args)
+    if args.tuned:
+        from .tune.best import apply_tuned
+
+        overrides = apply_tuned(overrides, args.tuned)
     base = TrainConfig(**{"dataset": DEFAULTS["dataset"], "model": DEFAULTS["model"], **overrides})
     is_default = (base.dataset, base.model) == (DEFAULTS["dataset"], DEFAULTS["model"])
     if is_default and "threads" not in overrides:
@@ -111,9 +122,19 @@ def run(args: argparse.Namespace) -> int:
                          "with --lambda0, --kind, --eta1")
     _print_notes(overrides, base)
     out = args.out or _default_out(base)
+    from .sweep.cli_args import sweep_options_from_args
+    from .sweep.local import SweepInterrupted
+    from .sweep.options import sweep_executor
+
+    executor = sweep_executor(sweep_options_from_args(args), out, quiet=args.quiet)
     t0 = time.perf_counter()
-    result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,
-                            isda=args.isda, force=args.force, quiet=args.quiet)
+    try:
+        result = run_comparison(base, args.losses or DEFAULTS["losses"], args.seeds, out,
+                                isda=args.isda, force=args.force, quiet=args.quiet,
+                                executor=executor)
+    except SweepInterrupted as stop:
+        print(f"isda compare: {stop}", file=sys.stderr)
+        return 130
     print()
     print(result.table)
     print(f"table: {result.table_md} (csv: {result.table_csv})")

@@ -181,18 +181,20 @@ def check_same_config(run_dir: Path, config: ResolvedConfig,
             f"configuration gets its own directory)")
 
 
-def train_or_reuse(cfg: ResolvedConfig, *, force: bool = False,
-                   quiet: bool = False) -> tuple[dict[str, Any], str]:
+def train_or_reuse(cfg: ResolvedConfig, *, force: bool = False, quiet: bool = False,
+                   callbacks: Sequence[Any] = ()) -> tuple[dict[str, Any], str]:
     """Train the run in ``cfg.out`` for a comparison: resume it if interrupted (after
     checking it has the same configuration), reuse it if finished, retrain with ``force``.
-    Returns its ``result.json`` and what happened ("trained", "resumed" or "reused")."""
+    Returns its ``result.json`` and what happened ("trained", "resumed" or "reused");
+    ``callbacks``: see :class:`~torch_isda.train.engine.Callback`."""
     run_dir = Path(cfg.out)
     finished = (run_dir / RESULT_NAME).is_file()
     unfinished = (run_dir / CHECKPOINT_NAME).is_file() and not finished
     if (unfinished or finished) and not force:
         check_same_config(run_dir, cfg, "an unfinished" if unfinished else "a finished")
     result = train(cfg, resume=unfinished and not force, force=force, quiet=quiet,
-                   log=lambda msg: None, epoch_log=False)
+                   log=lambda msg: None, epoch_log=False,
+                   **({"callbacks": callbacks} if callbacks else {}))
     status = result["status"]
     note = {"reused": "reused", "trained": "resumed" if unfinished else "trained"}.get(status, status)
     return result, note
@@ -232,10 +234,12 @@ def train_planned(plan: Sequence[PlannedRun], *, force: bool = False, quiet: boo
 def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
                    seeds: Union[int, str, Sequence[int]], out: Union[str, Path], *,
                    isda: Optional[str] = None, force: bool = False, quiet: bool = False,
-                   log: Optional[Callable[[str], None]] = None) -> ComparisonResult:
-    """Resolve every run (:func:`plan_comparison`), train them (:func:`train_planned`), then
-    write the task's table and curves. With ``base.semi`` naming methods, ``isda`` picks
-    the columns and ``losses`` is ignored."""
+                   log: Optional[Callable[[str], None]] = None,
+                   executor: Optional[Callable[..., SweepOutcome]] = None) -> ComparisonResult:
+    """Resolve every run (:func:`plan_comparison`), train them (:func:`train_planned`, or
+    ``executor`` with the same signature: :mod:`torch_isda.train.sweep`), then write the
+    task's table and curves. With ``base.semi`` naming methods, ``isda`` picks the columns
+    and ``losses`` is ignored."""
     say = (lambda msg: None) if quiet else (log or (lambda msg: print(msg, flush=True)))
     plan = plan_comparison(base, losses, seeds, out, isda=isda)
     out = Path(out)
@@ -245,7 +249,7 @@ def run_comparison(base: TrainConfig, losses: Union[str, Sequence[str]],
     say(f"comparing {', '.join(v.key for v in variants)} on {reference.dataset} / "
         f"{reference.model} over seeds {', '.join(map(str, seeds))} "
         f"({plural(reference.epochs, 'epoch')} each) -> '{out}'")
-    outcome = train_planned(plan, force=force, quiet=quiet, say=say)
+    outcome = (executor or train_planned)(plan, force=force, quiet=quiet, say=say)
     methods, table, curves = task_class(reference).write_comparison(
         out, variants, outcome.runs, reference)
     return ComparisonResult(out, list(methods), table, out / "table.md", out / "table.csv",
