@@ -34,8 +34,9 @@ from .slurm_queue import queue_states
 __all__ = ["RunJob", "make_executor", "run_submitit"]
 
 #: Seconds a Slurm job may be missing from the queue without a result before it counts
-#: as ended (the result file is written just before the job leaves the queue).
-GONE_GRACE_S = 10.0
+#: as ended (the result file is written just before the job leaves the queue). Generous:
+#: once in CI a requeued (preempted) job was reported ended with a 10 s grace.
+GONE_GRACE_S = 30.0
 
 
 class RunJob(submitit.helpers.Checkpointable):
