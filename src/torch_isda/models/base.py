@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cosine_classifier import build_classifier
+
 __all__ = ["ISDANet", "global_avg_pool", "init_weights"]
 
 
@@ -57,13 +59,14 @@ class ISDANet(nn.Module):
         default_input_size: ``(C, H, W)`` of the inputs the model was designed
             for; ``C`` follows the ``in_channels`` the model was built with.
         num_features: Dimension ``A`` of the deep feature.
-        fc: The final ``nn.Linear(num_features, num_classes)``.
+        fc: The final ``nn.Linear(num_features, num_classes)`` (a cosine classifier for
+            the models built with ``classifier="cosine"``).
     """
 
     family: str = ""
     default_input_size: tuple[int, int, int] = (3, 32, 32)
     num_features: int
-    fc: nn.Linear
+    fc: nn.Module
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
@@ -77,21 +80,27 @@ class ISDANet(nn.Module):
         """Input channels of the stem (timm's name for :attr:`in_channels`)."""
         return self.in_channels
 
-    def _build_classifier(self, num_features: int, num_classes: int) -> None:
-        """Create ``fc`` on top of ``num_features`` and initialise all weights."""
+    def _build_classifier(self, num_features: int, num_classes: int,
+                          classifier: str = "linear") -> None:
+        """Create ``fc`` on top of ``num_features`` and initialise all weights.
+
+        ``classifier="cosine"`` makes ``fc`` a :class:`~.cosine_classifier.CosineClassifier`
+        (LDAM's normalized classifier) instead of an ``nn.Linear``.
+        """
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_features = num_features
         self.num_classes = num_classes
-        self.fc = nn.Linear(num_features, num_classes)
+        self.fc = build_classifier(classifier, num_features, num_classes)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the pooled, flattened deep features ``[N, num_features]``."""
         raise NotImplementedError
 
-    def get_classifier(self) -> nn.Linear:
-        """Return the final linear layer (``fc``)."""
+    def get_classifier(self) -> nn.Module:
+        """Return the final layer (``fc``): an ``nn.Linear`` unless built with
+        ``classifier="cosine"``."""
         return self.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,8 @@ class CifarResNet(ISDANet):
         dropout: Dropout probability between the two convolutions of a block.
         se_reduction: If given, add squeeze-and-excitation gates with this
             reduction ratio; the family becomes ``"se_resnet"``.
+        classifier: ``"linear"`` (default) or ``"cosine"``, the normalized classifier of
+            LDAM (Cao et al. 2019) for ``ldam_drw(s=30)``; the ISDA family needs ``"linear"``.
     """
 
     family = "resnet"
@@ -89,6 +91,7 @@ class CifarResNet(ISDANet):
         in_channels: int = 3,
         dropout: float = 0.0,
         se_reduction: int | None = None,
+        classifier: str = "linear",
     ) -> None:
         super().__init__(in_channels)
         if depth < 8 or (depth - 2) % 6 != 0:
@@ -108,7 +111,7 @@ class CifarResNet(ISDANet):
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self._build_classifier(in_planes, num_classes)
+        self._build_classifier(in_planes, num_classes, classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -117,40 +120,52 @@ class CifarResNet(ISDANet):
 
 
 @register_model
-def resnet8(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+def resnet8(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0,
+             classifier: str = "linear") -> CifarResNet:
     """ResNet-8 for CIFAR (78K parameters; not in the ISDA paper: one block per stage, the
     smallest member of the family, for CPU-minute experiments)."""
-    return CifarResNet(8, num_classes, in_channels=in_channels, dropout=dropout)
+    return CifarResNet(8, num_classes, in_channels=in_channels, dropout=dropout,
+                       classifier=classifier)
 
 
 @register_model
-def resnet20(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+def resnet20(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0,
+             classifier: str = "linear") -> CifarResNet:
     """ResNet-20 for CIFAR (0.27M parameters)."""
-    return CifarResNet(20, num_classes, in_channels=in_channels, dropout=dropout)
+    return CifarResNet(20, num_classes, in_channels=in_channels, dropout=dropout,
+                       classifier=classifier)
 
 
 @register_model
-def resnet32(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+def resnet32(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0,
+             classifier: str = "linear") -> CifarResNet:
     """ResNet-32 for CIFAR (0.46M parameters; ISDA Table 2 rounds to 0.5M)."""
-    return CifarResNet(32, num_classes, in_channels=in_channels, dropout=dropout)
+    return CifarResNet(32, num_classes, in_channels=in_channels, dropout=dropout,
+                       classifier=classifier)
 
 
 @register_model
-def resnet44(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+def resnet44(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0,
+             classifier: str = "linear") -> CifarResNet:
     """ResNet-44 for CIFAR (0.66M parameters)."""
-    return CifarResNet(44, num_classes, in_channels=in_channels, dropout=dropout)
+    return CifarResNet(44, num_classes, in_channels=in_channels, dropout=dropout,
+                       classifier=classifier)
 
 
 @register_model
-def resnet56(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+def resnet56(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0,
+             classifier: str = "linear") -> CifarResNet:
     """ResNet-56 for CIFAR (0.85M parameters)."""
-    return CifarResNet(56, num_classes, in_channels=in_channels, dropout=dropout)
+    return CifarResNet(56, num_classes, in_channels=in_channels, dropout=dropout,
+                       classifier=classifier)
 
 
 @register_model
-def resnet110(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0) -> CifarResNet:
+def resnet110(num_classes: int, *, in_channels: int = 3, dropout: float = 0.0,
+             classifier: str = "linear") -> CifarResNet:
     """ResNet-110 for CIFAR (1.7M parameters)."""
-    return CifarResNet(110, num_classes, in_channels=in_channels, dropout=dropout)
+    return CifarResNet(110, num_classes, in_channels=in_channels, dropout=dropout,
+                       classifier=classifier)
 
 
 @register_model

@@ -15,7 +15,7 @@ import math
 
 from ..functional import KINDS
 from .config import ResolvedConfig, TrainConfig
-from .criteria import parse_criterion_spec
+from .criteria import criterion_info, parse_criterion_spec
 from .tasks import task_class
 from .tasks.semi.config import semi_problems
 
@@ -32,7 +32,8 @@ def resolve_config(config: TrainConfig) -> ResolvedConfig:
         raise ValueError("invalid training configuration: " + "; ".join(problems))
     resolved = task_class(config).resolve(config)
     resolved.validate()
-    problems = criterion_argument_problems(resolved.loss)
+    problems = (criterion_argument_problems(resolved.loss)
+                + classifier_problems(resolved.loss, resolved.model_kwargs))
     if problems:
         raise ValueError("; ".join(problems))
     return ResolvedConfig.from_dict(resolved.to_dict())
@@ -52,3 +53,15 @@ def criterion_argument_problems(spec: str) -> list[str]:
             problems.append(f"loss {spec!r}: kind of {name} must be one of {', '.join(KINDS)}; "
                             f"got {kwargs['kind']!r}")
     return problems
+
+
+def classifier_problems(spec: str, model_kwargs: dict) -> list[str]:
+    """The criteria of ``spec`` that read the classifier's weights (``needs_linear_classifier``;
+    assumed of a factory function) when ``model_kwargs`` asks for a cosine classifier."""
+    if (model_kwargs or {}).get("classifier", "linear") == "linear":
+        return []
+    needing = [name for name, _ in parse_criterion_spec(spec)
+               if getattr(criterion_info(name).target, "needs_linear_classifier", True)]
+    return [f"loss {spec!r}: {name} uses the classifier's weights and needs "
+            f"classifier=linear; the model kwargs ask for classifier="
+            f"{model_kwargs['classifier']}" for name in needing]

@@ -8,7 +8,7 @@ the L-Softmax annealing modes are tabulated in docs/training.md ("Baselines").
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from torch import Tensor, nn
 
@@ -43,6 +43,8 @@ LSOFTMAX_ANNEAL_ITERATIONS = 160 * 391
 
 class LogitsCriterion(TrainingCriterion):
     """A primary loss of the logits alone (``self.loss(logits, target)``)."""
+
+    needs_linear_classifier: ClassVar[bool] = False
 
     loss: nn.Module
 

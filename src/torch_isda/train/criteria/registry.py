@@ -36,6 +36,7 @@ __all__ = [
     "CrossEntropyCriterion",
     "ISDACriterion",
     "TrainingCriterion",
+    "check_classifier",
     "create_criterion",
     "criterion_info",
     "list_criteria",
@@ -58,6 +59,13 @@ class TrainingCriterion(nn.Module):
     #: ``True`` for a loss that produces the classification loss (exactly one per spec),
     #: ``False`` for a modifier (hooks and/or an additive term).
     primary: ClassVar[bool] = True
+
+    #: ``True`` (the default, the safe side for plugins) when the criterion reads the
+    #: classifier's ``weight``/``bias`` (the ISDA family, MetaSAug, L-Softmax, ...): the
+    #: harness then refuses a model whose classifier is not an ``nn.Linear`` (a cosine
+    #: classifier, ``--model-kwargs classifier=cosine``). Losses of the logits alone set it
+    #: to ``False``.
+    needs_linear_classifier: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
@@ -105,6 +113,7 @@ class CriterionModifier(TrainingCriterion):
     """Base class of modifiers: hooks and/or an additive loss term (``None``: none)."""
 
     primary: ClassVar[bool] = False
+    needs_linear_classifier: ClassVar[bool] = False  # the built-in ones read no classifier
 
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
                 ) -> Optional[Tensor]:
@@ -123,6 +132,10 @@ class CompositeCriterion(TrainingCriterion):
         parts = [main, *modifiers]
         # spec order of the components (the primary need not come first in the spec)
         self.components = [parts[i] for i in (range(len(parts)) if order is None else order)]
+
+    @property  # type: ignore[override]
+    def needs_linear_classifier(self) -> bool:  # type: ignore[override]
+        return any(c.needs_linear_classifier for c in self.components)
 
     def forward(self, features: Tensor, logits: Tensor, target: Tensor, model: nn.Module
                 ) -> Tensor:
@@ -403,12 +416,25 @@ def create_criterion(spec: str, num_features: int, num_classes: int, config: Any
     return CompositeCriterion(main, modifiers, [positions.index(i) for i in range(len(built))])
 
 
+def check_classifier(criterion: TrainingCriterion, classifier: nn.Module, spec: str) -> None:
+    """``ValueError`` (one line) when ``criterion`` reads the classifier's weights
+    (``needs_linear_classifier``) and ``classifier`` is not an ``nn.Linear``."""
+    if criterion.needs_linear_classifier and not isinstance(classifier, nn.Linear):
+        raise ValueError(
+            f"--loss {spec!r} needs the model to end in an nn.Linear (it uses the classifier's "
+            f"weights), but the model's classifier is a {type(classifier).__name__}; build the "
+            f"model with --model-kwargs classifier=linear, or use a loss of the logits alone "
+            f"(e.g. ldam_drw, ce, balanced_softmax)")
+
+
 # ---------------------------------------------------------------------------- built-ins
 
 
 @register_criterion("ce")
 class CrossEntropyCriterion(TrainingCriterion):
     """Standard cross-entropy (the paper's "Basic")."""
+
+    needs_linear_classifier: ClassVar[bool] = False
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()

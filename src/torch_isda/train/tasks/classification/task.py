@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ...criteria import create_criterion
+from ...criteria import check_classifier, create_criterion
 from ...long_tailed import (LongTailReport, bind_meta_set, class_counts, criterion_parts,
                             is_long_tailed)
 from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
@@ -49,6 +49,7 @@ class ClassificationTask(Task):
                             if cfg.compile and self.context is not None else model.forward_features)
         self.criterion = create_criterion(cfg.loss, int(model.num_features), self.num_classes,
                                           cfg, class_counts=self.class_counts).to(self.device)
+        check_classifier(self.criterion, model.get_classifier(), cfg.loss)
         self.meta_set = bind_meta_set(self, self.meta_data)
         self.forward = TrainForward(model, self.features_fn, self.criterion.transform_features)
 
