@@ -16,6 +16,7 @@ Registered names: ``resnet20``, ``resnet32``, ``resnet44``, ``resnet56``,
 
 from .base import ISDANet, init_weights
 from .cnn13 import CNN13
+from .cosine_classifier import CosineClassifier
 from .densenet_cifar import DenseNetBC
 from .densenet_imagenet import ImageNetDenseNet
 from .flops import count_macs, count_parameters
@@ -32,6 +33,7 @@ from .wide_resnet import WideResNet
 __all__ = [
     "CifarResNeXt",
     "CifarResNet",
+    "CosineClassifier",
     "DenseNetBC",
     "DigitsCNN",
     "ISDANet",
