@@ -16,7 +16,12 @@
 #   env: OUT (runs/long-tailed-cpu), EPOCHS (10), SEEDS ("0 1 2 3 4"), JOBS (2),
 #        LOSSES (the six methods above, space-separated), PYTHON (python), DATA_DIR (data),
 #        LT (the long-tail options, default imbalance=100,val_per_class=10),
+#        MODEL_KWARGS (in_chans=1),
 #        SMOKE=1: a plumbing check (EPOCHS 1, SEEDS "0", LT with n_max=300, batch 64).
+# Cao et al.'s LDAM-DRW (cosine classifier, s = 30) is a second call with its own OUT, since
+# the model differs:
+#   LOSSES="ldam_drw(s=30)" MODEL_KWARGS=in_chans=1,classifier=cosine \
+#     OUT=runs/long-tailed-cpu-cosine bash benchmarks/long_tailed_cpu.sh
 # Re-running continues: finished runs are reused, interrupted ones resumed.
 set -euo pipefail
 
@@ -33,11 +38,12 @@ JOBS=${JOBS:-2}
 LOSSES=${LOSSES:-"ce balanced_softmax ldam_drw isda isda(logit_adjustment=1) metasaug"}
 PYTHON=${PYTHON:-python}
 DATA_DIR=${DATA_DIR:-data}
+MODEL_KWARGS=${MODEL_KWARGS:-in_chans=1}
 export PYTHONPATH=${PYTHONPATH:-$PWD/src}
 export OMP_NUM_THREADS=1
 
 COMMON=(--dataset fashion_mnist --data-dir "$DATA_DIR" --model resnet8
-        --model-kwargs in_chans=1 --dataset-kwargs "$LT" --epochs "$EPOCHS"
+        --model-kwargs "$MODEL_KWARGS" --dataset-kwargs "$LT" --epochs "$EPOCHS"
         --threads 1 --channels-last --device cpu "${EXTRA[@]}")
 mkdir -p "$OUT"
 START=$(date +%s)
