@@ -157,6 +157,26 @@ def test_compiled_run_resumes_exactly(tmp_path, aot_eager):
     assert not aot_eager["graph_break"]
 
 
+def test_a_full_compile_cache_is_reset_with_a_note_and_the_run_trains(tmp_path, aot_eager):
+    """More configurations in one process (``isda compare``) than dynamo's recompile limit:
+    without the reset the third run's first step fails (``FailOnRecompileLimitHit``)."""
+    notes: list[str] = []
+    runs = {}
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for loss in ("ce", "isda(kind=diagonal)", "isda(kind=diagonal,lambda0=0.25)"):
+            runs[loss] = train(TrainConfig(out=str(tmp_path / loss), loss=loss, compile=True,
+                                           epochs=1, threads=1, batch_size=419),
+                               log=notes.append, epoch_log=False)
+        assert all(r["status"] == "trained" for r in runs.values())
+        resets = [n for n in notes if "dynamo's caches were reset" in n]
+        assert len(resets) == 1 and "for 2 other configurations" in resets[0]
+        # the same configuration again reuses its entry: no further reset
+        train(TrainConfig(out=str(tmp_path / "again"), loss="isda(kind=diagonal,lambda0=0.25)",
+                          compile=True, epochs=1, threads=1, batch_size=419),
+              log=notes.append, epoch_log=False)
+    assert len([n for n in notes if "dynamo's caches were reset" in n]) == 1
+
+
 def test_compile_drops_the_last_incomplete_batch(tmp_path, aot_eager):
     """Batches of 64: 19 full ones and 41 images dropped (one batch shape, one graph)."""
     result = train(TrainConfig(out=str(tmp_path / "run"), compile=True, kind="diagonal",

@@ -35,6 +35,10 @@ __all__ = ["COMPILE_BACKEND", "CompiledStep", "check_compile_options", "sgd_upda
 
 #: The ``torch.compile`` backend of the step (the tests use ``"aot_eager"`` to save time).
 COMPILE_BACKEND = "inductor"
+#: Raised by dynamo when a code object has been compiled for ``recompile_limit``
+#: configurations (``None`` on a torch without it).
+_RECOMPILE_LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", None)
+
 #: Events that would run inside the graph: a listener defining them cannot be compiled with.
 IN_GRAPH_EVENTS = ("on_step", "on_after_backward")
 
@@ -90,7 +94,7 @@ def whole_step_for(engine: Any, events: type) -> Optional[CompiledStep]:
                                  f"the compiled step; run without --compile")
     for loss in static_isda_losses(task.criterion, engine.log):
         loss.static_shapes = True
-    return CompiledStep(task, engine.optimizer, cuda_graphs=cfg.cuda_graphs)
+    return CompiledStep(task, engine.optimizer, cuda_graphs=cfg.cuda_graphs, log=engine.log)
 
 
 def static_isda_losses(criterion: torch.nn.Module, log: Any) -> list[ISDALoss]:
@@ -120,10 +124,15 @@ class CompiledStep:
     ``task.loss_step(x, y)`` gives the batch's :class:`StepOut` (traced whole);
     ``optimizer`` is the engine's ``torch.optim.SGD``, whose parameters and momentum buffers
     are updated in place. ``cuda_graphs``: ``mode="reduce-overhead"`` (CUDA graphs).
+
+    Runs of one configuration in one process (``isda compare``'s seeds) share the compiled
+    graph; each other configuration adds an entry to dynamo's cache of :meth:`step`. When
+    the first step of a run finds that cache full (``torch._dynamo.config.recompile_limit``,
+    8), dynamo's caches are reset and the step compiled anew, with a note through ``log``.
     """
 
-    def __init__(self, task: Any, optimizer: torch.optim.Optimizer, *, cuda_graphs: bool = False
-                 ) -> None:
+    def __init__(self, task: Any, optimizer: torch.optim.Optimizer, *, cuda_graphs: bool = False,
+                 log: Any = print) -> None:
         for group in optimizer.param_groups:
             if group.get("dampening", 0) != 0 or group.get("maximize", False):
                 raise ValueError("--compile supports SGD without dampening and maximize")
@@ -135,6 +144,7 @@ class CompiledStep:
         if cuda_graphs:
             options["mode"] = "reduce-overhead"
         self.cuda_graphs = cuda_graphs
+        self.log, self.stepped = log, False
         self.compiled = torch.compile(self.step, **options)
 
     def __call__(self, batch: Any) -> StepOut:
@@ -144,14 +154,32 @@ class CompiledStep:
         if self.cuda_graphs:  # a new iteration: the previous replay's outputs are consumed
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            with torch._dynamo.config.patch(trace_autograd_ops=True):
-                loss, n, logs = self.compiled(x, y, params, momenta, self.lrs, hyper)
+            loss, n, logs = self._run_compiled(x, y, params, momenta, hyper)
         except torch._dynamo.exc.TorchDynamoException as err:  # before it ran: nothing changed
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"--compile: the training step does not compile as one graph "
                              f"({reason}); run without --compile") from err
+        self.stepped = True
         self.optimizer._opt_called = True  # stepped: what the lr scheduler checks (no warning)
         return StepOut(loss, n, logs)
+
+    def _run_compiled(self, x: Tensor, y: Tensor, params: list, momenta: list, hyper: tuple
+                      ) -> tuple[Tensor, int, dict[str, Tensor]]:
+        """The compiled step; on a run's first step, once, a full dynamo cache is reset."""
+        try:
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                return self.compiled(x, y, params, momenta, self.lrs, hyper)
+        except Exception as err:
+            if self.stepped or _RECOMPILE_LIMIT_HIT is None \
+                    or not isinstance(err, _RECOMPILE_LIMIT_HIT):
+                raise
+        limit = torch._dynamo.config.recompile_limit
+        self.log(f"note: --compile: this process has compiled the training step for {limit} "
+                 f"other configurations (torch._dynamo.config.recompile_limit); dynamo's "
+                 f"caches were reset and this run compiles its step anew")
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return self.compiled(x, y, params, momenta, self.lrs, hyper)
 
     def _state(self) -> tuple[list, list, tuple]:
         """The groups' trainable parameters, momentum buffers (made, as zeros, where the
