@@ -153,6 +153,10 @@ def test_a_run_spanning_two_processes_inside_a_job(tmp_path):
                  "--executor", "debug", "--nproc-per-run", "2", "--out", str(out)]) == 0
     result = json.loads((out / "isda" / "seed0" / "result.json").read_text())
     assert result["world_size"] == 2
+    # rank 0 wrote the run's progress record (the live display and `isda status` read it)
+    progress = [json.loads(p.read_text()) for p in (out / "sweep" / "runs").glob("*.progress.json")]
+    assert len(progress) == 1 and progress[0]["epoch"] == 1 and progress[0]["fraction"] == 1.0
+    assert progress[0]["test_error"] == result["final_error"]
     assert "isda" in (out / "table.md").read_text()
     with pytest.raises(ValueError, match="--nproc-per-run needs --executor"):
         SweepOptions(nproc_per_run=2).check()

@@ -136,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         return report(train(resolved, **kwargs))
     # a torchrun worker: errors every rank raises identically are reported by rank 0 only
     rank = int(os.environ.get("RANK", "0"))
+    from .progress_file import progress_callbacks_from_env
+
     try:
-        result = train(config, distributed=True, **kwargs)
+        result = train(config, distributed=True, callbacks=progress_callbacks_from_env(rank),
+                       **kwargs)
     except tuple(USER_ERRORS.values()) as err:
         if rank != 0 and getattr(err, "torch_isda_mirrored", False):
             return 2

@@ -8,11 +8,13 @@ torchrun stops every worker as soon as one fails; its exit status is the command
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Optional
 
 from .config import ResolvedConfig, TrainConfig
 from .parallel import check_distributed_config
@@ -29,11 +31,13 @@ def torchrun_command(nproc: int, train_args: Sequence[str], *,
 
 
 def launch_config(nproc: int, config: TrainConfig, resolved: ResolvedConfig,
-                  run_args: Sequence[str] = ()) -> int:
+                  run_args: Sequence[str] = (), *, env: Optional[Mapping[str, str]] = None
+                  ) -> int:
     """``isda train --nproc K ...``: check ``config`` (``resolved`` by the command) for ``K``
     processes, write it to a temporary file (each worker resolves it, as any torchrun
-    worker does), then run the workers with the run-control ``run_args``; returns
-    torchrun's exit status (``128 + signal`` when it was killed by a signal)."""
+    worker does), then run the workers with the run-control ``run_args`` (and ``env`` added
+    to their environment); returns torchrun's exit status (``128 + signal`` when it was
+    killed by a signal)."""
     nproc = int(nproc)
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes; got {nproc}")
@@ -42,5 +46,6 @@ def launch_config(nproc: int, config: TrainConfig, resolved: ResolvedConfig,
         path = Path(tmp) / "config.json"
         path.write_text(config.to_json())
         command = torchrun_command(nproc, ["--config", str(path), *run_args])
-        code = subprocess.run(command).returncode
+        code = subprocess.run(command, env=None if env is None else {**os.environ, **env}
+                              ).returncode
     return 128 - code if code < 0 else code

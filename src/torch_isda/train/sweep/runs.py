@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from ..checkpoint import atomic_write_json
 from ..config import ResolvedConfig
-from ..engine import Callback
+from ..progress_file import PROGRESS_FILE_ENV, ProgressWriter
 
 __all__ = ["SWEEP_DIR", "ProgressWriter", "SweepRun", "execute_run", "read_json", "runs_dir"]
 
@@ -112,33 +112,6 @@ class SweepRun:
         atomic_write_json(path, record)
 
 
-class ProgressWriter(Callback):
-    """Writes ``<slug>.progress.json`` at most every ``interval`` seconds during training
-    and at every epoch end (the parent's live display reads it)."""
-
-    def __init__(self, run: SweepRun, interval: float = 1.0) -> None:
-        self.run = run
-        self.interval = float(interval)
-        self._last = 0.0
-
-    def _write(self, engine: Any, fraction: float, epoch: int, **extra: Any) -> None:
-        self._last = time.monotonic()
-        atomic_write_json(self.run.path(".progress.json"), {
-            "epoch": epoch, "epochs": int(engine.config.epochs),
-            "fraction": min(1.0, max(0.0, fraction)), "time": time.time(), **extra})
-
-    def on_step_start(self, engine: Any, step: int) -> None:
-        if time.monotonic() - self._last < self.interval:
-            return
-        steps = max(1, len(engine.task.train_batches))
-        epochs = max(1, int(engine.config.epochs))
-        self._write(engine, step / (steps * epochs), step // steps + 1)
-
-    def on_epoch_end(self, engine: Any, epoch: int, row: dict[str, Any]) -> None:
-        self._write(engine, epoch / max(1, int(engine.config.epochs)), epoch,
-                    test_error=row.get("test_error"))
-
-
 def _train_with_torchrun(run: SweepRun) -> tuple[dict[str, Any], str]:
     """One run over ``run.nproc`` local processes (torchrun, the GPUs of the job's node);
     an interrupted run resumes (``--resume auto``)."""
@@ -147,7 +120,8 @@ def _train_with_torchrun(run: SweepRun) -> tuple[dict[str, Any], str]:
 
     resuming = (run.run_dir / "checkpoint.pt").is_file() and not run.force
     code = launch_config(run.nproc, run.config, run.config,
-                         ["--resume", "auto", "--quiet", *(["--force"] if run.force else [])])
+                         ["--resume", "auto", "--quiet", *(["--force"] if run.force else [])],
+                         env={PROGRESS_FILE_ENV: str(run.path(".progress.json"))})
     if code != 0:
         raise RuntimeError(f"torchrun with {run.nproc} processes exited with status {code}")
     result = read_json(run.run_dir / RESULT_NAME)
@@ -169,7 +143,7 @@ def execute_run(run: SweepRun, job_id: Optional[str] = None) -> dict[str, Any]:
             result, note = _train_with_torchrun(run)
         else:
             result, note = train_or_reuse(run.config, force=run.force, quiet=True,
-                                          callbacks=[ProgressWriter(run)])
+                                          callbacks=[ProgressWriter(run.path(".progress.json"))])
     except Exception as err:  # a failed run is recorded, the sweep goes on
         traceback.print_exc()
         error = f"{type(err).__name__}: {err}"
