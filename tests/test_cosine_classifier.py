@@ -131,3 +131,15 @@ def test_ldam_drw_with_s_30_on_a_cosine_classifier_trains_from_the_command_line(
     model_state = state["model"] if "model" in state else state
     assert any(k.endswith("fc.weight") for k in model_state)
     assert not any(k.endswith("fc.bias") for k in model_state)  # the cosine layer has none
+
+
+def test_semi_supervised_isda_refuses_a_cosine_classifier():
+    cfg = TrainConfig(dataset="digits", model="resnet8", loss="ce", semi="pi",
+                      model_kwargs={"classifier": "cosine"})
+    with pytest.raises(ValueError, match="--semi pi uses the classifier's weights"):
+        resolve_config(cfg)
+    from torch_isda.semi.loss import semi_supervised_loss  # the library function
+
+    with pytest.raises(TypeError, match="needs a model ending in an nn.Linear"):
+        semi_supervised_loss(create_model("resnet8", 10, classifier="cosine"), None, None,
+                             torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), [])

@@ -215,6 +215,9 @@ def semi_supervised_loss(
     then ``method.after_step(model, global_step)``.
     """
     fc = model.get_classifier()
+    if not isinstance(fc, nn.Linear):
+        raise TypeError(f"the semi-supervised ISDA loss needs a model ending in an nn.Linear "
+                        f"(Eq. 15 uses its weights); get_classifier() is {type(fc).__name__}")
     features = model.forward_features(x_labeled)
     logits = fc(features)
     out = method.consistency(model, unlabeled_views, indices=indices)

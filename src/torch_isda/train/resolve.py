@@ -33,7 +33,8 @@ def resolve_config(config: TrainConfig) -> ResolvedConfig:
     resolved = task_class(config).resolve(config)
     resolved.validate()
     problems = (criterion_argument_problems(resolved.loss)
-                + classifier_problems(resolved.loss, resolved.model_kwargs))
+                + classifier_problems(resolved.loss, resolved.model_kwargs,
+                                      getattr(resolved, "semi", "none")))
     if problems:
         raise ValueError("; ".join(problems))
     return ResolvedConfig.from_dict(resolved.to_dict())
@@ -55,13 +56,17 @@ def criterion_argument_problems(spec: str) -> list[str]:
     return problems
 
 
-def classifier_problems(spec: str, model_kwargs: dict) -> list[str]:
+def classifier_problems(spec: str, model_kwargs: dict, semi: str = "none") -> list[str]:
     """The criteria of ``spec`` that read the classifier's weights (``needs_linear_classifier``;
-    assumed of a factory function) when ``model_kwargs`` asks for a cosine classifier."""
-    if (model_kwargs or {}).get("classifier", "linear") == "linear":
+    assumed of a factory function), and ``--semi`` (Eq. 15 reads them too), when
+    ``model_kwargs`` asks for a cosine classifier."""
+    kind = (model_kwargs or {}).get("classifier", "linear")
+    if kind == "linear":
         return []
     needing = [name for name, _ in parse_criterion_spec(spec)
                if getattr(criterion_info(name).target, "needs_linear_classifier", True)]
+    if semi not in (None, "none"):
+        needing.append(f"--semi {semi}")
     return [f"loss {spec!r}: {name} uses the classifier's weights and needs "
-            f"classifier=linear; the model kwargs ask for classifier="
-            f"{model_kwargs['classifier']}" for name in needing]
+            f"classifier=linear; the model kwargs ask for classifier={kind}"
+            for name in needing]
