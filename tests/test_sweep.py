@@ -77,7 +77,9 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(tmp_path, capsys):
 
 
 def test_ctrl_c_stops_the_children_and_a_rerun_finishes_with_the_same_table(tmp_path):
-    args = ["--losses", "ce,isda", "--seeds", "1", "--epochs", "3", "--quiet"]
+    # 6 epochs: on a loaded machine the runs must still be training when the signal comes
+    # (with 3, both once finished between the first checkpoints and the SIGINT)
+    args = ["--losses", "ce,isda", "--seeds", "1", "--epochs", "6", "--quiet"]
     ref = tmp_path / "ref"
     assert main(["compare", *args, "--out", str(ref)]) == 0
     out = tmp_path / "killed"
