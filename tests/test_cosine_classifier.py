@@ -143,3 +143,17 @@ def test_semi_supervised_isda_refuses_a_cosine_classifier():
     with pytest.raises(TypeError, match="needs a model ending in an nn.Linear"):
         semi_supervised_loss(create_model("resnet8", 10, classifier="cosine"), None, None,
                              torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), [])
+
+
+@pytest.mark.parametrize("classifier, spec, scale", [
+    ("cosine", "ldam_drw", 30.0),             # Cao et al.'s scale on cosine logits
+    ("linear", "ldam_drw", 1.0),              # the plain linear layer (as the MetaSAug code)
+    ("cosine", "ldam_drw(s=5)", 5.0),         # an explicit s wins
+    ("cosine", "ldam_drw+dropout", 30.0)])
+def test_ldam_drw_scale_follows_the_classifier_unless_given(classifier, spec, scale):
+    cfg = resolve_config(TrainConfig(dataset="digits", model="resnet8", loss=spec,
+                                     model_kwargs={"classifier": classifier},
+                                     dataset_kwargs={"imbalance": 10}))
+    criterion = create_criterion(cfg.loss, 64, 10, cfg, class_counts=[50] * 5 + [5] * 5)
+    ldam = next(m for m in criterion.modules() if hasattr(m, "drw_start"))
+    assert ldam.s == scale

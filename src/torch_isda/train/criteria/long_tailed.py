@@ -21,8 +21,8 @@ from ...baselines.metasaug import MetaSAugLoss, parameter_name
 from .baselines import LogitsCriterion
 from .registry import TrainingCriterion, register_criterion
 
-__all__ = ["BalancedSoftmaxCriterion", "ClassBalancedCriterion", "LDAMDRWCriterion",
-           "MetaBatchSource", "MetaSAugCriterion", "mean_over_ranks"]
+__all__ = ["COSINE_LDAM_SCALE", "BalancedSoftmaxCriterion", "ClassBalancedCriterion",
+           "LDAMDRWCriterion", "MetaBatchSource", "MetaSAugCriterion", "mean_over_ranks"]
 
 
 @register_criterion("class_balanced")
@@ -45,17 +45,30 @@ class BalancedSoftmaxCriterion(LogitsCriterion):
         self.loss = LogitAdjustedLoss(class_counts, tau)
 
 
+#: LDAM's scale on a cosine classifier (Cao et al. 2019's code: ``s=30``).
+COSINE_LDAM_SCALE = 30.0
+
+
 @register_criterion("ldam_drw")
 class LDAMDRWCriterion(LogitsCriterion):
     """LDAM-DRW (Cao et al. 2019): margins ``∝ n_c^(-1/4)`` (largest ``max_margin=0.5``),
     logits scaled by ``s``, class-balanced weights (``beta=0.9999``) from ``drw_start=0.8`` of
-    training. ``s=1`` by default: the model's classifier is a plain linear layer (Cao et al.'s
-    ``s=30`` is for cosine logits, see docs/reproduce/long-tailed.md)."""
+    training. ``s`` defaults to Cao et al.'s 30 when the run's model has a cosine classifier
+    (``--model-kwargs classifier=cosine``, logits in ``[-1, 1]``) and to 1 on the default
+    plain linear layer (as the MetaSAug code; see docs/reproduce/long-tailed.md)."""
 
     def __init__(self, class_counts: Sequence[int], max_margin: float = 0.5, s: float = 1.0,
                  drw_start: float = 0.8, beta: float = 0.9999) -> None:
         super().__init__()
         self.loss = LDAMLoss(class_counts, max_margin, s, drw_start, beta)
+
+    @classmethod
+    def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
+                    ) -> LDAMDRWCriterion:
+        if "s" not in kwargs:
+            classifier = (getattr(config, "model_kwargs", None) or {}).get("classifier")
+            kwargs["s"] = COSINE_LDAM_SCALE if classifier == "cosine" else 1.0
+        return super().from_config(num_features, num_classes, config, **kwargs)
 
     def set_progress(self, t_over_T: float) -> None:
         self.loss.set_progress(t_over_T)
