@@ -22,7 +22,8 @@
 # the model differs:
 #   LOSSES="ldam_drw(s=30)" MODEL_KWARGS=in_chans=1,classifier=cosine \
 #     OUT=runs/long-tailed-cpu-cosine bash benchmarks/long_tailed_cpu.sh
-# Re-running continues: finished runs are reused, interrupted ones resumed.
+# Re-running continues: finished runs are reused, interrupted ones resumed; the worker logs
+# are appended to.
 set -euo pipefail
 
 SMOKE=${SMOKE:-0}
@@ -60,7 +61,7 @@ RUNS=()
 for seed in $SEEDS; do for loss in $LOSSES; do RUNS+=("$loss|$seed"); done; done
 for (( w = 0; w < JOBS; w++ )); do
   ( for (( i = w; i < ${#RUNS[@]}; i += JOBS )); do run_one "${RUNS[$i]%|*}" "${RUNS[$i]#*|}"; done ) \
-    > "$OUT/worker$w.log" 2>&1 &
+    >> "$OUT/worker$w.log" 2>&1 &  # appended: a second call on the same OUT keeps the log
 done
 wait
 echo "training took $(( $(date +%s) - START )) s wall" | tee "$OUT/wall.txt"
