@@ -80,9 +80,10 @@ def test_metasaug_run_meta_phase_metrics_and_config(tmp_path):
 def test_compare_prints_shot_group_columns_with_dashes_for_empty_groups(tmp_path, capsys):
     out = tmp_path / "cmp"
     # digits-LT with rho = 2: about 120 .. 60 images per class, so no few-shot class
-    main(["compare", "--dataset-kwargs", "imbalance=2,val_per_class=5", "--losses",
-          "ce,balanced_softmax,ldam_drw", "--seeds", "2", "--out", str(out), *FAST])
+    main(["compare", "--dataset-kwargs", "imbalance=2,val_per_class=5,many_shot=80",
+          "--losses", "ce,balanced_softmax,ldam_drw", "--seeds", "2", "--out", str(out), *FAST])
     text = capsys.readouterr().out
+    assert "(many > 80, few < 20 training images per class" in text  # the thresholds used
     assert "| Method | All (%) | Many (%) | Medium (%) | Few (%) |" in text
     for name in ("Basic", "Balanced Softmax", "LDAM-DRW"):
         line = next(l for l in text.splitlines() if l.startswith(f"| {name} | ") and "±" in l

@@ -148,8 +148,10 @@ def render_table(methods: Sequence[MethodSummary], config: TrainConfig) -> str:
          for m, text in zip(methods, per_seed)])]
     if all(m.group_errors for m in methods if m.seeds):
         rows, seeds = group_rows([m for m in methods if m.seeds])
-        lines += ["", "Test error by shot group (many > many_shot, few < few_shot training "
-                  "images per class; '-': no class in the group):", "",
+        shots = config.dataset_kwargs or {}
+        lines += ["", f"Test error by shot group (many > {shots.get('many_shot', 100)}, few < "
+                  f"{shots.get('few_shot', 20)} training images per class; '-': no class in "
+                  "the group):", "",
                   *markdown_table(["Method", "All (%)", "Many (%)", "Medium (%)", "Few (%)"], rows),
                   "", *markdown_table(["Method", "Many per seed (%)", "Medium per seed (%)",
                                        "Few per seed (%)"], seeds)]
