@@ -18,8 +18,10 @@ Label smoothing        :class:`LabelSmoothingLoss`                     loss(logi
 Long-tailed recognition (issue 23): :class:`ClassBalancedLoss` (Cui et al. 2019),
 :class:`LDAMLoss` with deferred re-weighting (Cao et al. 2019), :class:`LogitAdjustedLoss`
 (Balanced Softmax, Ren et al. 2020; logit adjustment, Menon et al. 2021), all
-``loss(logits, target)`` built from the per-class training counts, and MetaSAug (Li et al.
-2021): :class:`MetaSAugLoss` and its meta step :func:`meta_covariance_step`.
+``loss(logits, target)`` built from the per-class training counts, MetaSAug (Li et al.
+2021): :class:`MetaSAugLoss` and its meta step :func:`meta_covariance_step`, and RISDA
+(Chen et al. 2022): :class:`RISDALoss`, its :func:`knowledge_graph` and
+:func:`reasoned_covariance`.
 
 ``features`` are the inputs of the model's final ``nn.Linear`` (see
 :func:`torch_isda.find_classifier`), ``logits`` its outputs.  Defaults follow Appendix C
@@ -45,6 +47,7 @@ from .ldam import LDAMLoss, ldam_loss, ldam_margins
 from .balanced_softmax import LogitAdjustedLoss, log_prior, logit_adjusted_loss
 from .lq import LqLoss, lq_loss
 from .metasaug import MetaSAugLoss, MetaStep, meta_covariance_step
+from .risda import RISDALoss, knowledge_graph, reasoned_covariance, risda_logits
 
 __all__ = [
     "CenterLoss",
@@ -59,6 +62,7 @@ __all__ = [
     "LqLoss",
     "MetaSAugLoss",
     "MetaStep",
+    "RISDALoss",
     "center_loss",
     "class_balanced_loss",
     "effective_number_weights",
@@ -74,6 +78,9 @@ __all__ = [
     "large_margin_softmax_loss",
     "lq_loss",
     "meta_covariance_step",
+    "knowledge_graph",
+    "reasoned_covariance",
+    "risda_logits",
     "lsoftmax_beta",
     "lsoftmax_psi",
 ]

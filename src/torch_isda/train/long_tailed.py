@@ -1,6 +1,7 @@
 """Long-tailed runs in the classification task (issue 23; docs/reproduce/long-tailed.md):
 the per-class training counts given to the criteria, the balanced meta set bound to the
-criteria that use one (MetaSAug), and the many / medium / few-shot test errors.
+criteria that use one (MetaSAug), the pass over the training set bound to those that reason
+over it (RISDA), and the many / medium / few-shot test errors.
 
 A run is long-tailed when its ``--dataset-kwargs`` hold ``imbalance``. Its per-class
 training counts are recorded under ``resolved`` in ``config.json``; every evaluation adds
@@ -19,9 +20,9 @@ from torch import Tensor
 from ..data.longtail import SHOT_GROUPS, shot_group_errors, shot_groups
 from .reporting import fmt_pm, mean_std
 
-__all__ = ["GROUP_COLUMNS", "LongTailReport", "bind_meta_set", "class_counts",
-           "criterion_parts", "is_long_tailed", "meta_images_of", "parse_class_errors",
-           "training_meta_sample"]
+__all__ = ["GROUP_COLUMNS", "LongTailReport", "bind_meta_set", "bind_reasoning_source",
+           "class_counts", "criterion_parts", "is_long_tailed", "meta_images_of",
+           "parse_class_errors", "training_meta_sample", "training_set_statistics"]
 
 #: Offset of the meta batches' seed from the run's seed (a stream of its own).
 META_SEED_OFFSET = 7919
@@ -93,6 +94,60 @@ def bind_meta_set(task: Any, data: Any) -> Optional[str]:
             lambda: float(engine.optimizer.param_groups[0]["lr"]),
             rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1))
     return source
+
+
+def training_set_statistics(task: Any, data: Any) -> tuple[Tensor, Tensor]:
+    """The confusion counts (``C x C``, rows: true class) and the class means of the
+    features (``C x A``) of the training images of ``data``, un-augmented, the model in
+    evaluation mode (its mode restored after) and under the engine's AMP: RISDA's knowledge
+    graph and prototypes. One host read (the caller's), once per run."""
+    from ..data import DeviceBatchIterator, build_augment
+
+    model, num_classes = task.model, data.num_classes
+    batches = DeviceBatchIterator(data.train_images, data.train_labels,
+                                  task.config.eval_batch_size, shuffle=False,
+                                  transform=build_augment("none", data.mean, data.std))
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64,
+                            device=data.train_labels.device)
+    sums: Optional[Tensor] = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                with task.engine.autocast():
+                    features = task.features_fn(x)
+                    logits = task.classifier(features)
+                if sums is None:
+                    sums = features.new_zeros(num_classes, features.shape[1],
+                                              dtype=torch.float64)
+                confusion.index_add_(0, y * num_classes + logits.float().argmax(1),
+                                     torch.ones_like(y, dtype=torch.float64))
+                sums.index_add_(0, y, features.double())
+    finally:
+        model.train(was_training)
+    if sums is None:
+        raise ValueError("the training set is empty")
+    confusion = confusion.view(num_classes, num_classes)
+    return confusion, sums / confusion.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def bind_reasoning_source(task: Any, data: Any) -> None:
+    """Give the criteria that reason over the training set (``bind_reasoning_source``:
+    RISDA) :func:`training_set_statistics` of ``data`` and the task's log."""
+    for part in criterion_parts(task.criterion):
+        if not hasattr(part, "bind_reasoning_source"):
+            continue
+        if data is None:
+            raise ValueError(f"--loss {task.config.loss} needs an in-memory dataset (a pass "
+                             f"over its training images)")
+        ctx = task.context
+        if ctx is not None and ctx.world_size > 1 and part.classifier_only:
+            raise ValueError("--loss risda: classifier_only=True (Stage II trains the "
+                             "classifier alone) leaves the backbone without gradients, which "
+                             "DDP refuses; pass risda(classifier_only=False) or train on one "
+                             "process")
+        part.bind_reasoning_source(lambda: training_set_statistics(task, data), task.log)
 
 
 class LongTailReport:

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ...criteria import check_classifier, create_criterion
-from ...long_tailed import (LongTailReport, bind_meta_set, class_counts, criterion_parts,
-                            is_long_tailed)
+from ...long_tailed import (LongTailReport, bind_meta_set, bind_reasoning_source, class_counts,
+                            criterion_parts, is_long_tailed)
 from ...parallel import CountingLoader, GlobalBatchShards, TrainForward, rank_seed, shard_bounds
 from ...presets import apply_preset
 from ..base import StepOut, Task
@@ -51,6 +51,7 @@ class ClassificationTask(Task):
                                           cfg, class_counts=self.class_counts).to(self.device)
         check_classifier(self.criterion, model.get_classifier(), cfg.loss)
         self.meta_set = bind_meta_set(self, self.meta_data)
+        bind_reasoning_source(self, self.meta_data)
         self.forward = TrainForward(model, self.features_fn, self.criterion.transform_features)
 
     def build_data(self) -> None:
