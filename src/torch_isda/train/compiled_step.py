@@ -92,6 +92,10 @@ def whole_step_for(engine: Any, events: type) -> Optional[CompiledStep]:
             if callable(method) and method is not getattr(events, event):
                 raise ValueError(f"--compile: {type(listener).__name__}.{event} would run inside "
                                  f"the compiled step; run without --compile")
+    for part in task.criterion.modules():
+        problem = getattr(type(part), "whole_step_problem", None)
+        if problem:
+            raise ValueError(f"--compile: {problem}; run without --compile")
     for loss in static_isda_losses(task.criterion, engine.log):
         loss.static_shapes = True
     return CompiledStep(task, engine.optimizer, cuda_graphs=cfg.cuda_graphs, log=engine.log)

@@ -140,6 +140,8 @@ class MetaSAugCriterion(TrainingCriterion):
     else (logged) 10 training images per class."""
 
     needs_meta_set = True
+    whole_step_problem = ("metasaug's meta step (a virtual SGD step at the current learning "
+                          "rate, differentiated through) does not fit one compiled graph")
 
     def __init__(self, num_features: int, num_classes: int, class_counts: Sequence[int],
                  lambda0: float = 0.75, kind: str = "full", meta_lr: float = 0.1,

@@ -67,6 +67,10 @@ class TrainingCriterion(nn.Module):
     #: to ``False``.
     needs_linear_classifier: ClassVar[bool] = True
 
+    #: Why the criterion's step cannot be one ``torch.compile`` graph (``isda train
+    #: --compile`` then refuses it in one line, before training); ``None``: it can.
+    whole_step_problem: ClassVar[Optional[str]] = None
+
     @classmethod
     def from_config(cls, num_features: int, num_classes: int, config: Any, **kwargs: Any
                     ) -> TrainingCriterion:

@@ -36,6 +36,9 @@ class RISDACriterion(TrainingCriterion):
     ``classifier_only=True``: Stage II retrains the classifier, the backbone frozen (as the
     authors' code). ``kind`` full or diagonal. In-memory datasets only."""
 
+    whole_step_problem = ("risda's Stage II (the present-class statistics, and strengths "
+                          "that move every step) does not fit one compiled graph")
+
     def __init__(self, num_features: int, num_classes: int, class_counts: Sequence[int],
                  alpha0: float = 0.5, beta0: float = 0.75, head_fraction: float = 0.2,
                  kind: str = "full", start: float = 0.8, classifier_only: bool = True,
