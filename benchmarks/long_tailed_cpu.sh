@@ -22,6 +22,8 @@
 # the model differs:
 #   LOSSES="ldam_drw(s=30)" MODEL_KWARGS=in_chans=1,classifier=cosine \
 #     OUT=runs/long-tailed-cpu-cosine bash benchmarks/long_tailed_cpu.sh
+# RISDA (measured later than the six) is a call of its own, the same protocol:
+#   LOSSES="risda" OUT=runs/long-tailed-cpu-risda bash benchmarks/long_tailed_cpu.sh
 # Re-running continues: finished runs are reused, interrupted ones resumed; the worker logs
 # are appended to.
 set -euo pipefail

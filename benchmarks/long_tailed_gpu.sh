@@ -9,7 +9,8 @@
 # Everything else (arguments, outputs, SMOKE=1 for a CPU plumbing check) is that of
 # benchmarks/fashion_mnist_gpu.sh, which this runs with LOSSES and DATASET_KWARGS set (the
 # SMOKE=1 check here: seed 0, n_max=300, ResNet-8, whose CPU evaluation of the 10,000 test
-# images is affordable on a small machine).
+# images is affordable on a small machine). RISDA is not among the defaults (the budget was
+# sized for 30 processes): LOSSES="risda" runs its five seeds on their own.
 #
 # Usage (repository root): bash benchmarks/long_tailed_gpu.sh [DATA] [OUT]
 #   DATA: folder of the four Fashion-MNIST IDX files (default .gpu_data/fashion-mnist)

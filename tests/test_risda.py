@@ -23,6 +23,7 @@ from torch_isda.data import build_augment
 from torch_isda.train import Trainer, TrainConfig, resolve_config
 from torch_isda.train.criteria import create_criterion, list_criteria
 from torch_isda.train.long_tailed import bind_reasoning_source, training_set_statistics
+from torch_isda.train.method_names import display_name
 
 D = torch.float64
 COUNTS = [40, 25, 9, 3]
@@ -200,7 +201,7 @@ class _Net(nn.Module):
 
 
 def test_criterion_stages_and_the_frozen_backbone():
-    assert "risda" in list_criteria()
+    assert "risda" in list_criteria() and display_name("risda(beta0=1)") == "RISDA (beta0=1)"
     crit = create_criterion("risda", 5, 4, class_counts=COUNTS)
     assert crit.first_epoch(200) == 160 and crit.first_epoch(10) == 8
     net, x, y = _Net(), torch.randn(8, 6), torch.arange(8) % 4

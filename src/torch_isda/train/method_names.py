@@ -24,6 +24,7 @@ PAPER_NAMES = {
     "balanced_softmax": "Balanced Softmax",
     "ldam_drw": "LDAM-DRW",
     "metasaug": "MetaSAug",
+    "risda": "RISDA",
 }
 
 #: Modifiers that are a baseline loss of their own: "ce+center" is "Center Loss".
