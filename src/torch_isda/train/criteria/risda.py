@@ -66,10 +66,6 @@ class RISDACriterion(TrainingCriterion):
         """The first (0-based) epoch of Stage II: ``ceil(start * epochs)``."""
         return math.ceil(round(self.start * int(epochs), 9))
 
-    @property
-    def reasoning_phase(self) -> bool:
-        return self.loss.reasoned
-
     def set_progress(self, t_over_T: float) -> None:
         self.loss.set_progress(t_over_T)
 
